@@ -1,0 +1,51 @@
+# flywheel — the two commands: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+UV     := $(BIN)/uv
+
+.PHONY: demo test test-unit test-integration lint typecheck lock bench clean install install-dev
+
+demo: install            ## install (pinned) and run the loop on embedded defaults
+	$(BIN)/flywheel run
+
+test: install-dev        ## install (pinned, dev) and run the whole test suite
+	$(BIN)/python -m pytest
+
+test-unit: install-dev
+	$(BIN)/python -m pytest -m "not integration"
+
+test-integration: install-dev
+	$(BIN)/python -m pytest -m integration
+
+lint: install-dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+$(UV):
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv==0.13.9
+
+$(VENV)/.main: requirements/main.lock pyproject.toml | $(UV)
+	$(UV) pip install -q -p $(BIN)/python -r requirements/main.lock
+	$(UV) pip install -q -p $(BIN)/python --no-deps -e .
+	touch $@
+
+$(VENV)/.dev: requirements/dev.lock pyproject.toml | $(UV)
+	$(UV) pip install -q -p $(BIN)/python -r requirements/dev.lock
+	$(UV) pip install -q -p $(BIN)/python --no-deps -e .
+	touch $@ $(VENV)/.main
+
+install: $(VENV)/.main
+install-dev: $(VENV)/.dev
+
+lock: | $(UV)            ## re-resolve the pinned lock files from pyproject.toml
+	$(UV) pip compile pyproject.toml -p 3.11 -o requirements/main.lock
+	$(UV) pip compile pyproject.toml --extra dev -p 3.11 -o requirements/dev.lock
+
+bench: install-dev
+	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.train_register
+
+clean:
+	rm -rf $(VENV) .flywheel build dist

@@ -1,0 +1,228 @@
+"""One settings object for every entry point.
+
+Precedence: explicit arguments, then environment variables (``FLYWHEEL_*``, nested with
+``__``, e.g. ``FLYWHEEL_STORE__URL``), then the YAML file (``flywheel.yaml`` in the working
+directory, or the path in ``FLYWHEEL_CONFIG``), then the defaults below. Every default is
+embedded and local: a SQLite source, a local object store folder, MLflow on SQLite.
+Production swaps URLs only (PostgreSQL, ``s3://``, an MLflow server).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from flywheel.errors import ConfigError
+
+__all__ = ["Settings", "load_settings"]
+
+_SQL_SCHEMES = ("sqlite://", "postgresql://", "postgresql+psycopg://", "postgres://")
+
+
+def _check_sql_url(value: str, key: str) -> str:
+    if not value.startswith(_SQL_SCHEMES):
+        raise ValueError(
+            f"{key} must be a sqlite:/// or postgresql:// URL, got {mask_url(value)!r}"
+        )
+    return value
+
+
+class SourceSettings(BaseModel):
+    url: str | None = Field(None, description="SQL source database URL (sqlite:/// or postgresql://).")
+    dataset: str = Field("churn", description="Name of the dataset that snapshots belong to.")
+    query: str | None = Field(
+        None, description="SQL query to extract; overrides table + timestamp_column."
+    )
+    table: str = Field("churn_features", description="Table or view to extract when no query is set.")
+    timestamp_column: str | None = Field(
+        "observed_at", description="Column for incremental extraction (rows newer than the last snapshot)."
+    )
+    key_columns: list[str] = Field(
+        default_factory=lambda: ["customer_id", "observed_at"],
+        description="Columns that identify a row (checked for uniqueness by the contract).",
+    )
+    target: str = Field("churned", description="Target (label) column.")
+    batch_rows: int = Field(100_000, gt=0, description="Rows per streamed Arrow batch during ingest.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_sql_url(v, "source.url")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", v):
+            raise ValueError(
+                f"source.dataset must be letters, digits, '_', '.', '-' (max 64), got {v!r}"
+            )
+        return v
+
+
+class StoreSettings(BaseModel):
+    url: str | None = Field(None, description="Object store: a local folder or s3://bucket/prefix.")
+    endpoint_url: str | None = Field(
+        None, description="S3 API endpoint for MinIO, Ceph, R2 or a test server."
+    )
+    region: str | None = Field(None, description="S3 region.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and "://" in v and not v.startswith(("s3://", "file://", "memory://")):
+            raise ValueError(f"store.url must be a local path or s3://bucket/prefix, got {v!r}")
+        return v
+
+
+class TrackingSettings(BaseModel):
+    uri: str | None = Field(None, description="MLflow tracking URI (sqlite:///..., http://host:port).")
+    artifact_location: str | None = Field(
+        None, description="Artifact root for new experiments (local folder or s3://)."
+    )
+    experiment: str = Field("flywheel", description="MLflow experiment name.")
+
+
+class TrainingSettings(BaseModel):
+    params_file: Path | None = Field(None, description="Default params.yaml for `flywheel train`.")
+    slice_columns: list[str] = Field(
+        default_factory=lambda: ["contract_type", "region"],
+        description="Columns whose values define evaluation slices (skipped when absent).",
+    )
+    optuna_storage: str | None = Field(
+        None, description="Optuna storage URL (e.g. postgresql://...) to share trials."
+    )
+
+
+class GateSettings(BaseModel):
+    min_metrics: dict[str, float] = Field(
+        default_factory=lambda: {"roc_auc": 0.70, "r2": 0.10},
+        description="Holdout metric floors; a metric not produced for the task is not applicable.",
+    )
+    max_metrics: dict[str, float] = Field(
+        default_factory=dict, description="Holdout metric ceilings (e.g. log_loss, rmse)."
+    )
+    max_slice_gap: dict[str, float] = Field(
+        default_factory=lambda: {"roc_auc": 0.25},
+        description="Largest allowed gap of a metric between slices of one column.",
+    )
+    champion_margin: float = Field(
+        0.01, ge=0, description="How much worse than the champion the primary metric may be."
+    )
+
+
+class RegistrySettings(BaseModel):
+    model_name: str = Field("churn", description="Registered model name.")
+    require_approval: bool = Field(False, description="Promotions wait for `flywheel approve`.")
+    audit_url: str | None = Field(None, description="Audit log database URL (sqlite:/// or postgresql://).")
+    parity_tolerance: float = Field(1e-4, gt=0, description="Max |ONNX - native| probability.")
+
+    @field_validator("audit_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_sql_url(v, "registry.audit_url")
+
+
+class Settings(BaseSettings):
+    """Effective configuration. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLYWHEEL_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    home: Path = Field(Path(".flywheel"), description="Folder for every embedded default.")
+    seed: int = Field(42, description="Seed for simulation, splits and models.")
+    user: str = Field(default_factory=getpass.getuser, description="Who is acting (audit log).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    admin_token: SecretStr | None = Field(None, description="Bearer token for admin actions.")
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    gates: GateSettings = Field(default_factory=GateSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = Path(os.environ.get("FLYWHEEL_CONFIG", "flywheel.yaml"))
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file))
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        home = self.home.expanduser()
+        if self.source.url is None:
+            self.source.url = f"sqlite:///{(home / 'source.db').as_posix()}"
+        if self.store.url is None:
+            self.store.url = str(home / "store")
+        if self.tracking.uri is None:
+            self.tracking.uri = f"sqlite:///{(home / 'mlflow.db').as_posix()}"
+        if self.tracking.artifact_location is None and not self.tracking.uri.startswith("http"):
+            self.tracking.artifact_location = str((home / "mlartifacts").resolve())
+        if self.registry.audit_url is None:
+            self.registry.audit_url = f"sqlite:///{(home / 'audit.db').as_posix()}"
+        return self
+
+    @property
+    def contracts_dir(self) -> Path:
+        """Where inferred data contracts (YAML, user-editable) live."""
+        return self.home / "contracts"
+
+    def show(self) -> dict[str, Any]:
+        """The effective configuration with secrets masked."""
+        return _mask(self.model_dump(mode="json"))
+
+
+_SECRET_KEYS = re.compile(r"(token|secret|password|passwd|api_key|access_key)", re.I)
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in ``scheme://user:password@host``."""
+    return re.sub(r"(://[^:/@]+):[^@/]+@", r"\1:***@", url)
+
+
+def _mask(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _mask(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v, key) for v in value]
+    if isinstance(value, str):
+        return "***" if _SECRET_KEYS.search(key) and value else mask_url(value)
+    if value is not None and _SECRET_KEYS.search(key):
+        return "***"
+    return value
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning validation errors into a :class:`ConfigError` naming the key."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "settings"
+        msg = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(
+            f"Bad configuration for '{key}': {msg}. "
+            "Fix it in flywheel.yaml or the FLYWHEEL_* environment variable.",
+            key=key,
+            errors=[{"key": ".".join(map(str, e["loc"])), "msg": e["msg"]} for e in exc.errors()],
+        ) from exc

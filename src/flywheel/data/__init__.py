@@ -1,0 +1,1 @@
+"""Data: SQL sources, content-addressed snapshots in object storage, data contracts."""

@@ -1,0 +1,143 @@
+"""Object storage through fsspec: a local folder by default, any S3 API in production.
+
+Keys are ``/``-separated paths below the store's root. Writes are atomic: a local write
+goes to a temporary file that is renamed into place; an S3 PUT is atomic per object.
+Readers therefore never see half a file, and a snapshot is only visible once its manifest
+(written last) exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import fsspec
+
+from flywheel.config import Settings
+from flywheel.errors import NotFound, StoreError
+
+__all__ = ["ObjectStore", "open_store"]
+
+log = logging.getLogger("flywheel.data.store")
+
+
+class ObjectStore:
+    """A root URL plus an fsspec filesystem. Build it with :func:`open_store`."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.storage_options = storage_options or {}
+        self.is_local = "://" not in url or url.startswith("file://")
+        try:
+            if self.is_local:
+                self.root = str(Path(url.removeprefix("file://")).expanduser().resolve())
+                self.fs = fsspec.filesystem("file")
+            else:
+                protocol = url.split("://", 1)[0]
+                self.root = url.split("://", 1)[1].rstrip("/")
+                self.fs = fsspec.filesystem(protocol, **self.storage_options)
+        except ImportError as exc:
+            raise StoreError(
+                f"The object store {url!r} needs an optional package: {exc}. "
+                "Fix: pip install 'flywheel[s3]'.",
+                url=url,
+            ) from exc
+
+    def path(self, key: str) -> str:
+        """The filesystem path (without protocol) of a key."""
+        return posixpath.join(self.root, key.lstrip("/"))
+
+    def uri(self, key: str) -> str:
+        """A full URI for a key (what a user can paste into other tools)."""
+        return self.path(key) if self.is_local else f"{self.url.split('://')[0]}://{self.path(key)}"
+
+    def exists(self, key: str) -> bool:
+        try:
+            return bool(self.fs.exists(self.path(key)))
+        except Exception as exc:
+            raise StoreError(f"Cannot reach the object store at {self.url!r}: {exc}") from exc
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Write ``data`` at ``key`` atomically (replacing any previous object)."""
+        with self.open_write(key) as fh:
+            fh.write(data)
+
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[IO[bytes]]:
+        """A binary file to write; the object appears at ``key`` only if the block succeeds."""
+        target = self.path(key)
+        try:
+            if self.is_local:
+                os.makedirs(posixpath.dirname(target), exist_ok=True)
+                tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+                try:
+                    with open(tmp, "wb") as fh:
+                        yield fh
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                    os.replace(tmp, target)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+            else:
+                # S3 uploads become visible only when the (multipart) upload completes;
+                # an exception inside the block aborts it, leaving nothing behind.
+                with self.fs.open(target, "wb") as fh:
+                    yield fh
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"Cannot write {key!r} to the object store {self.url!r}: {exc}") from exc
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            with self.fs.open(self.path(key), "rb") as fh:
+                data: bytes = fh.read()
+                return data
+        except FileNotFoundError as exc:
+            raise NotFound(f"No object {key!r} in the store {self.url!r}.", key=key) from exc
+        except OSError as exc:
+            raise StoreError(f"Cannot read {key!r} from the object store {self.url!r}: {exc}") from exc
+
+    @contextmanager
+    def open_read(self, key: str) -> Iterator[IO[bytes]]:
+        try:
+            fh = self.fs.open(self.path(key), "rb")
+        except FileNotFoundError as exc:
+            raise NotFound(f"No object {key!r} in the store {self.url!r}.", key=key) from exc
+        with fh:
+            yield fh
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys directly below ``prefix`` (a folder), sorted; empty if it does not exist."""
+        base = self.path(prefix).rstrip("/")
+        try:
+            if not self.fs.exists(base):
+                return []
+            self.fs.invalidate_cache(base)
+            entries = self.fs.ls(base, detail=False)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StoreError(f"Cannot list {prefix!r} in the object store {self.url!r}: {exc}") from exc
+        root = self.root.rstrip("/") + "/"
+        keys = [str(e).removeprefix(root) for e in entries]
+        return sorted(k for k in keys if ".tmp-" not in k)
+
+
+def open_store(settings: Settings) -> ObjectStore:
+    """The object store named by ``settings.store``."""
+    url = settings.store.url or str(settings.home / "store")
+    options: dict[str, Any] = {}
+    if url.startswith("s3://"):
+        client_kwargs: dict[str, Any] = {}
+        if settings.store.endpoint_url:
+            client_kwargs["endpoint_url"] = settings.store.endpoint_url
+        if settings.store.region:
+            client_kwargs["region_name"] = settings.store.region
+        options = {"client_kwargs": client_kwargs} if client_kwargs else {}
+    return ObjectStore(url, options)

@@ -1,0 +1,1 @@
+"""The seeded churn world: customers, plans, usage, tickets, churn events, drift scenarios."""

@@ -1,0 +1,97 @@
+"""MLflow set-up shared by training and the registry.
+
+MLflow 3 creates its SQLite schema on first use, and several processes creating a fresh
+database at once fail on migrations; the first creation is serialised with a file lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import subprocess
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+
+from flywheel.config import Settings
+from flywheel.errors import RegistryError
+
+__all__ = ["TAG", "configure_mlflow", "git_commit"]
+
+log = logging.getLogger("flywheel.tracking")
+
+# Tag names written on runs and model versions, in one place.
+TAG = {
+    "snapshot_id": "flywheel.snapshot_id",
+    "snapshot_sha256": "flywheel.snapshot_sha256",
+    "dataset": "flywheel.dataset",
+    "contract_version": "flywheel.contract_version",
+    "task": "flywheel.task",
+    "target": "flywheel.target",
+    "family": "flywheel.family",
+    "package_version": "flywheel.version",
+    "git_commit": "mlflow.source.git.commit",
+    "gates": "flywheel.gates",
+    "onnx_sha256": "flywheel.onnx_sha256",
+    "run_id": "flywheel.run_id",
+}
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def configure_mlflow(settings: Settings) -> str:
+    """Point MLflow at the configured tracking URI and experiment; returns the experiment id."""
+    import mlflow
+
+    uri = settings.tracking.uri or ""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    mlflow.set_tracking_uri(uri)
+    try:
+        if uri.startswith("sqlite:///"):
+            db = Path(uri.removeprefix("sqlite:///"))
+            with _file_lock(db.with_name(db.name + ".lock")):
+                return _ensure_experiment(settings)
+        return _ensure_experiment(settings)
+    except Exception as exc:  # MLflow raises many types; translate at the boundary
+        if isinstance(exc, RegistryError):
+            raise
+        raise RegistryError(
+            f"Cannot use the MLflow tracking store {uri!r}: {exc}. "
+            "Check tracking.uri (FLYWHEEL_TRACKING__URI) and that the server is up.",
+            uri=uri,
+        ) from exc
+
+
+def _ensure_experiment(settings: Settings) -> str:
+    import mlflow
+
+    name = settings.tracking.experiment
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        exp_id = mlflow.create_experiment(name, artifact_location=settings.tracking.artifact_location)
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return str(exp_id)
+
+
+def git_commit() -> str | None:
+    """The current git commit of the working directory, if any."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

@@ -1,0 +1,1 @@
+"""Training: features and model in one pipeline, CV/HPO, evaluation, gates."""
