@@ -1,0 +1,435 @@
+"""The `flywheel` command line. Thin: parse, build Settings, call a capability, print with rich.
+
+Domain errors (:class:`flywheel.errors.FlywheelError`) become one clean red message and the
+error's exit code; nothing prints a traceback unless ``FLYWHEEL_LOG_LEVEL=DEBUG``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flywheel import __version__
+from flywheel.config import Settings, load_settings, mask_url
+from flywheel.errors import FlywheelError
+
+__all__ = ["app", "main"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="flywheel",
+    help="flywheel — end-to-end MLOps for tabular models: simulate, ingest, validate, train, "
+    "gate, register, promote. Every command runs on embedded defaults (SQLite, a local "
+    "folder, MLflow on SQLite) and against real services by configuration alone.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+data_app = typer.Typer(help="The snapshot catalog and data contracts.", no_args_is_help=True)
+registry_app = typer.Typer(help="Model versions and the audit log.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+app.add_typer(registry_app, name="registry")
+
+_state: dict[str, Any] = {}
+
+
+def _settings() -> Settings:
+    if "settings" not in _state:
+        _state["settings"] = load_settings()
+    settings: Settings = _state["settings"]
+    return settings
+
+
+@app.callback()
+def _root(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="YAML config file (default: ./flywheel.yaml or $FLYWHEEL_CONFIG)."),
+    ] = None,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        console.print(f"flywheel {__version__}")
+        raise typer.Exit()
+    if config is not None:
+        if not config.exists():
+            raise FlywheelError(f"Config file {str(config)!r} does not exist. Fix: pass an existing file.")
+        os.environ["FLYWHEEL_CONFIG"] = str(config)
+    _state.clear()
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "urllib3", "botocore", "optuna"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextmanager
+def _progress(total_steps: list[str]) -> Iterator[Any]:
+    """A rich progress display with one line per step; yields an ``on_step(name)`` hook."""
+    with Progress(
+        SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
+        console=console, transient=False,
+    ) as progress:
+        tasks: dict[str, Any] = {}
+        current: list[str] = []
+
+        def on_step(name: str) -> None:
+            if current:
+                progress.update(tasks[current[-1]], completed=1, total=1)
+            if name not in tasks:
+                tasks[name] = progress.add_task(name, total=None)
+            current.append(name)
+
+        yield on_step
+        if current:
+            progress.update(tasks[current[-1]], completed=1, total=1)
+
+
+# ---------------------------------------------------------------- config
+@config_app.command("show")
+def config_show(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Print the effective configuration, secrets masked."""
+    shown = _settings().show()
+    if as_json:
+        console.print_json(json.dumps(shown))
+        return
+    table = Table("key", "value", title="flywheel configuration")
+    for key, value in _flatten(shown):
+        table.add_row(key, "" if value is None else str(value))
+    console.print(table)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+# ---------------------------------------------------------------- simulate
+@app.command()
+def simulate(
+    days: Annotated[int, typer.Option(help="Days to simulate (appended after the last simulated day).")] = 365,
+    customers: Annotated[int, typer.Option(help="Customers in a new world.")] = 5000,
+    start: Annotated[str | None, typer.Option(help="Start date of a new world (YYYY-MM-DD).")] = None,
+    drift: Annotated[
+        list[str] | None,
+        typer.Option("--drift", help="Drift scenario NAME@DAY or NAME@YYYY-MM-DD (repeatable), e.g. price_rise@180."),
+    ] = None,
+) -> None:
+    """Seed (or advance) the churn world in the SQL source. Same seed, same rows."""
+    from flywheel.simulate import simulate as run_simulation
+
+    start_date = _parse_date(start, "--start") if start else None
+    with console.status("simulating the churn world…"):
+        report = run_simulation(
+            _settings(), days=days, customers=customers, start=start_date, scenarios=drift or []
+        )
+    console.print(f"[green]simulated[/] {report.first_day} → {report.last_day} into {report.source}")
+    table = Table("table", "rows written")
+    for name, rows in report.rows.items():
+        table.add_row(name, f"{rows:,}")
+    console.print(table)
+
+
+def _parse_date(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise FlywheelError(f"{option} must be a date like 2025-01-31, got {value!r}.") from exc
+
+
+# ---------------------------------------------------------------- ingest / data
+@app.command()
+def ingest(
+    query: Annotated[str | None, typer.Option(help="SQL query to extract (default: source.table).")] = None,
+    file: Annotated[Path | None, typer.Option(help="Ingest a CSV or Parquet file instead of the SQL source.")] = None,
+    target: Annotated[str | None, typer.Option(help="Target column (required with --file).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset name (default: source.dataset).")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Re-extract everything instead of incrementally.")] = False,
+) -> None:
+    """Extract new rows into an immutable, content-addressed Parquet snapshot (validated)."""
+    from flywheel.data.snapshots import ingest as run_ingest
+
+    with console.status("ingesting…"):
+        result = run_ingest(_settings(), query=query, file=file, target=target, dataset=dataset, full=full)
+    m = result.manifest
+    if result.created:
+        console.print(f"[green]snapshot[/] {m.id}  {m.rows:,} rows (+{result.new_rows:,} new)  sha256 {m.sha256[:16]}…")
+    else:
+        console.print(f"[yellow]unchanged[/]: the data matches snapshot {m.id}; no new snapshot")
+    if result.contract_created:
+        console.print(f"contract inferred: {_settings().contracts_dir / (m.dataset + '.yaml')} (review and edit it)")
+
+
+@data_app.command("list")
+def data_list(
+    dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
+) -> None:
+    """List snapshots (id, created, rows, time range, parent)."""
+    from flywheel.data.snapshots import list_snapshots
+
+    table = Table("id", "dataset", "created", "rows", "time range", "parent")
+    for m in list_snapshots(_settings(), dataset):
+        span = f"{m.time_range[0]} → {m.time_range[1]}" if m.time_range else ""
+        table.add_row(m.id, m.dataset, m.created_at, f"{m.rows:,}", span, m.parent or "")
+    console.print(table)
+
+
+@data_app.command("show")
+def data_show(snapshot_id: Annotated[str, typer.Argument(help="Snapshot id (a unique prefix is enough).")]) -> None:
+    """Show a snapshot's manifest (schema, source, lineage, content hash)."""
+    from dataclasses import asdict
+
+    from flywheel.data.snapshots import get_snapshot
+
+    console.print_json(json.dumps(asdict(get_snapshot(_settings(), snapshot_id)), default=str))
+
+
+@data_app.command("validate")
+def data_validate(snapshot_id: Annotated[str, typer.Argument(help="Snapshot id to re-validate.")]) -> None:
+    """Re-validate a snapshot against the dataset's current contract (e.g. after editing it)."""
+    from flywheel.data.contract import format_report
+    from flywheel.data.snapshots import validate_snapshot
+
+    report = validate_snapshot(_settings(), snapshot_id)
+    if report.passed:
+        console.print(f"[green]valid[/]: {report.rows:,} rows pass contract {report.contract_version}")
+        return
+    err_console.print(format_report(report))
+    raise typer.Exit(5)
+
+
+@data_app.command("contract")
+def data_contract(dataset: Annotated[str | None, typer.Option(help="Dataset name.")] = None) -> None:
+    """Print the dataset's data contract (YAML) and where to edit it."""
+    from flywheel.data.contract import contract_path
+
+    s = _settings()
+    path = contract_path(s.contracts_dir, dataset or s.source.dataset)
+    if not path.exists():
+        raise FlywheelError(f"No contract at {path}; it is inferred on the first `flywheel ingest`.")
+    console.print(f"# {path}")
+    console.print(path.read_text(encoding="utf-8"), markup=False, highlight=False)
+
+
+# ---------------------------------------------------------------- training
+@app.command()
+def train(
+    snapshot: Annotated[str | None, typer.Argument(help="Snapshot id (default: the dataset's latest).")] = None,
+    params: Annotated[Path | None, typer.Option(help="params.yaml (family, hyperparameters, split, CV, search).")] = None,
+    trials: Annotated[int | None, typer.Option(help="Optuna trials (overrides params.yaml).")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL, e.g. postgresql://… to share trials.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset for the default snapshot.")] = None,
+    register: Annotated[bool, typer.Option("--register/--no-register", help="Register when gates pass.")] = True,
+) -> None:
+    """Train → evaluate (vs the champion) → gates → register as `challenger`."""
+    from flywheel.pipelines.steps import train_evaluate_register
+    from flywheel.training.params import load_params
+
+    s = _settings()
+    snap = snapshot or _latest_snapshot_id(s, dataset)
+    train_params = load_params(params or s.training.params_file)
+    with _progress([]) as on_step:
+        outcome = train_evaluate_register(
+            s, snap, train_params, trials=trials, storage=storage, register=register, on_step=on_step
+        )
+    _print_outcome(s, outcome)
+
+
+def _latest_snapshot_id(s: Settings, dataset: str | None) -> str:
+    from flywheel.data.snapshots import latest_snapshot
+    from flywheel.errors import NotFound
+
+    name = dataset or s.source.dataset
+    latest = latest_snapshot(s, name)
+    if latest is None:
+        raise NotFound(f"Dataset {name!r} has no snapshot yet. Fix: run `flywheel ingest` first.")
+    return latest.id
+
+
+def _print_outcome(s: Settings, outcome: Any) -> None:
+    ev = outcome.evaluation
+    table = Table("metric", "holdout", "champion" if ev.champion_metrics else "")
+    for key, value in ev.metrics.items():
+        champ = (ev.champion_metrics or {}).get(key)
+        table.add_row(key, f"{value:.4f}", "" if champ is None else f"{champ:.4f}")
+    console.print(table)
+    for gate in outcome.gates.results:
+        mark = "[green]pass[/]" if gate.passed else "[red]FAIL[/]"
+        console.print(f"  gate {mark} {gate.detail}")
+    console.print(f"run {outcome.result.run_id}")
+    if outcome.version:
+        console.print(f"[green]registered[/] {s.registry.model_name} version {outcome.version} "
+                      f"(alias challenger); model card: {outcome.card_path}")
+
+
+@app.command()
+def evaluate(run_id: Annotated[str, typer.Argument(help="MLflow run id of a training run.")]) -> None:
+    """Evaluate a training run on its holdout, against the champion, and apply the gates."""
+    from flywheel.registry.models import load_champion
+    from flywheel.training.evaluate import evaluate as run_evaluate
+    from flywheel.training.gates import check_gates, record_gates
+
+    s = _settings()
+    ev = run_evaluate(s, run_id, champion=load_champion(s))
+    report = check_gates(s.gates, ev)
+    record_gates(s, run_id, report)
+    console.print_json(json.dumps({"metrics": ev.metrics, "champion": ev.champion_metrics,
+                                   "slice_gaps": ev.slice_gaps, "gates": report.to_dict()}))
+    if not report.passed:
+        raise typer.Exit(8)
+
+
+# ---------------------------------------------------------------- registry
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="Model version to make champion.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")],
+) -> None:
+    """Move the `champion` alias to VERSION (or request approval when configured)."""
+    from flywheel.registry.models import promote as do_promote
+
+    out = do_promote(_settings(), version, reason=reason)
+    if out.pending:
+        console.print(f"[yellow]pending[/]: promotion of version {version} waits for `flywheel approve {version}`")
+    else:
+        console.print(f"[green]champion[/] → version {version} (was {out.entry.from_version or 'none'})")
+
+
+@app.command()
+def approve(
+    version: Annotated[str, typer.Argument(help="Model version whose promotion is pending.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")],
+) -> None:
+    """Approve a pending promotion (the approver must differ from the requester)."""
+    from flywheel.registry.models import approve as do_approve
+
+    out = do_approve(_settings(), version, reason=reason)
+    console.print(f"[green]approved[/]: champion → version {version} (was {out.entry.from_version or 'none'})")
+
+
+@app.command()
+def rollback(reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")]) -> None:
+    """Return `champion` to the previous champion."""
+    from flywheel.registry.models import rollback as do_rollback
+
+    out = do_rollback(_settings(), reason=reason)
+    console.print(f"[green]rolled back[/]: champion {out.entry.from_version} → {out.entry.to_version}")
+
+
+@registry_app.command("history")
+def registry_history(
+    verify: Annotated[bool, typer.Option("--verify", help="Check the audit log's hash chain.")] = False,
+) -> None:
+    """The audit log: who changed what, when, from, to, and why."""
+    from flywheel.registry.audit import AuditLog
+    from flywheel.registry.models import history
+
+    s = _settings()
+    table = Table("#", "when", "who", "action", "from", "to", "reason")
+    for e in history(s):
+        table.add_row(str(e.id), e.at, e.who, e.action, e.from_version or "", e.to_version or "", e.reason)
+    console.print(table)
+    if verify:
+        problems = AuditLog(s.registry.audit_url or "").verify()
+        if problems:
+            for p in problems:
+                err_console.print(f"[red]tampered[/]: {p}")
+            raise typer.Exit(11)
+        console.print("[green]audit chain intact[/]")
+
+
+@registry_app.command("list")
+def registry_list() -> None:
+    """Model versions with aliases and key tags."""
+    from flywheel.registry.models import list_versions
+
+    table = Table("version", "aliases", "run", "snapshot", "onnx sha256", "created")
+    for v in list_versions(_settings()):
+        table.add_row(v.version, ",".join(v.aliases), v.run_id or "", v.tags.get("flywheel.snapshot_id", ""),
+                      v.tags.get("flywheel.onnx_sha256", "")[:16], v.created_at)
+    console.print(table)
+
+
+# ---------------------------------------------------------------- the loop
+@app.command()
+def run(
+    days: Annotated[int | None, typer.Option(help="Append this many simulated days first (default: 365 on an empty source, else none).")] = None,
+    customers: Annotated[int, typer.Option(help="Customers in a new world.")] = 5000,
+    params: Annotated[Path | None, typer.Option(help="params.yaml for training.")] = None,
+    trials: Annotated[int | None, typer.Option(help="Optuna trials.")] = None,
+) -> None:
+    """The loop so far: simulate → ingest → validate → train → evaluate → gates → register."""
+    from flywheel.pipelines.steps import run_loop
+    from flywheel.training.params import load_params
+
+    s = _settings()
+    train_params = load_params(params or s.training.params_file)
+    with _progress([]) as on_step:
+        result = run_loop(s, days=days, customers=customers, params=train_params, trials=trials,
+                          on_step=on_step)
+    _print_outcome(s, result.outcome)
+    for note in result.notes:
+        console.print(note)
+    _print_where_to_look(s, result)
+
+
+def _print_where_to_look(s: Settings, result: Any) -> None:
+    uri = s.tracking.uri or ""
+    ui = (f"mlflow ui --backend-store-uri {mask_url(uri)}"
+          + (f" --default-artifact-root {s.tracking.artifact_location}" if s.tracking.artifact_location else ""))
+    console.rule("where to look")
+    console.print(f"snapshot:    {result.snapshot_id}  (flywheel data show {result.snapshot_id})")
+    console.print(f"MLflow UI:   {ui}" if not uri.startswith("http") else f"MLflow UI:   {uri}")
+    if result.outcome.card_path:
+        console.print(f"model card:  {result.outcome.card_path}")
+    console.print("audit log:   flywheel registry history")
+
+
+def main() -> None:
+    """Entry point: run the app, turning domain errors into a clean message and exit code."""
+    try:
+        app(standalone_mode=False)
+    except FlywheelError as exc:
+        _print_error(exc)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+def _print_error(exc: FlywheelError) -> None:
+    err_console.print(f"[red]error[/] ({exc.kind}): {exc.message}", highlight=False)
+    for v in exc.details.get("violations", []) or []:
+        line = v if isinstance(v, str) else getattr(v, "message", str(v))
+        err_console.print(f"  - {line}", highlight=False)
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        err_console.print_exception()
