@@ -1,29 +1,71 @@
 """The registry: MLflow model versions carrying ONNX + model card, aliases, approvals, rollback.
 
-INTERFACE STUB — implemented by the registry work item.
-
 A registered version is an MLflow ONNX model (``mlflow.onnx``) whose directory holds
 ``model.onnx`` and ``extra_files/{model_card.md, feature_specs.json, parity.json}``; the
 version tags hold ``flywheel.onnx_sha256`` and lineage (see ``flywheel.tracking.TAG``).
 New versions get the alias ``challenger``; ``champion`` moves by promote/approve/rollback.
+
+Registration is atomic in spirit: gates and ONNX parity are checked before anything is
+written to the registry; the version number is reserved first (so the card can name it),
+and if any later step fails the version is deleted again, the previous ``challenger`` alias
+is restored and nothing is appended to the audit log. A version only counts once it has the
+``flywheel.onnx_sha256`` tag, which is written last but one (before the alias).
+
+Champion history lives in the audit log (append-only, hash-chained): rollback pops the
+champion stack that promote/approve/rollback entries describe.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pandas as pd
+
+import flywheel
 from flywheel.config import Settings
-from flywheel.registry.audit import AuditEntry
-from flywheel.registry.onnx_export import ParityReport
+from flywheel.data.snapshots import Manifest, get_snapshot
+from flywheel.errors import FlywheelError, GateFailed, NotFound, ParityError, RegistryError
+from flywheel.registry.audit import AuditEntry, AuditLog
+from flywheel.registry.card import CardContext, render_model_card
+from flywheel.registry.onnx_export import (
+    ParityReport,
+    check_parity,
+    export_onnx,
+    make_session,
+    onnx_predict,
+)
+from flywheel.tracking import TAG, configure_mlflow, git_commit
 from flywheel.training.evaluate import ChampionModel, Evaluation
+from flywheel.training.features import FeatureSpec, Task, prepare_frame
 from flywheel.training.gates import GateReport
-from flywheel.training.train import TrainResult
+from flywheel.training.train import TrainResult, load_holdout, load_pipeline
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.models import ModelSignature
+    from sklearn.pipeline import Pipeline
 
 __all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "ModelArtifacts",
     "ModelVersionInfo",
+    "PromotionOutcome",
     "RegisteredVersion",
     "approve",
+    "fetch_model_artifacts",
     "history",
     "list_versions",
     "load_champion",
@@ -31,6 +73,20 @@ __all__ = [
     "register",
     "rollback",
 ]
+
+log = logging.getLogger("flywheel.registry")
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+ONNX_NAME = "onnx"
+APPROVAL_TAG = "flywheel.approval"
+PARITY_TAGS = {
+    "max_abs_diff": "flywheel.parity.max_abs_diff",
+    "rows_over_tolerance": "flywheel.parity.rows_over_tolerance",
+    "label_mismatches": "flywheel.parity.label_mismatches",
+    "tolerance": "flywheel.parity.tolerance",
+}
+CHAMPION_MOVES = ("promote", "approve", "rollback")
 
 
 @dataclass
@@ -43,6 +99,7 @@ class RegisteredVersion:
     model_uri: str  # models:/<name>/<version>
     card_markdown: str
     aliases: list[str] = field(default_factory=list)
+    audit_entry: AuditEntry | None = None
 
 
 @dataclass
@@ -62,6 +119,190 @@ class PromotionOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ModelArtifacts:
+    """A version's serving files, downloaded and checked against its sha256 tag."""
+
+    name: str
+    version: str
+    model_path: Path  # model.onnx
+    card_path: Path
+    specs_path: Path
+    feature_specs: list[FeatureSpec]
+    task: Task
+    classes: list[Any] | None
+    onnx_sha256: str
+    aliases: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- MLflow boundary
+
+
+@contextmanager
+def _mlflow_errors(what: str, settings: Settings) -> Iterator[None]:
+    """Translate MLflow's exceptions into RegistryError/NotFound at the boundary."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        cls = NotFound if _is_missing(exc) else RegistryError
+        raise cls(
+            f"Cannot {what}: {exc.message}. Check tracking.uri ({settings.tracking.uri!r}) "
+            "and the model name (registry.model_name).",
+            model=settings.registry.model_name,
+        ) from exc
+
+
+def _is_missing(exc: Exception) -> bool:
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _client(settings: Settings) -> MlflowClient:
+    from mlflow import MlflowClient
+
+    configure_mlflow(settings)
+    return MlflowClient()
+
+
+def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
+    """``{alias: version}`` of the registered model (empty when the model does not exist).
+
+    Read from the registered model rather than ``get_model_version_by_alias``, whose
+    "alias not found" error code differs between the SQL and REST stores."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = client.get_registered_model(name).aliases or {}
+    except MlflowException as exc:
+        if _is_missing(exc):
+            return {}
+        raise
+    return {alias: str(version) for alias, version in aliases.items()}
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    return _aliases(client, name).get(alias)
+
+
+def _versions(client: MlflowClient, name: str) -> list[ModelVersion]:
+    found = client.search_model_versions(f"name = '{name}'")
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def _get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
+    """The version, or NotFound naming the model and the versions that exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if not _is_missing(exc):
+            raise
+        existing = [str(v.version) for v in _versions(client, name)]
+        raise NotFound(
+            f"Model {name!r} has no version {version!r}; existing versions: {existing or 'none'}. "
+            "Pass one of those (see `flywheel models list`).",
+            model=name,
+            version=str(version),
+            existing=existing,
+        ) from exc
+
+
+def _audit(settings: Settings) -> AuditLog:
+    return AuditLog(settings.registry.audit_url or "")
+
+
+# --------------------------------------------------------------------------- register
+
+
+def _require_gates(gate_report: GateReport, result: TrainResult) -> None:
+    if gate_report.passed:
+        return
+    failed = [f"{r.gate}({r.metric}): {r.detail}" for r in gate_report.failures]
+    raise GateFailed(
+        f"Run {result.run_id} failed {len(failed)} quality gate(s): {'; '.join(failed)}. "
+        "The registry is unchanged; improve the model or adjust `gates.*` deliberately.",
+        run_id=result.run_id,
+        failed=[asdict(r) for r in gate_report.failures],
+    )
+
+
+def _parity(
+    settings: Settings, result: TrainResult, pipeline: Pipeline, onnx_model: bytes
+) -> tuple[ParityReport, pd.DataFrame]:
+    """ONNX vs native on the run's holdout; logged as run metrics; ParityError if it fails."""
+    from mlflow import MlflowClient
+
+    frame, _ = load_holdout(settings, result.run_id)
+    report = check_parity(
+        pipeline, onnx_model, frame, result.feature_specs, task=result.task,
+        tolerance=settings.registry.parity_tolerance, relative=result.task == "regression",
+    )
+    client = MlflowClient()
+    for key in ("max_abs_diff", "rows_over_tolerance", "label_mismatches"):
+        client.log_metric(result.run_id, f"onnx_parity_{key}", float(getattr(report, key)))
+    if not report.passed:
+        raise ParityError(
+            f"ONNX export of run {result.run_id} disagrees with the native pipeline: max |Δ| "
+            f"{report.max_abs_diff:.3g} (tolerance {report.tolerance:g}), "
+            f"{report.rows_over_tolerance} of {report.rows} rows over tolerance, "
+            f"{report.label_mismatches} label mismatches. Nothing was registered; check the "
+            "float32 casting of the features (docs/onnx.md) or raise registry.parity_tolerance.",
+            run_id=result.run_id,
+            parity=asdict(report),
+        )
+    return report, frame
+
+
+def _signature(specs: list[FeatureSpec]) -> ModelSignature:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema, TensorSpec
+
+    cols: list[ColSpec | TensorSpec] = [
+        ColSpec(DataType.float if s.kind == "numeric" else DataType.string, s.name)
+        for s in specs
+    ]
+    return ModelSignature(inputs=Schema(cols))
+
+
+def _specs_json(result: TrainResult) -> dict[str, Any]:
+    classes = [c.item() if isinstance(c, np.generic) else c for c in result.classes or []]
+    return {
+        "features": [{"name": s.name, "kind": s.kind} for s in result.feature_specs],
+        "task": result.task,
+        "target": result.target,
+        "classes": classes if result.task == "classification" else None,
+    }
+
+
+def _run_tags(client: MlflowClient, run_id: str) -> dict[str, str]:
+    return dict(client.get_run(run_id).data.tags)
+
+
+def _snapshot(settings: Settings, snapshot_id: str) -> Manifest | None:
+    try:
+        return get_snapshot(settings, snapshot_id)
+    except FlywheelError as exc:
+        log.warning("snapshot %s unreadable for the model card: %s", snapshot_id, exc)
+        return None
+
+
+@dataclass
+class _Draft:
+    """What registration has computed before it touches the registry."""
+
+    result: TrainResult
+    evaluation: Evaluation
+    gate_report: GateReport
+    parity: ParityReport
+    onnx_model: bytes
+    sha256: str
+    example: pd.DataFrame
+    manifest: Manifest | None
+    run_tags: dict[str, str]
+
+
 def register(
     settings: Settings,
     result: TrainResult,
@@ -69,28 +310,434 @@ def register(
     evaluation: Evaluation,
     gate_report: GateReport,
 ) -> RegisteredVersion:
-    raise NotImplementedError
+    """Export the run's pipeline to ONNX, check parity, and register it as ``challenger``."""
+    _require_gates(gate_report, result)
+    client = _client(settings)
+    with _mlflow_errors(f"register run {result.run_id}", settings):
+        pipeline = load_pipeline(settings, result.run_id)
+        onnx_model = export_onnx(pipeline, result.feature_specs, task=result.task)
+        parity, holdout = _parity(settings, result, pipeline, onnx_model)
+        draft = _Draft(
+            result=result, evaluation=evaluation, gate_report=gate_report, parity=parity,
+            onnx_model=onnx_model, sha256=hashlib.sha256(onnx_model).hexdigest(),
+            example=prepare_frame(holdout.head(3), result.feature_specs),
+            manifest=_snapshot(settings, result.snapshot_id),
+            run_tags=_run_tags(client, result.run_id),
+        )
+        return _publish(settings, client, draft)
 
 
-def load_champion(settings: Settings, alias: str = "champion") -> ChampionModel | None:
-    raise NotImplementedError
+def _reserve_version(client: MlflowClient, name: str, result: TrainResult) -> tuple[str, str]:
+    """Create the (empty, pending) ONNX logged model and a version pointing at it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    experiment_id = client.get_run(result.run_id).info.experiment_id
+    logged = mlflow.initialize_logged_model(
+        name=ONNX_NAME, source_run_id=result.run_id, model_type="onnx",
+        experiment_id=experiment_id,
+    )
+    mv = client.create_model_version(
+        name, source=f"models:/{logged.model_id}", run_id=result.run_id,
+        model_id=logged.model_id, await_creation_for=0,
+    )
+    return str(mv.version), logged.model_id
+
+
+def _publish(settings: Settings, client: MlflowClient, draft: _Draft) -> RegisteredVersion:
+    name = settings.registry.model_name
+    previous_challenger = _alias_version(client, name, CHALLENGER)
+    version, model_id = _reserve_version(client, name, draft.result)
+    try:
+        card = _card(settings, draft, name, version)
+        _log_onnx(client, draft, model_id, card)
+        _tag_version(client, name, version, draft)
+        client.update_model_version(name, version, description=card)
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        entry = _audit(settings).append(
+            who=settings.user, action="register", model=name, from_version=previous_challenger,
+            to_version=version, reason=f"run {draft.result.run_id} passed gates and parity",
+        )
+    except BaseException:
+        _undo(client, name, version, model_id, previous_challenger)
+        raise
+    log.info("registered %s v%s (run %s) as %s", name, version, draft.result.run_id, CHALLENGER)
+    return RegisteredVersion(
+        name=name, version=version, run_id=draft.result.run_id, onnx_sha256=draft.sha256,
+        parity=draft.parity, model_uri=f"models:/{name}/{version}", card_markdown=card,
+        aliases=[CHALLENGER], audit_entry=entry,
+    )
+
+
+def _undo(
+    client: MlflowClient, name: str, version: str, model_id: str, challenger: str | None
+) -> None:
+    """Best effort: delete the half-made version, restore the alias, drop the logged model."""
+    steps: list[tuple[str, Any]] = [
+        ("delete version", lambda: client.delete_model_version(name, version)),
+        ("delete logged model", lambda: client.delete_logged_model(model_id)),
+    ]
+    if challenger is not None:
+        restore = lambda: client.set_registered_model_alias(name, CHALLENGER, challenger)  # noqa: E731
+        steps.append(("restore alias", restore))
+    for what, step in steps:
+        try:
+            step()
+        except Exception:  # keep undoing; the original error is what the caller sees
+            log.exception("could not %s while undoing registration of %s v%s", what, name, version)
+    log.warning("registration of %s v%s failed; version removed", name, version)
+
+
+def _card(settings: Settings, draft: _Draft, name: str, version: str) -> str:
+    ctx = CardContext(
+        name=name, version=version, onnx_sha256=draft.sha256,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"), created_by=settings.user,
+        git_commit=draft.run_tags.get(TAG["git_commit"]) or git_commit(),
+        package_version=draft.run_tags.get(TAG["package_version"]) or flywheel.__version__,
+        snapshot_sha256=draft.run_tags.get(TAG["snapshot_sha256"]),
+    )
+    return render_model_card(
+        ctx, result=draft.result, evaluation=draft.evaluation, gate_report=draft.gate_report,
+        parity=draft.parity, manifest=draft.manifest,
+    )
+
+
+def _pip_requirements() -> list[str]:
+    import onnx
+    import onnxruntime
+
+    return [f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"]
+
+
+@contextmanager
+def _quiet_serving_check() -> Iterator[None]:
+    """Silence MLflow's serving-input check while logging: it feeds the example through
+    MLflow's own ONNX pyfunc, which passes 1-D columns to our ``[None, 1]`` inputs and always
+    warns. flywheel serves with its own ONNX Runtime code (``onnx_predict``), not that pyfunc."""
+    logger = logging.getLogger("mlflow.models.model")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _log_onnx(client: MlflowClient, draft: _Draft, model_id: str, card: str) -> None:
+    """Log model.onnx + extra files into the reserved logged model of the training run."""
+    import mlflow.onnx
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="fw-register-") as tmp:
+        files = {
+            "model_card.md": card,
+            "feature_specs.json": json.dumps(_specs_json(draft.result), indent=2),
+            "parity.json": json.dumps(asdict(draft.parity), indent=2),
+        }
+        for fname, text in files.items():
+            (Path(tmp) / fname).write_text(text, encoding="utf-8")
+        with _quiet_serving_check():
+            mlflow.onnx.log_model(
+                onnx.load_model_from_string(draft.onnx_model), name=ONNX_NAME, model_id=model_id,
+                run_id=draft.result.run_id, signature=_signature(draft.result.feature_specs),
+                input_example=draft.example, pip_requirements=_pip_requirements(),
+                extra_files=[str(Path(tmp) / f) for f in files], save_as_external_data=False,
+                onnx_execution_providers=["CPUExecutionProvider"],
+            )
+    location = client.get_logged_model(model_id).artifact_location
+    stored = Path(mlflow.artifacts.download_artifacts(f"{location}/model.onnx"))
+    if _sha256(stored) != draft.sha256:
+        raise RegistryError(
+            f"The stored model.onnx (sha256 {_sha256(stored)}) differs from the exported bytes "
+            f"({draft.sha256}). Nothing was registered; report this as a bug.",
+        )
+
+
+def _tag_version(client: MlflowClient, name: str, version: str, draft: _Draft) -> None:
+    result, parity = draft.result, draft.parity
+    snapshot_sha = draft.manifest.sha256 if draft.manifest else draft.run_tags.get(
+        TAG["snapshot_sha256"], ""
+    )
+    tags = {
+        TAG["snapshot_id"]: result.snapshot_id,
+        TAG["snapshot_sha256"]: snapshot_sha,
+        TAG["dataset"]: result.dataset,
+        TAG["run_id"]: result.run_id,
+        TAG["task"]: result.task,
+        TAG["target"]: result.target,
+        TAG["family"]: result.family,
+        TAG["gates"]: "passed",
+        **{tag: str(getattr(parity, key)) for key, tag in PARITY_TAGS.items()},
+        TAG["onnx_sha256"]: draft.sha256,  # last: a version without it is not usable
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- load
+
+
+def _resolve(client: MlflowClient, name: str, ref: str) -> ModelVersion:
+    if str(ref).isdigit():
+        return _get_version(client, name, str(ref))
+    version = _alias_version(client, name, ref)
+    if version is None:
+        raise NotFound(
+            f"Model {name!r} has no version with alias {ref!r}. Register a model "
+            "(`flywheel register`) or promote one (`flywheel promote VERSION`).",
+            model=name,
+            alias=ref,
+        )
+    return _get_version(client, name, version)
+
+
+def fetch_model_artifacts(
+    settings: Settings, ref: str | int, *, dst: Path | None = None
+) -> ModelArtifacts:
+    """Download a version's ONNX model, card and specs (``ref``: version or alias), sha-checked."""
+    import mlflow
+
+    name = settings.registry.model_name
+    client = _client(settings)
+    with _mlflow_errors(f"fetch {name!r} {ref!r}", settings):
+        mv = _resolve(client, name, str(ref))
+        expected = mv.tags.get(TAG["onnx_sha256"])
+        if not expected:
+            raise RegistryError(
+                f"{name} v{mv.version} has no {TAG['onnx_sha256']} tag, so it was not fully "
+                "registered. Register the run again with `flywheel register`.",
+                model=name,
+                version=str(mv.version),
+            )
+        target = dst or settings.home / "models" / name / str(mv.version)
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        local = Path(mlflow.artifacts.download_artifacts(
+            f"models:/{name}/{mv.version}", dst_path=str(target)
+        ))
+    return _checked_artifacts(name, mv, local, expected)
+
+
+def _checked_artifacts(name: str, mv: ModelVersion, local: Path, expected: str) -> ModelArtifacts:
+    model_path = local / "model.onnx"
+    actual = _sha256(model_path)
+    if actual != expected:
+        raise RegistryError(
+            f"{name} v{mv.version}: model.onnx has sha256 {actual} but the registry recorded "
+            f"{expected}; the artifact was changed after registration. Refusing to load it; "
+            "re-register the run or restore the artifact store.",
+            model=name,
+            version=str(mv.version),
+            expected=expected,
+            actual=actual,
+        )
+    specs_path = local / "extra_files" / "feature_specs.json"
+    specs = json.loads(specs_path.read_text(encoding="utf-8"))
+    return ModelArtifacts(
+        name=name, version=str(mv.version), model_path=model_path,
+        card_path=local / "extra_files" / "model_card.md", specs_path=specs_path,
+        feature_specs=[FeatureSpec(f["name"], f["kind"]) for f in specs["features"]],
+        task=specs["task"], classes=specs.get("classes"), onnx_sha256=actual,
+        aliases=sorted(mv.aliases or []),
+    )
+
+
+def load_champion(settings: Settings, alias: str = CHAMPION) -> ChampionModel | None:
+    """The version behind ``alias`` as an ONNX scorer, or None when the alias is unset."""
+    try:
+        artifacts = fetch_model_artifacts(settings, alias)
+    except NotFound:
+        return None
+    session = make_session(artifacts.model_path.read_bytes())
+    specs, task = artifacts.feature_specs, artifacts.task
+
+    def predict(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+        return onnx_predict(session, frame, specs, task=task)
+
+    return ChampionModel(version=artifacts.version, predict=predict)
+
+
+# --------------------------------------------------------------------------- aliases
+
+
+def _require_reason(reason: str, command: str) -> str:
+    if not reason or not reason.strip():
+        raise RegistryError(
+            f"A reason is required to {command} (got {reason!r}): every registry change is "
+            f"audited. Pass --reason \"why\".",
+            command=command,
+        )
+    return reason.strip()
+
+
+def _settle_approval_tag(client: MlflowClient, name: str, version: str, action: str) -> None:
+    """Mirror of the audit state for the MLflow UI: approved, or no longer pending."""
+    if action == "approve":
+        client.set_model_version_tag(name, version, APPROVAL_TAG, "approved")
+    elif client.get_model_version(name, version).tags.get(APPROVAL_TAG) == "pending":
+        client.delete_model_version_tag(name, version, APPROVAL_TAG)
+
+
+def _move_champion(
+    settings: Settings, client: MlflowClient, version: str, action: str, reason: str
+) -> AuditEntry:
+    name = settings.registry.model_name
+    current = _alias_version(client, name, CHAMPION)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    _settle_approval_tag(client, name, version, action)
+    try:
+        return _audit(settings).append(
+            who=settings.user, action=action, model=name, from_version=current,
+            to_version=version, reason=reason,
+        )
+    except BaseException:  # no unaudited change: put the alias back
+        if current is None:
+            client.delete_registered_model_alias(name, CHAMPION)
+        else:
+            client.set_registered_model_alias(name, CHAMPION, current)
+        raise
+
+
+def _pending_request(entries: list[AuditEntry], version: str) -> AuditEntry | None:
+    """The open promotion request for ``version``: requested, not yet approved or superseded."""
+    pending: AuditEntry | None = None
+    for entry in entries:
+        if entry.action == "promote_requested" and entry.to_version == version:
+            pending = entry
+        elif entry.action in ("approve", "promote") and entry.to_version == version:
+            pending = None
+    return pending
 
 
 def promote(settings: Settings, version: str, *, reason: str) -> PromotionOutcome:
-    raise NotImplementedError
+    """Move ``champion`` to ``version``, or record a request when approval is required."""
+    reason = _require_reason(reason, "promote")
+    name, version = settings.registry.model_name, str(version)
+    client = _client(settings)
+    with _mlflow_errors(f"promote {name} v{version}", settings):
+        _get_version(client, name, version)
+        current = _alias_version(client, name, CHAMPION)
+        if current == version:
+            raise RegistryError(
+                f"{name} v{version} is already the champion; nothing to promote. "
+                "Pick another version (see `flywheel models list`).",
+                model=name, version=version,
+            )
+        if not settings.registry.require_approval:
+            return PromotionOutcome(_move_champion(settings, client, version, "promote", reason),
+                                    pending=False)
+        return _request(settings, client, version, current, reason)
+
+
+def _request(
+    settings: Settings, client: MlflowClient, version: str, current: str | None, reason: str
+) -> PromotionOutcome:
+    name = settings.registry.model_name
+    audit = _audit(settings)
+    if (open_request := _pending_request(audit.entries(name), version)) is not None:
+        raise RegistryError(
+            f"Promotion of {name} v{version} is already waiting for approval (requested by "
+            f"{open_request.who} at {open_request.at}). Another user runs `flywheel approve "
+            f"{version} --reason ...`.",
+            model=name, version=version,
+        )
+    entry = audit.append(
+        who=settings.user, action="promote_requested", model=name, from_version=current,
+        to_version=version, reason=reason,
+    )
+    client.set_model_version_tag(name, version, APPROVAL_TAG, "pending")
+    return PromotionOutcome(entry, pending=True, extra={"requested_by": settings.user})
 
 
 def approve(settings: Settings, version: str, *, reason: str) -> PromotionOutcome:
-    raise NotImplementedError
+    """Approve a pending promotion (by someone other than the requester) and move champion."""
+    reason = _require_reason(reason, "approve")
+    name, version = settings.registry.model_name, str(version)
+    client = _client(settings)
+    with _mlflow_errors(f"approve {name} v{version}", settings):
+        _get_version(client, name, version)
+        request = _pending_request(_audit(settings).entries(name), version)
+        if request is None:
+            raise RegistryError(
+                f"No pending promotion of {name} v{version} to approve. Request one with "
+                f"`flywheel promote {version} --reason ...` (with registry.require_approval on).",
+                model=name, version=version,
+            )
+        if request.who == settings.user:
+            raise RegistryError(
+                f"{settings.user!r} requested the promotion of {name} v{version} and cannot also "
+                "approve it (four-eyes rule). Ask another user to run `flywheel approve`.",
+                model=name, version=version, requester=request.who,
+            )
+        entry = _move_champion(settings, client, version, "approve", reason)
+    return PromotionOutcome(entry, pending=False, extra={"requested_by": request.who})
+
+
+def champion_stack(entries: list[AuditEntry]) -> list[str | None]:
+    """Previous champions, oldest first, as promote/approve push and rollback pops."""
+    stack: list[str | None] = []
+    for entry in entries:
+        if entry.action in ("promote", "approve"):
+            stack.append(entry.from_version)
+        elif entry.action == "rollback" and stack:
+            stack.pop()
+    return stack
 
 
 def rollback(settings: Settings, *, reason: str) -> PromotionOutcome:
-    raise NotImplementedError
+    """Return ``champion`` to the champion before it (repeatable, like popping a stack)."""
+    reason = _require_reason(reason, "rollback")
+    name = settings.registry.model_name
+    client = _client(settings)
+    with _mlflow_errors(f"roll back {name}", settings):
+        stack = champion_stack(_audit(settings).entries(name))
+        if not stack or stack[-1] is None:
+            current = _alias_version(client, name, CHAMPION)
+            raise RegistryError(
+                f"Nothing to roll back to for {name}: the champion (v{current}) has no earlier "
+                "champion in the audit log. Promote a version explicitly instead.",
+                model=name, champion=current,
+            )
+        target = str(stack[-1])
+        _get_version(client, name, target)
+        entry = _move_champion(settings, client, target, "rollback", reason)
+    return PromotionOutcome(entry, pending=False)
+
+
+# --------------------------------------------------------------------------- listing
 
 
 def list_versions(settings: Settings) -> list[ModelVersionInfo]:
-    raise NotImplementedError
+    """Every version of the registered model, oldest first (empty if there is none)."""
+    name = settings.registry.model_name
+    client = _client(settings)
+    with _mlflow_errors(f"list versions of {name!r}", settings):
+        versions = _versions(client, name)
+        aliases = _aliases(client, name)
+    return [
+        ModelVersionInfo(
+            name=name, version=str(v.version), run_id=v.run_id,
+            aliases=sorted(a for a, ver in aliases.items() if ver == str(v.version)),
+            tags=dict(v.tags or {}),
+            created_at=datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).isoformat(),
+        )
+        for v in versions
+    ]
 
 
 def history(settings: Settings) -> list[AuditEntry]:
-    raise NotImplementedError
+    """The audit entries of the registered model, oldest first."""
+    return _audit(settings).entries(settings.registry.model_name)

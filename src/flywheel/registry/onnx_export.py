@@ -1,24 +1,52 @@
 """ONNX export of a whole fitted pipeline, and the parity check against native predictions.
 
-INTERFACE STUB — implemented by the features/ONNX work item.
-
 The ONNX graph has one input per feature, named as the feature, shape ``[None, 1]``:
-float32 for numeric, string for categorical. Outputs: ``label`` (int64 class or float
-value) and, for classifiers, ``probabilities`` ``[None, n_classes]`` (no ZipMap).
+float32 for numeric, string for categorical. Outputs: ``label`` (the original class labels:
+int64 for integer classes, string for string classes; float32 ``[None, 1]`` values for
+regression) and, for classifiers, ``probabilities`` ``[None, n_classes]`` (no ZipMap), columns
+in the order of ``pipeline.classes_``. See ``docs/onnx.md``.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from flywheel.training.features import FeatureSpec, Task
+from flywheel.errors import RegistryError
+from flywheel.training.features import (
+    EncodedXGBClassifier,
+    FeatureSpec,
+    RatioFeatures,
+    Task,
+    prepare_frame,
+)
 
-__all__ = ["ParityReport", "check_parity", "export_onnx", "onnx_feeds", "onnx_predict"]
+__all__ = [
+    "TARGET_OPSET",
+    "ParityReport",
+    "check_parity",
+    "export_onnx",
+    "make_session",
+    "onnx_feeds",
+    "onnx_predict",
+]
+
+log = logging.getLogger("flywheel.registry")
+
+# onnxmltools 1.16 emits LightGBM/XGBoost trees as ai.onnx.ml TreeEnsemble* v1 nodes, which
+# need ai.onnx.ml <= 3 (v5 replaced them); skl2onnx targets the same domain versions, so the
+# whole graph is pinned here. See docs/onnx.md for what was tried.
+TARGET_OPSET: dict[str, int] = {"": 17, "ai.onnx.ml": 3}
+META_PREFIX = "flywheel."
 
 
 @dataclass(frozen=True)
@@ -28,25 +56,221 @@ class ParityReport:
     rows_over_tolerance: int
     label_mismatches: int
     tolerance: float
+    relative: bool = False  # regression diffs divided by max(1, max |native value|)
+    label_ties: int = 0  # labels that differ only where native probabilities tie (≤ tolerance)
 
     @property
     def passed(self) -> bool:
         return self.rows_over_tolerance == 0 and self.label_mismatches == 0
 
 
+# --------------------------------------------------------------------------- converters
+
+
+def _ratio_shape(operator: Any) -> None:
+    from skl2onnx.common.data_types import FloatTensorType
+
+    n_rows = operator.inputs[0].get_first_dimension()
+    operator.outputs[0].type = FloatTensorType([n_rows, len(operator.raw_operator.pairs_)])
+
+
+def _ratio_convert(scope: Any, operator: Any, container: Any) -> None:
+    """``num / where(den < 1, 1, den)`` per ratio, columns concatenated (float32 throughout)."""
+    from skl2onnx.algebra.onnx_ops import OnnxConcat, OnnxDiv, OnnxGather, OnnxLess, OnnxWhere
+
+    opv = container.target_opset
+    x = operator.inputs[0]
+    one = np.array([1], dtype=np.float32)
+    columns = []
+    for i, j in operator.raw_operator.pairs_:
+        num = OnnxGather(x, np.array([i], dtype=np.int64), axis=1, op_version=opv)
+        den = OnnxGather(x, np.array([j], dtype=np.int64), axis=1, op_version=opv)
+        safe = OnnxWhere(OnnxLess(den, one, op_version=opv), one, den, op_version=opv)
+        columns.append(OnnxDiv(num, safe, op_version=opv))
+    out = OnnxConcat(*columns, axis=1, op_version=opv, output_names=operator.outputs[:1])
+    out.add_to(scope, container)
+
+
+@cache
+def register_converters() -> None:
+    """Teach skl2onnx RatioFeatures, LightGBM and XGBoost (once per process)."""
+    from lightgbm import LGBMClassifier, LGBMRegressor
+    from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+    from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+    from xgboost import XGBRegressor
+
+    update_registered_converter(
+        RatioFeatures, "FlywheelRatioFeatures", _ratio_shape, _ratio_convert
+    )
+    zipmap = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
+    for model, alias, shape, convert, options in (
+        (
+            LGBMClassifier,
+            "LgbmClassifier",
+            calculate_linear_classifier_output_shapes,
+            convert_lightgbm,
+            zipmap,
+        ),
+        (
+            LGBMRegressor,
+            "LgbmRegressor",
+            calculate_linear_regressor_output_shapes,
+            convert_lightgbm,
+            None,
+        ),
+        (
+            EncodedXGBClassifier,
+            "XGBoostXGBClassifier",
+            calculate_linear_classifier_output_shapes,
+            convert_xgboost,
+            zipmap,
+        ),
+        (
+            XGBRegressor,
+            "XGBoostXGBRegressor",
+            calculate_linear_regressor_output_shapes,
+            convert_xgboost,
+            None,
+        ),
+    ):
+        update_registered_converter(model, alias, shape, convert, options=options)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _initial_types(specs: list[FeatureSpec]) -> list[tuple[str, Any]]:
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    return [
+        (s.name, FloatTensorType([None, 1]) if s.kind == "numeric" else StringTensorType([None, 1]))
+        for s in specs
+    ]
+
+
+def _rename_outputs(model: onnx.ModelProto, wanted: list[str]) -> None:
+    """Rename the graph outputs in order to ``wanted`` (and every node that uses them)."""
+    mapping = {o.name: new for o, new in zip(model.graph.output, wanted, strict=False)}
+    for node in model.graph.node:
+        node.output[:] = [mapping.get(n, n) for n in node.output]
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+    for out in model.graph.output:
+        out.name = mapping.get(out.name, out.name)
+
+
+def _add_metadata(
+    model: onnx.ModelProto, specs: list[FeatureSpec], task: Task, pipeline: Pipeline
+) -> None:
+    meta = {
+        "task": task,
+        "features": json.dumps([{"name": s.name, "kind": s.kind} for s in specs]),
+        "family": type(pipeline.steps[-1][1]).__name__,
+    }
+    if task == "classification":
+        meta["classes"] = json.dumps([_plain(c) for c in pipeline.classes_])
+    onnx.helper.set_model_props(model, {META_PREFIX + k: v for k, v in meta.items()})
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def export_onnx(pipeline: Pipeline, specs: list[FeatureSpec], *, task: Task) -> bytes:
-    raise NotImplementedError
+    """Serialized ONNX of the fitted ``pipeline``: one input per spec, ``label`` (+
+    ``probabilities`` for classifiers). Raises :class:`RegistryError` if conversion fails."""
+    from skl2onnx import convert_sklearn
+
+    register_converters()
+    model = pipeline.steps[-1][1]
+    options = {id(model): {"zipmap": False}} if task == "classification" else None
+    try:
+        onx = convert_sklearn(
+            pipeline,
+            initial_types=_initial_types(specs),
+            options=options,
+            target_opset=TARGET_OPSET,
+        )
+    except Exception as exc:  # skl2onnx raises bare RuntimeError/TypeError/etc.
+        raise RegistryError(
+            f"ONNX export of {type(model).__name__} failed: {exc}. Check that the pipeline "
+            "was built by flywheel.training.features.build_pipeline and is fitted.",
+            estimator=type(model).__name__,
+        ) from exc
+    wanted = ["label", "probabilities"] if task == "classification" else ["label"]
+    _rename_outputs(onx, wanted)
+    _add_metadata(onx, specs, task, pipeline)
+    return onx.SerializeToString()
+
+
+# --------------------------------------------------------------------------- predict
 
 
 def onnx_feeds(df: pd.DataFrame, specs: list[FeatureSpec]) -> dict[str, np.ndarray]:
-    raise NotImplementedError
+    """``{feature: [n, 1] array}`` (float32 or object ``str``) from a raw frame."""
+    frame = prepare_frame(df, specs)
+    return {
+        s.name: frame[s.name]
+        .to_numpy(dtype=np.float32 if s.kind == "numeric" else object)
+        .reshape(-1, 1)
+        for s in specs
+    }
 
 
 def onnx_predict(
     session: ort.InferenceSession, df: pd.DataFrame, specs: list[FeatureSpec], *, task: Task
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels (or regression values) and class probabilities (None for regression)."""
-    raise NotImplementedError
+    if task == "classification":
+        label, proba = session.run(["label", "probabilities"], onnx_feeds(df, specs))
+        return np.asarray(label).ravel(), np.asarray(proba)
+    (values,) = session.run(["label"], onnx_feeds(df, specs))
+    return np.asarray(values).ravel(), None
+
+
+def make_session(onnx_model: bytes, *, threads: int = 1) -> ort.InferenceSession:
+    """A CPU session with few threads (the machines are shared)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(onnx_model, opts, providers=["CPUExecutionProvider"])
+
+
+def _diffs(native: np.ndarray, exported: np.ndarray, relative: bool) -> np.ndarray:
+    native = np.asarray(native, dtype=np.float64).reshape(len(native), -1)
+    exported = np.asarray(exported, dtype=np.float64).reshape(native.shape)
+    diff = np.abs(native - exported)
+    # Scale of the batch, not of the row: a float32 sum of terms ~1000 that cancels to ~0
+    # is off by ~1e-4 however small the row's value is.
+    scale = max(1.0, float(np.abs(native).max(initial=0.0)))
+    return diff / scale if relative else diff
+
+
+def _label_mismatches(
+    pipeline: Pipeline,
+    frame: pd.DataFrame,
+    onnx_labels: np.ndarray,
+    native_proba: np.ndarray,
+    *,
+    tolerance: float,
+) -> tuple[int, int]:
+    """(mismatches, ties): rows whose labels differ, split by whether the native
+    probabilities of the two labels tie within ``tolerance`` (a vote split evenly, where
+    float32 vs float64 rounding legitimately picks either side)."""
+    native = np.asarray(pipeline.predict(frame)).astype(object)
+    differ = np.flatnonzero(native != onnx_labels.astype(object))
+    position = {c: i for i, c in enumerate(pipeline.classes_)}
+    ties = 0
+    for row in differ:
+        j = position.get(onnx_labels[row])
+        if j is not None:
+            margin = native_proba[row, position[native[row]]] - native_proba[row, j]
+            ties += int(margin <= tolerance)
+    return len(differ) - ties, ties
 
 
 def check_parity(
@@ -57,5 +281,36 @@ def check_parity(
     *,
     task: Task,
     tolerance: float = 1e-4,
+    relative: bool = True,
 ) -> ParityReport:
-    raise NotImplementedError
+    """Native vs ONNX Runtime predictions on ``df``.
+
+    Classification compares every class probability (absolute) and the labels (a differing
+    label on a probability tie within ``tolerance`` is counted in ``label_ties``, not as a
+    mismatch). Regression compares ``|Δ| / max(1, max |native|)``, relative to the batch's
+    scale (``relative=True``, the default: ONNX outputs float32, whose rounding alone is ~1e-4
+    at values ~1000), or plain ``|Δ|`` with ``relative=False``.
+    """
+    frame = prepare_frame(df, specs)
+    labels, proba = onnx_predict(make_session(onnx_model), frame, specs, task=task)
+    mismatches = ties = 0
+    if task == "classification":
+        native_proba = pipeline.predict_proba(frame)
+        assert proba is not None  # onnx_predict returns probabilities for classification
+        diff = _diffs(native_proba, proba, relative=False)
+        mismatches, ties = _label_mismatches(
+            pipeline, frame, labels, native_proba, tolerance=tolerance
+        )
+    else:
+        diff = _diffs(pipeline.predict(frame), labels, relative=relative)
+    report = ParityReport(
+        rows=len(frame),
+        max_abs_diff=float(diff.max()) if diff.size else 0.0,
+        rows_over_tolerance=int(np.sum((diff > tolerance).any(axis=1))),
+        label_mismatches=mismatches,
+        tolerance=tolerance,
+        relative=relative and task == "regression",
+        label_ties=ties,
+    )
+    log.info("parity %s", report)
+    return report

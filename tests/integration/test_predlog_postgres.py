@@ -1,0 +1,108 @@
+"""The prediction log against the real PostgreSQL on this machine."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from flywheel.serving.predlog import PredictionLog, PredictionRecord, open_prediction_log
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def rec(rid: str, ts: float = 1.0e9, *, model: str = "churn", version: str = "1",
+        inputs: object = None) -> PredictionRecord:
+    return PredictionRecord(
+        request_id=rid, ts=ts, model=model, version=version, protocol="v2",
+        inputs={"tenure": [3], "note": ["naïve \\ \t tab"]} if inputs is None else inputs,
+        outputs={"labels": [1], "probabilities": [[0.2, 0.8]]}, latency_ms=2.5,
+    )
+
+
+def test_exactly_one_row_per_record_and_survives_reopen(pg_url: str) -> None:
+    plog = open_prediction_log(pg_url, batch_size=500, flush_interval_s=0.02)
+    threads = [
+        threading.Thread(target=lambda t=t: [plog.append(rec(f"t{t}-{i}", 1e9 + i))
+                                             for i in range(2500)])
+        for t in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    plog.close()
+    assert plog.written() == 10_000 and plog.dropped() == 0
+    with psycopg.connect(pg_url) as conn:
+        total, distinct = conn.execute(
+            "SELECT count(*), count(DISTINCT request_id) FROM prediction_log").fetchone()
+    assert (total, distinct) == (10_000, 10_000)
+    reopened = PredictionLog(pg_url)
+    try:
+        assert reopened.count() == 10_000
+        first = reopened.read(limit=1)[0]
+        assert first["request_id"] in {"t0-0", "t1-0", "t2-0", "t3-0"}
+        assert first["inputs"] == {"tenure": [3], "note": ["naïve \\ \t tab"]}
+        assert first["protocol"] == "v2" and first["label"] is None
+    finally:
+        reopened.close()
+
+
+def test_feedback_unknown_late_and_latest_label_wins(pg_url: str) -> None:
+    with PredictionLog(pg_url) as plog:
+        plog.append(rec("a", 10.0))
+        assert plog.feedback("a", 0, ts=1_000.0)  # still queued: flushed first
+        assert not plog.feedback("nope", 1)
+    reopened = open_prediction_log(pg_url)  # "days later"
+    try:
+        assert reopened.feedback("a", 1, ts=2_000.0)
+        assert reopened.feedback("a", 0, ts=1_500.0)  # older than the correction: loses
+        assert reopened.feedback_many([("a", 1), ("zzz", 1)], ts=2_000.0) == 1  # tie: later wins
+        rows = reopened.read(labelled_only=True)
+        assert [(r["request_id"], r["label"], r["label_ts"]) for r in rows] == [("a", 1, 2000.0)]
+        assert reopened.count() == 1
+    finally:
+        reopened.close()
+
+
+def test_writer_recovers_after_connection_is_killed(pg_url: str) -> None:
+    plog = open_prediction_log(pg_url, flush_interval_s=0.01, max_backoff_s=0.2)
+    try:
+        plog.append(rec("before"))
+        plog.flush()
+        dbname = pg_url.rsplit("/", 1)[1]
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND application_name = 'flywheel-predlog-writer'",
+                (dbname,),
+            ).fetchall()
+        assert killed == [(True,)]
+        for i in range(100):
+            plog.append(rec(f"after-{i}"))
+        plog.flush()
+        assert plog.count() == 101 and plog.written() == 101
+        assert plog.stats()["failures"] >= 1
+    finally:
+        plog.close()
+
+
+def test_refused_record_is_isolated_and_counted(pg_url: str) -> None:
+    with PredictionLog(pg_url) as plog:
+        plog.append(rec("ok-1"))
+        plog.append(rec("nul", model="bad\x00model"))  # PostgreSQL text refuses NUL bytes
+        plog.append(rec("ok-2", inputs={"s": "json keeps \u0000 escaped"}))
+        plog.flush()
+        assert plog.stats()["rejected"] == 1 and plog.written() == 2
+        assert sorted(r["request_id"] for r in plog.read()) == ["ok-1", "ok-2"]
+
+
+def test_drop_policy_against_postgres(pg_url: str) -> None:
+    plog = open_prediction_log(pg_url, max_queue=3, on_full="drop", flush_interval_s=0.01)
+    plog.pause()
+    time.sleep(0.05)
+    assert [plog.append(rec(f"r{i}")) for i in range(5)] == [True] * 3 + [False] * 2
+    plog.close()
+    assert plog.dropped() == 2 and plog.written() == 3

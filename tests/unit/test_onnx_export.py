@@ -1,0 +1,196 @@
+"""Every family × task: fit → ONNX → exact parity; graph conventions; parity can fail."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+from threadpoolctl import threadpool_limits
+
+from flywheel.errors import DataError
+from flywheel.registry.onnx_export import (
+    ParityReport,
+    check_parity,
+    export_onnx,
+    make_session,
+    onnx_feeds,
+    onnx_predict,
+)
+from flywheel.training.features import (
+    CLASSIFICATION_FAMILIES,
+    REGRESSION_FAMILIES,
+    RatioFeature,
+    Task,
+    build_pipeline,
+    infer_feature_specs,
+    prepare_frame,
+)
+
+RATIOS = [RatioFeature("tickets_per_month", "tickets", "tenure")]
+SMALL = {"random_forest": {"n_estimators": 15}, "lightgbm": {"n_estimators": 30},
+         "xgboost": {"n_estimators": 30}, "hist_gb": {"max_iter": 30}}  # fmt: skip
+
+
+def _world(n: int = 1200, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame(
+        {
+            "tenure": pd.array(rng.integers(0, 72, n), dtype="Int64"),
+            "charges": rng.normal(70, 30, n).round(2),
+            "tickets": rng.poisson(2, n).astype(float),
+            "plan": rng.choice(["basic", "pro", "team", None], n),
+            "region": pd.Categorical(rng.choice(["n", "s", "e"], n)),
+            "paperless": rng.random(n) < 0.5,
+        }
+    )
+    df.loc[rng.random(n) < 0.1, "charges"] = np.nan
+    df.loc[rng.random(n) < 0.1, "tenure"] = pd.NA
+    score = 0.03 * df["charges"].fillna(70) - 0.05 * df["tenure"].astype(float).fillna(30)
+    score += (df["plan"] == "pro") * 1.0 + df["tickets"] * 0.3
+    df["churn"] = (rng.random(n) < 1 / (1 + np.exp(-score + 1))).astype(int)
+    df["revenue"] = df["charges"].fillna(50) * 12 + rng.normal(0, 10, n)
+    return df
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """HistGradientBoosting's OpenMP threads crawl on a shared 2-core machine."""
+    with threadpool_limits(limits=1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def world() -> pd.DataFrame:
+    return _world()
+
+
+def _unseen(df: pd.DataFrame) -> pd.DataFrame:
+    """Scoring rows with unknown categories, missing values and the "" category."""
+    out = df.copy()
+    out.loc[:40, "plan"] = "enterprise"
+    out.loc[40:80, "region"] = np.nan
+    out.loc[80:120, "plan"] = ""
+    out.loc[120:160, "tenure"] = pd.NA
+    return out
+
+
+def _fit(df: pd.DataFrame, task: Task, family: str) -> tuple[Any, list[Any]]:
+    target = "churn" if task == "classification" else "revenue"
+    other = "revenue" if task == "classification" else "churn"
+    specs = infer_feature_specs(df, target=target, drop=[other])
+    pipe = build_pipeline(
+        specs,
+        task=task,
+        family=family,
+        hyperparams=SMALL.get(family, {}),
+        ratios=RATIOS,
+        seed=3,
+    )
+    return pipe.fit(prepare_frame(df, specs), df[target]), specs
+
+
+CASES = [("classification", f) for f in CLASSIFICATION_FAMILIES] + [
+    ("regression", f) for f in REGRESSION_FAMILIES
+]
+
+
+@pytest.mark.parametrize(("task", "family"), CASES)
+def test_export_is_exact(world: pd.DataFrame, task: Task, family: str) -> None:
+    pipe, specs = _fit(world, task, family)
+    onx = export_onnx(pipe, specs, task=task)
+    report = check_parity(pipe, onx, _unseen(world), specs, task=task)
+    assert report.rows == len(world)
+    assert report.max_abs_diff <= 1e-4, report
+    assert report.rows_over_tolerance == 0 and report.label_mismatches == 0
+    assert report.passed
+
+
+def test_graph_inputs_and_outputs_follow_specs(world: pd.DataFrame) -> None:
+    pipe, specs = _fit(world, "classification", "hist_gb")
+    graph = onnx.load_from_string(export_onnx(pipe, specs, task="classification")).graph
+    want_type = {"numeric": onnx.TensorProto.FLOAT, "categorical": onnx.TensorProto.STRING}
+    assert [i.name for i in graph.input] == [s.name for s in specs]
+    for spec, inp in zip(specs, graph.input, strict=True):
+        tensor = inp.type.tensor_type
+        assert tensor.elem_type == want_type[spec.kind]
+        assert [d.dim_value for d in tensor.shape.dim] == [0, 1]  # [None, 1]
+        assert not tensor.shape.dim[0].HasField("dim_value")
+    assert [o.name for o in graph.output] == ["label", "probabilities"]
+    probabilities = graph.output[1].type.tensor_type.shape.dim
+    assert probabilities[1].dim_value == 2
+    assert "ZipMap" not in {node.op_type for node in graph.node}
+
+
+def test_regression_graph_has_only_label(world: pd.DataFrame) -> None:
+    pipe, specs = _fit(world, "regression", "linear")
+    graph = onnx.load_from_string(export_onnx(pipe, specs, task="regression")).graph
+    assert [o.name for o in graph.output] == ["label"]
+    values, proba = onnx_predict(
+        make_session(export_onnx(pipe, specs, task="regression")),
+        world.head(5),
+        specs,
+        task="regression",
+    )
+    assert proba is None and values.shape == (5,)
+
+
+@pytest.mark.parametrize("family", ["logreg", "xgboost", "lightgbm"])
+def test_original_string_labels_come_back(world: pd.DataFrame, family: str) -> None:
+    df = world.assign(churn=np.where(world["churn"] == 1, "left", "stayed"))
+    pipe, specs = _fit(df, "classification", family)
+    session = make_session(export_onnx(pipe, specs, task="classification"))
+    labels, proba = onnx_predict(session, df, specs, task="classification")
+    assert set(labels) <= {"left", "stayed"} and len(set(labels)) == 2
+    assert proba is not None and proba.shape == (len(df), 2)
+    np.testing.assert_array_equal(labels, pipe.predict(prepare_frame(df, specs)))
+
+
+def test_feeds_shapes_and_types(world: pd.DataFrame) -> None:
+    _, specs = _fit(world, "regression", "linear")
+    feeds = onnx_feeds(_unseen(world).head(50), specs)  # rows 0..40: "enterprise"
+    assert list(feeds) == [s.name for s in specs]
+    assert feeds["charges"].dtype == np.float32 and feeds["charges"].shape == (50, 1)
+    assert feeds["plan"].dtype == object and set(feeds["plan"][:41, 0]) == {"enterprise"}
+    assert feeds["region"][45, 0] == ""
+
+
+def test_missing_column_at_predict_is_data_error(world: pd.DataFrame) -> None:
+    pipe, specs = _fit(world, "classification", "logreg")
+    session = make_session(export_onnx(pipe, specs, task="classification"))
+    with pytest.raises(DataError, match="plan"):
+        onnx_predict(session, world.drop(columns=["plan"]), specs, task="classification")
+
+
+def test_parity_check_can_fail(world: pd.DataFrame) -> None:
+    pipe, specs = _fit(world, "classification", "random_forest")
+    other, _ = _fit(_world(seed=1), "classification", "random_forest")
+    report = check_parity(other, export_onnx(pipe, specs, task="classification"), world, specs,
+                          task="classification")  # fmt: skip
+    assert not report.passed
+    assert report.max_abs_diff > 0.05
+    assert 0 < report.rows_over_tolerance <= report.rows
+    assert report.label_mismatches > 0
+
+
+def test_regression_parity_absolute_vs_relative(world: pd.DataFrame) -> None:
+    pipe, specs = _fit(world, "regression", "linear")
+    onx = export_onnx(pipe, specs, task="regression")
+    relative = check_parity(pipe, onx, world, specs, task="regression")
+    strict = check_parity(pipe, onx, world, specs, task="regression", relative=False,
+                          tolerance=1e-9)  # fmt: skip
+    assert relative.passed and relative.relative
+    assert not strict.passed and not strict.relative  # float32 output rounding at ~1000
+    assert strict.max_abs_diff < 1e-2
+
+
+def test_parity_report_passed_rule() -> None:
+    ok = ParityReport(rows=3, max_abs_diff=0.0, rows_over_tolerance=0, label_mismatches=0,
+                      tolerance=1e-4)  # fmt: skip
+    assert ok.passed
+    assert not dataclasses.replace(ok, label_mismatches=1).passed
+    assert not dataclasses.replace(ok, rows_over_tolerance=2).passed

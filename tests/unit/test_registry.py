@@ -1,0 +1,266 @@
+"""The registry on the embedded defaults: a real snapshot, a real training run, MLflow on SQLite."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from flywheel.config import Settings, load_settings
+from flywheel.data.snapshots import ingest
+from flywheel.errors import GateFailed, NotFound, ParityError, RegistryError
+from flywheel.registry import models as registry
+from flywheel.registry.audit import AuditLog
+from flywheel.registry.onnx_export import export_onnx
+from flywheel.training.evaluate import Evaluation
+from flywheel.training.features import build_pipeline, prepare_frame
+from flywheel.training.gates import GateReport, GateResult
+from flywheel.training.params import TrainParams
+from flywheel.training.train import TrainResult, load_holdout, train
+
+
+@dataclass
+class World:
+    settings: Settings
+    result: TrainResult
+    evaluation: Evaluation
+    gates: GateReport
+
+
+def _churn_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "customer_id": np.arange(n),
+        "observed_at": pd.Timestamp("2024-01-01") + pd.to_timedelta(np.arange(n), "h"),
+        "tenure_months": rng.integers(1, 72, n),
+        "monthly_charges": rng.normal(70, 20, n).round(2),
+        "support_tickets": rng.poisson(1.5, n),
+        "contract_type": rng.choice(["monthly", "annual", "two_year"], n),
+        "region": rng.choice(["north", "south"], n),
+    })
+    logit = -1 + 0.6 * df.support_tickets - 0.04 * df.tenure_months
+    df["churned"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return df
+
+
+def _gates(passed: bool) -> GateReport:
+    results = [
+        GateResult("min_metric", "roc_auc", True, 0.81, 0.70, "roc_auc 0.81 >= 0.70"),
+        GateResult("max_slice_gap", "roc_auc", passed, 0.31 if not passed else 0.05, 0.25,
+                   "region gap 0.31 exceeds 0.25 by 0.06" if not passed else "gap ok"),
+    ]
+    return GateReport(passed=passed, results=results)
+
+
+@pytest.fixture(scope="module")
+def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, fully migrated MLflow database, made once: creating the schema takes
+    seconds, and every test would otherwise pay for it."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    folder = tmp_path_factory.mktemp("mlflow-template")
+    db = folder / "mlflow.db"
+    SqlAlchemyStore(f"sqlite:///{db}", str(folder / "artifacts")).engine.dispose()
+    return db
+
+
+@pytest.fixture
+def world(settings: Settings, tmp_path: Path, migrated_mlflow_db: Path) -> World:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(migrated_mlflow_db, settings.home / "mlflow.db")
+    path = tmp_path / "churn.parquet"
+    _churn_frame().to_parquet(path)
+    manifest = ingest(settings, file=path, target="churned").manifest
+    params = TrainParams(family="hist_gb", hyperparams={"max_iter": 20}, cv_folds=0)
+    result = train(settings, manifest.id, params)
+    evaluation = Evaluation(
+        run_id=result.run_id, task=result.task, primary_metric="roc_auc",
+        metrics={"roc_auc": 0.81, "log_loss": 0.52},
+        slice_gaps={"region": {"roc_auc": 0.05}, "contract_type": {"roc_auc": 0.12}},
+    )
+    return World(settings, result, evaluation, _gates(True))
+
+
+def _register(w: World) -> registry.RegisteredVersion:
+    return registry.register(w.settings, w.result, evaluation=w.evaluation, gate_report=w.gates)
+
+
+def _champion(settings: Settings) -> str | None:
+    aliases = MlflowClient().get_registered_model(settings.registry.model_name).aliases
+    version = aliases.get("champion")
+    return None if version is None else str(version)
+
+
+def _as(settings: Settings, user: str, **registry_settings: object) -> Settings:
+    return load_settings(home=settings.home, user=user, registry=registry_settings)
+
+
+def test_register_writes_version_alias_tags_card_and_audit(world: World) -> None:
+    reg = _register(world)
+    client = MlflowClient()
+    mv = client.get_model_version("churn", reg.version)
+    assert reg.version == "1" and reg.aliases == ["challenger"]
+    assert client.get_registered_model("churn").aliases == {"challenger": 1}
+    assert mv.run_id == world.result.run_id
+    tags = mv.tags
+    assert tags["flywheel.onnx_sha256"] == reg.onnx_sha256
+    assert tags["flywheel.run_id"] == world.result.run_id
+    assert tags["flywheel.snapshot_id"] == world.result.snapshot_id
+    assert len(tags["flywheel.snapshot_sha256"]) == 64
+    assert tags["flywheel.gates"] == "passed"
+    assert float(tags["flywheel.parity.max_abs_diff"]) <= 1e-4
+    assert tags["flywheel.parity.rows_over_tolerance"] == "0"
+    assert reg.parity.rows == 60 and reg.parity.passed
+    metrics = client.get_run(world.result.run_id).data.metrics
+    assert metrics["onnx_parity_rows_over_tolerance"] == 0.0
+
+    art = registry.fetch_model_artifacts(world.settings, "challenger")
+    assert hashlib.sha256(art.model_path.read_bytes()).hexdigest() == reg.onnx_sha256
+    assert art.version == "1" and art.task == "classification" and art.classes == [0, 1]
+    assert [s.name for s in art.feature_specs] == [s.name for s in world.result.feature_specs]
+    assert json.loads((art.specs_path.parent / "parity.json").read_text())["rows"] == 60
+
+    card = art.card_path.read_text()
+    assert card == reg.card_markdown == mv.description
+    for text in ("# Model card: churn v1", world.result.snapshot_id, "**Rows:** 300",
+                 "2024-01-01T00:00:00 →", "max_iter", "| contract_type | roc_auc | 0.12 |",
+                 "## Quality gates: passed", "No champion existed", "0 label mismatches",
+                 world.result.run_id, "## Intended use", "## Limitations"):
+        assert text in card, text
+    assert card.index("contract_type | roc_auc") < card.index("region | roc_auc")
+
+    (entry,) = registry.history(world.settings)
+    assert (entry.action, entry.to_version, entry.who) == ("register", "1", world.settings.user)
+
+
+def test_failed_gate_raises_and_leaves_the_registry_unchanged(world: World) -> None:
+    world.gates = _gates(False)
+    with pytest.raises(GateFailed, match=r"1 quality gate\(s\): max_slice_gap\(roc_auc\)") as exc:
+        _register(world)
+    assert exc.value.details["failed"][0]["gate"] == "max_slice_gap"
+    assert registry.list_versions(world.settings) == []
+    assert registry.history(world.settings) == []
+
+
+def test_parity_failure_registers_nothing(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: the export returns a different model's ONNX graph."""
+    frame, y = load_holdout(world.settings, world.result.run_id)
+    specs = world.result.feature_specs
+    other = build_pipeline(specs, task="classification", family="logreg", hyperparams={},
+                           ratios=[], seed=0).fit(prepare_frame(frame, specs), 1 - y.to_numpy())
+    wrong = export_onnx(other, specs, task="classification")
+    monkeypatch.setattr(registry, "export_onnx", lambda *a, **k: wrong)
+    with pytest.raises(ParityError, match="Nothing was registered") as exc:
+        _register(world)
+    assert exc.value.details["parity"]["rows_over_tolerance"] > 0
+    assert registry.list_versions(world.settings) == []
+    assert registry.history(world.settings) == []
+    metrics = MlflowClient().get_run(world.result.run_id).data.metrics
+    assert metrics["onnx_parity_max_abs_diff"] > 1e-4
+
+
+def test_failure_after_the_version_exists_undoes_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _register(world)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RegistryError("audit database is down")
+
+    monkeypatch.setattr(AuditLog, "append", broken)
+    with pytest.raises(RegistryError, match="audit database is down"):
+        _register(world)
+    monkeypatch.undo()
+    assert [v.version for v in registry.list_versions(world.settings)] == ["1"]
+    assert MlflowClient().get_registered_model("churn").aliases == {"challenger": 1}
+    assert [e.to_version for e in registry.history(world.settings)] == ["1"]
+
+
+def test_promote_and_rollback_twice_walk_back_like_a_stack(world: World) -> None:
+    s = world.settings
+    versions = [_register(world).version for _ in range(3)]
+    assert versions == ["1", "2", "3"]
+    assert registry.load_champion(s) is None
+    for v in versions:
+        out = registry.promote(s, v, reason=f"ship {v}")
+        assert not out.pending and _champion(s) == v
+    assert registry.rollback(s, reason="bad").entry.to_version == "2"
+    assert _champion(s) == "2"
+    second = registry.rollback(s, reason="still bad")
+    assert (second.entry.from_version, second.entry.to_version) == ("2", "1")
+    assert _champion(s) == "1"
+    with pytest.raises(RegistryError, match="Nothing to roll back to"):
+        registry.rollback(s, reason="again")
+    assert _champion(s) == "1"
+    actions = [(e.action, e.from_version, e.to_version) for e in registry.history(s)]
+    assert actions[3:] == [
+        ("promote", None, "1"), ("promote", "1", "2"), ("promote", "2", "3"),
+        ("rollback", "3", "2"), ("rollback", "2", "1"),
+    ]
+    assert AuditLog(s.registry.audit_url or "").verify() == []
+    infos = {v.version: v.aliases for v in registry.list_versions(s)}
+    assert infos == {"1": ["champion"], "2": [], "3": ["challenger"]}
+
+
+def test_approval_needs_a_second_person(world: World) -> None:
+    alice = _as(world.settings, "alice", require_approval=True)
+    bob = _as(world.settings, "bob", require_approval=True)
+    version = _register(world).version
+    with pytest.raises(RegistryError, match="No pending promotion"):
+        registry.approve(bob, version, reason="lgtm")
+    out = registry.promote(alice, version, reason="better auc")
+    assert out.pending and out.entry.action == "promote_requested"
+    assert MlflowClient().get_registered_model("churn").aliases.get("champion") is None
+    assert MlflowClient().get_model_version("churn", version).tags["flywheel.approval"] == "pending"
+    with pytest.raises(RegistryError, match="already waiting for approval"):
+        registry.promote(alice, version, reason="again")
+    with pytest.raises(RegistryError, match="four-eyes"):
+        registry.approve(alice, version, reason="self-approval")
+    approved = registry.approve(bob, version, reason="lgtm")
+    assert (approved.entry.action, approved.entry.who) == ("approve", "bob")
+    assert approved.extra["requested_by"] == "alice"
+    assert _champion(world.settings) == version
+    with pytest.raises(RegistryError, match="No pending promotion"):
+        registry.approve(bob, version, reason="twice")
+
+
+def test_bad_requests_name_the_problem(world: World) -> None:
+    s = world.settings
+    with pytest.raises(NotFound, match=r"existing versions: none"):
+        registry.promote(s, "7", reason="x")
+    _register(world)
+    message = r"Model 'churn' has no version '7'; existing versions: \['1'\]"
+    with pytest.raises(NotFound, match=message):
+        registry.promote(s, "7", reason="x")
+    with pytest.raises(RegistryError, match="--reason"):
+        registry.promote(s, "1", reason="  ")
+    with pytest.raises(NotFound, match="no version with alias 'champion'"):
+        registry.fetch_model_artifacts(s, "champion")
+    registry.promote(s, "1", reason="ok")
+    with pytest.raises(RegistryError, match="already the champion"):
+        registry.promote(s, "1", reason="ok")
+
+
+def test_tampered_onnx_artifact_is_refused(world: World) -> None:
+    s = world.settings
+    reg = _register(world)
+    registry.promote(s, reg.version, reason="ship")
+    champion = registry.load_champion(s)
+    assert champion is not None and champion.version == "1"
+    frame, _ = load_holdout(s, world.result.run_id)
+    labels, proba = champion.predict(frame.head(5))
+    assert labels.shape == (5,) and proba is not None and proba.shape == (5, 2)
+
+    client = MlflowClient()
+    model_id = client.get_model_version("churn", "1").source.removeprefix("models:/")
+    stored = Path(client.get_logged_model(model_id).artifact_location) / "model.onnx"
+    stored.write_bytes(stored.read_bytes() + b"\x00")
+    with pytest.raises(RegistryError, match="changed after registration"):
+        registry.load_champion(s)
