@@ -383,3 +383,18 @@ def test_timestamps_are_compared_in_utc(tmp_path: Path) -> None:
     late = pd.DataFrame({"at": ["2024-05-02T01:00:00+02:00", "2024-06-01T00:00:00"]})
     violation = _only(validate_frame(late, edited), "min")  # 01:00+02:00 is 23:00 UTC on May 1
     assert violation.examples == ["2024-05-01T23:00:00"]
+
+
+def test_key_columns_get_no_upper_bound_so_new_ids_pass() -> None:
+    import pandas as pd
+
+    from flywheel.data.contract import infer_contract, validate_frame
+
+    first = pd.DataFrame({"customer_id": [1, 2, 3], "code": ["a", "b", "a"], "x": [0.1, 0.2, 0.3]})
+    contract = infer_contract(first, dataset="d", target=None, key_columns=["customer_id"])
+    assert contract.columns["customer_id"].max is None
+    assert contract.columns["customer_id"].min is not None
+    later = pd.DataFrame({"customer_id": [4000, 5000], "code": ["a", "b"], "x": [0.2, 0.25]})
+    assert validate_frame(later, contract).passed
+    negative = pd.DataFrame({"customer_id": [-5], "code": ["a"], "x": [0.2]})
+    assert not validate_frame(negative, contract).passed

@@ -194,3 +194,24 @@ def test_parity_report_passed_rule() -> None:
     assert ok.passed
     assert not dataclasses.replace(ok, label_mismatches=1).passed
     assert not dataclasses.replace(ok, rows_over_tolerance=2).passed
+
+
+def test_feature_names_that_are_not_identifiers_keep_their_names() -> None:
+    """skl2onnx renames "mean radius" to "mean_radius"; the export restores the real name."""
+    import numpy as np
+    import onnx
+    import pandas as pd
+
+    from flywheel.registry.onnx_export import check_parity, export_onnx
+    from flywheel.training.features import build_pipeline, infer_feature_specs, prepare_frame
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"mean radius": rng.normal(size=300), "tier-code": rng.choice(["a", "b"], 300)})
+    df["y"] = (df["mean radius"] > 0).astype(int)
+    specs = infer_feature_specs(df, target="y", drop=[])
+    pipe = build_pipeline(specs, task="classification", family="hist_gb",
+                          hyperparams={"max_iter": 10}, ratios=[], seed=0)
+    pipe.fit(prepare_frame(df, specs), df["y"])
+    blob = export_onnx(pipe, specs, task="classification")
+    assert [i.name for i in onnx.load_from_string(blob).graph.input] == ["mean radius", "tier-code"]
+    assert check_parity(pipe, blob, df, specs, task="classification").passed

@@ -303,6 +303,12 @@ def infer_contract(
         )
     _check_named_columns(df, dataset, target, key_columns)
     columns = {str(name): _infer_rule(df[name]) for name in df.columns}
+    for key in key_columns:
+        # Keys are identifiers: new customers (larger ids, new codes) are expected in later
+        # snapshots, so a key keeps its type and nullability but gets no upper bound and no
+        # category list. Its lower bound (e.g. non-negative ids) stays.
+        columns[key].max = None
+        columns[key].allowed = None
     if len(key_columns) == 1:
         columns[key_columns[0]].unique = True
     contract = Contract(

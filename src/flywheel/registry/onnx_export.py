@@ -203,8 +203,31 @@ def export_onnx(pipeline: Pipeline, specs: list[FeatureSpec], *, task: Task) -> 
         ) from exc
     wanted = ["label", "probabilities"] if task == "classification" else ["label"]
     _rename_outputs(onx, wanted)
+    _restore_input_names(onx, specs)
     _add_metadata(onx, specs, task, pipeline)
     return onx.SerializeToString()
+
+
+def _restore_input_names(onx: Any, specs: list[FeatureSpec]) -> None:
+    """Give every graph input its feature's exact name.
+
+    skl2onnx rewrites names that are not identifiers ("mean radius" -> "mean_radius");
+    ONNX accepts any string, and serving feeds inputs by feature name, so the original
+    names are put back (inputs keep the order of ``specs``).
+    """
+    graph = onx.graph
+    renames = {
+        inp.name: spec.name for inp, spec in zip(graph.input, specs, strict=True)
+        if inp.name != spec.name
+    }
+    if not renames:
+        return
+    for inp in graph.input:
+        inp.name = renames.get(inp.name, inp.name)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
 
 
 # --------------------------------------------------------------------------- predict

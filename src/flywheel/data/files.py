@@ -1,0 +1,122 @@
+"""Ingest a user's CSV or Parquet file: read, check, and rewrite it as a normalised Parquet part.
+
+A file is a whole table, so a file ingest makes a root snapshot (no parent). Its columns are
+normalised exactly like SQL extractions (see :mod:`flywheel.data.sources`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from flywheel.data.sources import ExtractStats, normalise_schema, parquet_sha256, write_batches
+from flywheel.errors import DataError
+
+__all__ = ["FileStage", "read_file_table", "stage_file"]
+
+log = logging.getLogger("flywheel.data.files")
+
+_CSV = (".csv", ".txt", ".tsv")
+_PARQUET = (".parquet", ".pq")
+
+
+@dataclass
+class FileStage:
+    """A user's file rewritten as a Parquet part in a temporary folder."""
+
+    stats: ExtractStats
+    name: str
+    sha256: str  # of the user's original file
+
+
+def _unreadable(path: Path, exc: Exception) -> DataError:
+    return DataError(
+        f"Cannot read {str(path)!r}: {exc}. Fix: pass a well-formed CSV (with a header row) "
+        "or Parquet file.",
+        file=str(path),
+    )
+
+
+def read_file_table(path: Path) -> pa.Table:
+    """Read a CSV or Parquet file as an Arrow table; errors become :class:`DataError`."""
+    if not path.is_file():
+        raise DataError(
+            f"No file at {str(path)!r}. Fix: check the path (relative paths are from the "
+            "current folder).",
+            file=str(path),
+        )
+    if path.stat().st_size == 0:
+        raise DataError(
+            f"The file {str(path)!r} is empty. Fix: pass a file with data.", file=str(path)
+        )
+    suffix = path.suffix.lower()
+    if suffix not in _CSV + _PARQUET:
+        raise DataError(
+            f"Unsupported file type {suffix!r} for {str(path)!r}. "
+            "Fix: pass a .csv or .parquet file.",
+            file=str(path),
+        )
+    try:
+        if suffix in _PARQUET:
+            return pq.read_table(path)
+        delimiter = "\t" if suffix == ".tsv" else ","
+        table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter))
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+        raise _unreadable(path, exc) from exc
+    _check_text(path, table)
+    return table
+
+
+def _check_text(path: Path, table: pa.Table) -> None:
+    """pyarrow reads a CSV column with invalid UTF-8 as binary: that is a garbled file."""
+    for f in table.schema:
+        if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type):
+            raise _unreadable(path, ValueError(f"column {f.name!r} is not valid UTF-8 text"))
+
+
+def _check_table(path: Path, table: pa.Table, target: str | None) -> None:
+    if table.num_rows == 0:
+        raise DataError(
+            f"The file {str(path)!r} has no rows (columns: {table.column_names}). "
+            "Fix: pass a file with at least one data row.",
+            file=str(path),
+        )
+    if target is not None and target not in table.column_names:
+        raise DataError(
+            f"The target column {target!r} is not in {str(path)!r}; its columns are "
+            f"{table.column_names}. Fix: pass --target with one of them.",
+            file=str(path),
+            column=target,
+        )
+
+
+def stage_file(
+    path: Path,
+    out: Path,
+    *,
+    target: str | None,
+    timestamp_column: str | None = None,
+    batch_rows: int = 100_000,
+) -> FileStage:
+    """Read and check ``path``; write it as a normalised, deterministic Parquet file at ``out``."""
+    path = Path(path)
+    table = read_file_table(path)
+    _check_table(path, table, target)
+    schema = normalise_schema(table.schema)
+    ts = timestamp_column if timestamp_column in table.column_names else None
+    try:
+        stats = write_batches(
+            table.combine_chunks().to_batches(max_chunksize=batch_rows),
+            out,
+            schema,
+            timestamp_column=ts,
+        )
+    except pa.ArrowException as exc:
+        raise _unreadable(path, exc) from exc
+    log.debug("staged %s rows from %s", stats.rows, path)
+    return FileStage(stats=stats, name=path.name, sha256=parquet_sha256(path))
