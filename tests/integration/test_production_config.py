@@ -30,6 +30,8 @@ def test_loop_on_postgres_s3_and_mlflow_server(
         store={"url": f"s3://{s3_server.bucket}/flywheel", "endpoint_url": s3_server.endpoint},
         tracking={"uri": mlflow_server.uri},
         registry={"audit_url": pg_url},
+        # A small world for speed: this test is about the services, not model quality.
+        gates={"min_metrics": {"roc_auc": 0.6}},
     )
     result = run_loop(settings, days=200, customers=1200, params=TrainParams(cv_folds=2))
 

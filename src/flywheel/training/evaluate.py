@@ -1,20 +1,48 @@
 """Holdout metrics, slices, champion comparison, plots.
 
-INTERFACE STUB — implemented by the training work item.
+Evaluation re-derives the run's holdout from its snapshot (:func:`load_holdout`), scores the
+run's pipeline and, when given, the current champion on exactly those rows, and records the
+result on the same MLflow run: metrics ``holdout_<metric>`` and ``champion_<metric>``, the
+artifact ``evaluation.json`` (slices, gaps, champion) and PNG plots under ``plots/``.
 """
 
 from __future__ import annotations
 
+import logging
+import tempfile
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.inspection import permutation_importance
+from sklearn.pipeline import Pipeline
 
 from flywheel.config import Settings
-from flywheel.training.features import Task
+from flywheel.errors import FlywheelError, RegistryError
+from flywheel.tracking import configure_mlflow
+from flywheel.training import plots
+from flywheel.training.features import Task, prepare_frame
+from flywheel.training.metrics import all_metrics, primary_metric, score
+from flywheel.training.train import (
+    TrainingMeta,
+    encode_target,
+    load_holdout,
+    load_pipeline,
+    load_training_meta,
+    predict,
+)
 
-__all__ = ["ChampionModel", "Evaluation", "evaluate"]
+__all__ = ["MIN_SLICE_ROWS", "ChampionModel", "Evaluation", "evaluate", "score_slices"]
+
+log = logging.getLogger("flywheel.training")
+
+MIN_SLICE_ROWS = 30  # smaller slices are too noisy to gate on; recorded as skipped
+IMPORTANCE_ROWS = 2_000  # permutation importance runs on a sample this large at most
+MISSING = "<missing>"  # slice label for rows without a value
 
 
 @dataclass
@@ -36,9 +64,204 @@ class Evaluation:
     champion_version: str | None = None
     champion_metrics: dict[str, float] | None = None
     plots: list[str] = field(default_factory=list)  # artifact paths in the run
+    rows: int = 0  # holdout rows
+    classes: list[Any] | None = None
+    skipped_slices: dict[str, dict[str, str]] = field(
+        default_factory=dict
+    )  # column -> value -> why
+    champion_error: str | None = None  # set when the champion could not score the holdout
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what ``evaluation.json`` holds)."""
+        return asdict(self)
 
 
 def evaluate(
     settings: Settings, run_id: str, *, champion: ChampionModel | None = None
 ) -> Evaluation:
-    raise NotImplementedError
+    """Score the run's pipeline (and the champion) on the run's holdout; record it on the run."""
+    meta = load_training_meta(settings, run_id)
+    pipeline = load_pipeline(settings, run_id)
+    X_raw, y_raw = load_holdout(settings, run_id)
+    y = encode_target(y_raw, meta.task, meta.classes)
+    X = prepare_frame(X_raw[[s.name for s in meta.feature_specs]], meta.feature_specs)
+    pred, proba = predict(pipeline, X, meta.task)
+    k = len(meta.classes or [])
+    ev = Evaluation(
+        run_id=run_id,
+        task=meta.task,
+        primary_metric=primary_metric(meta.task),
+        metrics=score(meta.task, y, pred, proba, n_classes=k),
+        rows=len(y),
+        classes=meta.classes,
+    )
+    for column in settings.training.slice_columns:
+        if column in X_raw.columns:
+            done, skipped = score_slices(meta.task, X_raw[column], y, pred, proba, n_classes=k)
+            ev.slices[column], ev.skipped_slices[column] = done, skipped
+            ev.slice_gaps[column] = _gaps(meta.task, done)
+    if champion is not None:
+        _score_champion(ev, champion, X_raw, y, meta)
+    ev.plots = _plot_and_record(settings, ev, pipeline, X, y, pred, proba, meta)
+    log.info("run %s holdout %s", run_id, {k: round(v, 4) for k, v in ev.metrics.items()})
+    return ev
+
+
+def score_slices(
+    task: Task,
+    column: pd.Series,
+    y: np.ndarray,
+    pred: np.ndarray,
+    proba: np.ndarray | None,
+    *,
+    n_classes: int = 2,
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Metrics per value of ``column`` (plus ``rows``), and the values skipped with the reason."""
+    keys = column.astype("string").fillna(MISSING).to_numpy()
+    done: dict[str, dict[str, float]] = {}
+    skipped: dict[str, str] = {}
+    for value in sorted(set(keys)):
+        mask = keys == value
+        n = int(mask.sum())
+        if n < MIN_SLICE_ROWS:
+            skipped[value] = f"{n} rows, fewer than {MIN_SLICE_ROWS}"
+            continue
+        if task == "classification" and len(np.unique(y[mask])) < 2:
+            skipped[value] = f"{n} rows of a single class"
+            continue
+        part = None if proba is None else proba[mask]
+        done[value] = {
+            **score(task, y[mask], pred[mask], part, n_classes=n_classes),
+            "rows": float(n),
+        }
+    return done, skipped
+
+
+def _gaps(task: Task, slices: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Largest minus smallest value of each metric over the scored slices (≥ 2 needed)."""
+    gaps: dict[str, float] = {}
+    for metric in all_metrics(task):
+        values = [s[metric] for s in slices.values() if metric in s]
+        if len(values) >= 2:
+            gaps[metric] = float(max(values) - min(values))
+    return gaps
+
+
+def _champion_labels(labels: np.ndarray, classes: list[Any] | None) -> np.ndarray:
+    """Champion labels as class indices; accepts indices or the original class values."""
+    if classes is None:
+        return np.asarray(labels, dtype="float64")
+    if classes == list(range(len(classes))):
+        return np.asarray(labels).astype("int64")
+    lookup = {c: i for i, c in enumerate(classes)}
+    values = list(np.asarray(labels).tolist())
+    if all(v in lookup for v in values):
+        return np.asarray([lookup[v] for v in values], dtype="int64")
+    return np.asarray(labels).astype("int64")
+
+
+def _score_champion(
+    ev: Evaluation, champion: ChampionModel, X_raw: pd.DataFrame, y: np.ndarray, meta: TrainingMeta
+) -> None:
+    ev.champion_version = champion.version
+    try:
+        labels, proba = champion.predict(X_raw)
+        pred = _champion_labels(labels, meta.classes)
+        proba = None if proba is None else np.asarray(proba, dtype="float64")
+        k = len(meta.classes or [])
+        ev.champion_metrics = score(meta.task, y, pred, proba, n_classes=k)
+    except Exception as exc:  # any failure of the champion is recorded and fails its gate
+        log.warning("champion %s could not score the holdout: %s", champion.version, exc)
+        ev.champion_error = f"{type(exc).__name__}: {exc}"
+
+
+# ---------------------------------------------------------------- plots and recording
+
+
+def _importance(
+    pipeline: Pipeline, X: pd.DataFrame, y: np.ndarray, task: Task, k: int, seed: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(X), size=min(len(X), IMPORTANCE_ROWS), replace=False))
+    scoring = "neg_root_mean_squared_error"
+    if task == "classification":
+        scoring = "roc_auc" if k == 2 else "roc_auc_ovr"
+    try:
+        result = permutation_importance(
+            pipeline,
+            X.iloc[rows],
+            y[rows],
+            scoring=scoring,
+            n_repeats=3,
+            random_state=seed,
+            n_jobs=1,
+        )
+    except ValueError as exc:
+        log.info("skipped permutation importance: %s", exc)
+        return None
+    return np.asarray(result.importances_mean), np.asarray(result.importances_std)
+
+
+def _draw(
+    folder: Path,
+    ev: Evaluation,
+    pipeline: Pipeline,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    pred: np.ndarray,
+    proba: np.ndarray | None,
+    meta: TrainingMeta,
+) -> list[Path]:
+    files: list[Path] = []
+    classes = meta.classes or []
+    if ev.task == "classification":
+        files.append(plots.confusion_matrix_plot(y, pred, classes, folder / "confusion_matrix.png"))
+        if proba is not None and len(np.unique(y)) > 1:
+            files.append(plots.roc_plot(y, proba, classes, folder / "roc.png"))
+            if len(classes) == 2:
+                files.append(plots.calibration_plot(y, proba, folder / "calibration.png"))
+    else:
+        files.append(plots.predicted_vs_actual_plot(y, pred, folder / "predicted_vs_actual.png"))
+        files.append(plots.residuals_plot(y, pred, folder / "residuals.png"))
+    imp = _importance(pipeline, X, y, ev.task, len(classes), meta.seed)
+    if imp is not None:
+        files.append(
+            plots.importance_plot(list(X.columns), imp[0], folder / "importance.png", stds=imp[1])
+        )
+    return files
+
+
+def _plot_and_record(
+    settings: Settings,
+    ev: Evaluation,
+    pipeline: Pipeline,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    pred: np.ndarray,
+    proba: np.ndarray | None,
+    meta: TrainingMeta,
+) -> list[str]:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    configure_mlflow(settings)
+    with tempfile.TemporaryDirectory(prefix="flywheel-eval-") as tmp:
+        files = _draw(Path(tmp), ev, pipeline, X, y, pred, proba, meta)
+        ev.plots = [f"plots/{f.name}" for f in files]
+        now = int(time.time() * 1000)
+        values = {f"holdout_{k}": v for k, v in ev.metrics.items()}
+        values.update({f"champion_{k}": v for k, v in (ev.champion_metrics or {}).items()})
+        try:
+            client = MlflowClient()
+            client.log_batch(ev.run_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()])
+            client.log_dict(ev.run_id, ev.to_dict(), "evaluation.json")
+            client.log_artifacts(ev.run_id, tmp, "plots")
+        except FlywheelError:
+            raise
+        except Exception as exc:  # MLflow raises many types; translate at the boundary
+            raise RegistryError(
+                f"Could not record the evaluation of run {ev.run_id} in MLflow: {exc}. "
+                "Check tracking.uri and the artifact store.",
+                run_id=ev.run_id,
+            ) from exc
+    return ev.plots

@@ -1,0 +1,136 @@
+"""Metric names, directions and one scoring function shared by CV, holdout, slices and gates.
+
+Classification labels are the class *indices* ``0..k-1`` (training encodes the target and
+records the original values as ``classes``), and probabilities are ``[n, k]`` in that order.
+Binary tasks use the positive class (index 1); multiclass tasks use macro / one-vs-rest
+variants, and the Brier score is the multiclass mean squared distance to the one-hot label.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import numpy as np
+from sklearn import metrics as skm
+
+from flywheel.training.features import Task
+
+__all__ = [
+    "CLASSIFICATION_METRICS",
+    "HIGHER_IS_BETTER",
+    "LOWER_IS_BETTER",
+    "REGRESSION_METRICS",
+    "all_metrics",
+    "higher_is_better",
+    "primary_metric",
+    "score",
+]
+
+log = logging.getLogger("flywheel.training")
+
+CLASSIFICATION_METRICS = ("roc_auc", "pr_auc", "f1", "accuracy", "log_loss", "brier")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+HIGHER_IS_BETTER = frozenset({"roc_auc", "pr_auc", "f1", "accuracy", "r2"})
+LOWER_IS_BETTER = frozenset({"log_loss", "brier", "rmse", "mae"})
+
+_Metric = Callable[[np.ndarray, np.ndarray, np.ndarray | None, int], float]
+
+
+def all_metrics(task: Task) -> tuple[str, ...]:
+    """The metric names produced for a task."""
+    return CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+
+
+def primary_metric(task: Task) -> str:
+    """``roc_auc`` for classification, ``rmse`` for regression."""
+    return "roc_auc" if task == "classification" else "rmse"
+
+
+def higher_is_better(metric: str) -> bool:
+    """Direction of a metric; unknown names are an error rather than a silent guess."""
+    if metric in HIGHER_IS_BETTER:
+        return True
+    if metric in LOWER_IS_BETTER:
+        return False
+    known = sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER)
+    raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(known)}")
+
+
+def _roc_auc(y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None, k: int) -> float:
+    assert proba is not None
+    if k == 2:
+        return float(skm.roc_auc_score(y, proba[:, 1]))
+    return float(
+        skm.roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=list(range(k)))
+    )
+
+
+def _pr_auc(y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None, k: int) -> float:
+    assert proba is not None
+    if k == 2:
+        return float(skm.average_precision_score(y, proba[:, 1]))
+    onehot = np.eye(k)[y]
+    present = onehot.sum(axis=0) > 0  # AP of an absent class is undefined
+    return float(
+        skm.average_precision_score(onehot[:, present], proba[:, present], average="macro")
+    )
+
+
+def _f1(y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None, k: int) -> float:
+    if k == 2:
+        return float(skm.f1_score(y, pred, pos_label=1, zero_division=0.0))
+    return float(skm.f1_score(y, pred, average="macro", labels=list(range(k)), zero_division=0.0))
+
+
+def _brier(y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None, k: int) -> float:
+    assert proba is not None
+    if k == 2:
+        return float(skm.brier_score_loss(y, proba[:, 1], pos_label=1))
+    return float(np.mean(np.sum((np.eye(k)[y] - proba) ** 2, axis=1)))
+
+
+_CLASSIFICATION: dict[str, _Metric] = {
+    "roc_auc": _roc_auc,
+    "pr_auc": _pr_auc,
+    "f1": _f1,
+    "accuracy": lambda y, pred, proba, k: float(skm.accuracy_score(y, pred)),
+    "log_loss": lambda y, pred, proba, k: float(skm.log_loss(y, proba, labels=list(range(k)))),
+    "brier": _brier,
+}
+
+_REGRESSION: dict[str, _Metric] = {
+    "rmse": lambda y, pred, proba, k: float(skm.root_mean_squared_error(y, pred)),
+    "mae": lambda y, pred, proba, k: float(skm.mean_absolute_error(y, pred)),
+    "r2": lambda y, pred, proba, k: float(skm.r2_score(y, pred)),
+}
+
+
+def score(
+    task: Task,
+    y_true: np.ndarray,
+    pred: np.ndarray,
+    proba: np.ndarray | None = None,
+    *,
+    n_classes: int = 2,
+) -> dict[str, float]:
+    """Every metric of the task that is defined on these rows.
+
+    A metric that is undefined here (one class only, no probabilities) is left out rather
+    than reported as NaN, so callers and gates treat it as "not applicable".
+    """
+    table = _CLASSIFICATION if task == "classification" else _REGRESSION
+    y = np.asarray(y_true)
+    out: dict[str, float] = {}
+    for name, fn in table.items():
+        if task == "classification" and proba is None and name not in ("f1", "accuracy"):
+            continue
+        try:
+            value = fn(y, np.asarray(pred), proba, n_classes)
+        except ValueError as exc:
+            log.debug("metric %s undefined on %d rows: %s", name, len(y), exc)
+            continue
+        if math.isfinite(value):
+            out[name] = value
+    return out

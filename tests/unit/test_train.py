@@ -1,0 +1,254 @@
+"""train(): target/task resolution, the deterministic stratified holdout, CV, search, MLflow run."""
+
+from __future__ import annotations
+
+import json
+import operator
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.preprocessing import FunctionTransformer
+
+from flywheel import __version__
+from flywheel.config import Settings, load_settings
+from flywheel.data.snapshots import ingest
+from flywheel.errors import ContractViolation, NotFound, TrainingError
+from flywheel.tracking import TAG, configure_mlflow
+from flywheel.training.features import FeatureSpec, RatioFeature
+from flywheel.training.params import SearchParams, TrainParams
+from flywheel.training.train import (
+    TrainResult,
+    infer_task,
+    load_holdout,
+    load_pipeline,
+    load_training_meta,
+    train,
+    trusted_types,
+)
+
+
+def churn_frame(n: int = 1200, seed: int = 0) -> pd.DataFrame:
+    """A small churn-like table with a learnable, imbalanced binary target ``y``."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame(
+        {
+            "customer_id": np.arange(n),
+            "tenure_months": rng.integers(0, 60, n),
+            "tickets_90d": rng.poisson(2, n),
+            "monthly_fee": rng.normal(50, 10, n).round(2),
+            "contract_type": rng.choice(["monthly", "annual", "two_year"], n),
+            "region": rng.choice(["north", "south", "east", "west"], n),
+        }
+    )
+    logit = 0.5 * df.tickets_90d - 0.06 * df.tenure_months + (df.contract_type == "monthly") - 0.5
+    df["y"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return df
+
+
+def make_snapshot(settings: Settings, df: pd.DataFrame, target: str = "y") -> str:
+    path = settings.home.parent / f"data-{len(df)}-{target}.csv"
+    settings.home.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False)
+    return ingest(settings, file=path, target=target, dataset="t").manifest.id
+
+
+SMALL = {"max_iter": 25, "max_leaf_nodes": 8}
+PARAMS = TrainParams(
+    hyperparams=SMALL,
+    cv_folds=2,
+    drop_columns=["customer_id"],
+    ratios=[RatioFeature("tickets_per_month", "tickets_90d", "tenure_months")],
+)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, TrainResult]]:
+    """One classification run shared by the tests that only read it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FLYWHEEL_CONFIG", "/nonexistent/flywheel.yaml")
+        settings = load_settings(home=tmp_path_factory.mktemp("train") / "fw")
+        snapshot_id = make_snapshot(settings, churn_frame())
+        yield settings, train(settings, snapshot_id, PARAMS)
+
+
+# ---------------------------------------------------------------- fast: pure functions
+
+
+@pytest.mark.parametrize(
+    ("values", "task"),
+    [
+        ([0, 1, 1, 0], "classification"),
+        ([True, False, True], "classification"),
+        (["a", "b", "a"], "classification"),
+        ([1.0, 2.0, 3.0, None], "classification"),  # integral floats, few values
+        (list(range(11)), "regression"),  # 11 distinct integers
+        ([0.5, 1.5, 2.0], "regression"),
+    ],
+)
+def test_infer_task(values: list, task: str) -> None:
+    assert infer_task(pd.Series(values)) == task
+
+
+def test_trusted_types_refuses_foreign_types() -> None:
+    import skops.io
+
+    data = skops.io.dumps(FunctionTransformer(func=operator.neg))
+    with pytest.raises(TrainingError, match=r"_operator.neg"):
+        trusted_types(data)
+
+
+# ---------------------------------------------------------------- errors before any fitting
+
+
+def test_unknown_snapshot_is_not_found(settings: Settings) -> None:
+    with pytest.raises(NotFound):
+        train(settings, "snap-0000000000000000", PARAMS)
+
+
+def test_target_must_exist(settings: Settings) -> None:
+    snapshot_id = make_snapshot(settings, churn_frame(200))
+    with pytest.raises(TrainingError, match=r"Target column 'nope' is not in snapshot"):
+        train(settings, snapshot_id, PARAMS.model_copy(update={"target": "nope"}))
+
+
+def test_family_must_fit_the_inferred_task(settings: Settings) -> None:
+    df = churn_frame(200).assign(spend=lambda d: d.monthly_fee * 3.7)
+    snapshot_id = make_snapshot(settings, df, target="spend")
+    with pytest.raises(TrainingError, match=r"'logreg' cannot do regression"):
+        train(settings, snapshot_id, PARAMS.model_copy(update={"family": "logreg"}))
+
+
+def test_drop_columns_must_exist(settings: Settings) -> None:
+    snapshot_id = make_snapshot(settings, churn_frame(200))
+    with pytest.raises(TrainingError, match=r"drop_columns .* \['ghost'\]"):
+        train(settings, snapshot_id, PARAMS.model_copy(update={"drop_columns": ["ghost"]}))
+
+
+def test_search_without_space_is_refused(settings: Settings) -> None:
+    snapshot_id = make_snapshot(settings, churn_frame(200))
+    with pytest.raises(TrainingError, match=r"search.space is empty"):
+        train(settings, snapshot_id, PARAMS, trials=2)
+
+
+def test_snapshot_must_pass_the_current_contract(settings: Settings) -> None:
+    snapshot_id = make_snapshot(settings, churn_frame(200))
+    contract = settings.contracts_dir / "t.yaml"
+    contract.write_text(contract.read_text().replace("tenure_months:", "tenure_months_x:"))
+    with pytest.raises(ContractViolation):
+        train(settings, snapshot_id, PARAMS)
+
+
+# ---------------------------------------------------------------- one shared run
+
+
+@pytest.mark.slow
+def test_result_describes_the_run(trained: tuple[Settings, TrainResult]) -> None:
+    _, result = trained
+    assert (result.task, result.target, result.family) == ("classification", "y", "hist_gb")
+    assert result.classes == [0, 1]
+    names = [s.name for s in result.feature_specs]
+    assert "customer_id" not in names and "y" not in names
+    assert FeatureSpec("contract_type", "categorical") in result.feature_specs
+    assert result.hyperparams == SMALL
+    assert 0.6 < result.cv_metrics["roc_auc_cv_mean"] <= 1.0
+    assert {"roc_auc_cv_std", "log_loss_cv_mean", "accuracy_cv_mean"} <= set(result.cv_metrics)
+    assert set(result.timings) == {"load", "search", "cv", "fit", "tracking"}
+    assert result.best_trial is None and result.model_uri.startswith("models:/")
+
+
+@pytest.mark.slow
+def test_run_holds_params_tags_and_artifacts(trained: tuple[Settings, TrainResult]) -> None:
+    import mlflow
+
+    settings, result = trained
+    configure_mlflow(settings)
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    tags, params = run.data.tags, run.data.params
+    assert tags[TAG["snapshot_id"]] == result.snapshot_id
+    assert len(tags[TAG["snapshot_sha256"]]) == 64
+    assert tags[TAG["dataset"]] == "t" and tags[TAG["task"]] == "classification"
+    assert tags[TAG["contract_version"]] and tags[TAG["package_version"]] == __version__
+    assert params["family"] == "hist_gb" and params["max_iter"] == "25"
+    assert params["seed"] == str(settings.seed) and params["cv_folds"] == "2"
+    assert "roc_auc_cv_mean" in run.data.metrics and "fit_time_s" in run.data.metrics
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
+    assert {"params.yaml", "feature_specs.json", "training.json"} <= artifacts
+    specs = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/feature_specs.json")
+    assert {"name": "region", "kind": "categorical"} in specs
+
+
+@pytest.mark.slow
+def test_holdout_is_stratified_and_rederived(trained: tuple[Settings, TrainResult]) -> None:
+    settings, result = trained
+    X, y = load_holdout(settings, result.run_id)
+    full = churn_frame()
+    assert len(X) == 240 and "y" not in X.columns and "region" in X.columns
+    assert abs(y.mean() - full.y.mean()) < 0.01  # stratified: same churn rate
+    X2, y2 = load_holdout(settings, result.run_id)
+    pd.testing.assert_frame_equal(X, X2)
+    pd.testing.assert_series_equal(y, y2)
+    meta = load_training_meta(settings, result.run_id)
+    assert meta.test_size == 0.2 and meta.seed == settings.seed
+
+
+@pytest.mark.slow
+def test_logged_pipeline_loads_and_predicts(trained: tuple[Settings, TrainResult]) -> None:
+    from flywheel.training.features import prepare_frame
+
+    settings, result = trained
+    pipeline = load_pipeline(settings, result.run_id)
+    X, _ = load_holdout(settings, result.run_id)
+    proba = pipeline.predict_proba(prepare_frame(X, result.feature_specs))
+    assert proba.shape == (len(X), 2)
+    assert np.allclose(proba.sum(axis=1), 1.0)
+
+
+@pytest.mark.slow
+def test_search_runs_trials_and_keeps_the_best(settings: Settings) -> None:
+    snapshot_id = make_snapshot(settings, churn_frame(600))
+    space = {"max_leaf_nodes": {"type": "int", "low": 4, "high": 16}}
+    params = PARAMS.model_copy(update={"search": SearchParams(trials=3, space=space)})
+    seen: list[tuple[str, int, int]] = []
+    result = train(settings, snapshot_id, params, progress=lambda *a: seen.append(a))
+    assert result.best_trial is not None
+    assert result.best_trial["trials_run"] == 3
+    assert result.hyperparams["max_leaf_nodes"] == result.best_trial["params"]["max_leaf_nodes"]
+    assert result.cv_metrics["roc_auc_cv_mean"] == pytest.approx(result.best_trial["value"])
+    assert ("search", 3, 3) in seen
+    assert result.timings["search"] > 0
+
+
+@pytest.mark.slow
+def test_regression_with_progress_and_no_cv(settings: Settings) -> None:
+    df = churn_frame(500).assign(spend=lambda d: d.monthly_fee * 3.7 + d.tickets_90d)
+    snapshot_id = make_snapshot(settings, df.drop(columns=["y"]), target="spend")
+    params = PARAMS.model_copy(update={"cv_folds": 0})
+    result = train(settings, snapshot_id, params)
+    assert result.task == "regression" and result.classes is None
+    assert result.cv_metrics == {}
+    params = PARAMS.model_copy(update={"cv_folds": 3})
+    seen: list[tuple[str, int, int]] = []
+    result = train(settings, snapshot_id, params, progress=lambda *a: seen.append(a))
+    assert seen == [("cv", 1, 3), ("cv", 2, 3), ("cv", 3, 3)]
+    assert {"rmse_cv_mean", "r2_cv_mean", "mae_cv_std"} <= set(result.cv_metrics)
+
+
+@pytest.mark.slow
+def test_training_json_records_the_split(trained: tuple[Settings, TrainResult]) -> None:
+    import mlflow
+
+    settings, result = trained
+    configure_mlflow(settings)
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    meta = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/training.json")
+    assert meta["snapshot_id"] == result.snapshot_id and meta["classes"] == [0, 1]
+    assert len(meta["holdout_sha256"]) == 16
+    assert json.loads(json.dumps(meta)) == meta
+
+
+@pytest.mark.slow
+def test_missing_run_is_not_found(settings: Settings) -> None:
+    with pytest.raises(NotFound, match=r"run 'abc' does not exist"):
+        load_holdout(settings, "abc")
