@@ -268,10 +268,15 @@ def _latest_snapshot_id(s: Settings, dataset: str | None) -> str:
 
 def _print_outcome(s: Settings, outcome: Any) -> None:
     ev = outcome.evaluation
-    table = Table("metric", "holdout", "champion" if ev.champion_metrics else "")
+    champion = ev.champion_metrics or {}
+    table = Table("metric", "holdout")
+    if champion:
+        table.add_column(f"champion v{ev.champion_version}")
     for key, value in ev.metrics.items():
-        champ = (ev.champion_metrics or {}).get(key)
-        table.add_row(key, f"{value:.4f}", "" if champ is None else f"{champ:.4f}")
+        row = [key, f"{value:.4f}"]
+        if champion:
+            row.append("" if champion.get(key) is None else f"{champion[key]:.4f}")
+        table.add_row(*row)
     console.print(table)
     for gate in outcome.gates.results:
         mark = "[green]pass[/]" if gate.passed else "[red]FAIL[/]"

@@ -146,7 +146,9 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".flywheel"), description="Folder for every embedded default.")
     seed: int = Field(42, description="Seed for simulation, splits and models.")
     user: str = Field(default_factory=getpass.getuser, description="Who is acting (audit log).")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="Log level of flywheel's loggers (INFO shows each step's details)."
+    )
     admin_token: SecretStr | None = Field(None, description="Bearer token for admin actions.")
     source: SourceSettings = Field(default_factory=SourceSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)

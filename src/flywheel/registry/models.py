@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -99,6 +100,7 @@ class RegisteredVersion:
     model_uri: str  # models:/<name>/<version>
     card_markdown: str
     aliases: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     audit_entry: AuditEntry | None = None
 
 
@@ -313,10 +315,14 @@ def register(
     """Export the run's pipeline to ONNX, check parity, and register it as ``challenger``."""
     _require_gates(gate_report, result)
     client = _client(settings)
+    timings: dict[str, float] = {}
     with _mlflow_errors(f"register run {result.run_id}", settings):
-        pipeline = load_pipeline(settings, result.run_id)
-        onnx_model = export_onnx(pipeline, result.feature_specs, task=result.task)
-        parity, holdout = _parity(settings, result, pipeline, onnx_model)
+        with _timed(timings, "load_pipeline"):
+            pipeline = load_pipeline(settings, result.run_id)
+        with _timed(timings, "onnx_export"):
+            onnx_model = export_onnx(pipeline, result.feature_specs, task=result.task)
+        with _timed(timings, "parity"):
+            parity, holdout = _parity(settings, result, pipeline, onnx_model)
         draft = _Draft(
             result=result, evaluation=evaluation, gate_report=gate_report, parity=parity,
             onnx_model=onnx_model, sha256=hashlib.sha256(onnx_model).hexdigest(),
@@ -324,7 +330,19 @@ def register(
             manifest=_snapshot(settings, result.snapshot_id),
             run_tags=_run_tags(client, result.run_id),
         )
-        return _publish(settings, client, draft)
+        with _timed(timings, "publish"):
+            registered = _publish(settings, client, draft)
+    registered.timings = timings
+    return registered
+
+
+@contextmanager
+def _timed(timings: dict[str, float], phase: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[phase] = time.perf_counter() - start
 
 
 def _reserve_version(client: MlflowClient, name: str, result: TrainResult) -> tuple[str, str]:

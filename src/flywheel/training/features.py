@@ -50,6 +50,7 @@ __all__ = [
     "FeatureSpec",
     "RatioFeature",
     "RatioFeatures",
+    "align_thresholds_to_float32",
     "build_features",
     "build_pipeline",
     "infer_feature_specs",
@@ -379,3 +380,36 @@ def build_pipeline(
     _check_ratios(specs, ratios)
     features = build_features(specs, ratios=ratios, scaled=family in _SCALED_FAMILIES)
     return Pipeline([("features", features), ("model", estimator)])
+
+
+def _floor_float32(thresholds: np.ndarray) -> np.ndarray:
+    """The largest float32 value <= each threshold, returned as float64."""
+    as32 = thresholds.astype(np.float32)
+    above = as32.astype(np.float64) > thresholds
+    down = np.nextafter(as32, np.float32(-np.inf))
+    return np.where(above, down, as32).astype(np.float64)
+
+
+def align_thresholds_to_float32(pipeline: Pipeline) -> Pipeline:
+    """Make tree split thresholds float32 values without changing any native prediction.
+
+    scikit-learn keeps thresholds in float64 (HistGradientBoosting puts them midway between
+    float32 bin edges); ONNX's TreeEnsemble rounds them to the *nearest* float32, which can
+    land above an input value the native model sends right, so a row crosses the split (seen
+    on scikit-learn's diabetes data: |Δ| 0.0087). For float32 inputs ``x <= t`` is exactly
+    ``x <= floor32(t)``, so snapping each threshold down keeps the native model's decisions
+    for every input and lets the ONNX export agree bit for bit. Returns the same pipeline.
+    """
+    model = pipeline.steps[-1][1]
+    for predictors in getattr(model, "_predictors", None) or []:  # HistGradientBoosting
+        for predictor in predictors:
+            nodes = predictor.nodes
+            nodes["num_threshold"] = _floor_float32(nodes["num_threshold"])
+    for tree in getattr(model, "estimators_", None) or []:  # RandomForest
+        inner = getattr(tree, "tree_", None)
+        if inner is None:
+            continue
+        split = inner.children_left != -1
+        thresholds = inner.threshold  # a view into the tree's node array
+        thresholds[split] = _floor_float32(thresholds[split])
+    return pipeline

@@ -43,6 +43,7 @@ from flywheel.training.features import (
     REGRESSION_FAMILIES,
     FeatureSpec,
     Task,
+    align_thresholds_to_float32,
     build_pipeline,
     infer_feature_specs,
     prepare_frame,
@@ -344,7 +345,7 @@ def _pipeline(job: _Job, hyperparams: dict[str, Any]) -> Pipeline:
 def _fit(job: _Job, hyperparams: dict[str, Any], X: pd.DataFrame, y: np.ndarray) -> Pipeline:
     pipeline = _pipeline(job, hyperparams)
     try:
-        return pipeline.fit(X, y)
+        return align_thresholds_to_float32(pipeline.fit(X, y))
     except (TypeError, ValueError) as exc:
         raise TrainingError(
             f"Fitting {job.params.family!r} failed: {exc}. Check hyperparams and the data.",
