@@ -375,6 +375,93 @@ def registry_list() -> None:
     console.print(table)
 
 
+# ---------------------------------------------------------------- serving
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default serving.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="REST + WebSocket port (default serving.port, 8080).")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default serving.grpc_port, 8081).")] = None,
+    no_grpc: Annotated[bool, typer.Option("--no-grpc", help="Do not start the gRPC server.")] = False,
+    mqtt_url: Annotated[str | None, typer.Option(help="MQTT broker URL, e.g. mqtt://127.0.0.1:1883 (default serving.mqtt_url: off).")] = None,
+    model_ref: Annotated[str, typer.Option(help="Alias or version of the registered model to serve.")] = "champion",
+    max_batch_rows: Annotated[int | None, typer.Option(help="Rows per micro-batch.")] = None,
+    max_wait_ms: Annotated[float | None, typer.Option(help="Extra batching linger under load (ms).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (each loads its own model copy).")] = None,
+) -> None:
+    """Serve the registered model over REST, MLflow /invocations, Open Inference v2 (REST +
+    gRPC), WebSocket and MQTT, from one process."""
+    from flywheel.serving.config import ServedModel, ServingConfig
+    from flywheel.serving.server import Fronts, serve_all
+
+    s = _settings()
+    config = ServingConfig.from_settings(
+        s, host=host, port=port, max_batch_rows=max_batch_rows, max_wait_ms=max_wait_ms,
+        workers=workers, models=(ServedModel(s.registry.model_name, ref=model_ref),),
+    )
+    fronts = Fronts(
+        grpc_port=None if no_grpc else (grpc_port if grpc_port is not None else s.serving.grpc_port),
+        mqtt_url=mqtt_url or s.serving.mqtt_url,
+    )
+    doors = [f"REST http://{config.host}:{config.port} (+ ws /v1/stream)"]
+    if fronts.grpc_port is not None:
+        doors.append(f"gRPC {config.host}:{fronts.grpc_port}")
+    if fronts.mqtt_url:
+        doors.append(f"MQTT {mask_url(fronts.mqtt_url)} {s.serving.mqtt_request_topic}")
+    err_console.print(f"serving {s.registry.model_name}@{model_ref}: " + "; ".join(doors))
+    serve_all(s, config, fronts)
+
+
+@app.command()
+def predict(
+    json_rows: Annotated[str | None, typer.Option("--json", help="One record or a list of records as JSON.")] = None,
+    file: Annotated[Path | None, typer.Option(help="A JSON file of records, or a CSV file.")] = None,
+    protocol: Annotated[str, typer.Option(help="rest | mlflow | v2 | grpc | ws | mqtt.")] = "rest",
+    url: Annotated[str | None, typer.Option(help="Server URL (default from serving settings for the protocol).")] = None,
+    model: Annotated[str | None, typer.Option(help="Served model name (default registry.model_name).")] = None,
+) -> None:
+    """Send records to a running `flywheel serve` over any protocol and print the answer."""
+    from flywheel.serving.client import predict_remote
+
+    s = _settings()
+    records = _read_records(json_rows, file)
+    target = url or _default_url(s, protocol)
+    api_key = s.serving.api_key.get_secret_value() if s.serving.api_key else None
+    answer = predict_remote(records, protocol=protocol, url=target,
+                            model=model or s.registry.model_name, api_key=api_key)
+    console.print_json(json.dumps(answer, default=str))
+
+
+def _read_records(json_rows: str | None, file: Path | None) -> list[dict[str, Any]]:
+    if (json_rows is None) == (file is None):
+        raise FlywheelError("Give exactly one of --json or --file.")
+    if file is not None and file.suffix.lower() == ".csv":
+        import pandas as pd
+
+        frame = pd.read_csv(file)
+        return [{k: (None if v != v else v) for k, v in row.items()}
+                for row in frame.to_dict(orient="records")]
+    text = json_rows if json_rows is not None else Path(file).read_text(encoding="utf-8")  # type: ignore[arg-type]
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FlywheelError(f"The records are not valid JSON: {exc.msg} at line {exc.lineno}.") from exc
+    rows = data if isinstance(data, list) else data.get("records", [data]) if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise FlywheelError("Records must be a JSON object or a list of objects.")
+    return rows
+
+
+def _default_url(s: Settings, protocol: str) -> str:
+    host = "127.0.0.1" if s.serving.host in ("0.0.0.0", "::") else s.serving.host
+    if protocol == "grpc":
+        return f"{host}:{s.serving.grpc_port or 8081}"
+    if protocol == "ws":
+        return f"ws://{host}:{s.serving.port}"
+    if protocol == "mqtt":
+        return s.serving.mqtt_url or "mqtt://127.0.0.1:1883"
+    return f"http://{host}:{s.serving.port}"
+
+
 # ---------------------------------------------------------------- the loop
 @app.command()
 def run(

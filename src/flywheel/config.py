@@ -25,7 +25,7 @@ from pydantic_settings import (
 
 from flywheel.errors import ConfigError
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["ServingSettings", "Settings", "load_settings", "mask_url"]
 
 _SQL_SCHEMES = ("sqlite://", "postgresql://", "postgresql+psycopg://", "postgres://")
 
@@ -133,6 +133,45 @@ class RegistrySettings(BaseModel):
         return None if v is None else _check_sql_url(v, "registry.audit_url")
 
 
+class ServingSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="Bind address (loopback unless told otherwise).")
+    port: int = Field(8080, ge=0, le=65535, description="REST + WebSocket port.")
+    grpc_port: int | None = Field(8081, ge=0, le=65535, description="gRPC port (unset: no gRPC).")
+    workers: int = Field(1, ge=1, description="uvicorn workers (each loads its own models).")
+    max_batch_rows: int = Field(256, ge=1, description="Rows per micro-batch.")
+    max_wait_ms: float = Field(0.0, ge=0, description="Extra linger under concurrency (a lone request never waits).")
+    max_rows_per_request: int = Field(10_000, ge=1, description="More rows answer 422.")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Larger bodies answer 413.")
+    poll_interval_s: float = Field(30.0, ge=0, description="Registry polling for alias moves (0: off).")
+    ort_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads per model.")
+    api_key: SecretStr | None = Field(None, description="If set, prediction routes need it (X-API-Key or Bearer).")
+    access_log: bool = Field(False, description="uvicorn's per-request access log (costly).")
+    log_json: bool = Field(True, description="Structured JSON log lines with request ids.")
+    prediction_log_url: str | None = Field(
+        None, description="Prediction log database (sqlite:/// WAL or postgresql://); default under home."
+    )
+    prediction_log_on_full: Literal["block", "drop"] = Field(
+        "block", description="When the log falls behind: backpressure (block) or counted drops."
+    )
+    mqtt_url: str | None = Field(None, description="MQTT broker URL (mqtt://host:1883); unset: MQTT off.")
+    mqtt_request_topic: str = Field("flywheel/predict/#", description="MQTT request topic filter.")
+    mqtt_error_topic: str = Field("flywheel/errors", description="MQTT topic for malformed requests.")
+    mqtt_reply_prefix: str = Field("flywheel/reply", description="Reply topic prefix for MQTT 3.1.1 clients.")
+    mqtt_client_id: str = Field("flywheel-serving", description="MQTT client id (unique per replica).")
+
+    @field_validator("prediction_log_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_sql_url(v, "serving.prediction_log_url")
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("mqtt://", "mqtts://")):
+            raise ValueError(f"serving.mqtt_url must be mqtt://host:port or mqtts://..., got {mask_url(v)!r}")
+        return v
+
+
 class Settings(BaseSettings):
     """Effective configuration. Build it with :func:`load_settings`."""
 
@@ -156,6 +195,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     gates: GateSettings = Field(default_factory=GateSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -182,6 +222,8 @@ class Settings(BaseSettings):
             self.tracking.artifact_location = str((home / "mlartifacts").resolve())
         if self.registry.audit_url is None:
             self.registry.audit_url = f"sqlite:///{(home / 'audit.db').as_posix()}"
+        if self.serving.prediction_log_url is None:
+            self.serving.prediction_log_url = f"sqlite:///{(home / 'predictions.db').as_posix()}"
         return self
 
     @property

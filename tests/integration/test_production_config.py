@@ -31,7 +31,7 @@ def test_loop_on_postgres_s3_and_mlflow_server(
         tracking={"uri": mlflow_server.uri},
         registry={"audit_url": pg_url},
         # A small world for speed: this test is about the services, not model quality.
-        gates={"min_metrics": {"roc_auc": 0.6}},
+        gates={"min_metrics": {"roc_auc": 0.6}, "max_slice_gap": {"roc_auc": 0.5}},
     )
     result = run_loop(settings, days=200, customers=1200, params=TrainParams(cv_folds=2))
 

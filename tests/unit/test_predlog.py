@@ -310,3 +310,19 @@ def test_unreachable_database_is_a_prediction_log_error(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(PredictionLogError, match="Cannot open the prediction log"):
         PredictionLog(f"sqlite:///{blocker}/p.db")
+
+
+def test_object_arrays_from_grpc_are_stored_as_json_lists(tmp_path: Path) -> None:
+    """gRPC hands the core numpy columns, strings as object arrays; they log as plain JSON."""
+    import numpy as np
+
+    from flywheel.serving.predlog import PredictionLog, PredictionRecord
+
+    plog = PredictionLog(f"sqlite:///{tmp_path}/p.db")
+    plog.start()
+    inputs = {"plan": np.array(["basic", "pro"], dtype=object), "x": np.array([1.5, 2.0])}
+    plog.append(PredictionRecord("r1", 1.0, "m", "1", "grpc", inputs, np.array([0, 1]), 0.1))
+    plog.close()
+    (row,) = PredictionLog(f"sqlite:///{tmp_path}/p.db").read()
+    assert row["inputs"] == {"plan": ["basic", "pro"], "x": [1.5, 2.0]}
+    assert row["outputs"] == [0, 1]

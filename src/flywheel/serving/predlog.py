@@ -130,6 +130,8 @@ class _Marker:
 
 def _default(obj: Any) -> Any:
     """orjson fallback for values it does not encode natively."""
+    if getattr(obj, "ndim", 0) and hasattr(obj, "tolist"):  # arrays orjson declined (object
+        return obj.tolist()  # dtype, e.g. string columns from gRPC; non-contiguous views)
     if hasattr(obj, "item") and callable(obj.item):  # numpy scalar of an unsupported dtype
         return obj.item()
     if hasattr(obj, "model_dump"):  # pydantic model

@@ -1,0 +1,388 @@
+"""REST adapter: native ``/v1``, MLflow ``/invocations``, Open Inference Protocol ``/v2``.
+
+Two layers in one ASGI app (see docs/serving.md):
+
+- a lean raw-ASGI front answers the hot routes itself (``POST /v1/predict``,
+  ``POST /invocations``, ``POST /v2/models/{name}[/versions/{v}]/infer``, the health checks
+  and ``/metrics``): path dispatch on a dict, ``orjson``, pre-built header lists, no
+  per-request framework objects. Why by hand: a framework request/response cycle costs more
+  than the model itself on a one-row request (the issue's throughput goals need it);
+- everything else (``/docs``, ``/openapi.json``, ``/version``, ``/v2`` metadata, admin) goes
+  to a FastAPI app, which also *declares* the hot routes so the OpenAPI schema is truthful.
+
+Error shapes: native routes and admin answer ``FlywheelError.to_dict()``
+(``{"error": {"kind", "message", "details"}}``); ``/invocations`` answers MLflow's
+``{"error_code", "message"}``; ``/v2`` answers ``{"error": "..."}``. No answer carries a
+stack trace.
+"""
+
+from __future__ import annotations
+
+import gc
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+import flywheel
+from flywheel.errors import FlywheelError
+from flywheel.serving import _wire as wire
+from flywheel.serving.config import ServingConfig
+from flywheel.serving.errors import PayloadTooLarge, Unauthorized
+from flywheel.serving.metrics import CONTENT_TYPE as METRICS_TYPE
+from flywheel.serving.predictor import Predictor, new_request_id
+
+if TYPE_CHECKING:
+    from flywheel.config import Settings
+    from flywheel.serving.types import PredictionSink
+
+__all__ = ["RestFront", "create_app", "serve"]
+
+log = logging.getLogger("flywheel.serving")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_JSON = b"application/json"
+_TEXT = b"text/plain; charset=utf-8"
+_MLFLOW_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 404: "RESOURCE_DOES_NOT_EXIST",
+                 413: "BAD_REQUEST", 415: "BAD_REQUEST", 422: "BAD_REQUEST",
+                 503: "TEMPORARILY_UNAVAILABLE"}
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class _Answer(Exception):
+    """A finished non-JSON-error answer (used for MLflow's text/plain 415s)."""
+
+    def __init__(self, status: int, body: bytes, ctype: bytes) -> None:
+        self.status, self.body, self.ctype = status, body, ctype
+
+
+def _internal(request_id: str) -> FlywheelError:
+    err = FlywheelError(f"Internal error; see the server log for request {request_id}.",
+                        request_id=request_id)
+    err.kind = "internal"
+    return err
+
+
+class RestFront:
+    """The raw-ASGI front; unknown routes fall through to ``fallback`` (the FastAPI app)."""
+
+    def __init__(self, predictor: Predictor, config: ServingConfig, fallback: Any) -> None:
+        self.predictor = predictor
+        self.config = config
+        self.metrics = predictor.metrics
+        self.fallback = fallback
+        self._api_key = config.api_key.encode() if config.api_key else None
+        self._exact: dict[tuple[str, str], Callable[..., Awaitable[None]]] = {
+            ("POST", "/v1/predict"): self._v1_predict,
+            ("POST", "/invocations"): self._invocations,
+            ("GET", "/ping"): self._ping,
+            ("GET", "/health"): self._ping,
+            ("GET", "/v2/health/live"): self._live,
+            ("GET", "/v2/health/ready"): self._ready,
+            ("GET", "/metrics"): self._metrics,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            handler = self._exact.get((scope["method"], scope["path"]))
+            if handler is not None:
+                await handler(scope, receive, send)
+                return
+            path = scope["path"]
+            if scope["method"] == "POST" and path.startswith("/v2/models/") \
+                    and path.endswith("/infer"):
+                await self._v2_infer(scope, receive, send)
+                return
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        elif kind == "websocket" and scope["path"] == "/v1/stream":
+            from flywheel.serving.ws import stream_endpoint
+
+            await stream_endpoint(scope, receive, send, self.predictor, api_key=self.config.api_key)
+            return
+        await self.fallback(scope, receive, send)
+
+    # ------------------------------------------------------------------ plumbing
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.predictor.start()
+                except Exception as exc:  # report start-up failure to the server
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                # Move everything loaded so far (MLflow, scikit-learn, the models) out of the
+                # collector's reach: full collections then stay short (p99 latency).
+                gc.collect()
+                gc.freeze()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.predictor.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    @staticmethod
+    async def _reply(send: Send, status: int, body: bytes, ctype: bytes = _JSON,
+                     request_id: str | None = None) -> None:
+        headers = [(b"content-type", ctype), (b"content-length", b"%d" % len(body))]
+        if request_id is not None:
+            headers.append((b"x-request-id", request_id.encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _headers(self, scope: Scope) -> tuple[str, int, str | None, bytes | None]:
+        """(content type, content length or -1, request id, credential) in one pass."""
+        ctype, length, rid, cred = "", -1, None, None
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                ctype = value.decode("latin-1")
+            elif key == b"content-length":
+                length = int(value) if value.isdigit() else -1
+            elif key == b"x-request-id":
+                if 0 < len(value) <= 128 and value.isascii():
+                    rid = value.decode()
+            elif key == b"x-api-key":
+                cred = value
+            elif key == b"authorization" and value[:7].lower() == b"bearer ":
+                cred = value[7:]
+        return ctype, length, rid, cred
+
+    async def _body(self, receive: Receive, length: int) -> bytes:
+        limit = self.config.max_body_bytes
+        if length > limit:
+            raise PayloadTooLarge(f"The body has {length} bytes; the limit is {limit} "
+                                  "(serving.max_body_bytes). Send fewer rows per request.",
+                                  limit=limit)
+        message = await receive()
+        body = message.get("body", b"")
+        if not message.get("more_body"):
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            return body
+        chunks, size = [body], len(body)
+        while message.get("more_body"):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"The body exceeds {limit} bytes "
+                                      "(serving.max_body_bytes).", limit=limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _check_key(self, cred: bytes | None) -> None:
+        if self._api_key is not None and (cred is None
+                                          or not hmac.compare_digest(cred, self._api_key)):
+            raise Unauthorized("A valid API key is required: send 'X-API-Key: <key>' or "
+                               "'Authorization: Bearer <key>'.")
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, protocol: str,
+                     route: str, work: Callable[[str, bytes, str], Awaitable[bytes]],
+                     error: Callable[[FlywheelError], tuple[int, bytes]]) -> None:
+        """Shared request cycle: headers, auth, body, work, errors, metrics."""
+        start = time.perf_counter()
+        ctype, length, rid, cred = self._headers(scope)
+        rid = rid or new_request_id()
+        status, answer_type = 200, _JSON
+        try:
+            self._check_key(cred)
+            body = await self._body(receive, length)
+            answer = await work(ctype, body, rid)
+        except _Disconnected:
+            return
+        except _Answer as done:
+            status, answer, answer_type = done.status, done.body, done.ctype
+        except FlywheelError as exc:
+            status, answer = error(exc)
+            self.metrics.error(protocol, exc.kind)
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": rid, "route": route})
+            status, answer = error(_internal(rid))
+            self.metrics.error(protocol, "internal")
+        await self._reply(send, status, answer, answer_type, rid)
+        self.metrics.request(protocol, route, status, time.perf_counter() - start)
+
+    # ------------------------------------------------------------------ native
+    async def _v1_predict(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "rest", "/v1/predict", self._v1_work,
+                          _native_error)
+
+    async def _v1_work(self, ctype: str, body: bytes, rid: str) -> bytes:
+        mime = ctype.split(";", 1)[0].strip().lower()
+        if mime in ("application/json", ""):
+            request = wire.native_request(wire.parse_json(body), rid)
+        elif mime in wire.ARROW_TYPES or mime in wire.PARQUET_TYPES:
+            table = wire.read_arrow(body, mime)
+            request = wire.native_request({"columns": table}, rid)
+        else:
+            raise wire.unsupported(mime, ["application/json", *sorted(wire.ARROW_TYPES),
+                                          *sorted(wire.PARQUET_TYPES)])
+        return wire.encode_native(await self.predictor.predict(request))
+
+    # ------------------------------------------------------------------ MLflow
+    async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "mlflow", "/invocations", self._mlflow_work,
+                          _mlflow_error)
+
+    async def _mlflow_work(self, ctype: str, body: bytes, rid: str) -> bytes:
+        parts = [p.strip() for p in ctype.split(";")]
+        mime, params = parts[0].lower(), dict(p.partition("=")[::2] for p in parts[1:] if p)
+        if params.get("charset", "utf-8").lower() != "utf-8":
+            raise _Answer(415, b"The scoring server only supports UTF-8", _TEXT)
+        if set(params) - {"charset"}:
+            raise _Answer(415, b"Unrecognized content type parameters: "
+                          + ", ".join(sorted(set(params) - {"charset"})).encode()[:200], _TEXT)
+        schema = self.predictor.model().schema
+        if mime == "application/json":
+            request = wire.mlflow_request(wire.parse_json(body), schema)
+        elif mime == "text/csv":
+            request = wire.native_request({"columns": wire.read_csv(body)}, rid, "mlflow")
+            request.extra_fields = "ignore"
+        elif mime in wire.PARQUET_TYPES:
+            request = wire.native_request({"columns": wire.read_arrow(body, mime)}, rid, "mlflow")
+            request.extra_fields = "ignore"
+        else:
+            raise _Answer(415, (
+                "This predictor only supports the following content types: Types: "
+                f"['text/csv', 'application/json', 'application/vnd.apache.parquet']. "
+                f"Got '{ctype[:64]}'.").encode(), _TEXT)
+        request.request_id = rid
+        response = await self.predictor.predict(request)
+        return orjson.dumps({"predictions": wire._array(response.labels)},
+                            option=wire.JSON_OPTS)
+
+    # ------------------------------------------------------------------ Open Inference v2
+    async def _v2_infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        parts = scope["path"].split("/")  # ['', 'v2', 'models', name, ('versions', v,) 'infer']
+        if len(parts) == 5:
+            name, version = parts[3], None
+        elif len(parts) == 7 and parts[4] == "versions":
+            name, version = parts[3], parts[5]
+        else:
+            await self.fallback(scope, receive, send)
+            return
+
+        async def work(ctype: str, body: bytes, rid: str) -> bytes:
+            model = self.predictor.model(name)
+            request = wire.v2_request(wire.parse_json(body), model.schema)
+            request.model, request.version = name, version
+            request.request_id = request.request_id or rid
+            return wire.encode_v2(await self.predictor.predict(request))
+
+        await self._serve(scope, receive, send, "v2", "/v2/models/infer", work, _v2_error)
+
+    # ------------------------------------------------------------------ cheap GETs
+    async def _ping(self, scope: Scope, receive: Receive, send: Send) -> None:
+        status = 200 if self.predictor.ready else 503
+        await self._reply(send, status, b"\n", _TEXT)
+
+    async def _live(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._reply(send, 200, b'{"live":true}')
+
+    async def _ready(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ready = self.predictor.ready
+        await self._reply(send, 200 if ready else 503, b'{"ready":%s}' % (
+            b"true" if ready else b"false"))
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._reply(send, 200, self.metrics.render(), METRICS_TYPE.encode())
+
+
+def _native_error(exc: FlywheelError) -> tuple[int, bytes]:
+    return exc.status, orjson.dumps(exc.to_dict(), default=str)
+
+
+def _mlflow_error(exc: FlywheelError) -> tuple[int, bytes]:
+    """MLflow answers 400 for any input it cannot score (schema errors included)."""
+    status = 400 if exc.status == 422 else exc.status
+    code = _MLFLOW_CODES.get(status, "INTERNAL_ERROR")
+    return status, orjson.dumps({"error_code": code, "message": exc.message})
+
+
+def _v2_error(exc: FlywheelError) -> tuple[int, bytes]:
+    return exc.status, orjson.dumps({"error": exc.message})
+
+
+# --------------------------------------------------------------------------- building
+
+
+def create_app(
+    predictor: Predictor | None = None,
+    *,
+    settings: Settings | None = None,
+    config: ServingConfig | None = None,
+    sink: PredictionSink | None = None,
+) -> RestFront:
+    """The ASGI app: the raw front over the FastAPI app. Builds a registry-backed
+    :class:`Predictor` from ``settings`` when none is given."""
+    from flywheel.serving._api import build_api
+
+    if predictor is None:
+        if settings is None:
+            from flywheel.config import load_settings
+
+            settings = load_settings()
+        config = config or ServingConfig.from_settings(settings)
+        predictor = Predictor.from_settings(settings, config, sink=sink)
+    config = config or predictor.config
+    api = build_api(predictor, config)
+    if sink is not None and hasattr(sink, "feedback"):
+        from flywheel.serving.feedback import add_feedback_routes
+
+        add_feedback_routes(api, sink, config)
+    return RestFront(predictor, config, api)
+
+
+def serve(
+    settings: Settings | None = None,
+    config: ServingConfig | None = None,
+    *,
+    predictor: Predictor | None = None,
+    sink: PredictionSink | None = None,
+) -> None:
+    """Run the REST server with uvicorn (uvloop + httptools) until interrupted."""
+    import uvicorn
+
+    from flywheel.serving.logs import configure_logging
+
+    if settings is None and predictor is None:
+        from flywheel.config import load_settings
+
+        settings = load_settings()
+    if config is None:
+        config = ServingConfig.from_settings(settings) if settings else predictor.config  # type: ignore[union-attr]
+    configure_logging(settings.log_level if settings else "INFO", json_lines=config.log_json)
+    app = create_app(predictor, settings=settings, config=config, sink=sink)
+    if config.workers > 1:
+        log.warning("serving.workers=%d ignored: one process serves every model (run "
+                    "`uvicorn flywheel.serving.rest:app_from_env --factory --workers N` for "
+                    "more, each with its own copy), or scale with replicas", config.workers)
+    uvicorn.run(
+        app, host=config.host, port=config.port, loop="uvloop", http="httptools",
+        access_log=config.access_log, log_config=None, lifespan="on",
+        limit_concurrency=None, timeout_keep_alive=30,
+    )
+
+
+def version_info() -> dict[str, Any]:
+    return {"name": "flywheel", "version": flywheel.__version__}
+
+
+def app_from_env() -> RestFront:
+    """Factory for ``uvicorn flywheel.serving.rest:app_from_env --factory --workers N``
+    (settings from ``FLYWHEEL_*``; each worker process loads its own copy of the models)."""
+    return create_app()

@@ -1,0 +1,103 @@
+"""The serving core's data types: what adapters hand in and get back, and the log hook.
+
+These are plain dataclasses with no protocol in them; REST, gRPC, WebSocket and MQTT
+adapters translate to :class:`PredictRequest` and from :class:`PredictResponse`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "PredictRequest",
+    "PredictResponse",
+    "PredictionSink",
+    "ServedRecord",
+]
+
+
+@dataclass(slots=True)
+class PredictRequest:
+    """One request: rows as ``records`` (a list of ``{feature: value}``) *or* ``columns``
+    (``{feature: list | 1-D array}``, all the same length). ``model`` is a served model
+    name (None: the default model); ``version``, when set, must be the version being served.
+    """
+
+    records: Sequence[Mapping[str, Any]] | None = None
+    columns: Mapping[str, Any] | None = None
+    model: str | None = None
+    version: str | None = None
+    request_id: str | None = None
+    protocol: str = "python"
+    extra_fields: str = "forbid"  # or "ignore": drop columns the model does not take
+
+
+@dataclass(slots=True)
+class PredictResponse:
+    """Predictions for every row of a request, in order.
+
+    ``labels``: class labels (classification) or values (regression), shape ``[n]``;
+    ``probabilities``: ``[n, n_classes]`` in the order of ``classes`` (None for regression).
+    """
+
+    model: str
+    version: str
+    request_id: str
+    task: str
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    classes: list[Any] | None
+    latency_ms: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return len(self.labels)
+
+    def labels_list(self) -> list[Any]:
+        return self.labels.tolist()
+
+    def probabilities_list(self) -> list[list[float]] | None:
+        return None if self.probabilities is None else self.probabilities.tolist()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the native REST answer)."""
+        out: dict[str, Any] = {
+            "model": self.model,
+            "version": self.version,
+            "request_id": self.request_id,
+            "predictions": self.labels_list(),
+        }
+        if self.probabilities is not None:
+            out["probabilities"] = self.probabilities_list()
+            out["classes"] = self.classes
+        return out
+
+
+@dataclass(slots=True)
+class ServedRecord:
+    """Stand-in for ``flywheel.serving.predlog.PredictionRecord`` while that module is absent.
+
+    Same fields the prediction log takes; ``inputs`` is ``{feature: list}`` (column-wise,
+    already validated), ``outputs`` is ``{"labels": [...], "probabilities": [[...]]}``.
+    """
+
+    request_id: str
+    ts: float
+    model: str
+    version: str
+    protocol: str
+    inputs: dict[str, list[Any]]
+    outputs: dict[str, Any]
+    latency_ms: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class PredictionSink(Protocol):
+    """Where answered requests go. ``append`` must not block (queue and return)."""
+
+    def append(self, record: Any) -> None: ...

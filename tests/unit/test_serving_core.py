@@ -1,0 +1,337 @@
+"""The protocol-free serving core: decoding rules, batching, hot swap, integrity."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from flywheel.serving.config import ServedModel, ServingConfig
+from flywheel.serving.errors import (
+    IntegrityError,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    TooManyRows,
+)
+from flywheel.serving.models import ModelFiles, StaticSource, load_model
+from flywheel.serving.predictor import Predictor
+from flywheel.serving.types import PredictRequest, ServedRecord
+from tests.unit.serving_models import build, rows
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelFiles]:
+    tmp = tmp_path_factory.mktemp("models")
+    return {
+        "1": build(tmp, family="logreg", version="1"),
+        "2": build(tmp, family="random_forest", version="2"),
+        "3": build(tmp, family="linear", task="regression", version="3"),
+    }
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def append(self, record: Any) -> None:
+        self.records.append(record)
+
+
+def make(files: dict[str, ModelFiles], champion: str = "1", **config: Any) -> Predictor:
+    source = StaticSource({k: v for k, v in files.items()}, {"champion": champion})
+    options = {"models": (ServedModel("churn"),), "poll_interval_s": 0.0, **config}
+    sink = options.pop("sink", None)
+    return Predictor(ServingConfig(**options), {"churn": source}, sink=sink)
+
+
+def one(**overrides: Any) -> dict[str, Any]:
+    return {"tenure": 12.0, "charges": 70.5, "plan": "pro", **overrides}
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("record", "field", "rule"),
+    [
+        (one(charges="SECRET-PAYLOAD-VALUE"), "charges", "type"),
+        (one(tenure=math.inf), "tenure", "finite"),
+        (one(tenure=-math.inf), "tenure", "finite"),
+        (one(tenure=1e39), "tenure", "finite"),
+        (one(plan=["SECRET-PAYLOAD-VALUE"]), "plan", "type"),
+        ({"tenure": 1.0, "plan": "SECRET-PAYLOAD-VALUE"}, "charges", "required"),
+        (one(SECRET_extra="SECRET-PAYLOAD-VALUE"), "SECRET_extra", "unknown"),
+    ],
+)
+def test_validation_names_field_and_row_without_echoing(
+    files: dict[str, ModelFiles], record: dict[str, Any], field: str, rule: str
+) -> None:
+    async def main() -> None:
+        predictor = make(files)
+        await predictor.start()
+        with pytest.raises(InvalidInput) as info:
+            await predictor.predict(PredictRequest(records=[one(), record]))
+        err = info.value
+        assert err.details["field"] == field
+        assert err.details["rule"] == rule
+        assert err.details["row"] == 1
+        assert "row 1" in err.message.lower() and field in err.message
+        assert "SECRET-PAYLOAD-VALUE" not in err.message + str(err.to_dict())
+        assert err.status == 422
+
+    run(main())
+
+
+def test_missing_numeric_is_allowed_and_missing_category_is_empty(
+    files: dict[str, ModelFiles]
+) -> None:
+    async def main() -> None:
+        predictor = make(files)
+        await predictor.start()
+        nulls = await predictor.predict(PredictRequest(records=[one(tenure=None, plan=None)]))
+        nans = await predictor.predict(PredictRequest(records=[one(tenure=math.nan, plan="")]))
+        assert np.array_equal(nulls.probabilities, nans.probabilities)
+        assert np.isfinite(nulls.probabilities).all()
+
+    run(main())
+
+
+def test_numeric_rules_hold_for_arrays_and_arrow(files: dict[str, ModelFiles]) -> None:
+    async def main() -> None:
+        predictor = make(files)
+        await predictor.start()
+        cols = {"tenure": np.array([1.0, np.inf]), "charges": np.array([1.0, 2.0]),
+                "plan": np.array(["a", "b"])}
+        with pytest.raises(InvalidInput) as info:
+            await predictor.predict(PredictRequest(columns=cols))
+        assert info.value.details == {"field": "tenure", "row": 1, "rule": "finite"}
+        table = pa.table({"tenure": [1.0, None], "charges": [2.0, 3.0], "plan": ["pro", None]})
+        answer = await predictor.predict(PredictRequest(columns=table))
+        assert answer.rows == 2
+        bad = pa.table({"tenure": ["x", "y"], "charges": [2.0, 3.0], "plan": ["a", "b"]})
+        with pytest.raises(InvalidInput, match="'tenure'"):
+            await predictor.predict(PredictRequest(columns=bad))
+
+    run(main())
+
+
+def test_row_limit_and_unknown_model_and_version(files: dict[str, ModelFiles]) -> None:
+    async def main() -> None:
+        predictor = make(files, max_rows_per_request=3)
+        await predictor.start()
+        with pytest.raises(TooManyRows) as info:
+            await predictor.predict(PredictRequest(records=rows(4)))
+        assert info.value.status == 422
+        with pytest.raises(ModelNotFound):
+            await predictor.predict(PredictRequest(records=rows(1), model="nope"))
+        with pytest.raises(ModelNotFound):
+            await predictor.predict(PredictRequest(records=rows(1), version="9"))
+
+    run(main())
+
+
+def test_not_ready_before_start(files: dict[str, ModelFiles]) -> None:
+    async def main() -> None:
+        predictor = make(files)
+        assert not predictor.ready
+        with pytest.raises(ModelNotReady):
+            await predictor.predict(PredictRequest(records=rows(1)))
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- batching
+
+
+@pytest.mark.parametrize("version", ["1", "2", "3"])
+def test_batched_equals_unbatched_and_batches_form(
+    files: dict[str, ModelFiles], version: str
+) -> None:
+    async def main() -> None:
+        predictor = make(files, champion=version)
+        await predictor.start()
+        data = rows(48)
+        alone = [await predictor.predict(PredictRequest(records=[r])) for r in data]
+        assert predictor.batch_stats().max_rows_seen == 1  # sequential: nobody waited
+        together = await asyncio.gather(
+            *(predictor.predict(PredictRequest(records=[r])) for r in data)
+        )
+        assert predictor.batch_stats().max_rows_seen > 1  # concurrency made real batches
+        bulk = await predictor.predict(PredictRequest(records=data))
+        for answers in (together, [bulk]):
+            labels = np.concatenate([a.labels for a in answers])
+            assert np.array_equal(labels, np.concatenate([a.labels for a in alone]))
+            if alone[0].probabilities is not None:
+                proba = np.concatenate([a.probabilities for a in answers])
+                assert np.array_equal(proba, np.concatenate([a.probabilities for a in alone]))
+
+    run(main())
+
+
+def test_batch_rows_are_bounded_and_big_batches_use_a_thread(
+    files: dict[str, ModelFiles]
+) -> None:
+    async def main() -> None:
+        predictor = make(files, max_batch_rows=8, inline_max_rows=4)
+        await predictor.start()
+        data = rows(40)
+        answers = await asyncio.gather(
+            *(predictor.predict(PredictRequest(records=data[i:i + 2])) for i in range(0, 40, 2))
+        )
+        assert predictor.batch_stats().max_rows_seen == 8
+        bulk = await predictor.predict(PredictRequest(records=data))
+        assert np.array_equal(np.concatenate([a.probabilities for a in answers]),
+                              bulk.probabilities)
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- hot swap
+
+
+def test_hot_swap_under_load_has_no_failures(files: dict[str, ModelFiles]) -> None:
+    async def main() -> None:
+        source = StaticSource(dict(files), {"champion": "1"})
+        predictor = Predictor(ServingConfig(models=(ServedModel("churn"),),
+                                            poll_interval_s=0.02), {"churn": source})
+        await predictor.start()
+        failures: list[BaseException] = []
+        versions: list[str] = []
+        stop = asyncio.Event()
+
+        async def client() -> None:
+            while not stop.is_set():
+                try:
+                    answer = await predictor.predict(PredictRequest(records=rows(2)))
+                    versions.append(answer.version)
+                except Exception as exc:  # any failure fails the test
+                    failures.append(exc)
+                await asyncio.sleep(0)
+
+        tasks = [asyncio.create_task(client()) for _ in range(8)]
+        await asyncio.sleep(0.05)
+        source.set_alias("champion", "2")  # the poller notices
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if predictor.model().version == "2":
+                break
+        await asyncio.sleep(0.05)
+        source.set_alias("champion", "1")
+        await predictor.reload()  # the admin path
+        await asyncio.sleep(0.02)
+        stop.set()
+        await asyncio.gather(*tasks)
+        await predictor.close()
+        assert not failures
+        assert "2" in versions and versions[-1] == "1"
+        assert predictor.metrics.reloads[("churn", "loaded")] == 3
+
+    run(main())
+
+
+def test_pin_and_unpin(files: dict[str, ModelFiles]) -> None:
+    async def main() -> None:
+        predictor = make(files)
+        await predictor.start()
+        assert await predictor.pin("churn", "2") == "2"
+        assert (await predictor.predict(PredictRequest(records=rows(1)))).version == "2"
+        assert await predictor.reload() == "2"  # the pin holds against the alias
+        assert await predictor.pin("churn", None) == "1"
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def test_sha256_mismatch_is_refused(files: dict[str, ModelFiles], tmp_path: Path) -> None:
+    good = files["1"]
+    with pytest.raises(IntegrityError, match="sha256") as info:
+        load_model(good.model_path, good.feature_specs, "0" * 64)
+    assert info.value.details["actual"] == good.onnx_sha256
+    with pytest.raises(IntegrityError):
+        load_model(good.model_path, good.feature_specs, None)
+
+    async def main() -> None:
+        tampered = dataclasses.replace(files["2"], onnx_sha256="f" * 64)
+        predictor = make({"1": good, "2": tampered})
+        await predictor.start()
+        with pytest.raises(IntegrityError):
+            await predictor.pin("churn", "2")
+        answer = await predictor.predict(PredictRequest(records=rows(1)))
+        assert answer.version == "1"  # the old version keeps serving
+
+    run(main())
+
+
+def test_load_model_reads_specs_from_onnx_metadata(files: dict[str, ModelFiles]) -> None:
+    f = files["1"]
+    model = load_model(f.model_path, None, f.onnx_sha256, name="m", version="1")
+    assert [s.name for s in model.schema.specs] == [s.name for s in f.feature_specs]
+    assert model.task == "classification" and model.classes == [0, 1]
+
+
+# --------------------------------------------------------------------------- prediction log
+
+
+def test_sink_gets_one_record_per_answer(files: dict[str, ModelFiles]) -> None:
+    async def main() -> None:
+        sink = ListSink()
+        predictor = make(files, sink=sink)
+        await predictor.start()
+        answer = await predictor.predict(
+            PredictRequest(records=rows(3), request_id="req-1", protocol="grpc")
+        )
+        [record] = sink.records
+        assert record.request_id == "req-1" and record.protocol == "grpc"
+        assert (record.model, record.version) == ("churn", answer.version)
+        assert list(record.inputs) == ["tenure", "charges", "plan"]
+        assert len(record.inputs["plan"]) == 3
+        assert np.array_equal(record.outputs["labels"], answer.labels)
+        assert record.latency_ms >= 0
+        if isinstance(record, ServedRecord):
+            assert record.ts > 0
+
+    run(main())
+
+
+def test_a_failing_sink_does_not_fail_the_request(files: dict[str, ModelFiles]) -> None:
+    class Broken:
+        def append(self, record: Any) -> None:
+            raise OSError("disk full")
+
+    async def main() -> None:
+        predictor = make(files, sink=Broken())
+        await predictor.start()
+        assert (await predictor.predict(PredictRequest(records=rows(1)))).rows == 1
+
+    run(main())
+
+
+def test_one_process_serves_several_models(files: dict[str, ModelFiles]) -> None:
+    async def main() -> None:
+        source = StaticSource(dict(files), {"champion": "1", "challenger": "2"})
+        config = ServingConfig(poll_interval_s=0.0, models=(
+            ServedModel("churn"), ServedModel("churn-challenger", ref="challenger")))
+        predictor = Predictor(config, {"churn": source, "churn-challenger": source})
+        await predictor.start()
+        a, b = await asyncio.gather(
+            predictor.predict(PredictRequest(records=rows(2))),
+            predictor.predict(PredictRequest(records=rows(2), model="churn-challenger")),
+        )
+        assert (a.model, a.version, b.model, b.version) == ("churn", "1", "churn-challenger", "2")
+        assert [m["version"] for m in predictor.models()] == ["1", "2"]
+
+    run(main())
