@@ -90,15 +90,16 @@ def test_infer_nullability_from_the_data(contract: Contract) -> None:
 
 def test_infer_widens_numeric_ranges(contract: Contract) -> None:
     age = contract.columns["age"]
-    assert (age.min, age.max) == (14, 86)  # 20..80 widened by 10% of 60, still integers
+    # 20..80: the minimum widened by 10% of 60, the maximum by 100% (features grow), integers
+    assert (age.min, age.max) == (14, 140)
     delta = contract.columns["delta"]
-    assert (delta.min, delta.max) == (-60.0, 60.0)
+    assert delta.min == -60.0 and delta.max > 60.0
 
 
 def test_infer_keeps_non_negative_columns_non_negative(contract: Contract) -> None:
     balance = contract.columns["balance"]
     assert balance.min == 0.0  # 100 - 10% of 1000 would be 0; never below 0
-    assert balance.max == 1200.0
+    assert balance.max == 3000.0  # 1100 + 100% of the range, rounded out
     assert contract.columns["customer_id"].min == 0
 
 
@@ -160,7 +161,7 @@ def test_editing_a_rule_changes_the_version(contract: Contract, tmp_path: Path) 
     path = tmp_path / "churn.yaml"
     save_contract(contract, path)
     text = path.read_text()
-    path.write_text(text.replace("max: 86", "max: 120"))
+    path.write_text(text.replace("max: 140", "max: 120"))
     edited = load_contract(path)
     assert edited.columns["age"].max == 120
     assert len(edited.version) == 12
@@ -180,8 +181,8 @@ def test_load_missing_file_is_not_found(tmp_path: Path) -> None:
         (("dtype: int", "dtype: integer"), "columns.customer_id.dtype"),
         (("nullable: false", "nullabel: false"), "columns.customer_id.nullabel"),
         (("allow_extra_columns: false", "allow_extra: false"), "(top level).allow_extra"),
-        (("max: 86", "max: lots"), "columns.age.max"),
-        (("max: 86", "max: 5"), "columns.age.min"),
+        (("max: 140", "max: lots"), "columns.age.max"),
+        (("max: 140", "max: 5"), "columns.age.min"),
         (("target: churned", "target: label"), "target"),
         (
             ("vip:\n    dtype: bool", "vip:\n    dtype: bool\n    allowed: [x]"),

@@ -53,8 +53,12 @@ logger = logging.getLogger("flywheel.data.contract")
 DTYPES = ("int", "float", "string", "bool", "datetime")
 MAX_EXAMPLES = 5
 _EXAMPLE_SCAN = 10_000  # examples are picked from the first failing values only
-#: Inferred numeric ranges are widened by this share of the observed range on each side.
+#: Inferred numeric ranges are widened below the minimum by this share of the observed range...
 RANGE_MARGIN = 0.10
+#: ...and above the maximum by this share: many operational features grow with time (tenure,
+#: totals, days since an event), so a later month's normal data exceeds an early maximum;
+#: the bound still catches absurd values (an order of magnitude off, unit mix-ups).
+UPPER_RANGE_MARGIN = 1.0
 #: A string column gets an ``allowed`` rule when it has at most this many distinct values...
 MAX_CATEGORIES = 50
 #: ...and the distinct values are at most this share of the non-null rows.
@@ -391,9 +395,10 @@ def _widened_range(low: float, high: float, dtype: str) -> tuple[float, float]:
         return 0, 1  # 0/1 flags and labels keep exactly these bounds
     span = high - low
     margin = span * RANGE_MARGIN if span > 0 else max(abs(high) * RANGE_MARGIN, 1.0)
+    upper = span * UPPER_RANGE_MARGIN if span > 0 else max(abs(high) * UPPER_RANGE_MARGIN, 1.0)
     new_low, new_high = (
         _round_out(low - margin, margin, math.floor),
-        _round_out(high + margin, margin, math.ceil),
+        _round_out(high + upper, upper, math.ceil),
     )
     new_low = max(new_low, 0.0) if low >= 0 else new_low  # non-negative stays non-negative
     new_high = min(new_high, 0.0) if high <= 0 else new_high
