@@ -60,7 +60,11 @@ def _settings() -> Settings:
 def _root(
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="YAML config file (default: ./flywheel.yaml or $FLYWHEEL_CONFIG)."),
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML config file (default: ./flywheel.yaml or $FLYWHEEL_CONFIG).",
+        ),
     ] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
@@ -69,7 +73,9 @@ def _root(
         raise typer.Exit()
     if config is not None:
         if not config.exists():
-            raise FlywheelError(f"Config file {str(config)!r} does not exist. Fix: pass an existing file.")
+            raise FlywheelError(
+                f"Config file {str(config)!r} does not exist. Fix: pass an existing file."
+            )
         os.environ["FLYWHEEL_CONFIG"] = str(config)
     _state.clear()
     settings = _settings()
@@ -82,8 +88,11 @@ def _root(
 def _progress(total_steps: list[str]) -> Iterator[Any]:
     """A rich progress display with one line per step; yields an ``on_step(name)`` hook."""
     with Progress(
-        SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
-        console=console, transient=False,
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     ) as progress:
         tasks: dict[str, Any] = {}
         current: list[str] = []
@@ -127,12 +136,19 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
 # ---------------------------------------------------------------- simulate
 @app.command()
 def simulate(
-    days: Annotated[int, typer.Option(help="Days to simulate (appended after the last simulated day).")] = 365,
+    days: Annotated[
+        int, typer.Option(help="Days to simulate (appended after the last simulated day).")
+    ] = 365,
     customers: Annotated[int, typer.Option(help="Customers in a new world.")] = 5000,
-    start: Annotated[str | None, typer.Option(help="Start date of a new world (YYYY-MM-DD).")] = None,
+    start: Annotated[
+        str | None, typer.Option(help="Start date of a new world (YYYY-MM-DD).")
+    ] = None,
     drift: Annotated[
         list[str] | None,
-        typer.Option("--drift", help="Drift scenario NAME@DAY or NAME@YYYY-MM-DD (repeatable), e.g. price_rise@180."),
+        typer.Option(
+            "--drift",
+            help="Drift scenario NAME@DAY or NAME@YYYY-MM-DD (repeatable), e.g. price_rise@180.",
+        ),
     ] = None,
 ) -> None:
     """Seed (or advance) the churn world in the SQL source. Same seed, same rows."""
@@ -143,7 +159,9 @@ def simulate(
         report = run_simulation(
             _settings(), days=days, customers=customers, start=start_date, scenarios=drift or []
         )
-    console.print(f"[green]simulated[/] {report.first_day} → {report.last_day} into {report.source}")
+    console.print(
+        f"[green]simulated[/] {report.first_day} → {report.last_day} into {report.source}"
+    )
     table = Table("table", "rows written")
     for name, rows in report.rows.items():
         table.add_row(name, f"{rows:,}")
@@ -160,24 +178,40 @@ def _parse_date(value: str, option: str) -> date:
 # ---------------------------------------------------------------- ingest / data
 @app.command()
 def ingest(
-    query: Annotated[str | None, typer.Option(help="SQL query to extract (default: source.table).")] = None,
-    file: Annotated[Path | None, typer.Option(help="Ingest a CSV or Parquet file instead of the SQL source.")] = None,
-    target: Annotated[str | None, typer.Option(help="Target column (required with --file).")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset name (default: source.dataset).")] = None,
-    full: Annotated[bool, typer.Option("--full", help="Re-extract everything instead of incrementally.")] = False,
+    query: Annotated[
+        str | None, typer.Option(help="SQL query to extract (default: source.table).")
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option(help="Ingest a CSV or Parquet file instead of the SQL source.")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="Target column (required with --file).")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset name (default: source.dataset).")
+    ] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="Re-extract everything instead of incrementally.")
+    ] = False,
 ) -> None:
     """Extract new rows into an immutable, content-addressed Parquet snapshot (validated)."""
     from flywheel.data.snapshots import ingest as run_ingest
 
     with console.status("ingesting…"):
-        result = run_ingest(_settings(), query=query, file=file, target=target, dataset=dataset, full=full)
+        result = run_ingest(
+            _settings(), query=query, file=file, target=target, dataset=dataset, full=full
+        )
     m = result.manifest
     if result.created:
-        console.print(f"[green]snapshot[/] {m.id}  {m.rows:,} rows (+{result.new_rows:,} new)  sha256 {m.sha256[:16]}…")
+        console.print(
+            f"[green]snapshot[/] {m.id}  {m.rows:,} rows (+{result.new_rows:,} new)  sha256 {m.sha256[:16]}…"
+        )
     else:
         console.print(f"[yellow]unchanged[/]: the data matches snapshot {m.id}; no new snapshot")
     if result.contract_created:
-        console.print(f"contract inferred: {_settings().contracts_dir / (m.dataset + '.yaml')} (review and edit it)")
+        console.print(
+            f"contract inferred: {_settings().contracts_dir / (m.dataset + '.yaml')} (review and edit it)"
+        )
 
 
 @data_app.command("list")
@@ -195,7 +229,9 @@ def data_list(
 
 
 @data_app.command("show")
-def data_show(snapshot_id: Annotated[str, typer.Argument(help="Snapshot id (a unique prefix is enough).")]) -> None:
+def data_show(
+    snapshot_id: Annotated[str, typer.Argument(help="Snapshot id (a unique prefix is enough).")],
+) -> None:
     """Show a snapshot's manifest (schema, source, lineage, content hash)."""
     from dataclasses import asdict
 
@@ -205,28 +241,36 @@ def data_show(snapshot_id: Annotated[str, typer.Argument(help="Snapshot id (a un
 
 
 @data_app.command("validate")
-def data_validate(snapshot_id: Annotated[str, typer.Argument(help="Snapshot id to re-validate.")]) -> None:
+def data_validate(
+    snapshot_id: Annotated[str, typer.Argument(help="Snapshot id to re-validate.")],
+) -> None:
     """Re-validate a snapshot against the dataset's current contract (e.g. after editing it)."""
     from flywheel.data.contract import format_report
     from flywheel.data.snapshots import validate_snapshot
 
     report = validate_snapshot(_settings(), snapshot_id)
     if report.passed:
-        console.print(f"[green]valid[/]: {report.rows:,} rows pass contract {report.contract_version}")
+        console.print(
+            f"[green]valid[/]: {report.rows:,} rows pass contract {report.contract_version}"
+        )
         return
     err_console.print(format_report(report))
     raise typer.Exit(5)
 
 
 @data_app.command("contract")
-def data_contract(dataset: Annotated[str | None, typer.Option(help="Dataset name.")] = None) -> None:
+def data_contract(
+    dataset: Annotated[str | None, typer.Option(help="Dataset name.")] = None,
+) -> None:
     """Print the dataset's data contract (YAML) and where to edit it."""
     from flywheel.data.contract import contract_path
 
     s = _settings()
     path = contract_path(s.contracts_dir, dataset or s.source.dataset)
     if not path.exists():
-        raise FlywheelError(f"No contract at {path}; it is inferred on the first `flywheel ingest`.")
+        raise FlywheelError(
+            f"No contract at {path}; it is inferred on the first `flywheel ingest`."
+        )
     console.print(f"# {path}")
     console.print(path.read_text(encoding="utf-8"), markup=False, highlight=False)
 
@@ -234,12 +278,22 @@ def data_contract(dataset: Annotated[str | None, typer.Option(help="Dataset name
 # ---------------------------------------------------------------- training
 @app.command()
 def train(
-    snapshot: Annotated[str | None, typer.Argument(help="Snapshot id (default: the dataset's latest).")] = None,
-    params: Annotated[Path | None, typer.Option(help="params.yaml (family, hyperparameters, split, CV, search).")] = None,
-    trials: Annotated[int | None, typer.Option(help="Optuna trials (overrides params.yaml).")] = None,
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL, e.g. postgresql://… to share trials.")] = None,
+    snapshot: Annotated[
+        str | None, typer.Argument(help="Snapshot id (default: the dataset's latest).")
+    ] = None,
+    params: Annotated[
+        Path | None, typer.Option(help="params.yaml (family, hyperparameters, split, CV, search).")
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option(help="Optuna trials (overrides params.yaml).")
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL, e.g. postgresql://… to share trials.")
+    ] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset for the default snapshot.")] = None,
-    register: Annotated[bool, typer.Option("--register/--no-register", help="Register when gates pass.")] = True,
+    register: Annotated[
+        bool, typer.Option("--register/--no-register", help="Register when gates pass.")
+    ] = True,
 ) -> None:
     """Train → evaluate (vs the champion) → gates → register as `challenger`."""
     from flywheel.pipelines.steps import train_evaluate_register
@@ -250,7 +304,13 @@ def train(
     train_params = load_params(params or s.training.params_file)
     with _progress([]) as on_step:
         outcome = train_evaluate_register(
-            s, snap, train_params, trials=trials, storage=storage, register=register, on_step=on_step
+            s,
+            snap,
+            train_params,
+            trials=trials,
+            storage=storage,
+            register=register,
+            on_step=on_step,
         )
     _print_outcome(s, outcome)
 
@@ -283,12 +343,16 @@ def _print_outcome(s: Settings, outcome: Any) -> None:
         console.print(f"  gate {mark} {gate.detail}")
     console.print(f"run {outcome.result.run_id}")
     if outcome.version:
-        console.print(f"[green]registered[/] {s.registry.model_name} version {outcome.version} "
-                      f"(alias challenger); model card: {outcome.card_path}")
+        console.print(
+            f"[green]registered[/] {s.registry.model_name} version {outcome.version} "
+            f"(alias challenger); model card: {outcome.card_path}"
+        )
 
 
 @app.command()
-def evaluate(run_id: Annotated[str, typer.Argument(help="MLflow run id of a training run.")]) -> None:
+def evaluate(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of a training run.")],
+) -> None:
     """Evaluate a training run on its holdout, against the champion, and apply the gates."""
     from flywheel.registry.models import load_champion
     from flywheel.training.evaluate import evaluate as run_evaluate
@@ -298,8 +362,16 @@ def evaluate(run_id: Annotated[str, typer.Argument(help="MLflow run id of a trai
     ev = run_evaluate(s, run_id, champion=load_champion(s))
     report = check_gates(s.gates, ev)
     record_gates(s, run_id, report)
-    console.print_json(json.dumps({"metrics": ev.metrics, "champion": ev.champion_metrics,
-                                   "slice_gaps": ev.slice_gaps, "gates": report.to_dict()}))
+    console.print_json(
+        json.dumps(
+            {
+                "metrics": ev.metrics,
+                "champion": ev.champion_metrics,
+                "slice_gaps": ev.slice_gaps,
+                "gates": report.to_dict(),
+            }
+        )
+    )
     if not report.passed:
         raise typer.Exit(8)
 
@@ -315,9 +387,13 @@ def promote(
 
     out = do_promote(_settings(), version, reason=reason)
     if out.pending:
-        console.print(f"[yellow]pending[/]: promotion of version {version} waits for `flywheel approve {version}`")
+        console.print(
+            f"[yellow]pending[/]: promotion of version {version} waits for `flywheel approve {version}`"
+        )
     else:
-        console.print(f"[green]champion[/] → version {version} (was {out.entry.from_version or 'none'})")
+        console.print(
+            f"[green]champion[/] → version {version} (was {out.entry.from_version or 'none'})"
+        )
 
 
 @app.command()
@@ -329,7 +405,9 @@ def approve(
     from flywheel.registry.models import approve as do_approve
 
     out = do_approve(_settings(), version, reason=reason)
-    console.print(f"[green]approved[/]: champion → version {version} (was {out.entry.from_version or 'none'})")
+    console.print(
+        f"[green]approved[/]: champion → version {version} (was {out.entry.from_version or 'none'})"
+    )
 
 
 @app.command()
@@ -338,12 +416,16 @@ def rollback(reason: Annotated[str, typer.Option(help="Why (recorded in the audi
     from flywheel.registry.models import rollback as do_rollback
 
     out = do_rollback(_settings(), reason=reason)
-    console.print(f"[green]rolled back[/]: champion {out.entry.from_version} → {out.entry.to_version}")
+    console.print(
+        f"[green]rolled back[/]: champion {out.entry.from_version} → {out.entry.to_version}"
+    )
 
 
 @registry_app.command("history")
 def registry_history(
-    verify: Annotated[bool, typer.Option("--verify", help="Check the audit log's hash chain.")] = False,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check the audit log's hash chain.")
+    ] = False,
 ) -> None:
     """The audit log: who changed what, when, from, to, and why."""
     from flywheel.registry.audit import AuditLog
@@ -352,7 +434,9 @@ def registry_history(
     s = _settings()
     table = Table("#", "when", "who", "action", "from", "to", "reason")
     for e in history(s):
-        table.add_row(str(e.id), e.at, e.who, e.action, e.from_version or "", e.to_version or "", e.reason)
+        table.add_row(
+            str(e.id), e.at, e.who, e.action, e.from_version or "", e.to_version or "", e.reason
+        )
     console.print(table)
     if verify:
         problems = AuditLog(s.registry.audit_url or "").verify()
@@ -370,23 +454,48 @@ def registry_list() -> None:
 
     table = Table("version", "aliases", "run", "snapshot", "onnx sha256", "created")
     for v in list_versions(_settings()):
-        table.add_row(v.version, ",".join(v.aliases), v.run_id or "", v.tags.get("flywheel.snapshot_id", ""),
-                      v.tags.get("flywheel.onnx_sha256", "")[:16], v.created_at)
+        table.add_row(
+            v.version,
+            ",".join(v.aliases),
+            v.run_id or "",
+            v.tags.get("flywheel.snapshot_id", ""),
+            v.tags.get("flywheel.onnx_sha256", "")[:16],
+            v.created_at,
+        )
     console.print(table)
 
 
 # ---------------------------------------------------------------- serving
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address (default serving.host, 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="REST + WebSocket port (default serving.port, 8080).")] = None,
-    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default serving.grpc_port, 8081).")] = None,
-    no_grpc: Annotated[bool, typer.Option("--no-grpc", help="Do not start the gRPC server.")] = False,
-    mqtt_url: Annotated[str | None, typer.Option(help="MQTT broker URL, e.g. mqtt://127.0.0.1:1883 (default serving.mqtt_url: off).")] = None,
-    model_ref: Annotated[str, typer.Option(help="Alias or version of the registered model to serve.")] = "champion",
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (default serving.host, 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="REST + WebSocket port (default serving.port, 8080).")
+    ] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="gRPC port (default serving.grpc_port, 8081).")
+    ] = None,
+    no_grpc: Annotated[
+        bool, typer.Option("--no-grpc", help="Do not start the gRPC server.")
+    ] = False,
+    mqtt_url: Annotated[
+        str | None,
+        typer.Option(
+            help="MQTT broker URL, e.g. mqtt://127.0.0.1:1883 (default serving.mqtt_url: off)."
+        ),
+    ] = None,
+    model_ref: Annotated[
+        str, typer.Option(help="Alias or version of the registered model to serve.")
+    ] = "champion",
     max_batch_rows: Annotated[int | None, typer.Option(help="Rows per micro-batch.")] = None,
-    max_wait_ms: Annotated[float | None, typer.Option(help="Extra batching linger under load (ms).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (each loads its own model copy).")] = None,
+    max_wait_ms: Annotated[
+        float | None, typer.Option(help="Extra batching linger under load (ms).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (each loads its own model copy).")
+    ] = None,
 ) -> None:
     """Serve the registered model over REST, MLflow /invocations, Open Inference v2 (REST +
     gRPC), WebSocket and MQTT, from one process."""
@@ -395,11 +504,18 @@ def serve(
 
     s = _settings()
     config = ServingConfig.from_settings(
-        s, host=host, port=port, max_batch_rows=max_batch_rows, max_wait_ms=max_wait_ms,
-        workers=workers, models=(ServedModel(s.registry.model_name, ref=model_ref),),
+        s,
+        host=host,
+        port=port,
+        max_batch_rows=max_batch_rows,
+        max_wait_ms=max_wait_ms,
+        workers=workers,
+        models=(ServedModel(s.registry.model_name, ref=model_ref),),
     )
     fronts = Fronts(
-        grpc_port=None if no_grpc else (grpc_port if grpc_port is not None else s.serving.grpc_port),
+        grpc_port=None
+        if no_grpc
+        else (grpc_port if grpc_port is not None else s.serving.grpc_port),
         mqtt_url=mqtt_url or s.serving.mqtt_url,
     )
     doors = [f"REST http://{config.host}:{config.port} (+ ws /v1/stream)"]
@@ -413,11 +529,20 @@ def serve(
 
 @app.command()
 def predict(
-    json_rows: Annotated[str | None, typer.Option("--json", help="One record or a list of records as JSON.")] = None,
-    file: Annotated[Path | None, typer.Option(help="A JSON file of records, or a CSV file.")] = None,
+    json_rows: Annotated[
+        str | None, typer.Option("--json", help="One record or a list of records as JSON.")
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option(help="A JSON file of records, or a CSV file.")
+    ] = None,
     protocol: Annotated[str, typer.Option(help="rest | mlflow | v2 | grpc | ws | mqtt.")] = "rest",
-    url: Annotated[str | None, typer.Option(help="Server URL (default from serving settings for the protocol).")] = None,
-    model: Annotated[str | None, typer.Option(help="Served model name (default registry.model_name).")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="Server URL (default from serving settings for the protocol)."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Served model name (default registry.model_name).")
+    ] = None,
 ) -> None:
     """Send records to a running `flywheel serve` over any protocol and print the answer."""
     from flywheel.serving.client import predict_remote
@@ -426,8 +551,13 @@ def predict(
     records = _read_records(json_rows, file)
     target = url or _default_url(s, protocol)
     api_key = s.serving.api_key.get_secret_value() if s.serving.api_key else None
-    answer = predict_remote(records, protocol=protocol, url=target,
-                            model=model or s.registry.model_name, api_key=api_key)
+    answer = predict_remote(
+        records,
+        protocol=protocol,
+        url=target,
+        model=model or s.registry.model_name,
+        api_key=api_key,
+    )
     console.print_json(json.dumps(answer, default=str))
 
 
@@ -438,14 +568,24 @@ def _read_records(json_rows: str | None, file: Path | None) -> list[dict[str, An
         import pandas as pd
 
         frame = pd.read_csv(file)
-        return [{k: (None if v != v else v) for k, v in row.items()}
-                for row in frame.to_dict(orient="records")]
+        return [
+            {k: (None if v != v else v) for k, v in row.items()}
+            for row in frame.to_dict(orient="records")
+        ]
     text = json_rows if json_rows is not None else Path(file).read_text(encoding="utf-8")  # type: ignore[arg-type]
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise FlywheelError(f"The records are not valid JSON: {exc.msg} at line {exc.lineno}.") from exc
-    rows = data if isinstance(data, list) else data.get("records", [data]) if isinstance(data, dict) else None
+        raise FlywheelError(
+            f"The records are not valid JSON: {exc.msg} at line {exc.lineno}."
+        ) from exc
+    rows = (
+        data
+        if isinstance(data, list)
+        else data.get("records", [data])
+        if isinstance(data, dict)
+        else None
+    )
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise FlywheelError("Records must be a JSON object or a list of objects.")
     return rows
@@ -465,7 +605,12 @@ def _default_url(s: Settings, protocol: str) -> str:
 # ---------------------------------------------------------------- the loop
 @app.command()
 def run(
-    days: Annotated[int | None, typer.Option(help="Append this many simulated days first (default: 365 on an empty source, else none).")] = None,
+    days: Annotated[
+        int | None,
+        typer.Option(
+            help="Append this many simulated days first (default: 365 on an empty source, else none)."
+        ),
+    ] = None,
     customers: Annotated[int, typer.Option(help="Customers in a new world.")] = 5000,
     params: Annotated[Path | None, typer.Option(help="params.yaml for training.")] = None,
     trials: Annotated[int | None, typer.Option(help="Optuna trials.")] = None,
@@ -477,8 +622,9 @@ def run(
     s = _settings()
     train_params = load_params(params or s.training.params_file)
     with _progress([]) as on_step:
-        result = run_loop(s, days=days, customers=customers, params=train_params, trials=trials,
-                          on_step=on_step)
+        result = run_loop(
+            s, days=days, customers=customers, params=train_params, trials=trials, on_step=on_step
+        )
     _print_outcome(s, result.outcome)
     for note in result.notes:
         console.print(note)
@@ -487,8 +633,11 @@ def run(
 
 def _print_where_to_look(s: Settings, result: Any) -> None:
     uri = s.tracking.uri or ""
-    ui = (f"mlflow ui --backend-store-uri {mask_url(uri)}"
-          + (f" --default-artifact-root {s.tracking.artifact_location}" if s.tracking.artifact_location else ""))
+    ui = f"mlflow ui --backend-store-uri {mask_url(uri)}" + (
+        f" --default-artifact-root {s.tracking.artifact_location}"
+        if s.tracking.artifact_location
+        else ""
+    )
     console.rule("where to look")
     console.print(f"snapshot:    {result.snapshot_id}  (flywheel data show {result.snapshot_id})")
     console.print(f"MLflow UI:   {ui}" if not uri.startswith("http") else f"MLflow UI:   {uri}")

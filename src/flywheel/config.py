@@ -39,21 +39,28 @@ def _check_sql_url(value: str, key: str) -> str:
 
 
 class SourceSettings(BaseModel):
-    url: str | None = Field(None, description="SQL source database URL (sqlite:/// or postgresql://).")
+    url: str | None = Field(
+        None, description="SQL source database URL (sqlite:/// or postgresql://)."
+    )
     dataset: str = Field("churn", description="Name of the dataset that snapshots belong to.")
     query: str | None = Field(
         None, description="SQL query to extract; overrides table + timestamp_column."
     )
-    table: str = Field("churn_features", description="Table or view to extract when no query is set.")
+    table: str = Field(
+        "churn_features", description="Table or view to extract when no query is set."
+    )
     timestamp_column: str | None = Field(
-        "observed_at", description="Column for incremental extraction (rows newer than the last snapshot)."
+        "observed_at",
+        description="Column for incremental extraction (rows newer than the last snapshot).",
     )
     key_columns: list[str] = Field(
         default_factory=lambda: ["customer_id", "observed_at"],
         description="Columns that identify a row (checked for uniqueness by the contract).",
     )
     target: str = Field("churned", description="Target (label) column.")
-    batch_rows: int = Field(100_000, gt=0, description="Rows per streamed Arrow batch during ingest.")
+    batch_rows: int = Field(
+        100_000, gt=0, description="Rows per streamed Arrow batch during ingest."
+    )
 
     @field_validator("url")
     @classmethod
@@ -86,7 +93,9 @@ class StoreSettings(BaseModel):
 
 
 class TrackingSettings(BaseModel):
-    uri: str | None = Field(None, description="MLflow tracking URI (sqlite:///..., http://host:port).")
+    uri: str | None = Field(
+        None, description="MLflow tracking URI (sqlite:///..., http://host:port)."
+    )
     artifact_location: str | None = Field(
         None, description="Artifact root for new experiments (local folder or s3://)."
     )
@@ -124,7 +133,9 @@ class GateSettings(BaseModel):
 class RegistrySettings(BaseModel):
     model_name: str = Field("churn", description="Registered model name.")
     require_approval: bool = Field(False, description="Promotions wait for `flywheel approve`.")
-    audit_url: str | None = Field(None, description="Audit log database URL (sqlite:/// or postgresql://).")
+    audit_url: str | None = Field(
+        None, description="Audit log database URL (sqlite:/// or postgresql://)."
+    )
     parity_tolerance: float = Field(1e-4, gt=0, description="Max |ONNX - native| probability.")
 
     @field_validator("audit_url")
@@ -139,25 +150,40 @@ class ServingSettings(BaseModel):
     grpc_port: int | None = Field(8081, ge=0, le=65535, description="gRPC port (unset: no gRPC).")
     workers: int = Field(1, ge=1, description="uvicorn workers (each loads its own models).")
     max_batch_rows: int = Field(256, ge=1, description="Rows per micro-batch.")
-    max_wait_ms: float = Field(0.0, ge=0, description="Extra linger under concurrency (a lone request never waits).")
+    max_wait_ms: float = Field(
+        0.0, ge=0, description="Extra linger under concurrency (a lone request never waits)."
+    )
     max_rows_per_request: int = Field(10_000, ge=1, description="More rows answer 422.")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Larger bodies answer 413.")
-    poll_interval_s: float = Field(30.0, ge=0, description="Registry polling for alias moves (0: off).")
+    poll_interval_s: float = Field(
+        30.0, ge=0, description="Registry polling for alias moves (0: off)."
+    )
     ort_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads per model.")
-    api_key: SecretStr | None = Field(None, description="If set, prediction routes need it (X-API-Key or Bearer).")
+    api_key: SecretStr | None = Field(
+        None, description="If set, prediction routes need it (X-API-Key or Bearer)."
+    )
     access_log: bool = Field(False, description="uvicorn's per-request access log (costly).")
     log_json: bool = Field(True, description="Structured JSON log lines with request ids.")
     prediction_log_url: str | None = Field(
-        None, description="Prediction log database (sqlite:/// WAL or postgresql://); default under home."
+        None,
+        description="Prediction log database (sqlite:/// WAL or postgresql://); default under home.",
     )
     prediction_log_on_full: Literal["block", "drop"] = Field(
         "block", description="When the log falls behind: backpressure (block) or counted drops."
     )
-    mqtt_url: str | None = Field(None, description="MQTT broker URL (mqtt://host:1883); unset: MQTT off.")
+    mqtt_url: str | None = Field(
+        None, description="MQTT broker URL (mqtt://host:1883); unset: MQTT off."
+    )
     mqtt_request_topic: str = Field("flywheel/predict/#", description="MQTT request topic filter.")
-    mqtt_error_topic: str = Field("flywheel/errors", description="MQTT topic for malformed requests.")
-    mqtt_reply_prefix: str = Field("flywheel/reply", description="Reply topic prefix for MQTT 3.1.1 clients.")
-    mqtt_client_id: str = Field("flywheel-serving", description="MQTT client id (unique per replica).")
+    mqtt_error_topic: str = Field(
+        "flywheel/errors", description="MQTT topic for malformed requests."
+    )
+    mqtt_reply_prefix: str = Field(
+        "flywheel/reply", description="Reply topic prefix for MQTT 3.1.1 clients."
+    )
+    mqtt_client_id: str = Field(
+        "flywheel-serving", description="MQTT client id (unique per replica)."
+    )
 
     @field_validator("prediction_log_url")
     @classmethod
@@ -168,7 +194,9 @@ class ServingSettings(BaseModel):
     @classmethod
     def _mqtt(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("mqtt://", "mqtts://")):
-            raise ValueError(f"serving.mqtt_url must be mqtt://host:port or mqtts://..., got {mask_url(v)!r}")
+            raise ValueError(
+                f"serving.mqtt_url must be mqtt://host:port or mqtts://..., got {mask_url(v)!r}"
+            )
         return v
 
 

@@ -10,8 +10,8 @@ import fcntl
 import logging
 import os
 import subprocess
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from flywheel.config import Settings
@@ -79,7 +79,9 @@ def _ensure_experiment(settings: Settings) -> str:
     name = settings.tracking.experiment
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
-        exp_id = mlflow.create_experiment(name, artifact_location=settings.tracking.artifact_location)
+        exp_id = mlflow.create_experiment(
+            name, artifact_location=settings.tracking.artifact_location
+        )
     else:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)

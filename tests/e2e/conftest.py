@@ -17,14 +17,24 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 def cli(tmp_path: Path) -> Cli:
     """Run `python -m flywheel ARGS` with a private home; returns the completed process."""
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("FLYWHEEL_", "MLFLOW_"))}
-    base_env.update(FLYWHEEL_HOME=str(tmp_path / "fw"), FLYWHEEL_CONFIG=str(tmp_path / "none.yaml"),
-                    COLUMNS="200", GIT_PYTHON_REFRESH="quiet")
+    base_env.update(
+        FLYWHEEL_HOME=str(tmp_path / "fw"),
+        FLYWHEEL_CONFIG=str(tmp_path / "none.yaml"),
+        COLUMNS="200",
+        GIT_PYTHON_REFRESH="quiet",
+    )
 
-    def run(*args: str, env: dict[str, str] | None = None, ok: bool = True,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, env: dict[str, str] | None = None, ok: bool = True, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [sys.executable, "-m", "flywheel", *args], capture_output=True, text=True,
-            env={**base_env, **(env or {})}, cwd=cwd or tmp_path, timeout=900, check=False,
+            [sys.executable, "-m", "flywheel", *args],
+            capture_output=True,
+            text=True,
+            env={**base_env, **(env or {})},
+            cwd=cwd or tmp_path,
+            timeout=900,
+            check=False,
         )
         if ok and proc.returncode != 0:
             raise AssertionError(

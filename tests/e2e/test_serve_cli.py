@@ -25,19 +25,24 @@ from tests.integration.conftest import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-SMALL = {"FLYWHEEL_GATES__MIN_METRICS": '{"roc_auc": 0.6}',
-         "FLYWHEEL_GATES__MAX_SLICE_GAP": '{"roc_auc": 0.5}'}
+SMALL = {
+    "FLYWHEEL_GATES__MIN_METRICS": '{"roc_auc": 0.6}',
+    "FLYWHEEL_GATES__MAX_SLICE_GAP": '{"roc_auc": 0.5}',
+}
 
 
 def _rows(home: Path) -> list[dict[str, object]]:
-    code = ("import json, sys; from flywheel.config import load_settings; "
-            "from flywheel.data.snapshots import read_snapshot, latest_snapshot; "
-            "s = load_settings(); df = read_snapshot(s, latest_snapshot(s, 'churn'))"
-            ".drop(columns=['churned', 'customer_id', 'observed_at']).head(3); "
-            "print(df.to_json(orient='records'))")
+    code = (
+        "import json, sys; from flywheel.config import load_settings; "
+        "from flywheel.data.snapshots import read_snapshot, latest_snapshot; "
+        "s = load_settings(); df = read_snapshot(s, latest_snapshot(s, 'churn'))"
+        ".drop(columns=['churned', 'customer_id', 'observed_at']).head(3); "
+        "print(df.to_json(orient='records'))"
+    )
     env = {**os.environ, "FLYWHEEL_HOME": str(home)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     rows: list[dict[str, object]] = json.loads(out.stdout)
     return rows
 
@@ -62,21 +67,46 @@ def test_every_protocol_answers_the_same_and_the_log_matches(cli: Cli, tmp_path:
     rows.write_text(json.dumps(_rows(home)))
     port, grpc_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
-    env.update(FLYWHEEL_HOME=str(home), FLYWHEEL_CONFIG=str(tmp_path / "none.yaml"),
-               FLYWHEEL_ADMIN_TOKEN="e2e-token",
-               FLYWHEEL_SERVING__MQTT_CLIENT_ID=f"fw-e2e-{port}")
+    env.update(
+        FLYWHEEL_HOME=str(home),
+        FLYWHEEL_CONFIG=str(tmp_path / "none.yaml"),
+        FLYWHEEL_ADMIN_TOKEN="e2e-token",
+        FLYWHEEL_SERVING__MQTT_CLIENT_ID=f"fw-e2e-{port}",
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flywheel", "serve", "--port", str(port), "--grpc-port",
-         str(grpc_port), "--mqtt-url", "mqtt://127.0.0.1:1883"],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "flywheel",
+            "serve",
+            "--port",
+            str(port),
+            "--grpc-port",
+            str(grpc_port),
+            "--mqtt-url",
+            "mqtt://127.0.0.1:1883",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(base, proc)
-        urls = {"rest": base, "mlflow": base, "v2": base, "grpc": f"127.0.0.1:{grpc_port}",
-                "ws": f"ws://127.0.0.1:{port}", "mqtt": "mqtt://127.0.0.1:1883"}
-        answers = {p: json.loads(cli("predict", "--file", str(rows), "--protocol", p,
-                                     "--url", u).stdout) for p, u in urls.items()}
+        urls = {
+            "rest": base,
+            "mlflow": base,
+            "v2": base,
+            "grpc": f"127.0.0.1:{grpc_port}",
+            "ws": f"ws://127.0.0.1:{port}",
+            "mqtt": "mqtt://127.0.0.1:1883",
+        }
+        answers = {
+            p: json.loads(cli("predict", "--file", str(rows), "--protocol", p, "--url", u).stdout)
+            for p, u in urls.items()
+        }
         labels = answers["rest"]["predictions"]
         assert len(labels) == 3
         assert answers["mlflow"]["predictions"] == labels
@@ -85,17 +115,28 @@ def test_every_protocol_answers_the_same_and_the_log_matches(cli: Cli, tmp_path:
         assert [a["prediction"] for a in answers["ws"]["answers"]] == labels
         assert answers["mqtt"]["predictions"] == labels
         for p in ("grpc", "mqtt"):
-            for mine, theirs in zip(answers[p]["probabilities"], answers["rest"]["probabilities"],
-                                    strict=True):
+            for mine, theirs in zip(
+                answers[p]["probabilities"], answers["rest"]["probabilities"], strict=True
+            ):
                 assert mine == pytest.approx(theirs, abs=1e-6)
 
-        fb = httpx.post(f"{base}/v1/feedback", json={"items": [
-            {"request_id": answers["rest"]["request_id"], "label": 1},
-            {"request_id": "never-seen", "label": 0}]}).json()
+        fb = httpx.post(
+            f"{base}/v1/feedback",
+            json={
+                "items": [
+                    {"request_id": answers["rest"]["request_id"], "label": 1},
+                    {"request_id": "never-seen", "label": 0},
+                ]
+            },
+        ).json()
         assert fb == {"accepted": 1, "unknown": ["never-seen"]}
         assert httpx.post(f"{base}/admin/reload").status_code == 401
-        assert httpx.post(f"{base}/admin/reload",
-                          headers={"authorization": "Bearer e2e-token"}).status_code == 200
+        assert (
+            httpx.post(
+                f"{base}/admin/reload", headers={"authorization": "Bearer e2e-token"}
+            ).status_code
+            == 200
+        )
         assert "flywheel_requests_total" in httpx.get(f"{base}/metrics").text
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -14,8 +14,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize(
     ("loader", "name", "family"),
-    [(load_breast_cancer, "cancer", "hist_gb"), (load_diabetes, "diabetes", "hist_gb"),
-     (load_breast_cancer, "cancer_lr", "logreg")],
+    [
+        (load_breast_cancer, "cancer", "hist_gb"),
+        (load_diabetes, "diabetes", "hist_gb"),
+        (load_breast_cancer, "cancer_lr", "logreg"),
+    ],
 )
 def test_bundled_dataset_trains_and_registers(
     cli: Cli, tmp_path: Path, loader: object, name: str, family: str
@@ -42,4 +45,6 @@ def test_csv_with_missing_target_column_is_refused(cli: Cli, tmp_path: Path) -> 
     proc = cli("ingest", "--file", str(csv), "--target", "nope", ok=False)
     assert proc.returncode != 0
     assert "nope" in proc.stderr
-    assert not (tmp_path / "fw" / "store").exists() or not any((tmp_path / "fw" / "store").rglob("*.json"))
+    assert not (tmp_path / "fw" / "store").exists() or not any(
+        (tmp_path / "fw" / "store").rglob("*.json")
+    )

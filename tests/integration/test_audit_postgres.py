@@ -14,7 +14,11 @@ pytestmark = pytest.mark.integration
 
 def _add(audit: AuditLog, to: str) -> None:
     audit.append(
-        who="alice", action="promote", model="churn", from_version=None, to_version=to,
+        who="alice",
+        action="promote",
+        model="churn",
+        from_version=None,
+        to_version=to,
         reason="why",
     )
 

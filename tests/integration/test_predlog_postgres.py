@@ -13,20 +13,27 @@ from flywheel.serving.predlog import PredictionLog, PredictionRecord, open_predi
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
-def rec(rid: str, ts: float = 1.0e9, *, model: str = "churn", version: str = "1",
-        inputs: object = None) -> PredictionRecord:
+def rec(
+    rid: str, ts: float = 1.0e9, *, model: str = "churn", version: str = "1", inputs: object = None
+) -> PredictionRecord:
     return PredictionRecord(
-        request_id=rid, ts=ts, model=model, version=version, protocol="v2",
+        request_id=rid,
+        ts=ts,
+        model=model,
+        version=version,
+        protocol="v2",
         inputs={"tenure": [3], "note": ["naïve \\ \t tab"]} if inputs is None else inputs,
-        outputs={"labels": [1], "probabilities": [[0.2, 0.8]]}, latency_ms=2.5,
+        outputs={"labels": [1], "probabilities": [[0.2, 0.8]]},
+        latency_ms=2.5,
     )
 
 
 def test_exactly_one_row_per_record_and_survives_reopen(pg_url: str) -> None:
     plog = open_prediction_log(pg_url, batch_size=500, flush_interval_s=0.02)
     threads = [
-        threading.Thread(target=lambda t=t: [plog.append(rec(f"t{t}-{i}", 1e9 + i))
-                                             for i in range(2500)])
+        threading.Thread(
+            target=lambda t=t: [plog.append(rec(f"t{t}-{i}", 1e9 + i)) for i in range(2500)]
+        )
         for t in range(4)
     ]
     for t in threads:
@@ -37,7 +44,8 @@ def test_exactly_one_row_per_record_and_survives_reopen(pg_url: str) -> None:
     assert plog.written() == 10_000 and plog.dropped() == 0
     with psycopg.connect(pg_url) as conn:
         total, distinct = conn.execute(
-            "SELECT count(*), count(DISTINCT request_id) FROM prediction_log").fetchone()
+            "SELECT count(*), count(DISTINCT request_id) FROM prediction_log"
+        ).fetchone()
     assert (total, distinct) == (10_000, 10_000)
     reopened = PredictionLog(pg_url)
     try:

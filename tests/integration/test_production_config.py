@@ -38,8 +38,12 @@ def test_loop_on_postgres_s3_and_mlflow_server(
     assert result.outcome.version == "1"
     assert result.outcome.promoted
     # The snapshot lives in S3 and reads back.
-    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_server.endpoint)
-            .list_objects_v2(Bucket=s3_server.bucket)["Contents"]]
+    keys = [
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=s3_server.endpoint).list_objects_v2(
+            Bucket=s3_server.bucket
+        )["Contents"]
+    ]
     assert any(k.startswith("flywheel/datasets/churn/parts/") for k in keys)
     assert any(k.startswith("mlartifacts/") and k.endswith("model.onnx") for k in keys)
     assert len(read_snapshot(settings, result.snapshot_id)) > 1000

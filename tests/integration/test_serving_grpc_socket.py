@@ -89,7 +89,10 @@ def test_health_and_metadata(client: tc.InferenceServerClient) -> None:
     meta = client.get_model_metadata("churn", as_json=True)
     assert meta["versions"] == ["4"] and meta["platform"] == "onnxruntime"
     assert [(i["name"], i["datatype"]) for i in meta["inputs"]] == [
-        ("tenure", "FP32"), ("charges", "FP32"), ("plan", "BYTES")]
+        ("tenure", "FP32"),
+        ("charges", "FP32"),
+        ("plan", "BYTES"),
+    ]
     assert [o["name"] for o in meta["outputs"]] == ["label", "probabilities"]
     assert client.get_server_metadata().name == "flywheel"
 
@@ -112,21 +115,20 @@ def test_infer_columns_equal_the_core(served: Served, client: tc.InferenceServer
 
 def test_infer_bytes_matrix(served: Served, client: tc.InferenceServerClient) -> None:
     df = frame(8, seed=9)
-    matrix = np.array([[str(r.tenure), repr(r.charges), r.plan] for r in df.itertuples()],
-                      dtype=object)
+    matrix = np.array(
+        [[str(r.tenure), repr(r.charges), r.plan] for r in df.itertuples()], dtype=object
+    )
     result = client.infer("churn", [_column("rows", matrix, "BYTES")])
     want = served.in_process(df.to_dict(orient="records"))
     np.testing.assert_array_equal(result.as_numpy("label"), want.labels)
     np.testing.assert_array_equal(result.as_numpy("probabilities"), want.probabilities)
 
 
-def test_bad_input_is_invalid_argument_naming_the_field(
-        client: tc.InferenceServerClient) -> None:
+def test_bad_input_is_invalid_argument_naming_the_field(client: tc.InferenceServerClient) -> None:
     plan = _column("plan", np.array(["pro", "max"], dtype=object), "BYTES")
     as_text = _column("tenure", np.array(["1", "2"], dtype=object), "BYTES")
     with pytest.raises(InferenceServerException) as info:
-        client.infer("churn", [as_text, _column("charges", np.ones(2, np.float32), "FP32"),
-                               plan])
+        client.infer("churn", [as_text, _column("charges", np.ones(2, np.float32), "FP32"), plan])
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "'tenure'" in info.value.message()
 

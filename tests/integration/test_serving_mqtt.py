@@ -62,8 +62,9 @@ class Broker:
         self.url = f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -104,8 +105,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
 
 
 async def _predictor(files: ModelFiles) -> Predictor:
-    predictor = Predictor(ServingConfig(models=(ServedModel("churn"),), poll_interval_s=0.0),
-                          {"churn": StaticSource({"1": files}, {"champion": "1"})})
+    predictor = Predictor(
+        ServingConfig(models=(ServedModel("churn"),), poll_interval_s=0.0),
+        {"churn": StaticSource({"1": files}, {"champion": "1"})},
+    )
     await predictor.start()
     return predictor
 
@@ -113,8 +116,9 @@ async def _predictor(files: ModelFiles) -> Predictor:
 @asynccontextmanager
 async def serving(files: ModelFiles, url: str, **options: Any) -> AsyncIterator[MqttAdapter]:
     predictor = await _predictor(files)
-    adapter = MqttAdapter(predictor, url, client_id="fw-test", backoff_initial_s=0.1,
-                          backoff_max_s=1.0, **options)
+    adapter = MqttAdapter(
+        predictor, url, client_id="fw-test", backoff_initial_s=0.1, backoff_max_s=1.0, **options
+    )
     task = asyncio.create_task(adapter.run())
     try:
         await asyncio.wait_for(adapter.connected.wait(), 10)
@@ -141,16 +145,25 @@ async def _next(client: aiomqtt.Client, timeout: float = 10) -> aiomqtt.Message:
 
 def test_mqtt5_response_topic_and_correlation_data(broker: Broker, files: ModelFiles) -> None:
     async def main() -> None:
-        async with serving(files, broker.url), aiomqtt.Client(
-                "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+        async with (
+            serving(files, broker.url),
+            aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client,
+        ):
             await client.subscribe("app/replies/me", qos=1)
             record = rows(1)[0]
-            await client.publish("flywheel/predict/app", orjson.dumps(record), qos=1,
-                                 properties=_v5_props("app/replies/me", b"\x00corr-1"))
+            await client.publish(
+                "flywheel/predict/app",
+                orjson.dumps(record),
+                qos=1,
+                properties=_v5_props("app/replies/me", b"\x00corr-1"),
+            )
             one = await _next(client)
-            await client.publish("flywheel/predict/app",
-                                 orjson.dumps({"id": "b", "records": rows(3)}), qos=1,
-                                 properties=_v5_props("app/replies/me", b"corr-2"))
+            await client.publish(
+                "flywheel/predict/app",
+                orjson.dumps({"id": "b", "records": rows(3)}),
+                qos=1,
+                properties=_v5_props("app/replies/me", b"corr-2"),
+            )
             many = await _next(client)
         assert one.properties.CorrelationData == b"\x00corr-1"
         body = orjson.loads(one.payload)
@@ -165,11 +178,16 @@ def test_mqtt5_response_topic_and_correlation_data(broker: Broker, files: ModelF
 
 def test_mqtt311_client_gets_the_derived_reply_topic(broker: Broker, files: ModelFiles) -> None:
     async def main() -> None:
-        async with serving(files, broker.url), aiomqtt.Client(
-                "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V311) as client:
+        async with (
+            serving(files, broker.url),
+            aiomqtt.Client(
+                "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V311
+            ) as client,
+        ):
             await client.subscribe("flywheel/reply/dev1/#", qos=1)
-            await client.publish("flywheel/predict/dev1/42",
-                                 orjson.dumps({"id": 42, **rows(1)[0]}), qos=1)
+            await client.publish(
+                "flywheel/predict/dev1/42", orjson.dumps({"id": 42, **rows(1)[0]}), qos=1
+            )
             reply = await _next(client)
         assert str(reply.topic) == "flywheel/reply/dev1/42"
         body = orjson.loads(reply.payload)
@@ -180,15 +198,22 @@ def test_mqtt311_client_gets_the_derived_reply_topic(broker: Broker, files: Mode
 
 def test_malformed_payload_goes_to_the_error_topic(broker: Broker, files: ModelFiles) -> None:
     async def main() -> list[dict[str, Any]]:
-        async with serving(files, broker.url) as adapter, aiomqtt.Client(
-                "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+        async with (
+            serving(files, broker.url) as adapter,
+            aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client,
+        ):
             await client.subscribe("flywheel/errors", qos=1)
             await client.subscribe("flywheel/reply/dev2/#", qos=1)
             await client.publish("flywheel/predict/dev2/1", b"{nope", qos=1)
-            await client.publish("flywheel/predict/dev2/2",
-                                 orjson.dumps({**rows(1)[0], "tenure": "x"}), qos=1)
-            await client.publish("flywheel/predict/dev2/3", orjson.dumps(rows(1)[0]), qos=1,
-                                 properties=_v5_props("flywheel/predict/loop", None))
+            await client.publish(
+                "flywheel/predict/dev2/2", orjson.dumps({**rows(1)[0], "tenure": "x"}), qos=1
+            )
+            await client.publish(
+                "flywheel/predict/dev2/3",
+                orjson.dumps(rows(1)[0]),
+                qos=1,
+                properties=_v5_props("flywheel/predict/loop", None),
+            )
             got = [await _next(client) for _ in range(5)]
             await client.publish("flywheel/predict/dev2/4", orjson.dumps(rows(1)[0]), qos=1)
             after = await _next(client)
@@ -203,8 +228,7 @@ def test_malformed_payload_goes_to_the_error_topic(broker: Broker, files: ModelF
     assert {e["topic"] for e in errors} == {f"flywheel/predict/dev2/{i}" for i in (1, 2, 3)}
     assert {e["error"]["kind"] for e in errors} == {"bad_request", "invalid_input"}
     assert any("not valid JSON" in e["error"]["message"] for e in errors)
-    assert any("would loop" in e["error"]["message"] and e["reply_topic"] is None
-               for e in errors)
+    assert any("would loop" in e["error"]["message"] and e["reply_topic"] is None for e in errors)
     assert replies["flywheel/reply/dev2/1"]["error"]["kind"] == "bad_request"
     assert replies["flywheel/reply/dev2/2"]["error"]["kind"] == "invalid_input"
     assert "flywheel/reply/dev2/3" not in replies
@@ -218,8 +242,9 @@ class Requester:
         self.answers: dict[bytes, list[bytes]] = {}
         self.lock = threading.Lock()
         self.subscribed = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="fw-requester",
-                                  protocol=paho.MQTTv5)
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id="fw-requester", protocol=paho.MQTTv5
+        )
         self.client.reconnect_delay_set(0.1, 1)
         self.client.max_inflight_messages_set(50)
         self.client.on_connect = self._on_connect
@@ -231,8 +256,7 @@ class Requester:
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         with self.lock:
-            self.answers.setdefault(bytes(msg.properties.CorrelationData), []).append(
-                msg.payload)
+            self.answers.setdefault(bytes(msg.properties.CorrelationData), []).append(msg.payload)
 
     def start(self) -> None:
         props = Properties(PacketTypes.CONNECT)
@@ -243,8 +267,12 @@ class Requester:
 
     def publish(self, n: int) -> None:
         record = rows(1, seed=n)[0]
-        self.client.publish("flywheel/predict/req", orjson.dumps(record), qos=1,
-                            properties=_v5_props("req/replies/r1", b"req-%d" % n))
+        self.client.publish(
+            "flywheel/predict/req",
+            orjson.dumps(record),
+            qos=1,
+            properties=_v5_props("req/replies/r1", b"req-%d" % n),
+        )
 
     def stop(self) -> None:
         self.client.disconnect()
@@ -288,9 +316,11 @@ def test_broker_restart_loses_no_request(broker: Broker, files: ModelFiles) -> N
     repeats = {k: v for k, v in requester.answers.items() if len(v) > 1}
     for answers in repeats.values():
         assert len({orjson.loads(a)["predictions"][0] for a in answers}) == 1
-    print(f"restart: {n} requests, {len(repeats)} answered twice, "
-          f"{adapter.stats['duplicates']} duplicates suppressed, "
-          f"{adapter.connections} connections")
+    print(
+        f"restart: {n} requests, {len(repeats)} answered twice, "
+        f"{adapter.stats['duplicates']} duplicates suppressed, "
+        f"{adapter.connections} connections"
+    )
 
 
 async def _lost(adapter: MqttAdapter) -> bool:

@@ -38,8 +38,16 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Predictor]]:
         {"churn": StaticSource({"1": files}, {"champion": "1"})},
     )
     port = _free_port()
-    config = uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, loop="uvloop",
-                            http="httptools", log_config=None, access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        create_app(predictor),
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -66,9 +74,7 @@ def test_real_socket_smoke(server: tuple[str, Predictor]) -> None:
 
     async def burst() -> list[int]:
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            answers = await asyncio.gather(*(
-                client.post("/v1/predict", json=r) for r in rows(64)
-            ))
+            answers = await asyncio.gather(*(client.post("/v1/predict", json=r) for r in rows(64)))
         return [a.status_code for a in answers]
 
     assert set(asyncio.run(burst())) == {200}

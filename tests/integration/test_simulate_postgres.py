@@ -65,8 +65,9 @@ def test_a_failed_append_leaves_postgres_as_it_was(pg_url: str) -> None:
             "CREATE FUNCTION boom() RETURNS trigger AS $$ BEGIN "
             "RAISE EXCEPTION 'disk on fire'; END $$ LANGUAGE plpgsql"
         )
-        conn.execute("CREATE TRIGGER boom BEFORE INSERT ON churn_events "
-                     "FOR EACH ROW EXECUTE FUNCTION boom()")
+        conn.execute(
+            "CREATE TRIGGER boom BEFORE INSERT ON churn_events FOR EACH ROW EXECUTE FUNCTION boom()"
+        )
     with pytest.raises(SourceError, match="disk on fire"):
         simulate(settings, days=30)
     with psycopg.connect(pg_url) as conn:

@@ -21,19 +21,27 @@ SPECS = [
 
 def frame(n: int = 200, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "tenure": rng.integers(0, 72, n).astype(float),
-        "charges": rng.normal(70, 20, n),
-        "plan": rng.choice(["basic", "pro", "max"], n),
-    })
+    return pd.DataFrame(
+        {
+            "tenure": rng.integers(0, 72, n).astype(float),
+            "charges": rng.normal(70, 20, n),
+            "plan": rng.choice(["basic", "pro", "max"], n),
+        }
+    )
 
 
 def rows(n: int, seed: int = 1) -> list[dict]:
     return frame(n, seed).to_dict(orient="records")
 
 
-def build(tmp: Path, *, family: str = "logreg", task: str = "classification", version: str = "1",
-          seed: int = 0) -> ModelFiles:
+def build(
+    tmp: Path,
+    *,
+    family: str = "logreg",
+    task: str = "classification",
+    version: str = "1",
+    seed: int = 0,
+) -> ModelFiles:
     """Fit, export to ONNX, write ``tmp/v<version>/model.onnx``; return its ModelFiles."""
     df = frame(seed=seed)
     y = ((df["tenure"] < 20) ^ (df["plan"] == "max")).astype(int)
@@ -42,8 +50,7 @@ def build(tmp: Path, *, family: str = "logreg", task: str = "classification", ve
     params = {"max_iter": 200} if family == "logreg" else {"n_estimators": 5, "max_depth": 3}
     if family == "linear":
         params = {}
-    pipe = build_pipeline(SPECS, task=task, family=family, hyperparams=params, ratios=[],
-                          seed=seed)
+    pipe = build_pipeline(SPECS, task=task, family=family, hyperparams=params, ratios=[], seed=seed)
     pipe.fit(prepare_frame(df, SPECS), y)
     data = export_onnx(pipe, SPECS, task=task)
     folder = tmp / f"v{version}-{family}"

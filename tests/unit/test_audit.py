@@ -31,7 +31,11 @@ def _add(audit: AuditLog, to: str, *, action: str = "promote", model: str = "chu
 
 def test_append_chains_hashes_and_filters_by_model(audit: AuditLog) -> None:
     first = audit.append(
-        who="alice", action="register", model="churn", from_version=None, to_version="1",
+        who="alice",
+        action="register",
+        model="churn",
+        from_version=None,
+        to_version="1",
         reason="new",
     )
     _add(audit, "7", model="other")

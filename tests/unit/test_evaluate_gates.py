@@ -315,3 +315,38 @@ def test_evaluate_a_regression_run(settings: Settings) -> None:
     }
     report = check_gates(settings.gates, ev)  # default gates: r2 >= 0.10, no roc_auc gate
     assert [r.metric for r in report.results if r.gate == "min_metric"] == ["r2"]
+
+
+@pytest.mark.slow
+def test_champion_is_compared_only_on_rows_it_did_not_train_on(tmp_path: object) -> None:
+    """A challenger trained on a newer snapshot has a holdout that overlaps the champion's
+    training rows; scoring the champion there flatters it (seen in the churn loop: 0.90 vs
+    0.74). Both are compared on the holdout rows the champion never saw."""
+    from flywheel.training.train import training_keys
+
+    settings = load_settings(home=tmp_path / "fw")  # type: ignore[operator]
+    first = _churn(1500)
+    a = train(settings, _snapshot(settings, first, "y"), PARAMS)
+    newer = pd.concat([first, _churn(1000, seed=1).assign(customer_id=np.arange(1500, 2500))])
+    b = train(settings, _snapshot(settings, newer, "y"), PARAMS)
+    pipeline = load_pipeline(settings, a.run_id)
+
+    def champion_predict(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        proba = pipeline.predict_proba(prepare_frame(frame, a.feature_specs))
+        return proba.argmax(axis=1), proba
+
+    ev = evaluate(
+        settings, b.run_id, champion=ChampionModel("1", champion_predict, run_id=a.run_id)
+    )
+    seen_by_a = set(training_keys(settings, a.run_id)["customer_id"].astype(str))  # type: ignore[index]
+    from flywheel.training.train import load_holdout
+
+    holdout_ids = load_holdout(settings, b.run_id)[0]["customer_id"].astype(str)
+    expected_seen = int(holdout_ids.isin(seen_by_a).sum())
+    assert expected_seen > 0
+    assert ev.champion_seen_rows == expected_seen
+    assert ev.comparison_rows == ev.rows - expected_seen
+    assert ev.comparison_metrics is not None and ev.comparison_metrics != ev.metrics
+    gate = next(r for r in check_gates(settings.gates, ev).results if r.gate == "vs_champion")
+    assert f"on the {ev.comparison_rows} holdout rows the champion did not train on" in gate.detail
+    assert gate.value == pytest.approx(ev.comparison_metrics["roc_auc"])

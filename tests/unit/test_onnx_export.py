@@ -206,11 +206,19 @@ def test_feature_names_that_are_not_identifiers_keep_their_names() -> None:
     from flywheel.training.features import build_pipeline, infer_feature_specs, prepare_frame
 
     rng = np.random.default_rng(0)
-    df = pd.DataFrame({"mean radius": rng.normal(size=300), "tier-code": rng.choice(["a", "b"], 300)})
+    df = pd.DataFrame(
+        {"mean radius": rng.normal(size=300), "tier-code": rng.choice(["a", "b"], 300)}
+    )
     df["y"] = (df["mean radius"] > 0).astype(int)
     specs = infer_feature_specs(df, target="y", drop=[])
-    pipe = build_pipeline(specs, task="classification", family="hist_gb",
-                          hyperparams={"max_iter": 10}, ratios=[], seed=0)
+    pipe = build_pipeline(
+        specs,
+        task="classification",
+        family="hist_gb",
+        hyperparams={"max_iter": 10},
+        ratios=[],
+        seed=0,
+    )
     pipe.fit(prepare_frame(df, specs), df["y"])
     blob = export_onnx(pipe, specs, task="classification")
     assert [i.name for i in onnx.load_from_string(blob).graph.input] == ["mean radius", "tier-code"]
@@ -236,12 +244,14 @@ def test_tree_thresholds_snap_to_float32_without_changing_native_predictions() -
     train, test = df.iloc[:350], df.iloc[350:]
     specs = infer_feature_specs(df, target="target", drop=[])
     for family in ("hist_gb", "random_forest"):
-        pipe = build_pipeline(specs, task="regression", family=family,
-                              hyperparams={}, ratios=[], seed=0)
+        pipe = build_pipeline(
+            specs, task="regression", family=family, hyperparams={}, ratios=[], seed=0
+        )
         pipe.fit(prepare_frame(train, specs), train["target"])
         before = pipe.predict(prepare_frame(test, specs))
         align_thresholds_to_float32(pipe)
         assert np.array_equal(before, pipe.predict(prepare_frame(test, specs)))
-        report = check_parity(pipe, export_onnx(pipe, specs, task="regression"), test, specs,
-                              task="regression")
+        report = check_parity(
+            pipe, export_onnx(pipe, specs, task="regression"), test, specs, task="regression"
+        )
         assert report.rows_over_tolerance == 0 and report.max_abs_diff < 1e-6, (family, report)

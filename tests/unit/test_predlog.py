@@ -23,10 +23,21 @@ from flywheel.serving.predlog import (
 pytestmark = pytest.mark.timeout(60)
 
 
-def rec(rid: str, ts: float = 1.0e9, *, model: str = "churn", version: str = "1",
-        inputs: object = None, outputs: object = None) -> PredictionRecord:
+def rec(
+    rid: str,
+    ts: float = 1.0e9,
+    *,
+    model: str = "churn",
+    version: str = "1",
+    inputs: object = None,
+    outputs: object = None,
+) -> PredictionRecord:
     return PredictionRecord(
-        request_id=rid, ts=ts, model=model, version=version, protocol="rest",
+        request_id=rid,
+        ts=ts,
+        model=model,
+        version=version,
+        protocol="rest",
         inputs={"tenure": [3], "plan": ["basic"]} if inputs is None else inputs,
         outputs={"labels": [1], "probabilities": [[0.2, 0.8]]} if outputs is None else outputs,
         latency_ms=1.5,
@@ -55,7 +66,10 @@ def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
 
 def test_public_api() -> None:
     assert sorted(predlog_module.__all__) == [
-        "PredictionLog", "PredictionLogError", "PredictionRecord", "open_prediction_log",
+        "PredictionLog",
+        "PredictionLogError",
+        "PredictionRecord",
+        "open_prediction_log",
     ]
     assert issubclass(PredictionLogError, FlywheelError)
     assert PredictionLogError("x").status == 503
@@ -64,8 +78,9 @@ def test_public_api() -> None:
 def test_exactly_one_row_per_record_from_many_threads(url: str) -> None:
     plog = open_prediction_log(url, batch_size=500, flush_interval_s=0.02)
     threads = [
-        threading.Thread(target=lambda t=t: [plog.append(rec(f"t{t}-{i}", 1e9 + i))
-                                             for i in range(2500)])
+        threading.Thread(
+            target=lambda t=t: [plog.append(rec(f"t{t}-{i}", 1e9 + i)) for i in range(2500)]
+        )
         for t in range(4)
     ]
     for t in threads:
@@ -77,14 +92,16 @@ def test_exactly_one_row_per_record_from_many_threads(url: str) -> None:
     assert plog.stats()["duplicates"] == 0
     with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
         total, distinct = conn.execute(
-            "SELECT count(*), count(DISTINCT request_id) FROM prediction_log").fetchone()
+            "SELECT count(*), count(DISTINCT request_id) FROM prediction_log"
+        ).fetchone()
     assert (total, distinct) == (10_000, 10_000)
 
 
 def test_records_survive_close_and_reopen(url: str) -> None:
     with PredictionLog(url) as plog:
-        plog.append(rec("a", 100.0, inputs={"x": np.array([1.5, 2.5])},
-                        outputs={"labels": [np.int64(1)]}))
+        plog.append(
+            rec("a", 100.0, inputs={"x": np.array([1.5, 2.5])}, outputs={"labels": [np.int64(1)]})
+        )
         plog.append(rec("b", 200.0))
     reopened = PredictionLog(url)
     try:
@@ -94,9 +111,16 @@ def test_records_survive_close_and_reopen(url: str) -> None:
         assert rows[0]["inputs"] == {"x": [1.5, 2.5]}
         assert rows[0]["outputs"] == {"labels": [1]}
         assert rows[0] | {"inputs": None, "outputs": None} == {
-            "request_id": "a", "ts": 100.0, "model": "churn", "version": "1",
-            "protocol": "rest", "inputs": None, "outputs": None, "latency_ms": 1.5,
-            "label": None, "label_ts": None,
+            "request_id": "a",
+            "ts": 100.0,
+            "model": "churn",
+            "version": "1",
+            "protocol": "rest",
+            "inputs": None,
+            "outputs": None,
+            "latency_ms": 1.5,
+            "label": None,
+            "label_ts": None,
         }
     finally:
         reopened.close()
@@ -121,8 +145,9 @@ def test_drop_policy_counts_drops_when_writer_stalls(url: str) -> None:
 
 
 def test_block_policy_applies_backpressure(url: str) -> None:
-    plog = open_prediction_log(url, max_queue=5, on_full="block", block_timeout_s=5.0,
-                               flush_interval_s=0.01)
+    plog = open_prediction_log(
+        url, max_queue=5, on_full="block", block_timeout_s=5.0, flush_interval_s=0.01
+    )
     plog.pause()
     time.sleep(0.05)
     assert all(plog.append(rec(f"r{i}")) for i in range(5))
@@ -250,8 +275,9 @@ def test_unencodable_label_is_a_data_error(plog: PredictionLog) -> None:
 
 def test_writer_recovers_after_transient_database_error(tmp_path: Path) -> None:
     path = tmp_path / "p.db"
-    plog = open_prediction_log(f"sqlite:///{path}", flush_interval_s=0.01,
-                               connect_timeout_s=0.05, max_backoff_s=0.1)
+    plog = open_prediction_log(
+        f"sqlite:///{path}", flush_interval_s=0.01, connect_timeout_s=0.05, max_backoff_s=0.1
+    )
     plog.append(rec("before"))
     plog.flush()
     # Another process holds the write lock (a long migration, a backup): writes fail.
@@ -272,8 +298,9 @@ def test_writer_recovers_after_transient_database_error(tmp_path: Path) -> None:
 
 def test_close_with_database_unavailable_reports_lost_records(tmp_path: Path) -> None:
     path = tmp_path / "p.db"
-    plog = open_prediction_log(f"sqlite:///{path}", flush_interval_s=0.01,
-                               connect_timeout_s=0.05, max_backoff_s=0.05)
+    plog = open_prediction_log(
+        f"sqlite:///{path}", flush_interval_s=0.01, connect_timeout_s=0.05, max_backoff_s=0.05
+    )
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
@@ -287,19 +314,33 @@ def test_close_with_database_unavailable_reports_lost_records(tmp_path: Path) ->
         holder.close()
 
 
-@pytest.mark.parametrize("bad", [
-    "", "sqlite://", "sqlite:///", "sqlite:///:memory:", "mysql://u@h/db", "/tmp/p.db",
-    "sqlite:///p.db?mode=ro",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "sqlite://",
+        "sqlite:///",
+        "sqlite:///:memory:",
+        "mysql://u@h/db",
+        "/tmp/p.db",
+        "sqlite:///p.db?mode=ro",
+    ],
+)
 def test_bad_urls_are_config_errors(bad: str) -> None:
     with pytest.raises(ConfigError, match="prediction log"):
         PredictionLog(bad)
 
 
-@pytest.mark.parametrize(("key", "value"), [
-    ("batch_size", 0), ("flush_interval_s", 0), ("max_queue", 0), ("on_full", "wait"),
-    ("block_timeout_s", -1),
-])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("batch_size", 0),
+        ("flush_interval_s", 0),
+        ("max_queue", 0),
+        ("on_full", "wait"),
+        ("block_timeout_s", -1),
+    ],
+)
 def test_bad_settings_are_config_errors(url: str, key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=key):
         PredictionLog(url, **{key: value})  # type: ignore[arg-type]

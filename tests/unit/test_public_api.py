@@ -12,7 +12,8 @@ import pytest
 import flywheel
 
 MODULES = sorted(
-    m.name for m in pkgutil.walk_packages(flywheel.__path__, "flywheel.")
+    m.name
+    for m in pkgutil.walk_packages(flywheel.__path__, "flywheel.")
     if "._proto" not in m.name and not m.name.endswith("__main__")
 )
 
@@ -25,16 +26,26 @@ def test_all_names_exist(name: str) -> None:
 
 
 def test_core_modules_declare_their_public_api() -> None:
-    for name in ("flywheel.config", "flywheel.errors", "flywheel.data.store",
-                 "flywheel.data.snapshots", "flywheel.data.contract", "flywheel.simulate",
-                 "flywheel.training.features", "flywheel.training.train",
-                 "flywheel.registry.models", "flywheel.registry.onnx_export"):
+    for name in (
+        "flywheel.config",
+        "flywheel.errors",
+        "flywheel.data.store",
+        "flywheel.data.snapshots",
+        "flywheel.data.contract",
+        "flywheel.simulate",
+        "flywheel.training.features",
+        "flywheel.training.train",
+        "flywheel.registry.models",
+        "flywheel.registry.onnx_export",
+    ):
         assert getattr(importlib.import_module(name), "__all__", None), f"{name} has no __all__"
 
 
 def test_cli_import_does_not_pull_heavy_libraries() -> None:
     """`flywheel --help` must stay fast: MLflow, scikit-learn and torch load only when used."""
-    code = ("import sys, flywheel.cli; "
-            "print(','.join(m for m in ('mlflow', 'sklearn', 'torch', 'onnxruntime') if m in sys.modules))")
+    code = (
+        "import sys, flywheel.cli; "
+        "print(','.join(m for m in ('mlflow', 'sklearn', 'torch', 'onnxruntime') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

@@ -36,15 +36,17 @@ class World:
 
 def _churn_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    df = pd.DataFrame({
-        "customer_id": np.arange(n),
-        "observed_at": pd.Timestamp("2024-01-01") + pd.to_timedelta(np.arange(n), "h"),
-        "tenure_months": rng.integers(1, 72, n),
-        "monthly_charges": rng.normal(70, 20, n).round(2),
-        "support_tickets": rng.poisson(1.5, n),
-        "contract_type": rng.choice(["monthly", "annual", "two_year"], n),
-        "region": rng.choice(["north", "south"], n),
-    })
+    df = pd.DataFrame(
+        {
+            "customer_id": np.arange(n),
+            "observed_at": pd.Timestamp("2024-01-01") + pd.to_timedelta(np.arange(n), "h"),
+            "tenure_months": rng.integers(1, 72, n),
+            "monthly_charges": rng.normal(70, 20, n).round(2),
+            "support_tickets": rng.poisson(1.5, n),
+            "contract_type": rng.choice(["monthly", "annual", "two_year"], n),
+            "region": rng.choice(["north", "south"], n),
+        }
+    )
     logit = -1 + 0.6 * df.support_tickets - 0.04 * df.tenure_months
     df["churned"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
     return df
@@ -53,8 +55,14 @@ def _churn_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
 def _gates(passed: bool) -> GateReport:
     results = [
         GateResult("min_metric", "roc_auc", True, 0.81, 0.70, "roc_auc 0.81 >= 0.70"),
-        GateResult("max_slice_gap", "roc_auc", passed, 0.31 if not passed else 0.05, 0.25,
-                   "region gap 0.31 exceeds 0.25 by 0.06" if not passed else "gap ok"),
+        GateResult(
+            "max_slice_gap",
+            "roc_auc",
+            passed,
+            0.31 if not passed else 0.05,
+            0.25,
+            "region gap 0.31 exceeds 0.25 by 0.06" if not passed else "gap ok",
+        ),
     ]
     return GateReport(passed=passed, results=results)
 
@@ -81,7 +89,9 @@ def world(settings: Settings, tmp_path: Path, migrated_mlflow_db: Path) -> World
     params = TrainParams(family="hist_gb", hyperparams={"max_iter": 20}, cv_folds=0)
     result = train(settings, manifest.id, params)
     evaluation = Evaluation(
-        run_id=result.run_id, task=result.task, primary_metric="roc_auc",
+        run_id=result.run_id,
+        task=result.task,
+        primary_metric="roc_auc",
         metrics={"roc_auc": 0.81, "log_loss": 0.52},
         slice_gaps={"region": {"roc_auc": 0.05}, "contract_type": {"roc_auc": 0.12}},
     )
@@ -129,10 +139,20 @@ def test_register_writes_version_alias_tags_card_and_audit(world: World) -> None
 
     card = art.card_path.read_text()
     assert card == reg.card_markdown == mv.description
-    for text in ("# Model card: churn v1", world.result.snapshot_id, "**Rows:** 300",
-                 "2024-01-01T00:00:00 →", "max_iter", "| contract_type | roc_auc | 0.12 |",
-                 "## Quality gates: passed", "No champion existed", "0 label mismatches",
-                 world.result.run_id, "## Intended use", "## Limitations"):
+    for text in (
+        "# Model card: churn v1",
+        world.result.snapshot_id,
+        "**Rows:** 300",
+        "2024-01-01T00:00:00 →",
+        "max_iter",
+        "| contract_type | roc_auc | 0.12 |",
+        "## Quality gates: passed",
+        "No champion existed",
+        "0 label mismatches",
+        world.result.run_id,
+        "## Intended use",
+        "## Limitations",
+    ):
         assert text in card, text
     assert card.index("contract_type | roc_auc") < card.index("region | roc_auc")
 
@@ -153,8 +173,9 @@ def test_parity_failure_registers_nothing(world: World, monkeypatch: pytest.Monk
     """Fault injection: the export returns a different model's ONNX graph."""
     frame, y = load_holdout(world.settings, world.result.run_id)
     specs = world.result.feature_specs
-    other = build_pipeline(specs, task="classification", family="logreg", hyperparams={},
-                           ratios=[], seed=0).fit(prepare_frame(frame, specs), 1 - y.to_numpy())
+    other = build_pipeline(
+        specs, task="classification", family="logreg", hyperparams={}, ratios=[], seed=0
+    ).fit(prepare_frame(frame, specs), 1 - y.to_numpy())
     wrong = export_onnx(other, specs, task="classification")
     monkeypatch.setattr(registry, "export_onnx", lambda *a, **k: wrong)
     with pytest.raises(ParityError, match="Nothing was registered") as exc:
@@ -201,8 +222,11 @@ def test_promote_and_rollback_twice_walk_back_like_a_stack(world: World) -> None
     assert _champion(s) == "1"
     actions = [(e.action, e.from_version, e.to_version) for e in registry.history(s)]
     assert actions[3:] == [
-        ("promote", None, "1"), ("promote", "1", "2"), ("promote", "2", "3"),
-        ("rollback", "3", "2"), ("rollback", "2", "1"),
+        ("promote", None, "1"),
+        ("promote", "1", "2"),
+        ("promote", "2", "3"),
+        ("rollback", "3", "2"),
+        ("rollback", "2", "1"),
     ]
     assert AuditLog(s.registry.audit_url or "").verify() == []
     infos = {v.version: v.aliases for v in registry.list_versions(s)}

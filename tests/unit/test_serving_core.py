@@ -95,7 +95,7 @@ def test_validation_names_field_and_row_without_echoing(
 
 
 def test_missing_numeric_is_allowed_and_missing_category_is_empty(
-    files: dict[str, ModelFiles]
+    files: dict[str, ModelFiles],
 ) -> None:
     async def main() -> None:
         predictor = make(files)
@@ -112,8 +112,11 @@ def test_numeric_rules_hold_for_arrays_and_arrow(files: dict[str, ModelFiles]) -
     async def main() -> None:
         predictor = make(files)
         await predictor.start()
-        cols = {"tenure": np.array([1.0, np.inf]), "charges": np.array([1.0, 2.0]),
-                "plan": np.array(["a", "b"])}
+        cols = {
+            "tenure": np.array([1.0, np.inf]),
+            "charges": np.array([1.0, 2.0]),
+            "plan": np.array(["a", "b"]),
+        }
         with pytest.raises(InvalidInput) as info:
             await predictor.predict(PredictRequest(columns=cols))
         assert info.value.details == {"field": "tenure", "row": 1, "rule": "finite"}
@@ -180,20 +183,19 @@ def test_batched_equals_unbatched_and_batches_form(
     run(main())
 
 
-def test_batch_rows_are_bounded_and_big_batches_use_a_thread(
-    files: dict[str, ModelFiles]
-) -> None:
+def test_batch_rows_are_bounded_and_big_batches_use_a_thread(files: dict[str, ModelFiles]) -> None:
     async def main() -> None:
         predictor = make(files, max_batch_rows=8, inline_max_rows=4)
         await predictor.start()
         data = rows(40)
         answers = await asyncio.gather(
-            *(predictor.predict(PredictRequest(records=data[i:i + 2])) for i in range(0, 40, 2))
+            *(predictor.predict(PredictRequest(records=data[i : i + 2])) for i in range(0, 40, 2))
         )
         assert predictor.batch_stats().max_rows_seen == 8
         bulk = await predictor.predict(PredictRequest(records=data))
-        assert np.array_equal(np.concatenate([a.probabilities for a in answers]),
-                              bulk.probabilities)
+        assert np.array_equal(
+            np.concatenate([a.probabilities for a in answers]), bulk.probabilities
+        )
 
     run(main())
 
@@ -204,8 +206,9 @@ def test_batch_rows_are_bounded_and_big_batches_use_a_thread(
 def test_hot_swap_under_load_has_no_failures(files: dict[str, ModelFiles]) -> None:
     async def main() -> None:
         source = StaticSource(dict(files), {"champion": "1"})
-        predictor = Predictor(ServingConfig(models=(ServedModel("churn"),),
-                                            poll_interval_s=0.02), {"churn": source})
+        predictor = Predictor(
+            ServingConfig(models=(ServedModel("churn"),), poll_interval_s=0.02), {"churn": source}
+        )
         await predictor.start()
         failures: list[BaseException] = []
         versions: list[str] = []
@@ -323,8 +326,10 @@ def test_a_failing_sink_does_not_fail_the_request(files: dict[str, ModelFiles]) 
 def test_one_process_serves_several_models(files: dict[str, ModelFiles]) -> None:
     async def main() -> None:
         source = StaticSource(dict(files), {"champion": "1", "challenger": "2"})
-        config = ServingConfig(poll_interval_s=0.0, models=(
-            ServedModel("churn"), ServedModel("churn-challenger", ref="challenger")))
+        config = ServingConfig(
+            poll_interval_s=0.0,
+            models=(ServedModel("churn"), ServedModel("churn-challenger", ref="challenger")),
+        )
         predictor = Predictor(config, {"churn": source, "churn-challenger": source})
         await predictor.start()
         a, b = await asyncio.gather(

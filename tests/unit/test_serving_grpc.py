@@ -47,28 +47,38 @@ def build_numeric(tmp: Path) -> ModelFiles:
     """A classifier over numeric features only (for [n, n_features] FP32 tensors)."""
     df = frame(seed=0)
     y = (df["tenure"] < 30).astype(int)
-    pipe = build_pipeline(NUMERIC_SPECS, task="classification", family="logreg",
-                          hyperparams={"max_iter": 200}, ratios=[], seed=0)
+    pipe = build_pipeline(
+        NUMERIC_SPECS,
+        task="classification",
+        family="logreg",
+        hyperparams={"max_iter": 200},
+        ratios=[],
+        seed=0,
+    )
     pipe.fit(prepare_frame(df, NUMERIC_SPECS), y)
     data = export_onnx(pipe, NUMERIC_SPECS, task="classification")
     path = tmp / "numeric" / "model.onnx"
     path.parent.mkdir(parents=True)
     path.write_bytes(data)
-    return ModelFiles("1", path, list(NUMERIC_SPECS), "classification", [0, 1],
-                      hashlib.sha256(data).hexdigest())
+    return ModelFiles(
+        "1", path, list(NUMERIC_SPECS), "classification", [0, 1], hashlib.sha256(data).hexdigest()
+    )
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelFiles]:
     tmp = tmp_path_factory.mktemp("grpc-models")
-    return {"churn": build(tmp, family="logreg", version="3"),
-            "numeric": build_numeric(tmp),
-            "spend": build(tmp, family="linear", task="regression", version="1")}
+    return {
+        "churn": build(tmp, family="logreg", version="3"),
+        "numeric": build_numeric(tmp),
+        "spend": build(tmp, family="linear", task="regression", version="1"),
+    }
 
 
 def predictor_for(files: dict[str, ModelFiles], **config: Any) -> Predictor:
-    sources = {name: StaticSource({f.version: f}, {"champion": f.version})
-               for name, f in files.items()}
+    sources = {
+        name: StaticSource({f.version: f}, {"champion": f.version}) for name, f in files.items()
+    }
     options = {"models": tuple(ServedModel(n) for n in files), "poll_interval_s": 0.0, **config}
     return Predictor(ServingConfig(**options), sources)
 
@@ -94,8 +104,9 @@ async def serving(predictor: Predictor, *, start: bool = True) -> AsyncIterator[
         await predictor.close()
 
 
-def run(predictor: Predictor, check: Callable[[Any], Awaitable[None]], *,
-        start: bool = True) -> None:
+def run(
+    predictor: Predictor, check: Callable[[Any], Awaitable[None]], *, start: bool = True
+) -> None:
     async def main() -> None:
         async with serving(predictor, start=start) as stub:
             await check(stub)
@@ -143,6 +154,7 @@ def raw_request(df: Any, model: str = "churn", *, dtype: str = "FP64") -> Any:
 
 def expected(files: dict[str, ModelFiles], df: Any, model: str = "churn") -> Any:
     """The core's in-process answer for the same rows (a predictor of its own)."""
+
     async def main() -> Any:
         predictor = predictor_for({model: files[model]})
         await predictor.start()
@@ -157,8 +169,9 @@ def outputs_of(response: Any) -> dict[str, np.ndarray]:
     out = {}
     for i, tensor in enumerate(response.outputs):
         dtype = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8"}[tensor.datatype]
-        field = {"FP32": "fp32_contents", "FP64": "fp64_contents",
-                 "INT64": "int64_contents"}[tensor.datatype]
+        field = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents"}[
+            tensor.datatype
+        ]
         if response.raw_output_contents:
             values = np.frombuffer(response.raw_output_contents[i], dtype=dtype)
         else:
@@ -171,9 +184,15 @@ def outputs_of(response: Any) -> dict[str, np.ndarray]:
 
 
 def _fields(message: Any) -> dict[str, tuple[int, int, bool, str]]:
-    return {f.name: (f.number, f.type, f.is_repeated,
-                     f.message_type.full_name if f.message_type else "")
-            for f in message.fields}
+    return {
+        f.name: (
+            f.number,
+            f.type,
+            f.is_repeated,
+            f.message_type.full_name if f.message_type else "",
+        )
+        for f in message.fields
+    }
 
 
 def _messages(message: Any) -> list[Any]:
@@ -197,8 +216,10 @@ def test_wire_schema_matches_tritonclient() -> None:
     reference = triton.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     for method in service.methods:
         other = reference.methods_by_name[method.name]
-        assert (method.input_type.full_name, method.output_type.full_name) == \
-            (other.input_type.full_name, other.output_type.full_name)
+        assert (method.input_type.full_name, method.output_type.full_name) == (
+            other.input_type.full_name,
+            other.output_type.full_name,
+        )
     request = typed_request(frame(3))
     assert triton.ModelInferRequest.FromString(request.SerializeToString()).inputs[2].name == "plan"
 
@@ -233,8 +254,9 @@ def test_decode_matrix_numeric_and_bytes() -> None:
     assert list(columns["plan"]) == ["pro", "max"]
 
 
-def _shaped(name: str, datatype: str, shape: list[int], raw: bytes | None = None,
-            **contents: Any) -> Any:
+def _shaped(
+    name: str, datatype: str, shape: list[int], raw: bytes | None = None, **contents: Any
+) -> Any:
     request = pb.ModelInferRequest(model_name="churn")
     tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
     for field, values in contents.items():
@@ -244,22 +266,25 @@ def _shaped(name: str, datatype: str, shape: list[int], raw: bytes | None = None
     return request
 
 
-@pytest.mark.parametrize(("request_", "field", "words"), [
-    (_shaped("tenure", "FP32", [2], fp32_contents=[1.0]), "tenure", "holds 1"),
-    (_shaped("tenure", "FP32", [2, 2], fp32_contents=[1.0] * 4), "tenure", "[n, 1]"),
-    (_shaped("tenure", "FP32", [-1], fp32_contents=[1.0]), "tenure", ">= 0"),
-    (_shaped("tenure", "FP32", [2], raw=b"\0" * 7), "tenure", "7 bytes"),
-    (_shaped("tenure", "BYTES", [1], bytes_contents=[b"1"]), "tenure", "numeric feature"),
-    (_shaped("tenure", "COMPLEX", [1]), "tenure", "datatype"),
-    (_shaped("tenure", "FP16", [1]), "tenure", "raw_input_contents"),
-    (_shaped("plan", "BYTES", [2], raw=raw_bytes(["a"])), "plan", "length-prefixed"),
-    (_shaped("plan", "BYTES", [1], raw=raw_bytes(["a"]) + b"x"), "plan", "length-prefixed"),
-    (_shaped("plan", "BYTES", [1], bytes_contents=[b"\xff"]), "plan", "UTF-8"),
-    (_shaped("x", "FP32", [2, 2], fp32_contents=[1.0] * 4), "x", "[n, 3]"),
-    (_shaped("x", "FP32", [1, 3], fp32_contents=[1.0] * 3), "x", "categorical"),
-    (_shaped("x", "BYTES", [1, 3], bytes_contents=[b"a", b"1", b"b"]), "tenure", "row 0"),
-    (pb.ModelInferRequest(model_name="churn"), "inputs", "no inputs"),
-])
+@pytest.mark.parametrize(
+    ("request_", "field", "words"),
+    [
+        (_shaped("tenure", "FP32", [2], fp32_contents=[1.0]), "tenure", "holds 1"),
+        (_shaped("tenure", "FP32", [2, 2], fp32_contents=[1.0] * 4), "tenure", "[n, 1]"),
+        (_shaped("tenure", "FP32", [-1], fp32_contents=[1.0]), "tenure", ">= 0"),
+        (_shaped("tenure", "FP32", [2], raw=b"\0" * 7), "tenure", "7 bytes"),
+        (_shaped("tenure", "BYTES", [1], bytes_contents=[b"1"]), "tenure", "numeric feature"),
+        (_shaped("tenure", "COMPLEX", [1]), "tenure", "datatype"),
+        (_shaped("tenure", "FP16", [1]), "tenure", "raw_input_contents"),
+        (_shaped("plan", "BYTES", [2], raw=raw_bytes(["a"])), "plan", "length-prefixed"),
+        (_shaped("plan", "BYTES", [1], raw=raw_bytes(["a"]) + b"x"), "plan", "length-prefixed"),
+        (_shaped("plan", "BYTES", [1], bytes_contents=[b"\xff"]), "plan", "UTF-8"),
+        (_shaped("x", "FP32", [2, 2], fp32_contents=[1.0] * 4), "x", "[n, 3]"),
+        (_shaped("x", "FP32", [1, 3], fp32_contents=[1.0] * 3), "x", "categorical"),
+        (_shaped("x", "BYTES", [1, 3], bytes_contents=[b"a", b"1", b"b"]), "tenure", "row 0"),
+        (pb.ModelInferRequest(model_name="churn"), "inputs", "no inputs"),
+    ],
+)
 def test_decode_errors_name_the_field(request_: Any, field: str, words: str) -> None:
     with pytest.raises(InvalidInput) as info:
         fgrpc.decode_infer_request(request_, MIXED)
@@ -284,18 +309,21 @@ def test_decode_request_level_errors() -> None:
         fgrpc.decode_infer_request(typed_request(frame(5)), MIXED, max_rows=4)
 
 
-@pytest.mark.parametrize(("error", "code"), [
-    (InvalidInput("x"), Code.INVALID_ARGUMENT),
-    (BadRequest("x"), Code.INVALID_ARGUMENT),
-    (TooManyRows("x"), Code.RESOURCE_EXHAUSTED),
-    (PayloadTooLarge("x"), Code.RESOURCE_EXHAUSTED),
-    (ModelNotFound("x"), Code.NOT_FOUND),
-    (NotFound("x"), Code.NOT_FOUND),
-    (ModelNotReady("x"), Code.UNAVAILABLE),
-    (Unauthorized("x"), Code.UNAUTHENTICATED),
-    (RegistryError("x"), Code.FAILED_PRECONDITION),
-    (FlywheelError("x"), Code.INTERNAL),
-])
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (InvalidInput("x"), Code.INVALID_ARGUMENT),
+        (BadRequest("x"), Code.INVALID_ARGUMENT),
+        (TooManyRows("x"), Code.RESOURCE_EXHAUSTED),
+        (PayloadTooLarge("x"), Code.RESOURCE_EXHAUSTED),
+        (ModelNotFound("x"), Code.NOT_FOUND),
+        (NotFound("x"), Code.NOT_FOUND),
+        (ModelNotReady("x"), Code.UNAVAILABLE),
+        (Unauthorized("x"), Code.UNAUTHENTICATED),
+        (RegistryError("x"), Code.FAILED_PRECONDITION),
+        (FlywheelError("x"), Code.INTERNAL),
+    ],
+)
 def test_grpc_code(error: FlywheelError, code: grpc.StatusCode) -> None:
     assert fgrpc.grpc_code(error) is code
 
@@ -307,8 +335,10 @@ def test_health_and_server_metadata(files: dict[str, ModelFiles]) -> None:
     async def check(stub: Any) -> None:
         assert (await stub.ServerLive(pb.ServerLiveRequest())).live
         assert (await stub.ServerReady(pb.ServerReadyRequest())).ready
-        ready = [(await stub.ModelReady(pb.ModelReadyRequest(name=n, version=v))).ready
-                 for n, v in [("churn", ""), ("churn", "3"), ("churn", "1"), ("nope", "")]]
+        ready = [
+            (await stub.ModelReady(pb.ModelReadyRequest(name=n, version=v))).ready
+            for n, v in [("churn", ""), ("churn", "3"), ("churn", "1"), ("nope", "")]
+        ]
         assert ready == [True, True, False, False]
         meta = await stub.ServerMetadata(pb.ServerMetadataRequest())
         assert meta.name == "flywheel" and meta.version and list(meta.extensions) == []
@@ -338,15 +368,20 @@ def test_model_metadata(files: dict[str, ModelFiles]) -> None:
         meta = await stub.ModelMetadata(pb.ModelMetadataRequest(name="churn", version="3"))
         assert (meta.name, list(meta.versions), meta.platform) == ("churn", ["3"], "onnxruntime")
         assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
-            ("tenure", "FP32", [-1, 1]), ("charges", "FP32", [-1, 1]),
-            ("plan", "BYTES", [-1, 1])]
+            ("tenure", "FP32", [-1, 1]),
+            ("charges", "FP32", [-1, 1]),
+            ("plan", "BYTES", [-1, 1]),
+        ]
         assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [
-            ("label", "INT64", [-1]), ("probabilities", "FP32", [-1, 2])]
+            ("label", "INT64", [-1]),
+            ("probabilities", "FP32", [-1, 2]),
+        ]
         spend = await stub.ModelMetadata(pb.ModelMetadataRequest(name="spend"))
         assert [(t.name, t.datatype) for t in spend.outputs] == [("label", "FP32")]
         for name, version in [("nope", ""), ("churn", "9")]:
-            err = await rpc_error(stub.ModelMetadata(
-                pb.ModelMetadataRequest(name=name, version=version)))
+            err = await rpc_error(
+                stub.ModelMetadata(pb.ModelMetadataRequest(name=name, version=version))
+            )
             assert err.code() is Code.NOT_FOUND, err.details()
             assert trailing(err)["flywheel-error-kind"] == "model_not_found"
 
@@ -385,18 +420,22 @@ def test_infer_matrix_outputs_and_regression(files: dict[str, ModelFiles]) -> No
         request = pb.ModelInferRequest(model_name="numeric", outputs=[{"name": "probabilities"}])
         request.inputs.add(name="input", datatype="FP32", shape=[5, 2])
         request.raw_input_contents.append(
-            df[["tenure", "charges"]].to_numpy().astype("<f4").tobytes())
+            df[["tenure", "charges"]].to_numpy().astype("<f4").tobytes()
+        )
         answer = await stub.ModelInfer(request)
         assert [t.name for t in answer.outputs] == ["probabilities"]
-        np.testing.assert_array_equal(outputs_of(answer)["probabilities"],
-                                      want_numeric.probabilities)
+        np.testing.assert_array_equal(
+            outputs_of(answer)["probabilities"], want_numeric.probabilities
+        )
 
         answer = await stub.ModelInfer(typed_request(df, model="spend"))
-        assert [(t.name, t.datatype, list(t.shape)) for t in answer.outputs] == \
-            [("label", "FP32", [5])]
+        assert [(t.name, t.datatype, list(t.shape)) for t in answer.outputs] == [
+            ("label", "FP32", [5])
+        ]
         np.testing.assert_array_equal(outputs_of(answer)["label"], want_spend.labels)
-        err = await rpc_error(stub.ModelInfer(
-            typed_request(df, model="spend", outputs=[{"name": "probabilities"}])))
+        err = await rpc_error(
+            stub.ModelInfer(typed_request(df, model="spend", outputs=[{"name": "probabilities"}]))
+        )
         assert err.code() is Code.INVALID_ARGUMENT and "outputs[0]" in err.details()
 
     run(predictor_for(files), check)
@@ -409,8 +448,10 @@ def test_infer_errors_map_to_status_codes(files: dict[str, ModelFiles]) -> None:
         err = await rpc_error(stub.ModelInfer(bad))
         assert err.code() is Code.INVALID_ARGUMENT
         assert "'charges' (row 2)" in err.details()
-        assert trailing(err) == {"flywheel-error-kind": "invalid_input",
-                                 "flywheel-error-field": "charges"}
+        assert trailing(err) == {
+            "flywheel-error-kind": "invalid_input",
+            "flywheel-error-field": "charges",
+        }
 
         missing = typed_request(frame(3))
         del missing.inputs[2]
@@ -427,8 +468,9 @@ def test_infer_errors_map_to_status_codes(files: dict[str, ModelFiles]) -> None:
     run(predictor_for(files, max_rows_per_request=10), check)
 
 
-def test_internal_errors_hide_the_cause(files: dict[str, ModelFiles],
-                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_internal_errors_hide_the_cause(
+    files: dict[str, ModelFiles], caplog: pytest.LogCaptureFixture
+) -> None:
     predictor = predictor_for(files)
 
     async def boom(request: PredictRequest) -> Any:
@@ -463,14 +505,17 @@ def test_api_key_size_limit_log_and_metrics(files: dict[str, ModelFiles]) -> Non
     async def check(stub: Any) -> None:
         err = await rpc_error(stub.ModelInfer(typed_request(frame(2))))
         assert err.code() is Code.UNAUTHENTICATED
-        err = await rpc_error(stub.ModelInfer(typed_request(frame(2)),
-                                              metadata=(("x-api-key", "wrong"),)))
+        err = await rpc_error(
+            stub.ModelInfer(typed_request(frame(2)), metadata=(("x-api-key", "wrong"),))
+        )
         assert err.code() is Code.UNAUTHENTICATED
-        answer = await stub.ModelInfer(typed_request(frame(2), id="logged"),
-                                       metadata=(("authorization", "Bearer k3y"),))
+        answer = await stub.ModelInfer(
+            typed_request(frame(2), id="logged"), metadata=(("authorization", "Bearer k3y"),)
+        )
         assert answer.id == "logged"
-        err = await rpc_error(stub.ModelInfer(typed_request(frame(300)),
-                                              metadata=(("x-api-key", "k3y"),)))
+        err = await rpc_error(
+            stub.ModelInfer(typed_request(frame(300)), metadata=(("x-api-key", "k3y"),))
+        )
         assert err.code() is Code.RESOURCE_EXHAUSTED  # over max_body_bytes: gRPC refuses it
         assert (await stub.ServerReady(pb.ServerReadyRequest())).ready  # health needs no key
 
@@ -517,6 +562,12 @@ def test_port_in_use_is_a_config_error(files: dict[str, ModelFiles]) -> None:
 
 def test_public_api() -> None:
     assert set(fgrpc.__all__) == {
-        "DEFAULT_GRPC_PORT", "InferenceServicer", "create_grpc_server", "decode_infer_request",
-        "encode_infer_response", "grpc_code", "serve_grpc"}
+        "DEFAULT_GRPC_PORT",
+        "InferenceServicer",
+        "create_grpc_server",
+        "decode_infer_request",
+        "encode_infer_response",
+        "grpc_code",
+        "serve_grpc",
+    }
     assert all(hasattr(fgrpc, name) for name in fgrpc.__all__)

@@ -27,8 +27,10 @@ Check = Callable[[httpx.AsyncClient], Awaitable[None]]
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelFiles]:
     tmp = tmp_path_factory.mktemp("models")
-    return {"1": build(tmp, family="logreg", version="1"),
-            "2": build(tmp, family="random_forest", version="2")}
+    return {
+        "1": build(tmp, family="logreg", version="1"),
+        "2": build(tmp, family="random_forest", version="2"),
+    }
 
 
 class CountingSink:
@@ -94,8 +96,9 @@ def test_v1_predict_json_shapes(files: dict[str, ModelFiles]) -> None:
     data = rows(3)
 
     async def check(c: httpx.AsyncClient) -> None:
-        many = await c.post("/v1/predict", json={"records": data},
-                            headers={"x-request-id": "abc-1"})
+        many = await c.post(
+            "/v1/predict", json={"records": data}, headers={"x-request-id": "abc-1"}
+        )
         assert many.status_code == 200
         body = many.json()
         assert (body["model"], body["version"], body["request_id"]) == ("churn", "1", "abc-1")
@@ -115,16 +118,18 @@ def test_v1_predict_json_shapes(files: dict[str, ModelFiles]) -> None:
 def test_v1_predict_bulk_bodies(files: dict[str, ModelFiles], kind: str) -> None:
     data = rows(50)
     table = pa.Table.from_pylist(data)
-    body, ctype = ((arrow_bytes(table), "application/vnd.apache.arrow.stream") if kind == "arrow"
-                   else (parquet_bytes(table), "application/vnd.apache.parquet"))
+    body, ctype = (
+        (arrow_bytes(table), "application/vnd.apache.arrow.stream")
+        if kind == "arrow"
+        else (parquet_bytes(table), "application/vnd.apache.parquet")
+    )
 
     async def check(c: httpx.AsyncClient) -> None:
         bulk = await c.post("/v1/predict", content=body, headers={"content-type": ctype})
         assert bulk.status_code == 200, bulk.text
         as_json = await c.post("/v1/predict", json={"records": data})
         assert bulk.json()["probabilities"] == as_json.json()["probabilities"]
-        broken = await c.post("/v1/predict", content=b"not arrow",
-                              headers={"content-type": ctype})
+        broken = await c.post("/v1/predict", content=b"not arrow", headers={"content-type": ctype})
         assert_native_error(broken, 400, "bad_request")
 
     serve(app_for(files), check)
@@ -133,37 +138,58 @@ def test_v1_predict_bulk_bodies(files: dict[str, ModelFiles], kind: str) -> None
 def test_every_native_error_has_one_shape(files: dict[str, ModelFiles]) -> None:
     row = rows(1)[0]
     cases: list[tuple[str, dict[str, Any], int, str]] = [
-        ("/v1/predict", {"content": b"{not json SECRET", "headers": {"content-type":
-                                                                    "application/json"}},
-         400, "bad_request"),
+        (
+            "/v1/predict",
+            {"content": b"{not json SECRET", "headers": {"content-type": "application/json"}},
+            400,
+            "bad_request",
+        ),
         ("/v1/predict", {"json": "SECRET string"}, 400, "bad_request"),
         ("/v1/predict", {"json": {"records": [{"tenure": 1}]}}, 422, "invalid_input"),
-        ("/v1/predict", {"json": {"records": [{**row, "charges": "SECRET"}]}}, 422,
-         "invalid_input"),
+        (
+            "/v1/predict",
+            {"json": {"records": [{**row, "charges": "SECRET"}]}},
+            422,
+            "invalid_input",
+        ),
         ("/v1/predict", {"json": {"records": rows(6)}}, 422, "too_many_rows"),
         ("/v1/predict", {"json": {"records": []}}, 422, "invalid_input"),
-        ("/v1/predict", {"content": b"x" * 5000, "headers": {"content-type":
-                                                             "application/json"}},
-         413, "payload_too_large"),
-        ("/v1/predict", {"content": b"SECRET", "headers": {"content-type": "text/xml"}}, 415,
-         "unsupported_media_type"),
+        (
+            "/v1/predict",
+            {"content": b"x" * 5000, "headers": {"content-type": "application/json"}},
+            413,
+            "payload_too_large",
+        ),
+        (
+            "/v1/predict",
+            {"content": b"SECRET", "headers": {"content-type": "text/xml"}},
+            415,
+            "unsupported_media_type",
+        ),
         ("/v1/predict", {"json": {"records": [row], "model": "nope"}}, 404, "model_not_found"),
         ("/v1/predict", {"json": {"records": [row], "version": "7"}}, 404, "model_not_found"),
         ("/nowhere", {"json": {}}, 404, "not_found"),
         ("/admin/reload", {}, 401, "unauthorized"),
         ("/admin/reload", {"headers": {"authorization": "Bearer wrong"}}, 403, "forbidden"),
-        ("/admin/pin", {"json": {"version": ["x"]},
-                        "headers": {"authorization": "Bearer t0ken"}}, 422, "invalid_input"),
-        ("/admin/pin", {"json": {"version": "99"},
-                        "headers": {"authorization": "Bearer t0ken"}}, 404, "not_found"),
+        (
+            "/admin/pin",
+            {"json": {"version": ["x"]}, "headers": {"authorization": "Bearer t0ken"}},
+            422,
+            "invalid_input",
+        ),
+        (
+            "/admin/pin",
+            {"json": {"version": "99"}, "headers": {"authorization": "Bearer t0ken"}},
+            404,
+            "not_found",
+        ),
     ]
 
     async def check(c: httpx.AsyncClient) -> None:
         for path, kwargs, status, kind in cases:
             assert_native_error(await c.post(path, **kwargs), status, kind)
 
-    serve(app_for(files, max_rows_per_request=5, max_body_bytes=4096, admin_token="t0ken"),
-          check)
+    serve(app_for(files, max_rows_per_request=5, max_body_bytes=4096, admin_token="t0ken"), check)
 
 
 def test_internal_errors_hide_the_stack_trace(
@@ -177,15 +203,28 @@ def test_internal_errors_hide_the_stack_trace(
     async def check(c: httpx.AsyncClient) -> None:
         app.predictor.predict = boom  # type: ignore[method-assign]
         for path in ("/v1/predict", "/invocations", "/v2/models/churn/infer"):
-            body = {"records": rows(1)} if path == "/v1/predict" else (
-                {"dataframe_records": rows(1)} if path == "/invocations"
-                else {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "BYTES",
-                                  "data": [list(rows(1)[0].values())]}]})
+            body = (
+                {"records": rows(1)}
+                if path == "/v1/predict"
+                else (
+                    {"dataframe_records": rows(1)}
+                    if path == "/invocations"
+                    else {
+                        "inputs": [
+                            {
+                                "name": "x",
+                                "shape": [1, 3],
+                                "datatype": "BYTES",
+                                "data": [list(rows(1)[0].values())],
+                            }
+                        ]
+                    }
+                )
+            )
             answer = await c.post(path, json=body)
             assert answer.status_code == 500
             assert "SECRET" not in answer.text and "Traceback" not in answer.text
-        assert_native_error(await c.post("/v1/predict", json={"records": rows(1)}), 500,
-                            "internal")
+        assert_native_error(await c.post("/v1/predict", json={"records": rows(1)}), 500, "internal")
 
     with caplog.at_level(logging.ERROR, logger="flywheel.serving"):
         serve(app, check)
@@ -200,8 +239,10 @@ def test_invocations_accepts_every_mlflow_format(files: dict[str, ModelFiles]) -
     names = list(data[0])
     columns = {k: [r[k] for r in data] for k in names}
     split = {"columns": names, "data": [[r[k] for k in names] for r in data]}
-    csv = ("tenure,charges,plan,extra\n" + "\n".join(
-        f"{r['tenure']},{r['charges']},{r['plan']},x" for r in data)).encode()
+    csv = (
+        "tenure,charges,plan,extra\n"
+        + "\n".join(f"{r['tenure']},{r['charges']},{r['plan']},x" for r in data)
+    ).encode()
     bodies: list[dict[str, Any]] = [
         {"json": {"dataframe_split": split}},
         {"json": {"dataframe_records": data}},
@@ -211,8 +252,10 @@ def test_invocations_accepts_every_mlflow_format(files: dict[str, ModelFiles]) -
         {"json": {"inputs": [[r[k] for k in names] for r in data]}},
         {"json": {"dataframe_records": [{**r, "id": 7} for r in data]}},  # extras dropped
         {"content": csv, "headers": {"content-type": "text/csv"}},
-        {"content": parquet_bytes(pa.Table.from_pylist(data)),
-         "headers": {"content-type": "application/vnd.apache.parquet"}},
+        {
+            "content": parquet_bytes(pa.Table.from_pylist(data)),
+            "headers": {"content-type": "application/vnd.apache.parquet"},
+        },
     ]
 
     async def check(c: httpx.AsyncClient) -> None:
@@ -235,14 +278,13 @@ def test_invocations_accepts_every_mlflow_format(files: dict[str, ModelFiles]) -
         ({"json": {"dataframe_split": {"columns": ["a"], "data": [[1, 2]]}}}, 400),
         ({"json": {"dataframe_records": [{"tenure": 1}]}}, 400),
         ({"content": b"a", "headers": {"content-type": "text/xml"}}, 415),
-        ({"content": b"a", "headers": {"content-type": "application/json; charset=latin-1"}},
-         415),
-        ({"content": b"a", "headers": {"content-type": "application/json; format=pandas"}},
-         415),
+        ({"content": b"a", "headers": {"content-type": "application/json; charset=latin-1"}}, 415),
+        ({"content": b"a", "headers": {"content-type": "application/json; format=pandas"}}, 415),
     ],
 )
-def test_invocations_status_codes(files: dict[str, ModelFiles], kwargs: dict[str, Any],
-                                  status: int) -> None:
+def test_invocations_status_codes(
+    files: dict[str, ModelFiles], kwargs: dict[str, Any], status: int
+) -> None:
     async def check(c: httpx.AsyncClient) -> None:
         answer = await c.post("/invocations", **kwargs)
         assert answer.status_code == status, answer.text
@@ -268,11 +310,28 @@ def test_mlflow_health_and_version(files: dict[str, ModelFiles]) -> None:
 
 def test_v2_metadata_health_and_infer(files: dict[str, ModelFiles]) -> None:
     data = rows(4)
-    per_column = {"id": "r-9", "inputs": [
-        {"name": k, "shape": [4, 1], "datatype": "BYTES" if k == "plan" else "FP32",
-         "data": [[r[k]] for r in data]} for k in data[0]]}
-    two_d = {"inputs": [{"name": "x", "shape": [4, 3], "datatype": "BYTES",
-                         "data": [v for r in data for v in r.values()]}]}
+    per_column = {
+        "id": "r-9",
+        "inputs": [
+            {
+                "name": k,
+                "shape": [4, 1],
+                "datatype": "BYTES" if k == "plan" else "FP32",
+                "data": [[r[k]] for r in data],
+            }
+            for k in data[0]
+        ],
+    }
+    two_d = {
+        "inputs": [
+            {
+                "name": "x",
+                "shape": [4, 3],
+                "datatype": "BYTES",
+                "data": [v for r in data for v in r.values()],
+            }
+        ]
+    }
 
     async def check(c: httpx.AsyncClient) -> None:
         assert (await c.get("/v2/health/live")).json() == {"live": True}
@@ -294,8 +353,11 @@ def test_v2_metadata_health_and_infer(files: dict[str, ModelFiles]) -> None:
             ("/v2/models/churn/versions/7/infer", two_d, 404),
             ("/v2/models/nope/infer", two_d, 404),
             ("/v2/models/churn/infer", {"inputs": "x"}, 400),
-            ("/v2/models/churn/infer", {"inputs": [{"name": "x", "shape": [4, 2],
-                                                   "data": [1] * 8}]}, 422),
+            (
+                "/v2/models/churn/infer",
+                {"inputs": [{"name": "x", "shape": [4, 2], "data": [1] * 8}]},
+                422,
+            ),
         ]:
             answer = await c.post(path, json=body)
             assert answer.status_code == status
@@ -312,8 +374,9 @@ def test_liveness_and_readiness_differ(files: dict[str, ModelFiles]) -> None:
         assert (await c.get("/v2/health/ready")).status_code == 503
         assert (await c.get("/ping")).status_code == 503
         assert (await c.get("/v2/models/churn/ready")).status_code == 503
-        assert_native_error(await c.post("/v1/predict", json={"records": rows(1)}), 503,
-                            "not_ready")
+        assert_native_error(
+            await c.post("/v1/predict", json={"records": rows(1)}), 503, "not_ready"
+        )
 
     serve(app_for(files), check, start=False)
 
@@ -350,10 +413,16 @@ def test_api_key_guards_prediction_routes(files: dict[str, ModelFiles]) -> None:
         assert_native_error(await c.post("/v1/predict", json=rows(1)[0]), 401, "unauthorized")
         wrong = await c.post("/v1/predict", json=rows(1)[0], headers={"x-api-key": "nope"})
         assert wrong.status_code == 401
-        assert (await c.post("/v1/predict", json=rows(1)[0],
-                             headers={"x-api-key": "k3y"})).status_code == 200
-        assert (await c.post("/invocations", json={"dataframe_records": rows(1)},
-                             headers={"authorization": "Bearer k3y"})).status_code == 200
+        assert (
+            await c.post("/v1/predict", json=rows(1)[0], headers={"x-api-key": "k3y"})
+        ).status_code == 200
+        assert (
+            await c.post(
+                "/invocations",
+                json={"dataframe_records": rows(1)},
+                headers={"authorization": "Bearer k3y"},
+            )
+        ).status_code == 200
         assert (await c.get("/v2/health/live")).status_code == 200  # probes stay open
 
     serve(app_for(files, api_key="k3y"), check)
@@ -391,17 +460,24 @@ def test_openapi_declares_the_hot_routes(files: dict[str, ModelFiles]) -> None:
     async def check(c: httpx.AsyncClient) -> None:
         assert (await c.get("/docs")).status_code == 200
         paths = (await c.get("/openapi.json")).json()["paths"]
-        for path in ("/v1/predict", "/invocations", "/v2/models/{name}/infer",
-                     "/v2/models/{name}/versions/{version}/infer", "/v2/health/ready",
-                     "/admin/reload", "/admin/pin"):
+        for path in (
+            "/v1/predict",
+            "/invocations",
+            "/v2/models/{name}/infer",
+            "/v2/models/{name}/versions/{version}/infer",
+            "/v2/health/ready",
+            "/admin/reload",
+            "/admin/pin",
+        ):
             assert path in paths, path
 
     serve(app_for(files), check)
 
 
 def test_json_log_lines_carry_request_ids() -> None:
-    record = logging.LogRecord("flywheel.serving", logging.ERROR, __file__, 1, "failed %s",
-                               ("x",), None)
+    record = logging.LogRecord(
+        "flywheel.serving", logging.ERROR, __file__, 1, "failed %s", ("x",), None
+    )
     record.request_id = "abc"
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "failed x" and line["request_id"] == "abc"

@@ -30,9 +30,15 @@ def test_rest_schema_fuzz(tmp_path: Path) -> None:
     assert len(operations) >= 15
 
     for operation in operations:
+
         @given(case=operation.as_strategy())
-        @settings(max_examples=10, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=10,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def check(case: Any) -> None:
             case.call_and_validate()
 

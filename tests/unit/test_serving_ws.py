@@ -24,8 +24,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
 
 
 def make_predictor(files: ModelFiles) -> Predictor:
-    return Predictor(ServingConfig(models=(ServedModel("churn"),), poll_interval_s=0.0),
-                     {"churn": StaticSource({"1": files}, {"champion": "1"})})
+    return Predictor(
+        ServingConfig(models=(ServedModel("churn"),), poll_interval_s=0.0),
+        {"churn": StaticSource({"1": files}, {"champion": "1"})},
+    )
 
 
 class Tracking:
@@ -66,8 +68,10 @@ def recv(ws: Any) -> dict[str, Any]:
 
 def test_one_record_gets_its_answer(model_dir: ModelFiles) -> None:
     record = rows(1)[0]
-    with client_for(make_predictor(model_dir)) as client, \
-            client.websocket_connect("/v1/stream") as ws:
+    with (
+        client_for(make_predictor(model_dir)) as client,
+        client.websocket_connect("/v1/stream") as ws,
+    ):
         ws.send_text(orjson.dumps({"id": "a1", "record": record}).decode())
         answer = recv(ws)
     assert answer["id"] == "a1"
@@ -82,14 +86,15 @@ def test_many_records_per_message_every_id_answered_in_one_call(model_dir: Model
     records = rows(60)
     with client_for(predictor) as client, client.websocket_connect("/v1/stream") as ws:
         for m in range(3):
-            items = [{"id": f"m{m}-{n}", "record": r} for n, r in enumerate(records[m * 20:][:20])]
+            items = [{"id": f"m{m}-{n}", "record": r} for n, r in enumerate(records[m * 20 :][:20])]
             ws.send_bytes(orjson.dumps({"items": items, "model": "churn"}))
         answers = [recv(ws) for _ in range(60)]
         # the same records scored singly agree with the batched answers
         ws.send_text(orjson.dumps({"id": 7, "record": records[0]}).decode())
         single = recv(ws)
-    assert sorted(a["id"] for a in answers) == sorted(f"m{m}-{n}" for m in range(3)
-                                                      for n in range(20))
+    assert sorted(a["id"] for a in answers) == sorted(
+        f"m{m}-{n}" for m in range(3) for n in range(20)
+    )
     assert predictor.calls == 4  # one predictor call per message
     first = next(a for a in answers if a["id"] == "m0-0")
     assert single["id"] == 7
@@ -98,8 +103,10 @@ def test_many_records_per_message_every_id_answered_in_one_call(model_dir: Model
 
 def test_bad_messages_get_error_frames_and_the_socket_stays_open(model_dir: ModelFiles) -> None:
     good = rows(2)
-    with client_for(make_predictor(model_dir)) as client, \
-            client.websocket_connect("/v1/stream") as ws:
+    with (
+        client_for(make_predictor(model_dir)) as client,
+        client.websocket_connect("/v1/stream") as ws,
+    ):
         ws.send_text("{not json")
         bad_json = recv(ws)
         ws.send_text(orjson.dumps({"record": good[0]}).decode())
@@ -108,10 +115,14 @@ def test_bad_messages_get_error_frames_and_the_socket_stays_open(model_dir: Mode
         bad_record = recv(ws)
         ws.send_text(orjson.dumps({"id": "v", "record": {**good[0], "tenure": "x"}}).decode())
         invalid = recv(ws)
-        mixed = {"items": [{"id": "ok1", "record": good[0]},
-                           {"id": "bad", "record": {**good[1], "plan": ["x"]}},
-                           {"record": good[1]},
-                           {"id": "ok2", "record": good[1]}]}
+        mixed = {
+            "items": [
+                {"id": "ok1", "record": good[0]},
+                {"id": "bad", "record": {**good[1], "plan": ["x"]}},
+                {"record": good[1]},
+                {"id": "ok2", "record": good[1]},
+            ]
+        }
         ws.send_text(orjson.dumps(mixed).decode())
         frames = {f["id"]: f for f in (recv(ws) for _ in range(4))}
         ws.send_text(orjson.dumps({"id": "after", "record": good[0]}).decode())
@@ -139,30 +150,33 @@ def test_fast_sender_is_held_to_the_in_flight_bound(model_dir: ModelFiles) -> No
             if stream is not None:
                 seen.append(stream.in_flight)
             return await receive()
+
         await inner(scope, watched, send)
 
     records = rows(4)
     with TestClient(app) as client, client.websocket_connect("/v1/stream") as ws:
         for m in range(50):  # send everything before reading anything
-            items = [{"id": f"{m}-{n}", "record": r} for n, r in enumerate(records[:1 + m % 4])]
+            items = [{"id": f"{m}-{n}", "record": r} for n, r in enumerate(records[: 1 + m % 4])]
             ws.send_text(orjson.dumps({"items": items}).decode())
         expected = sum(1 + m % 4 for m in range(50))
         answers = [recv(ws) for _ in range(expected)]
-        ws.send_text(orjson.dumps({"items": [{"id": n, "record": records[0]}
-                                             for n in range(9)]}).decode())
+        ws.send_text(
+            orjson.dumps({"items": [{"id": n, "record": records[0]} for n in range(9)]}).decode()
+        )
         too_big = [recv(ws) for _ in range(9)]
     assert len({a["id"] for a in answers}) == expected
     assert all("prediction" in a for a in answers)
     assert predictor.peak <= 8
     assert seen and max(seen) < 8
-    assert all(f["error"]["kind"] == "bad_request" and "limit per message is 8"
-               in f["error"]["message"] for f in too_big)
+    assert all(
+        f["error"]["kind"] == "bad_request" and "limit per message is 8" in f["error"]["message"]
+        for f in too_big
+    )
 
 
 def test_api_key_is_required_when_set(model_dir: ModelFiles) -> None:
     with client_for(make_predictor(model_dir), api_key="s3cret") as client:
-        with pytest.raises(WebSocketDisconnect) as refused, \
-                client.websocket_connect("/v1/stream"):
+        with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/v1/stream"):
             pass
         assert refused.value.code == 1008
         with client.websocket_connect("/v1/stream", headers={"X-API-Key": "s3cret"}) as ws:
@@ -171,10 +185,18 @@ def test_api_key_is_required_when_set(model_dir: ModelFiles) -> None:
 
 
 def test_unknown_model_errors_every_id(model_dir: ModelFiles) -> None:
-    with client_for(make_predictor(model_dir)) as client, \
-            client.websocket_connect("/v1/stream") as ws:
-        ws.send_text(orjson.dumps({"model": "nope", "items": [
-            {"id": 1, "record": rows(1)[0]}, {"id": 2, "record": rows(1)[0]}]}).decode())
+    with (
+        client_for(make_predictor(model_dir)) as client,
+        client.websocket_connect("/v1/stream") as ws,
+    ):
+        ws.send_text(
+            orjson.dumps(
+                {
+                    "model": "nope",
+                    "items": [{"id": 1, "record": rows(1)[0]}, {"id": 2, "record": rows(1)[0]}],
+                }
+            ).decode()
+        )
         frames = [recv(ws), recv(ws)]
     assert sorted(f["id"] for f in frames) == [1, 2]
     assert {f["error"]["kind"] for f in frames} == {"model_not_found"}

@@ -24,8 +24,15 @@ from flywheel.simulate import (
 )
 
 START = dt.date(2025, 1, 1)
-TABLES = ("plans", "customers", "contracts", "billing_periods", "monthly_usage",
-          "support_tickets", "churn_events")
+TABLES = (
+    "plans",
+    "customers",
+    "contracts",
+    "billing_periods",
+    "monthly_usage",
+    "support_tickets",
+    "churn_events",
+)
 
 
 def _settings(tmp_path: Path, name: str, seed: int = 42) -> Settings:
@@ -54,8 +61,14 @@ def _features(settings: Settings) -> pd.DataFrame:
 # ------------------------------------------------------------------ public API
 def test_public_api_is_listed() -> None:
     assert set(sim.__all__) == {
-        "FEATURE_COLUMNS", "SCENARIOS", "Scenario", "SimulationReport", "feature_rows",
-        "parse_scenario", "simulate", "world_exists",
+        "FEATURE_COLUMNS",
+        "SCENARIOS",
+        "Scenario",
+        "SimulationReport",
+        "feature_rows",
+        "parse_scenario",
+        "simulate",
+        "world_exists",
     }
     assert set(SCENARIOS) == {"price_rise", "new_contract", "ticket_churn"}
 
@@ -120,8 +133,9 @@ def test_a_scenario_added_when_appending_equals_one_given_up_front(tmp_path: Pat
     simulate(later, days=40, customers=300)
     report = simulate(later, days=30, scenarios=["ticket_churn@50"])
     assert report.scenarios == ["ticket_churn@50"]
-    pd.testing.assert_frame_equal(_sorted(upfront, "support_tickets"),
-                                  _sorted(later, "support_tickets"))
+    pd.testing.assert_frame_equal(
+        _sorted(upfront, "support_tickets"), _sorted(later, "support_tickets")
+    )
     pd.testing.assert_frame_equal(_features(upfront), _features(later))
 
 
@@ -151,8 +165,9 @@ def test_append_continues_from_the_last_day(settings: Settings) -> None:
 
 def test_labels_arrive_late_only_closed_months_appear(settings: Settings) -> None:
     simulate(settings, days=75, customers=300)  # through 2025-03-16: Jan and Feb closed
-    observed = set(_frame(settings, "SELECT DISTINCT observed_at FROM churn_features")
-                   ["observed_at"].str[:10])
+    observed = set(
+        _frame(settings, "SELECT DISTINCT observed_at FROM churn_features")["observed_at"].str[:10]
+    )
     assert observed == {"2025-02-01"}  # Jan has no history before it; March is still open
 
 
@@ -175,8 +190,12 @@ def test_features_reflect_the_operational_tables(settings: Settings) -> None:
 def year_world(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     home = tmp_path_factory.mktemp("year")
     s = load_settings(home=home, seed=42)
-    simulate(s, days=365, customers=1500,
-             scenarios=["price_rise@181", "new_contract@2025-07-01", "ticket_churn@181"])
+    simulate(
+        s,
+        days=365,
+        customers=1500,
+        scenarios=["price_rise@181", "new_contract@2025-07-01", "ticket_churn@181"],
+    )
     return _features(s)
 
 
@@ -282,8 +301,10 @@ def test_a_foreign_database_is_refused_untouched(settings: Settings) -> None:
 def _counts(settings: Settings) -> dict[str, int]:
     engine = sa.create_engine(str(settings.source.url))
     with engine.connect() as conn:
-        counts = {t: conn.exec_driver_sql(f"SELECT COUNT(*) FROM {t}").scalar_one()
-                  for t in (*TABLES, "churn_features")}
+        counts = {
+            t: conn.exec_driver_sql(f"SELECT COUNT(*) FROM {t}").scalar_one()
+            for t in (*TABLES, "churn_features")
+        }
         counts["last_day"] = conn.exec_driver_sql("SELECT last_day FROM sim_state").scalar_one()
     engine.dispose()
     return counts
@@ -295,8 +316,10 @@ def test_a_failed_append_leaves_the_source_as_it_was(settings: Settings) -> None
     # A real database failure part-way through: churn_events is written after every other
     # table, and this trigger rejects its rows from day 45 on.
     with sqlite3.connect(_db(settings)) as conn:
-        conn.execute("CREATE TRIGGER boom BEFORE INSERT ON churn_events WHEN NEW.churn_day > 45 "
-                     "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END")
+        conn.execute(
+            "CREATE TRIGGER boom BEFORE INSERT ON churn_events WHEN NEW.churn_day > 45 "
+            "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+        )
     with pytest.raises(SourceError, match=r"nothing was written: .*disk on fire"):
         simulate(settings, days=30)
     assert _counts(settings) == before

@@ -91,7 +91,9 @@ class ObjectStore:
                 with self.fs.open(target, "wb") as fh:
                     yield fh
         except (OSError, ValueError) as exc:
-            raise StoreError(f"Cannot write {key!r} to the object store {self.url!r}: {exc}") from exc
+            raise StoreError(
+                f"Cannot write {key!r} to the object store {self.url!r}: {exc}"
+            ) from exc
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -101,7 +103,9 @@ class ObjectStore:
         except FileNotFoundError as exc:
             raise NotFound(f"No object {key!r} in the store {self.url!r}.", key=key) from exc
         except OSError as exc:
-            raise StoreError(f"Cannot read {key!r} from the object store {self.url!r}: {exc}") from exc
+            raise StoreError(
+                f"Cannot read {key!r} from the object store {self.url!r}: {exc}"
+            ) from exc
 
     @contextmanager
     def open_read(self, key: str) -> Iterator[IO[bytes]]:
@@ -123,7 +127,9 @@ class ObjectStore:
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise StoreError(f"Cannot list {prefix!r} in the object store {self.url!r}: {exc}") from exc
+            raise StoreError(
+                f"Cannot list {prefix!r} in the object store {self.url!r}: {exc}"
+            ) from exc
         root = self.root.rstrip("/") + "/"
         keys = [str(e).removeprefix(root) for e in entries]
         return sorted(k for k in keys if ".tmp-" not in k)

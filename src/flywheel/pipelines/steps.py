@@ -88,8 +88,9 @@ def train_evaluate_register(
         on_step("register")
         registered = register_version(settings, result, evaluation=evaluation, gate_report=report)
         outcome.version = registered.version
-        outcome.card_path = _write_card(settings, registered.name, registered.version,
-                                        registered.card_markdown)
+        outcome.card_path = _write_card(
+            settings, registered.name, registered.version, registered.card_markdown
+        )
     return outcome
 
 
@@ -137,6 +138,9 @@ def run_loop(
         on_step("promote")
         done = promote(settings, outcome.version, reason="bootstrap: first model to pass the gates")
         outcome.promoted = not done.pending
-        result.notes.append("promotion is waiting for approval" if done.pending else
-                            f"version {outcome.version} is the first champion")
+        result.notes.append(
+            "promotion is waiting for approval"
+            if done.pending
+            else f"version {outcome.version} is the first champion"
+        )
     return result

@@ -100,8 +100,8 @@ def _metrics(result: TrainResult, evaluation: Evaluation) -> list[str]:
         std = result.cv_metrics.get(f"{name}_cv_std")
         cv = f"{mean:.4g} ± {std:.2g}" if mean is not None and std is not None else None
         rows.append((name, evaluation.metrics[name], cv, champion.get(name)))
-    champ_head = f"champion v{evaluation.champion_version}" if evaluation.champion_version else (
-        "champion"
+    champ_head = (
+        f"champion v{evaluation.champion_version}" if evaluation.champion_version else ("champion")
     )
     return [*lines, *_table(["metric", "holdout", "CV mean ± std", champ_head], rows), ""]
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -135,6 +135,7 @@ class ModelArtifacts:
     classes: list[Any] | None
     onnx_sha256: str
     aliases: list[str] = field(default_factory=list)
+    run_id: str | None = None  # the training run
 
 
 # --------------------------------------------------------------------------- MLflow boundary
@@ -238,8 +239,13 @@ def _parity(
 
     frame, _ = load_holdout(settings, result.run_id)
     report = check_parity(
-        pipeline, onnx_model, frame, result.feature_specs, task=result.task,
-        tolerance=settings.registry.parity_tolerance, relative=result.task == "regression",
+        pipeline,
+        onnx_model,
+        frame,
+        result.feature_specs,
+        task=result.task,
+        tolerance=settings.registry.parity_tolerance,
+        relative=result.task == "regression",
     )
     client = MlflowClient()
     for key in ("max_abs_diff", "rows_over_tolerance", "label_mismatches"):
@@ -262,8 +268,7 @@ def _signature(specs: list[FeatureSpec]) -> ModelSignature:
     from mlflow.types import ColSpec, DataType, Schema, TensorSpec
 
     cols: list[ColSpec | TensorSpec] = [
-        ColSpec(DataType.float if s.kind == "numeric" else DataType.string, s.name)
-        for s in specs
+        ColSpec(DataType.float if s.kind == "numeric" else DataType.string, s.name) for s in specs
     ]
     return ModelSignature(inputs=Schema(cols))
 
@@ -324,8 +329,12 @@ def register(
         with _timed(timings, "parity"):
             parity, holdout = _parity(settings, result, pipeline, onnx_model)
         draft = _Draft(
-            result=result, evaluation=evaluation, gate_report=gate_report, parity=parity,
-            onnx_model=onnx_model, sha256=hashlib.sha256(onnx_model).hexdigest(),
+            result=result,
+            evaluation=evaluation,
+            gate_report=gate_report,
+            parity=parity,
+            onnx_model=onnx_model,
+            sha256=hashlib.sha256(onnx_model).hexdigest(),
             example=prepare_frame(holdout.head(3), result.feature_specs),
             manifest=_snapshot(settings, result.snapshot_id),
             run_tags=_run_tags(client, result.run_id),
@@ -357,12 +366,17 @@ def _reserve_version(client: MlflowClient, name: str, result: TrainResult) -> tu
             raise
     experiment_id = client.get_run(result.run_id).info.experiment_id
     logged = mlflow.initialize_logged_model(
-        name=ONNX_NAME, source_run_id=result.run_id, model_type="onnx",
+        name=ONNX_NAME,
+        source_run_id=result.run_id,
+        model_type="onnx",
         experiment_id=experiment_id,
     )
     mv = client.create_model_version(
-        name, source=f"models:/{logged.model_id}", run_id=result.run_id,
-        model_id=logged.model_id, await_creation_for=0,
+        name,
+        source=f"models:/{logged.model_id}",
+        run_id=result.run_id,
+        model_id=logged.model_id,
+        await_creation_for=0,
     )
     return str(mv.version), logged.model_id
 
@@ -378,17 +392,27 @@ def _publish(settings: Settings, client: MlflowClient, draft: _Draft) -> Registe
         client.update_model_version(name, version, description=card)
         client.set_registered_model_alias(name, CHALLENGER, version)
         entry = _audit(settings).append(
-            who=settings.user, action="register", model=name, from_version=previous_challenger,
-            to_version=version, reason=f"run {draft.result.run_id} passed gates and parity",
+            who=settings.user,
+            action="register",
+            model=name,
+            from_version=previous_challenger,
+            to_version=version,
+            reason=f"run {draft.result.run_id} passed gates and parity",
         )
     except BaseException:
         _undo(client, name, version, model_id, previous_challenger)
         raise
     log.info("registered %s v%s (run %s) as %s", name, version, draft.result.run_id, CHALLENGER)
     return RegisteredVersion(
-        name=name, version=version, run_id=draft.result.run_id, onnx_sha256=draft.sha256,
-        parity=draft.parity, model_uri=f"models:/{name}/{version}", card_markdown=card,
-        aliases=[CHALLENGER], audit_entry=entry,
+        name=name,
+        version=version,
+        run_id=draft.result.run_id,
+        onnx_sha256=draft.sha256,
+        parity=draft.parity,
+        model_uri=f"models:/{name}/{version}",
+        card_markdown=card,
+        aliases=[CHALLENGER],
+        audit_entry=entry,
     )
 
 
@@ -413,15 +437,22 @@ def _undo(
 
 def _card(settings: Settings, draft: _Draft, name: str, version: str) -> str:
     ctx = CardContext(
-        name=name, version=version, onnx_sha256=draft.sha256,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"), created_by=settings.user,
+        name=name,
+        version=version,
+        onnx_sha256=draft.sha256,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        created_by=settings.user,
         git_commit=draft.run_tags.get(TAG["git_commit"]) or git_commit(),
         package_version=draft.run_tags.get(TAG["package_version"]) or flywheel.__version__,
         snapshot_sha256=draft.run_tags.get(TAG["snapshot_sha256"]),
     )
     return render_model_card(
-        ctx, result=draft.result, evaluation=draft.evaluation, gate_report=draft.gate_report,
-        parity=draft.parity, manifest=draft.manifest,
+        ctx,
+        result=draft.result,
+        evaluation=draft.evaluation,
+        gate_report=draft.gate_report,
+        parity=draft.parity,
+        manifest=draft.manifest,
     )
 
 
@@ -461,10 +492,15 @@ def _log_onnx(client: MlflowClient, draft: _Draft, model_id: str, card: str) -> 
             (Path(tmp) / fname).write_text(text, encoding="utf-8")
         with _quiet_serving_check():
             mlflow.onnx.log_model(
-                onnx.load_model_from_string(draft.onnx_model), name=ONNX_NAME, model_id=model_id,
-                run_id=draft.result.run_id, signature=_signature(draft.result.feature_specs),
-                input_example=draft.example, pip_requirements=_pip_requirements(),
-                extra_files=[str(Path(tmp) / f) for f in files], save_as_external_data=False,
+                onnx.load_model_from_string(draft.onnx_model),
+                name=ONNX_NAME,
+                model_id=model_id,
+                run_id=draft.result.run_id,
+                signature=_signature(draft.result.feature_specs),
+                input_example=draft.example,
+                pip_requirements=_pip_requirements(),
+                extra_files=[str(Path(tmp) / f) for f in files],
+                save_as_external_data=False,
                 onnx_execution_providers=["CPUExecutionProvider"],
             )
     location = client.get_logged_model(model_id).artifact_location
@@ -478,8 +514,8 @@ def _log_onnx(client: MlflowClient, draft: _Draft, model_id: str, card: str) -> 
 
 def _tag_version(client: MlflowClient, name: str, version: str, draft: _Draft) -> None:
     result, parity = draft.result, draft.parity
-    snapshot_sha = draft.manifest.sha256 if draft.manifest else draft.run_tags.get(
-        TAG["snapshot_sha256"], ""
+    snapshot_sha = (
+        draft.manifest.sha256 if draft.manifest else draft.run_tags.get(TAG["snapshot_sha256"], "")
     )
     tags = {
         TAG["snapshot_id"]: result.snapshot_id,
@@ -543,9 +579,11 @@ def fetch_model_artifacts(
         target = dst or settings.home / "models" / name / str(mv.version)
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
-        local = Path(mlflow.artifacts.download_artifacts(
-            f"models:/{name}/{mv.version}", dst_path=str(target)
-        ))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                f"models:/{name}/{mv.version}", dst_path=str(target)
+            )
+        )
     return _checked_artifacts(name, mv, local, expected)
 
 
@@ -565,11 +603,17 @@ def _checked_artifacts(name: str, mv: ModelVersion, local: Path, expected: str) 
     specs_path = local / "extra_files" / "feature_specs.json"
     specs = json.loads(specs_path.read_text(encoding="utf-8"))
     return ModelArtifacts(
-        name=name, version=str(mv.version), model_path=model_path,
-        card_path=local / "extra_files" / "model_card.md", specs_path=specs_path,
+        name=name,
+        version=str(mv.version),
+        model_path=model_path,
+        card_path=local / "extra_files" / "model_card.md",
+        specs_path=specs_path,
         feature_specs=[FeatureSpec(f["name"], f["kind"]) for f in specs["features"]],
-        task=specs["task"], classes=specs.get("classes"), onnx_sha256=actual,
+        task=specs["task"],
+        classes=specs.get("classes"),
+        onnx_sha256=actual,
         aliases=sorted(mv.aliases or []),
+        run_id=mv.run_id or mv.tags.get(TAG["run_id"]),
     )
 
 
@@ -585,7 +629,7 @@ def load_champion(settings: Settings, alias: str = CHAMPION) -> ChampionModel | 
     def predict(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
         return onnx_predict(session, frame, specs, task=task)
 
-    return ChampionModel(version=artifacts.version, predict=predict)
+    return ChampionModel(version=artifacts.version, predict=predict, run_id=artifacts.run_id)
 
 
 # --------------------------------------------------------------------------- aliases
@@ -595,7 +639,7 @@ def _require_reason(reason: str, command: str) -> str:
     if not reason or not reason.strip():
         raise RegistryError(
             f"A reason is required to {command} (got {reason!r}): every registry change is "
-            f"audited. Pass --reason \"why\".",
+            f'audited. Pass --reason "why".',
             command=command,
         )
     return reason.strip()
@@ -618,8 +662,12 @@ def _move_champion(
     _settle_approval_tag(client, name, version, action)
     try:
         return _audit(settings).append(
-            who=settings.user, action=action, model=name, from_version=current,
-            to_version=version, reason=reason,
+            who=settings.user,
+            action=action,
+            model=name,
+            from_version=current,
+            to_version=version,
+            reason=reason,
         )
     except BaseException:  # no unaudited change: put the alias back
         if current is None:
@@ -652,11 +700,13 @@ def promote(settings: Settings, version: str, *, reason: str) -> PromotionOutcom
             raise RegistryError(
                 f"{name} v{version} is already the champion; nothing to promote. "
                 "Pick another version (see `flywheel models list`).",
-                model=name, version=version,
+                model=name,
+                version=version,
             )
         if not settings.registry.require_approval:
-            return PromotionOutcome(_move_champion(settings, client, version, "promote", reason),
-                                    pending=False)
+            return PromotionOutcome(
+                _move_champion(settings, client, version, "promote", reason), pending=False
+            )
         return _request(settings, client, version, current, reason)
 
 
@@ -670,11 +720,16 @@ def _request(
             f"Promotion of {name} v{version} is already waiting for approval (requested by "
             f"{open_request.who} at {open_request.at}). Another user runs `flywheel approve "
             f"{version} --reason ...`.",
-            model=name, version=version,
+            model=name,
+            version=version,
         )
     entry = audit.append(
-        who=settings.user, action="promote_requested", model=name, from_version=current,
-        to_version=version, reason=reason,
+        who=settings.user,
+        action="promote_requested",
+        model=name,
+        from_version=current,
+        to_version=version,
+        reason=reason,
     )
     client.set_model_version_tag(name, version, APPROVAL_TAG, "pending")
     return PromotionOutcome(entry, pending=True, extra={"requested_by": settings.user})
@@ -692,13 +747,16 @@ def approve(settings: Settings, version: str, *, reason: str) -> PromotionOutcom
             raise RegistryError(
                 f"No pending promotion of {name} v{version} to approve. Request one with "
                 f"`flywheel promote {version} --reason ...` (with registry.require_approval on).",
-                model=name, version=version,
+                model=name,
+                version=version,
             )
         if request.who == settings.user:
             raise RegistryError(
                 f"{settings.user!r} requested the promotion of {name} v{version} and cannot also "
                 "approve it (four-eyes rule). Ask another user to run `flywheel approve`.",
-                model=name, version=version, requester=request.who,
+                model=name,
+                version=version,
+                requester=request.who,
             )
         entry = _move_champion(settings, client, version, "approve", reason)
     return PromotionOutcome(entry, pending=False, extra={"requested_by": request.who})
@@ -727,7 +785,8 @@ def rollback(settings: Settings, *, reason: str) -> PromotionOutcome:
             raise RegistryError(
                 f"Nothing to roll back to for {name}: the champion (v{current}) has no earlier "
                 "champion in the audit log. Promote a version explicitly instead.",
-                model=name, champion=current,
+                model=name,
+                champion=current,
             )
         target = str(stack[-1])
         _get_version(client, name, target)
@@ -747,7 +806,9 @@ def list_versions(settings: Settings) -> list[ModelVersionInfo]:
         aliases = _aliases(client, name)
     return [
         ModelVersionInfo(
-            name=name, version=str(v.version), run_id=v.run_id,
+            name=name,
+            version=str(v.version),
+            run_id=v.run_id,
             aliases=sorted(a for a, ver in aliases.items() if ver == str(v.version)),
             tags=dict(v.tags or {}),
             created_at=datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).isoformat(),

@@ -217,7 +217,8 @@ def _restore_input_names(onx: Any, specs: list[FeatureSpec]) -> None:
     """
     graph = onx.graph
     renames = {
-        inp.name: spec.name for inp, spec in zip(graph.input, specs, strict=True)
+        inp.name: spec.name
+        for inp, spec in zip(graph.input, specs, strict=True)
         if inp.name != spec.name
     }
     if not renames:

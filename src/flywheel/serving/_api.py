@@ -167,8 +167,9 @@ def _front_only() -> FlywheelError:
 # --------------------------------------------------------------------------- app
 
 
-def _error_response(request: Request, exc: FlywheelError,
-                    headers: dict[str, str] | None = None) -> JSONResponse:
+def _error_response(
+    request: Request, exc: FlywheelError, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body = {"error": exc.message} if request.url.path.startswith("/v2") else exc.to_dict()
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
@@ -182,8 +183,11 @@ def _install_errors(api: FastAPI) -> None:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        err = InvalidInput(f"Invalid request: {where}: {first.get('msg', 'invalid')}.",
-                           field=where, rule=first.get("type", "invalid"))
+        err = InvalidInput(
+            f"Invalid request: {where}: {first.get('msg', 'invalid')}.",
+            field=where,
+            rule=first.get("type", "invalid"),
+        )
         return _error_response(request, err)
 
     @api.exception_handler(StarletteHTTPException)
@@ -191,15 +195,17 @@ def _install_errors(api: FastAPI) -> None:
         err = FlywheelError(str(exc.detail))
         err.status = exc.status_code
         err.kind = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
-            exc.status_code, "http")
+            exc.status_code, "http"
+        )
         return _error_response(request, err, getattr(exc, "headers", None))
 
     @api.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         rid = uuid.uuid4().hex
         log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
-        err = FlywheelError(f"Internal error; see the server log for request {rid}.",
-                            request_id=rid)
+        err = FlywheelError(
+            f"Internal error; see the server log for request {rid}.", request_id=rid
+        )
         err.kind = "internal"
         return _error_response(request, err)
 
@@ -220,9 +226,10 @@ def _admin_guard(config: ServingConfig) -> Any:
 
 def build_api(predictor: Predictor, config: ServingConfig) -> FastAPI:
     api = FastAPI(
-        title="flywheel serving", version=flywheel.__version__,
+        title="flywheel serving",
+        version=flywheel.__version__,
         description="Native /v1, MLflow /invocations and Open Inference Protocol /v2 routes. "
-                    "See docs/serving.md.",
+        "See docs/serving.md.",
     )
     _install_errors(api)
     _declare_hot_routes(api)
@@ -235,38 +242,67 @@ def build_api(predictor: Predictor, config: ServingConfig) -> FastAPI:
 def _declare_hot_routes(api: FastAPI) -> None:
     """Schema-only declarations: RestFront answers these paths before FastAPI sees them."""
 
-    @api.post("/v1/predict", response_model=V1Response, responses=_NATIVE_ERRORS,
-              tags=["predict"], summary="Predict (JSON, Arrow IPC or Parquet body)")
+    @api.post(
+        "/v1/predict",
+        response_model=V1Response,
+        responses=_NATIVE_ERRORS,
+        tags=["predict"],
+        summary="Predict (JSON, Arrow IPC or Parquet body)",
+    )
     async def v1_predict(payload: V1Records = Body(...)) -> Any:
         raise _front_only()
 
-    @api.post("/invocations", response_model=MlflowResponse, responses=_MLFLOW_ERRORS,
-              tags=["mlflow"], summary="MLflow scoring protocol (JSON, CSV, Parquet)")
+    @api.post(
+        "/invocations",
+        response_model=MlflowResponse,
+        responses=_MLFLOW_ERRORS,
+        tags=["mlflow"],
+        summary="MLflow scoring protocol (JSON, CSV, Parquet)",
+    )
     async def invocations(
         payload: MlflowSplit | MlflowRecords | MlflowInstances | MlflowInputs = Body(...),
     ) -> Any:
         raise _front_only()
 
-    @api.post("/v2/models/{name}/infer", response_model=V2InferResponse, responses=_V2_ERRORS,
-              tags=["v2"], summary="Open Inference Protocol v2 infer")
+    @api.post(
+        "/v2/models/{name}/infer",
+        response_model=V2InferResponse,
+        responses=_V2_ERRORS,
+        tags=["v2"],
+        summary="Open Inference Protocol v2 infer",
+    )
     async def v2_infer(name: str, payload: V2InferRequest = Body(...)) -> Any:
         raise _front_only()
 
-    @api.post("/v2/models/{name}/versions/{version}/infer", response_model=V2InferResponse,
-              responses=_V2_ERRORS, tags=["v2"], summary="v2 infer on a given version")
-    async def v2_infer_version(name: str, version: str,
-                               payload: V2InferRequest = Body(...)) -> Any:
+    @api.post(
+        "/v2/models/{name}/versions/{version}/infer",
+        response_model=V2InferResponse,
+        responses=_V2_ERRORS,
+        tags=["v2"],
+        summary="v2 infer on a given version",
+    )
+    async def v2_infer_version(name: str, version: str, payload: V2InferRequest = Body(...)) -> Any:
         raise _front_only()
 
     text = {"content": {"text/plain": {"schema": {"type": "string"}}}}
 
-    @api.get("/ping", tags=["health"], summary="MLflow health (200 once a model is loaded)",
-             response_class=Response, responses={200: text, 503: text})
+    @api.get(
+        "/ping",
+        tags=["health"],
+        summary="MLflow health (200 once a model is loaded)",
+        response_class=Response,
+        responses={200: text, 503: text},
+    )
     async def ping() -> Any:
         raise _front_only()
 
-    @api.get("/health", tags=["health"], summary="Same as /ping", response_class=Response,
-             responses={200: text, 503: text})
+    @api.get(
+        "/health",
+        tags=["health"],
+        summary="Same as /ping",
+        response_class=Response,
+        responses={200: text, 503: text},
+    )
     async def health() -> Any:
         raise _front_only()
 
@@ -274,13 +310,21 @@ def _declare_hot_routes(api: FastAPI) -> None:
     async def live() -> dict[str, bool]:
         raise _front_only()
 
-    @api.get("/v2/health/ready", tags=["health"], responses={503: {"model": dict[str, bool]}},
-             summary="Readiness: every served model is loaded")
+    @api.get(
+        "/v2/health/ready",
+        tags=["health"],
+        responses={503: {"model": dict[str, bool]}},
+        summary="Readiness: every served model is loaded",
+    )
     async def ready() -> dict[str, bool]:
         raise _front_only()
 
-    @api.get("/metrics", tags=["health"], summary="Prometheus metrics (text format)",
-             response_class=Response)
+    @api.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics (text format)",
+        response_class=Response,
+    )
     async def metrics() -> Any:
         raise _front_only()
 
@@ -296,8 +340,9 @@ def _record_schema(predictor: Predictor) -> dict[str, Any] | None:
     categorical = {"type": ["string", "number", "boolean", "null"]}
     return {
         "type": "object",
-        "properties": {s.name: numeric if s.kind == "numeric" else categorical
-                       for s in model.schema.specs},
+        "properties": {
+            s.name: numeric if s.kind == "numeric" else categorical for s in model.schema.specs
+        },
         "required": list(model.schema.names),
         "additionalProperties": False,
     }
@@ -309,35 +354,52 @@ def _typed_openapi(api: FastAPI, predictor: Predictor) -> None:
     from fastapi.openapi.utils import get_openapi
 
     def openapi() -> dict[str, Any]:
-        schema = get_openapi(title=api.title, version=api.version,
-                             description=api.description, routes=api.routes)
+        schema = get_openapi(
+            title=api.title, version=api.version, description=api.description, routes=api.routes
+        )
         record = _record_schema(predictor)
         if record is None:
             return schema
-        rows = {"type": "array", "items": record, "minItems": 1,
-                "maxItems": predictor.config.max_rows_per_request}
+        rows = {
+            "type": "array",
+            "items": record,
+            "minItems": 1,
+            "maxItems": predictor.config.max_rows_per_request,
+        }
         comps = schema["components"]["schemas"]
         comps["V1Records"]["properties"]["records"] = rows
         loose = {**rows, "items": {**record, "additionalProperties": True}}  # MLflow drops extras
         comps["MlflowRecords"]["properties"]["dataframe_records"] = loose
         comps["MlflowInstances"]["properties"]["instances"] = loose
         comps["MlflowInputs"]["properties"]["inputs"] = loose
-        forms = {"MlflowSplit": "dataframe_split", "MlflowRecords": "dataframe_records",
-                 "MlflowInstances": "instances", "MlflowInputs": "inputs"}
+        forms = {
+            "MlflowSplit": "dataframe_split",
+            "MlflowRecords": "dataframe_records",
+            "MlflowInstances": "instances",
+            "MlflowInputs": "inputs",
+        }
         for component, key in forms.items():  # exactly one form; other keys are ignored
             comps[component].pop("additionalProperties", None)
-            comps[component]["not"] = {"anyOf": [{"required": [k]} for k in forms.values()
-                                                 if k != key]}
+            comps[component]["not"] = {
+                "anyOf": [{"required": [k]} for k in forms.values() if k != key]
+            }
         names = list(record["properties"])
         comps["DataframeSplit"] = {
-            "type": "object", "required": ["columns", "data"], "additionalProperties": False,
+            "type": "object",
+            "required": ["columns", "data"],
+            "additionalProperties": False,
             "properties": {
                 "columns": {"const": names},
                 "index": {"type": "array", "items": {}},
-                "data": {**rows, "items": {"type": "array", "minItems": len(names),
-                                           "maxItems": len(names),
-                                           "prefixItems": [record["properties"][n]
-                                                           for n in names]}},
+                "data": {
+                    **rows,
+                    "items": {
+                        "type": "array",
+                        "minItems": len(names),
+                        "maxItems": len(names),
+                        "prefixItems": [record["properties"][n] for n in names],
+                    },
+                },
             },
         }
         return schema
@@ -348,18 +410,35 @@ def _typed_openapi(api: FastAPI, predictor: Predictor) -> None:
 def _v2_metadata(predictor: Predictor, name: str, version: str | None) -> dict[str, Any]:
     model = predictor.model(name)
     if version is not None and version != model.version:
-        raise ModelNotFound(f"Model {name!r} version {version[:32]!r} is not served "
-                            f"(serving {model.version}).", model=name)
-    outputs = [{"name": "label", "datatype": "BYTES" if model.classes and
-                isinstance(model.classes[0], str) else
-                ("INT64" if model.task == "classification" else "FP32"), "shape": [-1]}]
+        raise ModelNotFound(
+            f"Model {name!r} version {version[:32]!r} is not served (serving {model.version}).",
+            model=name,
+        )
+    outputs = [
+        {
+            "name": "label",
+            "datatype": "BYTES"
+            if model.classes and isinstance(model.classes[0], str)
+            else ("INT64" if model.task == "classification" else "FP32"),
+            "shape": [-1],
+        }
+    ]
     if model.task == "classification":
-        outputs.append({"name": "probabilities", "datatype": "FP32",
-                        "shape": [-1, len(model.classes or [])]})
+        outputs.append(
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(model.classes or [])]}
+        )
     return {
-        "name": name, "versions": [model.version], "platform": "onnxruntime",
-        "inputs": [{"name": s.name, "datatype": "FP32" if s.kind == "numeric" else "BYTES",
-                    "shape": [-1, 1]} for s in model.schema.specs],
+        "name": name,
+        "versions": [model.version],
+        "platform": "onnxruntime",
+        "inputs": [
+            {
+                "name": s.name,
+                "datatype": "FP32" if s.kind == "numeric" else "BYTES",
+                "shape": [-1, 1],
+            }
+            for s in model.schema.specs
+        ],
         "outputs": outputs,
         "parameters": {"task": model.task, "classes": model.classes, "sha256": model.sha256},
     }
@@ -382,8 +461,12 @@ def _metadata_routes(api: FastAPI, predictor: Predictor) -> None:
     async def model_metadata(name: str) -> dict[str, Any]:
         return _v2_metadata(predictor, name, None)
 
-    @api.get("/v2/models/{name}/versions/{version}", tags=["v2"], responses=_V2_ERRORS,
-             summary="Model version metadata")
+    @api.get(
+        "/v2/models/{name}/versions/{version}",
+        tags=["v2"],
+        responses=_V2_ERRORS,
+        summary="Model version metadata",
+    )
     async def version_metadata(name: str, version: str) -> dict[str, Any]:
         return _v2_metadata(predictor, name, version)
 
@@ -398,8 +481,12 @@ def _metadata_routes(api: FastAPI, predictor: Predictor) -> None:
     async def model_ready(name: str) -> Any:
         return await _ready(name, None)
 
-    @api.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"], responses=_V2_ERRORS,
-             summary="Model version ready")
+    @api.get(
+        "/v2/models/{name}/versions/{version}/ready",
+        tags=["v2"],
+        responses=_V2_ERRORS,
+        summary="Model version ready",
+    )
     async def version_ready(name: str, version: str) -> Any:
         return await _ready(name, version)
 
@@ -408,19 +495,33 @@ def _admin_routes(api: FastAPI, predictor: Predictor, config: ServingConfig) -> 
     from fastapi import Depends
 
     guard = Depends(_admin_guard(config))
-    errors: dict[int | str, dict[str, Any]] = {c: {"model": ErrorBody}
-                                               for c in (400, 401, 403, 404, 409, 422, 500)}
+    errors: dict[int | str, dict[str, Any]] = {
+        c: {"model": ErrorBody} for c in (400, 401, 403, 404, 409, 422, 500)
+    }
 
-    @api.post("/admin/reload", dependencies=[guard], responses=errors, tags=["admin"],
-              summary="Follow the alias now (hot swap)")
+    @api.post(
+        "/admin/reload",
+        dependencies=[guard],
+        responses=errors,
+        tags=["admin"],
+        summary="Follow the alias now (hot swap)",
+    )
     async def reload(body: ReloadBody | None = None) -> dict[str, Any]:
         name = body.model if body else None
         version = await predictor.reload(name)
         return {"model": name or predictor.default_model, "version": version}
 
-    @api.post("/admin/pin", dependencies=[guard], responses=errors, tags=["admin"],
-              summary="Serve a given version (null: follow the alias again)")
+    @api.post(
+        "/admin/pin",
+        dependencies=[guard],
+        responses=errors,
+        tags=["admin"],
+        summary="Serve a given version (null: follow the alias again)",
+    )
     async def pin(body: PinBody) -> dict[str, Any]:
         version = await predictor.pin(body.model, body.version)
-        return {"model": body.model or predictor.default_model, "version": version,
-                "pinned": body.version is not None}
+        return {
+            "model": body.model or predictor.default_model,
+            "version": version,
+            "pinned": body.version is not None,
+        }

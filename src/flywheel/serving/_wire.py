@@ -31,10 +31,12 @@ __all__ = [
 ]
 
 JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
-ARROW_TYPES = frozenset({"application/vnd.apache.arrow.stream",
-                         "application/vnd.apache.arrow.file"})
-PARQUET_TYPES = frozenset({"application/vnd.apache.parquet", "application/x-parquet",
-                           "application/parquet"})
+ARROW_TYPES = frozenset(
+    {"application/vnd.apache.arrow.stream", "application/vnd.apache.arrow.file"}
+)
+PARQUET_TYPES = frozenset(
+    {"application/vnd.apache.parquet", "application/x-parquet", "application/parquet"}
+)
 MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
 
@@ -44,7 +46,8 @@ def parse_json(body: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         raise BadRequest(
             f"The body is not valid JSON ({str(exc).split(':')[0]}, at byte {exc.pos}). "
-            "Send a JSON object.", rule="json",
+            "Send a JSON object.",
+            rule="json",
         ) from None
 
 
@@ -62,21 +65,33 @@ def native_request(data: Any, request_id: str | None, protocol: str = "rest") ->
         model, version = data.get("model"), data.get("version")
         if "records" in data or "columns" in data:
             if not isinstance(model, str | None) or not isinstance(version, str | int | None):
-                raise BadRequest("'model' and 'version' must be strings (or null).",
-                                 field="model" if not isinstance(model, str | None)
-                                 else "version")
+                raise BadRequest(
+                    "'model' and 'version' must be strings (or null).",
+                    field="model" if not isinstance(model, str | None) else "version",
+                )
             version = None if version is None else str(version)
         if "records" in data:
-            return PredictRequest(records=data["records"], model=model, version=version,
-                                  request_id=request_id, protocol=protocol)
+            return PredictRequest(
+                records=data["records"],
+                model=model,
+                version=version,
+                request_id=request_id,
+                protocol=protocol,
+            )
         if "columns" in data:
-            return PredictRequest(columns=data["columns"], model=model, version=version,
-                                  request_id=request_id, protocol=protocol)
+            return PredictRequest(
+                columns=data["columns"],
+                model=model,
+                version=version,
+                request_id=request_id,
+                protocol=protocol,
+            )
         return PredictRequest(records=[data], request_id=request_id, protocol=protocol)
     if isinstance(data, list):
         return PredictRequest(records=data, request_id=request_id, protocol=protocol)
-    raise BadRequest("The body must be a JSON object: {\"records\": [...]} or one record.",
-                     rule="shape")
+    raise BadRequest(
+        'The body must be a JSON object: {"records": [...]} or one record.', rule="shape"
+    )
 
 
 def encode_native(response: PredictResponse) -> bytes:
@@ -107,8 +122,9 @@ def read_arrow(body: bytes, mime: str) -> Any:
         return pa.ipc.open_stream(pa.BufferReader(body)).read_all()
     except (pa.ArrowInvalid, OSError) as exc:
         kind = "Parquet" if mime in PARQUET_TYPES else "Arrow IPC"
-        raise BadRequest(f"The body is not a readable {kind} stream: {str(exc)[:200]}",
-                         rule="body") from None
+        raise BadRequest(
+            f"The body is not a readable {kind} stream: {str(exc)[:200]}", rule="body"
+        ) from None
 
 
 def read_csv(body: bytes) -> Any:
@@ -118,8 +134,9 @@ def read_csv(body: bytes) -> Any:
     try:
         return pacsv.read_csv(pa.BufferReader(body))
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        raise BadRequest(f"The body is not readable CSV with a header row: {str(exc)[:200]}",
-                         rule="csv") from None
+        raise BadRequest(
+            f"The body is not readable CSV with a header row: {str(exc)[:200]}", rule="csv"
+        ) from None
 
 
 # --------------------------------------------------------------------------- MLflow
@@ -127,19 +144,26 @@ def read_csv(body: bytes) -> Any:
 
 def _split_columns(split: Any) -> dict[str, list[Any]]:
     if not isinstance(split, dict) or not isinstance(split.get("columns"), list):
-        raise BadRequest("dataframe_split must be an object with 'columns' and 'data'.",
-                         field="dataframe_split")
+        raise BadRequest(
+            "dataframe_split must be an object with 'columns' and 'data'.", field="dataframe_split"
+        )
     unknown = sorted(str(k)[:32] for k in split if k not in ("columns", "data", "index"))
     if unknown:
-        raise BadRequest(f"dataframe_split has unexpected key(s) {unknown[:5]}; it takes "
-                         "'columns', 'data' and optionally 'index'.", field="dataframe_split")
+        raise BadRequest(
+            f"dataframe_split has unexpected key(s) {unknown[:5]}; it takes "
+            "'columns', 'data' and optionally 'index'.",
+            field="dataframe_split",
+        )
     if not isinstance(split.get("index", []), list):
         raise BadRequest("dataframe_split.index must be a list.", field="dataframe_split.index")
     columns, data = split["columns"], split.get("data", [])
-    if not isinstance(data, list) or any(not isinstance(r, list) or len(r) != len(columns)
-                                         for r in data):
-        raise BadRequest(f"dataframe_split.data must be a list of rows of {len(columns)} values.",
-                         field="dataframe_split.data")
+    if not isinstance(data, list) or any(
+        not isinstance(r, list) or len(r) != len(columns) for r in data
+    ):
+        raise BadRequest(
+            f"dataframe_split.data must be a list of rows of {len(columns)} values.",
+            field="dataframe_split.data",
+        )
     return {str(c): [row[i] for row in data] for i, c in enumerate(columns)}
 
 
@@ -151,8 +175,9 @@ def _tensor_rows(value: Any, schema: InputSchema, key: str) -> PredictRequest:
         return PredictRequest(records=value)
     if isinstance(value, list) and all(isinstance(r, list) for r in value):
         return PredictRequest(columns=_positional(value, schema, key))
-    raise BadRequest(f"{key} must be a list of records, an object of columns or a list of rows.",
-                     field=key)
+    raise BadRequest(
+        f"{key} must be a list of records, an object of columns or a list of rows.", field=key
+    )
 
 
 def _positional(rows: Sequence[Sequence[Any]], schema: InputSchema, key: str) -> dict[str, Any]:
@@ -161,7 +186,10 @@ def _positional(rows: Sequence[Sequence[Any]], schema: InputSchema, key: str) ->
         if len(row) != width:
             raise InvalidInput(
                 f"{key} row {i} has {len(row)} values; the model takes {width} in this order: "
-                f"{list(schema.names[:50])}.", field=key, row=i, rule="width",
+                f"{list(schema.names[:50])}.",
+                field=key,
+                row=i,
+                rule="width",
             )
     return {name: [row[j] for row in rows] for j, name in enumerate(schema.names)}
 
@@ -170,14 +198,17 @@ def mlflow_request(data: Any, schema: InputSchema) -> PredictRequest:
     """MLflow's scoring JSON: exactly one of ``dataframe_split``, ``dataframe_records``,
     ``instances``, ``inputs`` (extra fields are dropped, as MLflow does)."""
     if not isinstance(data, dict):
-        raise BadRequest("The input must be a JSON dictionary with exactly one of the input "
-                         f"fields {set(MLFLOW_FORMATS)}. Received a {type(data).__name__}.")
+        raise BadRequest(
+            "The input must be a JSON dictionary with exactly one of the input "
+            f"fields {set(MLFLOW_FORMATS)}. Received a {type(data).__name__}."
+        )
     keys = [k for k in MLFLOW_FORMATS if k in data]
     if len(keys) != 1:
         raise BadRequest(
             "The input must be a JSON dictionary with exactly one of the input fields "
             f"{set(MLFLOW_FORMATS)}. Received dictionary with input fields: "
-            f"{[str(k)[:64] for k in list(data)[:10]]}.")
+            f"{[str(k)[:64] for k in list(data)[:10]]}."
+        )
     if not isinstance(data.get("params"), dict | None):
         raise BadRequest("params must be an object (or null).", field="params")
     key = keys[0]
@@ -211,14 +242,15 @@ def _flat(values: Any, what: str) -> list[Any]:
 def v2_request(data: Any, schema: InputSchema) -> PredictRequest:
     """One input tensor per feature (``shape`` [n] or [n, 1]) or one 2-D tensor
     ``[n, n_features]`` with the features in model order."""
-    if not isinstance(data, dict) or not isinstance(data.get("inputs"), list) \
-            or not data["inputs"]:
-        raise BadRequest("The body must be an object with a non-empty 'inputs' list.",
-                         field="inputs")
+    if not isinstance(data, dict) or not isinstance(data.get("inputs"), list) or not data["inputs"]:
+        raise BadRequest(
+            "The body must be an object with a non-empty 'inputs' list.", field="inputs"
+        )
     tensors = data["inputs"]
     if any(not isinstance(t, dict) or "data" not in t for t in tensors):
-        raise BadRequest("Each input must be an object with 'name', 'shape', 'datatype', 'data'.",
-                         field="inputs")
+        raise BadRequest(
+            "Each input must be an object with 'name', 'shape', 'datatype', 'data'.", field="inputs"
+        )
     rid = data.get("id") if isinstance(data.get("id"), str) else None
     if len(tensors) == 1 and len(schema.names) > 1:
         tensor = tensors[0]
@@ -229,12 +261,16 @@ def v2_request(data: Any, schema: InputSchema) -> PredictRequest:
             raise InvalidInput(
                 f"A single input tensor must have shape [n, {width}] (features in model order: "
                 f"{list(schema.names[:50])}) and n*{width} values; got shape {shape!s:.64}.",
-                field="inputs", rule="shape")
-        rows = [flat[i * width:(i + 1) * width] for i in range(shape[0])]
-        return PredictRequest(columns=_positional(rows, schema, "inputs"), request_id=rid,
-                              protocol="v2")
-    columns = {str(t.get("name")): _flat(t["data"], f"inputs[{str(t.get('name'))[:32]}]")
-               for t in tensors}
+                field="inputs",
+                rule="shape",
+            )
+        rows = [flat[i * width : (i + 1) * width] for i in range(shape[0])]
+        return PredictRequest(
+            columns=_positional(rows, schema, "inputs"), request_id=rid, protocol="v2"
+        )
+    columns = {
+        str(t.get("name")): _flat(t["data"], f"inputs[{str(t.get('name'))[:32]}]") for t in tensors
+    }
     return PredictRequest(columns=columns, request_id=rid, protocol="v2")
 
 
@@ -242,8 +278,12 @@ def _v2_tensor(name: str, values: np.ndarray) -> dict[str, Any]:
     datatype = _V2_TYPES.get(values.dtype.kind, "BYTES")
     if values.dtype.kind == "f" and values.dtype.itemsize == 8:
         datatype = "FP64"
-    return {"name": name, "shape": list(values.shape), "datatype": datatype,
-            "data": _array(values.reshape(-1))}
+    return {
+        "name": name,
+        "shape": list(values.shape),
+        "datatype": datatype,
+        "data": _array(values.reshape(-1)),
+    }
 
 
 def encode_v2(response: PredictResponse) -> bytes:
@@ -251,8 +291,12 @@ def encode_v2(response: PredictResponse) -> bytes:
     if response.probabilities is not None:
         outputs.append(_v2_tensor("probabilities", response.probabilities))
     return orjson.dumps(
-        {"model_name": response.model, "model_version": response.version,
-         "id": response.request_id, "outputs": outputs},
+        {
+            "model_name": response.model,
+            "model_version": response.version,
+            "id": response.request_id,
+            "outputs": outputs,
+        },
         option=JSON_OPTS,
     )
 

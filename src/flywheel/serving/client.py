@@ -20,9 +20,15 @@ __all__ = ["PROTOCOLS", "predict_remote"]
 PROTOCOLS = ("rest", "mlflow", "v2", "grpc", "ws", "mqtt")
 
 
-def predict_remote(records: list[dict[str, Any]], *, protocol: str, url: str,
-                   model: str = "churn", api_key: str | None = None,
-                   timeout: float = 10.0) -> dict[str, Any]:
+def predict_remote(
+    records: list[dict[str, Any]],
+    *,
+    protocol: str,
+    url: str,
+    model: str = "churn",
+    api_key: str | None = None,
+    timeout: float = 10.0,
+) -> dict[str, Any]:
     """Send ``records`` to a flywheel server over ``protocol`` and return its answer."""
     if protocol not in PROTOCOLS:
         raise FlywheelError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}.")
@@ -38,8 +44,14 @@ def predict_remote(records: list[dict[str, Any]], *, protocol: str, url: str,
     return asyncio.run(_mqtt(records, url, timeout))
 
 
-def _http(records: list[dict[str, Any]], protocol: str, url: str, model: str,
-          headers: dict[str, str], timeout: float) -> dict[str, Any]:
+def _http(
+    records: list[dict[str, Any]],
+    protocol: str,
+    url: str,
+    model: str,
+    headers: dict[str, str],
+    timeout: float,
+) -> dict[str, Any]:
     import httpx
 
     if protocol == "rest":
@@ -48,8 +60,12 @@ def _http(records: list[dict[str, Any]], protocol: str, url: str, model: str,
         path, body = "/invocations", {"dataframe_records": records}
     else:
         path, body = f"/v2/models/{model}/infer", {"inputs": _v2_inputs(records)}
-    response = httpx.post(url + path, content=orjson.dumps(body), timeout=timeout,
-                          headers={"content-type": "application/json", **headers})
+    response = httpx.post(
+        url + path,
+        content=orjson.dumps(body),
+        timeout=timeout,
+        headers={"content-type": "application/json", **headers},
+    )
     answer: dict[str, Any] = response.json()
     if response.status_code >= 400:
         raise FlywheelError(f"{protocol} {path} answered {response.status_code}: {answer}")
@@ -61,10 +77,19 @@ def _v2_inputs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for name in records[0]:
         values = [r.get(name) for r in records]
         numeric = all(v is None or isinstance(v, int | float) for v in values)
-        data = [float("nan") if v is None else v for v in values] if numeric else \
-            ["" if v is None else str(v) for v in values]
-        inputs.append({"name": name, "datatype": "FP32" if numeric else "BYTES",
-                       "shape": [len(values)], "data": data})
+        data = (
+            [float("nan") if v is None else v for v in values]
+            if numeric
+            else ["" if v is None else str(v) for v in values]
+        )
+        inputs.append(
+            {
+                "name": name,
+                "datatype": "FP32" if numeric else "BYTES",
+                "shape": [len(values)],
+                "data": data,
+            }
+        )
     return inputs
 
 
@@ -76,8 +101,9 @@ def _grpc(records: list[dict[str, Any]], target: str, model: str, timeout: float
 
     request = pb.ModelInferRequest(model_name=model, id=uuid.uuid4().hex)
     for item in _v2_inputs(records):
-        tensor = request.inputs.add(name=item["name"], datatype=item["datatype"],
-                                    shape=item["shape"])
+        tensor = request.inputs.add(
+            name=item["name"], datatype=item["datatype"], shape=item["shape"]
+        )
         if item["datatype"] == "FP32":
             tensor.contents.fp32_contents.extend(item["data"])
         else:
@@ -87,28 +113,39 @@ def _grpc(records: list[dict[str, Any]], target: str, model: str, timeout: float
         try:
             reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=timeout)
         except grpc.RpcError as exc:
-            raise FlywheelError(f"gRPC ModelInfer failed: {exc.code().name}: {exc.details()}") from exc
-    out: dict[str, Any] = {"model": reply.model_name, "version": reply.model_version,
-                           "request_id": reply.id}
+            raise FlywheelError(
+                f"gRPC ModelInfer failed: {exc.code().name}: {exc.details()}"
+            ) from exc
+    out: dict[str, Any] = {
+        "model": reply.model_name,
+        "version": reply.model_version,
+        "request_id": reply.id,
+    }
     for tensor in reply.outputs:
         c = tensor.contents
-        values = list(c.int64_contents or c.fp32_contents or c.fp64_contents or
-                      [b.decode() for b in c.bytes_contents])
+        values = list(
+            c.int64_contents
+            or c.fp32_contents
+            or c.fp64_contents
+            or [b.decode() for b in c.bytes_contents]
+        )
         if tensor.name == "probabilities" and len(tensor.shape) == 2:
             k = int(tensor.shape[1])
-            values = [values[i:i + k] for i in range(0, len(values), k)]
+            values = [values[i : i + k] for i in range(0, len(values), k)]
         out["predictions" if tensor.name == "label" else tensor.name] = values
     return out
 
 
-async def _ws(records: list[dict[str, Any]], url: str, headers: dict[str, str],
-              timeout: float) -> dict[str, Any]:
+async def _ws(
+    records: list[dict[str, Any]], url: str, headers: dict[str, str], timeout: float
+) -> dict[str, Any]:
     import websockets
 
     ids = [str(i) for i in range(len(records))]
     items = [{"id": i, "record": r} for i, r in zip(ids, records, strict=True)]
-    async with websockets.connect(url.rstrip("/") + "/v1/stream",
-                                  additional_headers=headers) as socket:
+    async with websockets.connect(
+        url.rstrip("/") + "/v1/stream", additional_headers=headers
+    ) as socket:
         await socket.send(orjson.dumps({"items": items}).decode())
         answers: dict[str, Any] = {}
         while len(answers) < len(ids):
@@ -129,12 +166,20 @@ async def _mqtt(records: list[dict[str, Any]], url: str, timeout: float) -> dict
     reply_topic = f"flywheel/reply/cli/{tag}"
     props = Properties(PacketTypes.PUBLISH)
     props.ResponseTopic, props.CorrelationData = reply_topic, tag.encode()
-    async with aiomqtt.Client(endpoint.host, endpoint.port, username=endpoint.username,
-                              password=endpoint.password,
-                              protocol=aiomqtt.ProtocolVersion.V5) as client:
+    async with aiomqtt.Client(
+        endpoint.host,
+        endpoint.port,
+        username=endpoint.username,
+        password=endpoint.password,
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as client:
         await client.subscribe(reply_topic, qos=1)
-        await client.publish(f"flywheel/predict/cli/{tag}", orjson.dumps({"records": records}),
-                             qos=1, properties=props)
+        await client.publish(
+            f"flywheel/predict/cli/{tag}",
+            orjson.dumps({"records": records}),
+            qos=1,
+            properties=props,
+        )
         async with asyncio.timeout(timeout):
             async for message in client.messages:
                 answer: dict[str, Any] = orjson.loads(message.payload)  # type: ignore[arg-type]

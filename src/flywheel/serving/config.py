@@ -44,14 +44,24 @@ class ServingConfig:
     access_log: bool = False  # uvicorn's per-request log line (costly at high rates)
 
     def __post_init__(self) -> None:
-        for name in ("port", "workers", "max_batch_rows", "inline_max_rows",
-                     "max_rows_per_request", "max_body_bytes", "ort_threads"):
+        for name in (
+            "port",
+            "workers",
+            "max_batch_rows",
+            "inline_max_rows",
+            "max_rows_per_request",
+            "max_body_bytes",
+            "ort_threads",
+        ):
             if int(getattr(self, name)) < (0 if name == "port" else 1):
-                raise ConfigError(f"serving.{name} must be positive, got {getattr(self, name)!r}.",
-                                  key=f"serving.{name}")
+                raise ConfigError(
+                    f"serving.{name} must be positive, got {getattr(self, name)!r}.",
+                    key=f"serving.{name}",
+                )
         if self.max_wait_ms < 0 or self.poll_interval_s < 0:
-            raise ConfigError("serving.max_wait_ms and serving.poll_interval_s must be >= 0.",
-                              key="serving")
+            raise ConfigError(
+                "serving.max_wait_ms and serving.poll_interval_s must be >= 0.", key="serving"
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ServingConfig:
@@ -60,18 +70,25 @@ class ServingConfig:
         sv = settings.serving
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
         base = cls(
-            host=sv.host, port=sv.port, workers=sv.workers,
+            host=sv.host,
+            port=sv.port,
+            workers=sv.workers,
             models=(ServedModel(settings.registry.model_name),),
-            max_batch_rows=sv.max_batch_rows, max_wait_ms=sv.max_wait_ms,
-            max_rows_per_request=sv.max_rows_per_request, max_body_bytes=sv.max_body_bytes,
-            poll_interval_s=sv.poll_interval_s, ort_threads=sv.ort_threads,
+            max_batch_rows=sv.max_batch_rows,
+            max_wait_ms=sv.max_wait_ms,
+            max_rows_per_request=sv.max_rows_per_request,
+            max_body_bytes=sv.max_body_bytes,
+            poll_interval_s=sv.poll_interval_s,
+            ort_threads=sv.ort_threads,
             api_key=sv.api_key.get_secret_value() if sv.api_key else None,
             admin_token=token or os.environ.get("FLYWHEEL_ADMIN_TOKEN") or None,
-            log_json=sv.log_json, access_log=sv.access_log,
+            log_json=sv.log_json,
+            access_log=sv.access_log,
         )
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ConfigError(f"Unknown serving option(s) {unknown}; known: {sorted(known)}.",
-                              key="serving")
+            raise ConfigError(
+                f"Unknown serving option(s) {unknown}; known: {sorted(known)}.", key="serving"
+            )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})

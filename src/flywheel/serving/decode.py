@@ -60,9 +60,7 @@ def _type_name(value: Any) -> str:
 
 
 def _bad(name: str, row: int, rule: str, message: str) -> InvalidInput:
-    return InvalidInput(
-        f"Field {name!r} (row {row}) {message}", field=name, row=row, rule=rule
-    )
+    return InvalidInput(f"Field {name!r} (row {row}) {message}", field=name, row=row, rule=rule)
 
 
 def _numeric(value: Any, name: str, row: int) -> float:
@@ -72,8 +70,13 @@ def _numeric(value: Any, name: str, row: int) -> float:
             return value
         if value != value:  # NaN: a missing value
             return _NAN
-        raise _bad(name, row, "finite", "must be a finite float32 number (or null); got "
-                   f"{'inf' if math.isinf(value) else 'a value beyond float32 range'}.")
+        raise _bad(
+            name,
+            row,
+            "finite",
+            "must be a finite float32 number (or null); got "
+            f"{'inf' if math.isinf(value) else 'a value beyond float32 range'}.",
+        )
     if value is None:
         return _NAN
     if kind is bool:
@@ -99,14 +102,18 @@ def _field_errors(record: Mapping[str, Any], schema: InputSchema, row: int, extr
     if not isinstance(record, Mapping):
         raise InvalidInput(
             f"Row {row} must be an object of feature values; got {_type_name(record)}.",
-            row=row, rule="type",
+            row=row,
+            rule="type",
         )
     missing = [n for n in schema.names if n not in record]
     if missing:
         raise InvalidInput(
             f"Row {row} is missing required field(s) {missing[:10]}; the model needs "
             f"{len(schema.names)} fields: {list(schema.names[:50])}.",
-            field=missing[0], fields=missing[:10], row=row, rule="required",
+            field=missing[0],
+            fields=missing[:10],
+            row=row,
+            rule="required",
         )
     if extra == "forbid":
         known = set(schema.names)
@@ -115,7 +122,10 @@ def _field_errors(record: Mapping[str, Any], schema: InputSchema, row: int, extr
             raise InvalidInput(
                 f"Row {row} has unknown field(s) {unknown[:10]}; the model takes "
                 f"{list(schema.names[:50])}. Remove them.",
-                field=unknown[0], fields=unknown[:10], row=row, rule="unknown",
+                field=unknown[0],
+                fields=unknown[:10],
+                row=row,
+                rule="unknown",
             )
 
 
@@ -151,7 +161,8 @@ def _column_length(name: str, values: Any) -> int:
     except TypeError:
         raise InvalidInput(
             f"Field {name!r} must be a list of values (one per row); got {_type_name(values)}.",
-            field=name, rule="type",
+            field=name,
+            rule="type",
         ) from None
 
 
@@ -159,13 +170,18 @@ def _numeric_array(name: str, values: np.ndarray) -> np.ndarray:
     if values.dtype.kind not in "fiub":
         raise InvalidInput(
             f"Field {name!r} must hold numbers; got an array of {values.dtype}.",
-            field=name, rule="type",
+            field=name,
+            rule="type",
         )
     as64 = values.astype(np.float64, copy=False)
     bad = np.flatnonzero(np.abs(as64) > F32_MAX)
     if bad.size:
-        raise _bad(name, int(bad[0]), "finite",
-                   "must be a finite float32 number (or null); got inf or a value beyond range.")
+        raise _bad(
+            name,
+            int(bad[0]),
+            "finite",
+            "must be a finite float32 number (or null); got inf or a value beyond range.",
+        )
     return as64.astype(np.float32)
 
 
@@ -190,13 +206,18 @@ def decode_columns(
         if rows >= 0 and n != rows:
             raise InvalidInput(
                 f"Field {spec.name!r} has {n} values but earlier fields have {rows}; every "
-                "column must have one value per row.", field=spec.name, rule="length",
+                "column must have one value per row.",
+                field=spec.name,
+                rule="length",
             )
         rows = n
         if isinstance(values, np.ndarray):
             values = values.reshape(-1)
-            out.append(_numeric_array(spec.name, values) if spec.kind == "numeric"
-                       else _categorical_array(spec.name, values))
+            out.append(
+                _numeric_array(spec.name, values)
+                if spec.kind == "numeric"
+                else _categorical_array(spec.name, values)
+            )
         elif spec.kind == "numeric":
             out.append([_numeric(v, spec.name, r) for r, v in enumerate(values)])
         else:
@@ -225,6 +246,7 @@ def decode_arrow(table: Any, schema: InputSchema, *, extra: str = "forbid") -> D
             raise InvalidInput(
                 f"Field {spec.name!r} has Arrow type {column.type}, which cannot be read as "
                 f"{spec.kind}: send {'numbers' if spec.kind == 'numeric' else 'strings'}.",
-                field=spec.name, rule="type",
+                field=spec.name,
+                rule="type",
             ) from exc
     return Decoded(out, table.num_rows)

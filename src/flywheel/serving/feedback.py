@@ -20,7 +20,9 @@ __all__ = ["FeedbackItem", "FeedbackRequest", "FeedbackResponse", "add_feedback_
 
 
 class FeedbackItem(BaseModel):
-    request_id: str = Field(..., min_length=1, max_length=200, description="From the prediction's answer.")
+    request_id: str = Field(
+        ..., min_length=1, max_length=200, description="From the prediction's answer."
+    )
     label: Any = Field(..., description="The ground truth (class label or value).")
 
 
@@ -46,12 +48,19 @@ def _check_key(request: Request, config: ServingConfig) -> None:
 def add_feedback_routes(api: FastAPI, log: Any, config: ServingConfig) -> None:
     """Mount ``POST /v1/feedback`` on the FastAPI app, backed by the prediction log."""
 
-    @api.post("/v1/feedback", response_model=FeedbackResponse, tags=["feedback"],
-              summary="Attach ground-truth labels to earlier predictions by request id")
+    @api.post(
+        "/v1/feedback",
+        response_model=FeedbackResponse,
+        tags=["feedback"],
+        summary="Attach ground-truth labels to earlier predictions by request id",
+    )
     def feedback(payload: FeedbackRequest, request: Request) -> FeedbackResponse:
         # A plain `def`: FastAPI runs it in a worker thread, off the event loop, because
         # the log's feedback call does blocking database I/O.
         _check_key(request, config)
-        unknown = [item.request_id for item in payload.items
-                   if not log.feedback(item.request_id, item.label)]
+        unknown = [
+            item.request_id
+            for item in payload.items
+            if not log.feedback(item.request_id, item.label)
+        ]
         return FeedbackResponse(accepted=len(payload.items) - len(unknown), unknown=unknown)

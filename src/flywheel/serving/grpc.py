@@ -68,15 +68,26 @@ OUTPUTS = ("label", "probabilities")
 # Numeric datatypes -> little-endian numpy dtypes (raw contents) and their typed field.
 _NUMERIC: dict[str, tuple[str, str]] = {
     "BOOL": ("?", "bool_contents"),
-    "INT8": ("<i1", "int_contents"), "INT16": ("<i2", "int_contents"),
-    "INT32": ("<i4", "int_contents"), "INT64": ("<i8", "int64_contents"),
-    "UINT8": ("<u1", "uint_contents"), "UINT16": ("<u2", "uint_contents"),
-    "UINT32": ("<u4", "uint_contents"), "UINT64": ("<u8", "uint64_contents"),
+    "INT8": ("<i1", "int_contents"),
+    "INT16": ("<i2", "int_contents"),
+    "INT32": ("<i4", "int_contents"),
+    "INT64": ("<i8", "int64_contents"),
+    "UINT8": ("<u1", "uint_contents"),
+    "UINT16": ("<u2", "uint_contents"),
+    "UINT32": ("<u4", "uint_contents"),
+    "UINT64": ("<u8", "uint64_contents"),
     "FP16": ("<f2", ""),  # no typed field in the protocol: raw only
-    "FP32": ("<f4", "fp32_contents"), "FP64": ("<f8", "fp64_contents"),
+    "FP32": ("<f4", "fp32_contents"),
+    "FP64": ("<f8", "fp64_contents"),
 }
-_ORT_TYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(int64)": "INT64",
-              "tensor(int32)": "INT32", "tensor(string)": "BYTES", "tensor(bool)": "BOOL"}
+_ORT_TYPES = {
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(int64)": "INT64",
+    "tensor(int32)": "INT32",
+    "tensor(string)": "BYTES",
+    "tensor(bool)": "BOOL",
+}
 _LENGTH = struct.Struct("<I")
 
 _CODES: dict[int, grpc.StatusCode] = {
@@ -127,11 +138,15 @@ def _split_bytes(buf: bytes, count: int, name: str) -> list[bytes]:
         pos += 4
         if pos + size > end:
             break
-        out.append(buf[pos:pos + size])
+        out.append(buf[pos : pos + size])
         pos += size
     if len(out) != count or pos != end:
-        raise _bad(name, f"has raw BYTES contents that do not hold {count} length-prefixed "
-                   "elements (each a 4-byte little-endian length, then the bytes).", "raw")
+        raise _bad(
+            name,
+            f"has raw BYTES contents that do not hold {count} length-prefixed "
+            "elements (each a 4-byte little-endian length, then the bytes).",
+            "raw",
+        )
     return out
 
 
@@ -150,28 +165,42 @@ def _tensor_values(tensor: Any, raw: bytes | None, count: int) -> np.ndarray:
             return _text(_split_bytes(raw, count, name), name)
         items = tensor.contents.bytes_contents
         if len(items) != count:
-            raise _bad(name, f"has shape {list(tensor.shape)} ({count} values) but "
-                       f"bytes_contents holds {len(items)}.", "shape")
+            raise _bad(
+                name,
+                f"has shape {list(tensor.shape)} ({count} values) but "
+                f"bytes_contents holds {len(items)}.",
+                "shape",
+            )
         return _text(items, name)
     spec = _NUMERIC.get(datatype)
     if spec is None:
-        raise _bad(name, f"has datatype {datatype[:16]!r}; use one of "
-                   f"{[*_NUMERIC, 'BYTES']}.", "datatype")
+        raise _bad(
+            name, f"has datatype {datatype[:16]!r}; use one of {[*_NUMERIC, 'BYTES']}.", "datatype"
+        )
     dtype, field = spec
     if raw is not None:
         size = np.dtype(dtype).itemsize
         if len(raw) != count * size:
-            raise _bad(name, f"has shape {list(tensor.shape)} ({count} {datatype} values, "
-                       f"{count * size} bytes) but its raw contents hold {len(raw)} bytes.",
-                       "shape")
+            raise _bad(
+                name,
+                f"has shape {list(tensor.shape)} ({count} {datatype} values, "
+                f"{count * size} bytes) but its raw contents hold {len(raw)} bytes.",
+                "shape",
+            )
         return np.frombuffer(raw, dtype=dtype)
     if not field:
-        raise _bad(name, f"is {datatype}, which has no typed contents field: send it in "
-                   "raw_input_contents.", "datatype")
+        raise _bad(
+            name,
+            f"is {datatype}, which has no typed contents field: send it in raw_input_contents.",
+            "datatype",
+        )
     values = getattr(tensor.contents, field)
     if len(values) != count:
-        raise _bad(name, f"has shape {list(tensor.shape)} ({count} values) but {field} "
-                   f"holds {len(values)}.", "shape")
+        raise _bad(
+            name,
+            f"has shape {list(tensor.shape)} ({count} values) but {field} holds {len(values)}.",
+            "shape",
+        )
     return np.array(values, dtype=dtype)
 
 
@@ -180,7 +209,8 @@ def _check_rows(rows: int, limit: int) -> None:
         raise TooManyRows(
             f"The request has {rows} rows; the limit is {limit} "
             "(serving.max_rows_per_request). Split it into smaller requests.",
-            rows=rows, limit=limit,
+            rows=rows,
+            limit=limit,
         )
 
 
@@ -192,12 +222,17 @@ def _raw_for(request: Any) -> list[bytes | None]:
         raise InvalidInput(
             f"raw_input_contents has {len(raw)} entries but there are {len(inputs)} inputs; "
             "when raw contents are used, send one entry per input, in input order.",
-            field="raw_input_contents", rule="raw",
+            field="raw_input_contents",
+            rule="raw",
         )
     for tensor in inputs:
         if tensor.HasField("contents"):
-            raise _bad(tensor.name[:64], "has typed contents while the request uses "
-                       "raw_input_contents; use one or the other for every input.", "raw")
+            raise _bad(
+                tensor.name[:64],
+                "has typed contents while the request uses "
+                "raw_input_contents; use one or the other for every input.",
+                "raw",
+            )
     return list(raw)
 
 
@@ -212,26 +247,38 @@ def _numeric_text(values: np.ndarray, name: str) -> np.ndarray:
         try:
             out[row] = float(text) if text.strip() else math.nan
         except ValueError:
-            raise InvalidInput(f"Field {name!r} (row {row}) must be a number (or empty); the "
-                               "BYTES value is not one.", field=name, row=row,
-                               rule="type") from None
+            raise InvalidInput(
+                f"Field {name!r} (row {row}) must be a number (or empty); the "
+                "BYTES value is not one.",
+                field=name,
+                row=row,
+                rule="type",
+            ) from None
     return out
 
 
-def _matrix_columns(tensor: Any, raw: bytes | None, schema: InputSchema,
-                    limit: int) -> dict[str, Any]:
+def _matrix_columns(
+    tensor: Any, raw: bytes | None, schema: InputSchema, limit: int
+) -> dict[str, Any]:
     name, width = tensor.name[:64], len(schema.names)
     shape = _shape(tensor)
     if len(shape) != 2 or shape[1] != width:
-        raise _bad(name, f"has shape {list(shape)}; a single input tensor must be "
-                   f"[n, {width}] with the features in model order {list(schema.names[:50])} "
-                   "(or send one tensor per feature, named after it).", "shape")
+        raise _bad(
+            name,
+            f"has shape {list(shape)}; a single input tensor must be "
+            f"[n, {width}] with the features in model order {list(schema.names[:50])} "
+            "(or send one tensor per feature, named after it).",
+            "shape",
+        )
     _check_rows(shape[0], limit)
     if tensor.datatype != "BYTES" and not all(schema.numeric):
         categorical = [n for n, num in zip(schema.names, schema.numeric, strict=True) if not num]
-        raise _bad(name, f"is {tensor.datatype[:16]}, but the model has categorical features "
-                   f"{categorical[:10]}: send a BYTES matrix, or one tensor per feature.",
-                   "datatype")
+        raise _bad(
+            name,
+            f"is {tensor.datatype[:16]}, but the model has categorical features "
+            f"{categorical[:10]}: send a BYTES matrix, or one tensor per feature.",
+            "datatype",
+        )
     matrix = _tensor_values(tensor, raw, shape[0] * width).reshape(shape[0], width)
     columns: dict[str, Any] = {}
     for i, (feature, numeric) in enumerate(zip(schema.names, schema.numeric, strict=True)):
@@ -242,16 +289,20 @@ def _matrix_columns(tensor: Any, raw: bytes | None, schema: InputSchema,
     return columns
 
 
-def decode_infer_request(request: Any, schema: InputSchema,
-                         max_rows: int = 10_000) -> dict[str, Any]:
+def decode_infer_request(
+    request: Any, schema: InputSchema, max_rows: int = 10_000
+) -> dict[str, Any]:
     """A ``ModelInferRequest``'s inputs -> ``{feature: 1-D array}`` for ``PredictRequest``.
 
     Checks shapes, datatypes and contents; the core then checks the values (and names the
     field and row of a bad one). Raises :class:`InvalidInput` / :class:`TooManyRows`."""
     inputs = request.inputs
     if not inputs:
-        raise InvalidInput(f"The request has no inputs; send one tensor per feature "
-                           f"{list(schema.names[:50])}.", field="inputs", rule="required")
+        raise InvalidInput(
+            f"The request has no inputs; send one tensor per feature {list(schema.names[:50])}.",
+            field="inputs",
+            rule="required",
+        )
     raw = _raw_for(request)
     known = set(schema.names)
     if len(inputs) == 1 and inputs[0].name not in known:
@@ -264,12 +315,18 @@ def decode_infer_request(request: Any, schema: InputSchema,
             raise _bad(name[:64], "is sent twice; send each feature once.", "duplicate")
         shape = _shape(tensor)
         if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
-            raise _bad(name[:64], f"has shape {list(shape)}; a feature tensor must be [n] or "
-                       "[n, 1].", "shape")
+            raise _bad(
+                name[:64],
+                f"has shape {list(shape)}; a feature tensor must be [n] or [n, 1].",
+                "shape",
+            )
         _check_rows(shape[0], max_rows)
         if numeric.get(name) and tensor.datatype == "BYTES":
-            raise _bad(name[:64], "is a numeric feature but was sent as BYTES; send FP32 "
-                       "(or FP64, INT32, INT64).", "datatype")
+            raise _bad(
+                name[:64],
+                "is a numeric feature but was sent as BYTES; send FP32 (or FP64, INT32, INT64).",
+                "datatype",
+            )
         columns[name] = _tensor_values(tensor, data, shape[0])
     return columns
 
@@ -284,7 +341,10 @@ def requested_outputs(request: Any, model: LoadedModel) -> tuple[str, ...]:
         if out.name not in available:
             raise InvalidInput(
                 f"outputs[{i}] asks for {out.name[:64]!r}; model {model.name!r} has outputs "
-                f"{list(available)}.", field=f"outputs[{i}]", rule="unknown")
+                f"{list(available)}.",
+                field=f"outputs[{i}]",
+                rule="unknown",
+            )
         wanted.append(out.name)
     return tuple(wanted)
 
@@ -307,8 +367,9 @@ def _as_bytes(values: np.ndarray) -> list[bytes]:
 
 def _output(name: str, values: np.ndarray, raw: list[bytes] | None) -> Any:
     datatype = _datatype(values)
-    tensor = pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype,
-                                                     shape=values.shape)
+    tensor = pb.ModelInferResponse.InferOutputTensor(
+        name=name, datatype=datatype, shape=values.shape
+    )
     if datatype == "BYTES":
         items = _as_bytes(values)
         if raw is None:
@@ -323,25 +384,33 @@ def _output(name: str, values: np.ndarray, raw: list[bytes] | None) -> Any:
     return tensor
 
 
-def encode_infer_response(response: PredictResponse, outputs: Sequence[str],
-                          raw: bool) -> Any:
+def encode_infer_response(response: PredictResponse, outputs: Sequence[str], raw: bool) -> Any:
     """A ``ModelInferResponse`` with ``outputs`` (``label``, ``probabilities``), as
     ``raw_output_contents`` when ``raw`` else typed contents."""
     arrays = {"label": response.labels, "probabilities": response.probabilities}
     contents: list[bytes] | None = [] if raw else None
-    tensors = [_output(name, np.asarray(arrays[name]), contents) for name in outputs
-               if arrays.get(name) is not None]
+    tensors = [
+        _output(name, np.asarray(arrays[name]), contents)
+        for name in outputs
+        if arrays.get(name) is not None
+    ]
     return pb.ModelInferResponse(
-        model_name=response.model, model_version=response.version, id=response.request_id,
-        outputs=tensors, raw_output_contents=contents or (),
+        model_name=response.model,
+        model_version=response.version,
+        id=response.request_id,
+        outputs=tensors,
+        raw_output_contents=contents or (),
     )
 
 
 def model_metadata(model: LoadedModel, name: str) -> Any:
     """Versions, platform, one input per feature (FP32 / BYTES, ``[-1, 1]``), outputs."""
-    inputs = [pb.ModelMetadataResponse.TensorMetadata(
-        name=spec.name, datatype="FP32" if spec.kind == "numeric" else "BYTES", shape=[-1, 1])
-        for spec in model.schema.specs]
+    inputs = [
+        pb.ModelMetadataResponse.TensorMetadata(
+            name=spec.name, datatype="FP32" if spec.kind == "numeric" else "BYTES", shape=[-1, 1]
+        )
+        for spec in model.schema.specs
+    ]
     # TODO(core): LoadedModel.describe() could list output datatypes/shapes; read them from
     # the ONNX session until it does.
     ort_types = {o.name: o.type for o in model.session.get_outputs()}
@@ -350,10 +419,14 @@ def model_metadata(model: LoadedModel, name: str) -> Any:
         shape = [-1]
         if out == "probabilities":
             shape = [-1, len(model.classes) if model.classes else -1]
-        outputs.append(pb.ModelMetadataResponse.TensorMetadata(
-            name=out, datatype=_ORT_TYPES.get(ort_types.get(out, ""), "FP32"), shape=shape))
-    return pb.ModelMetadataResponse(name=name, versions=[model.version], platform=PLATFORM,
-                                    inputs=inputs, outputs=outputs)
+        outputs.append(
+            pb.ModelMetadataResponse.TensorMetadata(
+                name=out, datatype=_ORT_TYPES.get(ort_types.get(out, ""), "FP32"), shape=shape
+            )
+        )
+    return pb.ModelMetadataResponse(
+        name=name, versions=[model.version], platform=PLATFORM, inputs=inputs, outputs=outputs
+    )
 
 
 # --------------------------------------------------------------------------- servicer
@@ -392,8 +465,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=request.version in ("", model.version))
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        return pb.ServerMetadataResponse(name="flywheel", version=flywheel.__version__,
-                                         extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(
+            name="flywheel", version=flywheel.__version__, extensions=EXTENSIONS
+        )
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         try:
@@ -414,8 +488,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except Exception:
             rid = request.id[:128] or uuid.uuid4().hex
             log.exception("unhandled error", extra={"request_id": rid, "route": "ModelInfer"})
-            error = FlywheelError(f"Internal error; see the server log for request {rid}.",
-                                  request_id=rid)
+            error = FlywheelError(
+                f"Internal error; see the server log for request {rid}.", request_id=rid
+            )
             error.kind = "internal"
         seconds = time.perf_counter() - start
         if error is not None:
@@ -430,10 +505,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         model = self._model(request.model_name, request.model_version)
         outputs = requested_outputs(request, model)
         columns = decode_infer_request(request, model.schema, self._max_rows)
-        response = await self.predictor.predict(PredictRequest(
-            columns=columns, model=name, version=request.model_version or None,
-            request_id=request.id[:128] or None, protocol="grpc",
-        ))
+        response = await self.predictor.predict(
+            PredictRequest(
+                columns=columns,
+                model=name,
+                version=request.model_version or None,
+                request_id=request.id[:128] or None,
+                protocol="grpc",
+            )
+        )
         return encode_infer_response(response, outputs, raw=bool(request.raw_input_contents))
 
     # ------------------------------------------------------------------ helpers
@@ -442,7 +522,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if version and version != model.version:
             raise ModelNotFound(
                 f"Model {model.name!r} version {version[:32]!r} is not served; this server "
-                f"serves version {model.version}.", model=model.name, version=version[:32])
+                f"serves version {model.version}.",
+                model=model.name,
+                version=version[:32],
+            )
         return model
 
     def _check_key(self, context: Any) -> None:
@@ -455,8 +538,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             elif key == "authorization" and value[:7].lower() == "bearer ":
                 cred = value[7:]
         if cred is None or not hmac.compare_digest(str(cred).encode(), self._api_key):
-            raise Unauthorized("A valid API key is required: send metadata 'x-api-key: <key>' "
-                               "or 'authorization: Bearer <key>'.")
+            raise Unauthorized(
+                "A valid API key is required: send metadata 'x-api-key: <key>' "
+                "or 'authorization: Bearer <key>'."
+            )
 
     @staticmethod
     async def _abort(context: Any, exc: FlywheelError) -> NoReturn:
@@ -486,10 +571,13 @@ def create_grpc_server(
     ``serving.max_body_bytes`` are accepted; larger ones get RESOURCE_EXHAUSTED from gRPC."""
     limit = predictor.config.max_body_bytes
     server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", limit),
-                 ("grpc.max_send_message_length", max(limit, 4 * 1024 * 1024)),
-                 # fail loudly when the port is taken instead of sharing it silently
-                 ("grpc.so_reuseport", 0), *options],
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", max(limit, 4 * 1024 * 1024)),
+            # fail loudly when the port is taken instead of sharing it silently
+            ("grpc.so_reuseport", 0),
+            *options,
+        ],
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(predictor), server)
@@ -497,8 +585,11 @@ def create_grpc_server(
     try:
         bound = server.add_insecure_port(address)
     except RuntimeError as exc:  # grpc's "Failed to bind to address ..."
-        raise ConfigError(f"The gRPC server cannot listen on {address}: {exc}. Choose another "
-                          "port or stop what holds it.", key="serving.grpc_port") from exc
+        raise ConfigError(
+            f"The gRPC server cannot listen on {address}: {exc}. Choose another "
+            "port or stop what holds it.",
+            key="serving.grpc_port",
+        ) from exc
     log.info("gRPC inference service bound to %s:%s", host, bound)
     return server
 

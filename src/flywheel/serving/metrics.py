@@ -38,8 +38,22 @@ __all__ = ["CONTENT_TYPE", "Hist", "ServingMetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                   2.5, 5.0)
+LATENCY_BUCKETS = (
+    0.0002,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
 SCORE_BUCKETS = (*tuple(round(0.1 * i, 1) for i in range(1, 10)), 1.0)
 
@@ -109,8 +123,7 @@ class ServingMetrics(Collector):
             hist = self.batch_rows[model] = Hist(ROWS_BUCKETS)
         hist.observe(rows)
 
-    def score(self, model: str, version: str, labels: np.ndarray,
-              proba: np.ndarray | None) -> None:
+    def score(self, model: str, version: str, labels: np.ndarray, proba: np.ndarray | None) -> None:
         hist = self.scores.get((model, version))
         if hist is None:
             hist = self.scores[(model, version)] = Hist(SCORE_BUCKETS)
@@ -135,19 +148,33 @@ class ServingMetrics(Collector):
         return generate_latest(self.registry)
 
     def collect(self) -> Iterator[Metric]:
-        yield self._counter("requests", "Requests answered.", ("protocol", "route", "status"),
-                            self.requests)
-        yield self._hist("request_duration_seconds", "Request latency in the server.",
-                         ("protocol", "route"), self.latency)
+        yield self._counter(
+            "requests", "Requests answered.", ("protocol", "route", "status"), self.requests
+        )
+        yield self._hist(
+            "request_duration_seconds",
+            "Request latency in the server.",
+            ("protocol", "route"),
+            self.latency,
+        )
         yield self._counter("errors", "Error answers by kind.", ("protocol", "kind"), self.errors)
-        yield self._hist("batch_rows", "Rows per micro-batch.", ("model",),
-                         {(k,): v for k, v in self.batch_rows.items()})
-        yield self._hist("prediction_score", "Predicted score per row.", ("model", "version"),
-                         self.scores)
-        yield self._counter("model_reloads", "Model loads by outcome.", ("model", "outcome"),
-                            self.reloads)
-        info = GaugeMetricFamily("flywheel_model_info", "Loaded model versions (value 1).",
-                                 labels=("model", "version", "sha256"))
+        yield self._hist(
+            "batch_rows",
+            "Rows per micro-batch.",
+            ("model",),
+            {(k,): v for k, v in self.batch_rows.items()},
+        )
+        yield self._hist(
+            "prediction_score", "Predicted score per row.", ("model", "version"), self.scores
+        )
+        yield self._counter(
+            "model_reloads", "Model loads by outcome.", ("model", "outcome"), self.reloads
+        )
+        info = GaugeMetricFamily(
+            "flywheel_model_info",
+            "Loaded model versions (value 1).",
+            labels=("model", "version", "sha256"),
+        )
         for m in self.models():
             info.add_metric((m["name"], m["version"], m["sha256"]), 1.0)
         yield info
@@ -156,14 +183,17 @@ class ServingMetrics(Collector):
     def _sink_metrics(self) -> Iterator[Metric]:
         sink = self.sink
         if sink is not None and callable(getattr(sink, "depth", None)):
-            gauge = GaugeMetricFamily("flywheel_predlog_queue_depth",
-                                      "Prediction log records waiting to be written.")
+            gauge = GaugeMetricFamily(
+                "flywheel_predlog_queue_depth", "Prediction log records waiting to be written."
+            )
             gauge.add_metric((), float(sink.depth()))
             yield gauge
         if sink is not None and callable(getattr(sink, "dropped", None)):
-            yield CounterMetricFamily("flywheel_predlog_dropped",
-                                      "Prediction log records dropped (queue full).",
-                                      value=float(sink.dropped()))
+            yield CounterMetricFamily(
+                "flywheel_predlog_dropped",
+                "Prediction log records dropped (queue full).",
+                value=float(sink.dropped()),
+            )
 
     @staticmethod
     def _counter(name: str, doc: str, labels: tuple[str, ...], data: dict[Any, int]) -> Metric:

@@ -57,18 +57,29 @@ class LoadedModel:
     batcher: MicroBatcher = field(init=False, repr=False)
     loaded_at: float = 0.0
 
-    def configure_batching(self, *, max_rows: int, max_wait_s: float, inline_max_rows: int,
-                           stats: BatchStats | None = None) -> None:
+    def configure_batching(
+        self,
+        *,
+        max_rows: int,
+        max_wait_s: float,
+        inline_max_rows: int,
+        stats: BatchStats | None = None,
+    ) -> None:
         self.batcher = MicroBatcher(
-            self.run, self.schema.numeric, max_rows=max_rows, max_wait_s=max_wait_s,
-            inline_max_rows=inline_max_rows, stats=stats,
+            self.run,
+            self.schema.numeric,
+            max_rows=max_rows,
+            max_wait_s=max_wait_s,
+            inline_max_rows=inline_max_rows,
+            stats=stats,
         )
 
     def run(self, feeds: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """Score ``[n, 1]`` arrays given in input order (blocking). The batcher never
         sends a single row (see :func:`flywheel.serving.batching.assemble`)."""
-        outputs = self.session.run(self.output_names, dict(zip(self.schema.names, feeds,
-                                                               strict=True)))
+        outputs = self.session.run(
+            self.output_names, dict(zip(self.schema.names, feeds, strict=True))
+        )
         labels = np.asarray(outputs[0]).reshape(-1)
         proba = np.asarray(outputs[1]) if len(outputs) > 1 else None
         return labels, proba
@@ -115,7 +126,8 @@ def _check_inputs(session: ort.InferenceSession, specs: Sequence[FeatureSpec], w
         if onnx_inputs[spec.name] != want:
             raise RegistryError(
                 f"{where}: ONNX input {spec.name!r} is {onnx_inputs[spec.name]} but the spec "
-                f"says {spec.kind} ({want}). Re-export the model.", field=spec.name,
+                f"says {spec.kind} ({want}). Re-export the model.",
+                field=spec.name,
             )
 
 
@@ -142,13 +154,18 @@ def load_model(
     if expected_sha256 is None and require_sha256:
         raise IntegrityError(
             f"{where}: no expected sha256 was given, so the file cannot be verified. "
-            "Pass the registry's flywheel.onnx_sha256 tag.", model=name, version=version,
+            "Pass the registry's flywheel.onnx_sha256 tag.",
+            model=name,
+            version=version,
         )
     if expected_sha256 is not None and actual != expected_sha256.lower():
         raise IntegrityError(
             f"{where}: model.onnx has sha256 {actual} but {expected_sha256} was recorded at "
             "registration; the artifact changed. Refusing to load it.",
-            model=name, version=version, expected=expected_sha256, actual=actual,
+            model=name,
+            version=version,
+            expected=expected_sha256,
+            actual=actual,
         )
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -159,20 +176,32 @@ def load_model(
         raise RegistryError(f"{where}: ONNX Runtime cannot load it: {exc}", model=name) from exc
     meta = _metadata(session)
     if specs is None:
-        specs = ([FeatureSpec(f["name"], f["kind"]) for f in json.loads(meta["features"])]
-                 if "features" in meta else _specs_from_session(session))
+        specs = (
+            [FeatureSpec(f["name"], f["kind"]) for f in json.loads(meta["features"])]
+            if "features" in meta
+            else _specs_from_session(session)
+        )
     _check_inputs(session, specs, where)
     outputs = [o.name for o in session.get_outputs()]
-    task = task or meta.get("task") or ("classification" if "probabilities" in outputs
-                                         else "regression")
+    task = (
+        task
+        or meta.get("task")
+        or ("classification" if "probabilities" in outputs else "regression")
+    )
     if classes is None and "classes" in meta:
         classes = json.loads(meta["classes"])
     wanted = ["label", "probabilities"] if task == "classification" else ["label"]
     if not set(wanted) <= set(outputs):
         raise RegistryError(f"{where}: ONNX outputs {outputs} lack {wanted}.", model=name)
     return LoadedModel(
-        name=name, version=str(version), sha256=actual, task=task, classes=classes,
-        schema=InputSchema(tuple(specs)), session=session, output_names=wanted,
+        name=name,
+        version=str(version),
+        sha256=actual,
+        task=task,
+        classes=classes,
+        schema=InputSchema(tuple(specs)),
+        session=session,
+        output_names=wanted,
     )
 
 
@@ -227,7 +256,9 @@ class RegistrySource:
         if ref not in aliases:
             raise NotFound(
                 f"Model {self.name!r} has no alias {ref!r} (aliases: {sorted(aliases)}). "
-                "Promote a version first (`flywheel promote`).", model=self.name, ref=ref,
+                "Promote a version first (`flywheel promote`).",
+                model=self.name,
+                ref=ref,
             )
         return str(aliases[ref])
 

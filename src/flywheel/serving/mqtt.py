@@ -57,8 +57,7 @@ __all__ = ["MqttAdapter", "MqttEndpoint", "parse_mqtt_url", "reply_topic_for"]
 
 log = logging.getLogger("flywheel.serving.mqtt")
 
-_SCHEMES = {"mqtt": (1883, False), "tcp": (1883, False), "mqtts": (8883, True),
-            "ssl": (8883, True)}
+_SCHEMES = {"mqtt": (1883, False), "tcp": (1883, False), "mqtts": (8883, True), "ssl": (8883, True)}
 _MAX_ID_CHARS = 128
 
 
@@ -88,22 +87,31 @@ def parse_mqtt_url(url: str, *, key: str = "serving.mqtt_url") -> MqttEndpoint:
         raise ConfigError(f"{key} must be a URL, got {shown!r}. {fix}", key=key)
     parts = urlsplit(url.strip())
     if parts.scheme.lower() not in _SCHEMES:
-        raise ConfigError(f"{key} has scheme {parts.scheme!r}; expected mqtt or mqtts. {fix}",
-                          key=key)
+        raise ConfigError(
+            f"{key} has scheme {parts.scheme!r}; expected mqtt or mqtts. {fix}", key=key
+        )
     default_port, tls = _SCHEMES[parts.scheme.lower()]
     try:
         port = parts.port or default_port
     except ValueError:
-        raise ConfigError(f"{key} has a bad port in {shown!r}; give 1-65535. {fix}",
-                          key=key) from None
+        raise ConfigError(
+            f"{key} has a bad port in {shown!r}; give 1-65535. {fix}", key=key
+        ) from None
     if not parts.hostname:
         raise ConfigError(f"{key} names no host ({shown!r}). {fix}", key=key)
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError(f"{key} must not carry a path or query ({shown!r}); topics are "
-                          "set with request_topic / error_topic.", key=key)
-    return MqttEndpoint(parts.hostname, port, tls,
-                        unquote(parts.username) if parts.username else None,
-                        unquote(parts.password) if parts.password else None)
+        raise ConfigError(
+            f"{key} must not carry a path or query ({shown!r}); topics are "
+            "set with request_topic / error_topic.",
+            key=key,
+        )
+    return MqttEndpoint(
+        parts.hostname,
+        port,
+        tls,
+        unquote(parts.username) if parts.username else None,
+        unquote(parts.password) if parts.password else None,
+    )
 
 
 def _check_topic(topic: str, what: str, *, wildcards: bool) -> None:
@@ -113,10 +121,14 @@ def _check_topic(topic: str, what: str, *, wildcards: bool) -> None:
         raise ConfigError(f"{what} must not contain wildcards (+, #), got {topic!r}.", key=what)
     levels = topic.split("/")
     for n, level in enumerate(levels):
-        if ("#" in level and (level != "#" or n != len(levels) - 1)) or \
-                ("+" in level and level != "+"):
-            raise ConfigError(f"{what} {topic!r} misplaces a wildcard: '+' fills a whole "
-                              "level, '#' only the last.", key=what)
+        if ("#" in level and (level != "#" or n != len(levels) - 1)) or (
+            "+" in level and level != "+"
+        ):
+            raise ConfigError(
+                f"{what} {topic!r} misplaces a wildcard: '+' fills a whole "
+                "level, '#' only the last.",
+                key=what,
+            )
 
 
 def _filter_of(request_topic: str) -> str:
@@ -124,8 +136,11 @@ def _filter_of(request_topic: str) -> str:
     if request_topic.startswith("$share/"):
         parts = request_topic.split("/", 2)
         if len(parts) < 3 or not parts[1] or not parts[2]:
-            raise ConfigError(f"request_topic {request_topic!r}: a shared subscription is "
-                              "$share/<group>/<filter>.", key="request_topic")
+            raise ConfigError(
+                f"request_topic {request_topic!r}: a shared subscription is "
+                "$share/<group>/<filter>.",
+                key="request_topic",
+            )
         return parts[2]
     return request_topic
 
@@ -139,7 +154,7 @@ def reply_topic_for(topic: str, request_filter: str, reply_prefix: str) -> str:
             break
         literal.append(level)
     levels = topic.split("/")
-    rest = levels[len(literal):] if levels[:len(literal)] == literal else levels
+    rest = levels[len(literal) :] if levels[: len(literal)] == literal else levels
     return "/".join([reply_prefix, *rest]) if rest else reply_prefix
 
 
@@ -245,23 +260,35 @@ class MqttAdapter:
         self.request_filter = _filter_of(request_topic)
         _check_topic(error_topic, "error_topic", wildcards=False)
         _check_topic(reply_prefix, "reply_prefix", wildcards=False)
-        if paho.topic_matches_sub(self.request_filter, reply_prefix + "/x") or \
-                paho.topic_matches_sub(self.request_filter, error_topic):
-            raise ConfigError(f"reply_prefix {reply_prefix!r} and error_topic {error_topic!r} "
-                              f"must lie outside request_topic {request_topic!r} (a reply "
-                              "would be read back as a request).", key="request_topic")
+        if paho.topic_matches_sub(
+            self.request_filter, reply_prefix + "/x"
+        ) or paho.topic_matches_sub(self.request_filter, error_topic):
+            raise ConfigError(
+                f"reply_prefix {reply_prefix!r} and error_topic {error_topic!r} "
+                f"must lie outside request_topic {request_topic!r} (a reply "
+                "would be read back as a request).",
+                key="request_topic",
+            )
         if qos not in (0, 1):
-            raise ConfigError(f"mqtt qos must be 0 or 1, got {qos!r} (QoS 2 adds nothing "
-                              "here: answers are de-duplicated).", key="qos")
+            raise ConfigError(
+                f"mqtt qos must be 0 or 1, got {qos!r} (QoS 2 adds nothing "
+                "here: answers are de-duplicated).",
+                key="qos",
+            )
         if protocol not in ("5", "3.1.1"):
-            raise ConfigError(f"mqtt protocol must be '5' or '3.1.1', got {protocol!r}.",
-                              key="protocol")
+            raise ConfigError(
+                f"mqtt protocol must be '5' or '3.1.1', got {protocol!r}.", key="protocol"
+            )
         if not client_id:
-            raise ConfigError("client_id must be set: a persistent session needs a fixed "
-                              "client identifier (unique per replica).", key="client_id")
+            raise ConfigError(
+                "client_id must be set: a persistent session needs a fixed "
+                "client identifier (unique per replica).",
+                key="client_id",
+            )
         if not 1 <= max_in_flight <= 65535:
-            raise ConfigError(f"max_in_flight must be 1-65535, got {max_in_flight!r}.",
-                              key="max_in_flight")
+            raise ConfigError(
+                f"max_in_flight must be 1-65535, got {max_in_flight!r}.", key="max_in_flight"
+            )
         self.predictor = predictor
         self.request_topic, self.error_topic = request_topic, error_topic
         self.reply_prefix, self.client_id, self.qos = reply_prefix, client_id, qos
@@ -293,13 +320,13 @@ class MqttAdapter:
                 except aiomqtt.MqttError as exc:
                     if self.connections > before:
                         delay = self.backoff_initial_s  # it was up: start the backoff over
-                    log.warning("MQTT broker %s: %s; reconnecting in %.1fs",
-                                self.endpoint, exc, delay)
+                    log.warning(
+                        "MQTT broker %s: %s; reconnecting in %.1fs", self.endpoint, exc, delay
+                    )
                 if self._stopping.is_set():
                     break
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(),
-                                           delay * random.uniform(0.8, 1.2))
+                    await asyncio.wait_for(self._stopping.wait(), delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self.backoff_max_s)
         finally:
             self.connected.clear()
@@ -324,11 +351,17 @@ class MqttAdapter:
         else:
             options["clean_session"] = False
         client = _Client(
-            self.endpoint.host, self.endpoint.port, identifier=self.client_id,
-            username=self.endpoint.username, password=self.endpoint.password,
+            self.endpoint.host,
+            self.endpoint.port,
+            identifier=self.client_id,
+            username=self.endpoint.username,
+            password=self.endpoint.password,
             protocol=aiomqtt.ProtocolVersion.V5 if self.v5 else aiomqtt.ProtocolVersion.V311,
-            properties=props, keepalive=self.keepalive_s, timeout=self.publish_timeout_s,
-            tls_context=self._tls(), logger=logging.getLogger("flywheel.serving.mqtt.client"),
+            properties=props,
+            keepalive=self.keepalive_s,
+            timeout=self.publish_timeout_s,
+            tls_context=self._tls(),
+            logger=logging.getLogger("flywheel.serving.mqtt.client"),
             # paho leaves Nagle on: small replies would wait for delayed ACKs (~40 ms each)
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
             **options,
@@ -348,8 +381,13 @@ class MqttAdapter:
         async with self._client() as client:
             self.connections += 1
             self.connected.set()
-            log.info("MQTT connected to %s as %s (connection %d), serving %s",
-                     self.endpoint, self.client_id, self.connections, self.request_topic)
+            log.info(
+                "MQTT connected to %s as %s (connection %d), serving %s",
+                self.endpoint,
+                self.client_id,
+                self.connections,
+                self.request_topic,
+            )
             tasks: set[asyncio.Task[None]] = set()
             try:
                 await client.subscribe(self.request_topic, **self._sub_options())
@@ -398,14 +436,14 @@ class MqttAdapter:
             task.add_done_callback(lambda _t: room.release())
 
     # ------------------------------------------------------------------ one request
-    async def _handle(self, client: _Client, window: _AckWindow, message: aiomqtt.Message
-                      ) -> None:
+    async def _handle(self, client: _Client, window: _AckWindow, message: aiomqtt.Message) -> None:
         self.stats["received"] += 1
         try:
             await self._answer_once(client, message)
         except aiomqtt.MqttError as exc:  # could not publish: leave unacked for redelivery
-            log.warning("MQTT reply for %s not sent (%s); the broker will redeliver it",
-                        message.topic, exc)
+            log.warning(
+                "MQTT reply for %s not sent (%s); the broker will redeliver it", message.topic, exc
+            )
             return
         except Exception:  # acked anyway: a poison request must not loop
             log.exception("MQTT request on %s failed", message.topic)
@@ -419,8 +457,9 @@ class MqttAdapter:
         if retry:
             if key in self._answered:
                 self.stats["duplicates"] += 1
-                log.info("MQTT duplicate of an answered request on %s; not answered again",
-                         message.topic)
+                log.info(
+                    "MQTT duplicate of an answered request on %s; not answered again", message.topic
+                )
                 return
             earlier = self._pending.get(key)
             if earlier is not None and await asyncio.shield(earlier):
@@ -444,15 +483,24 @@ class MqttAdapter:
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
         correlation = bytes(correlation) if correlation else None
         if not response:
-            return _Route(reply_topic_for(str(message.topic), self.request_filter,
-                                          self.reply_prefix), correlation)
+            return _Route(
+                reply_topic_for(str(message.topic), self.request_filter, self.reply_prefix),
+                correlation,
+            )
         if "+" in response or "#" in response:
-            return _Route(None, correlation, f"The response topic {response[:200]!r} has "
-                                             "wildcards; give a plain topic.")
+            return _Route(
+                None,
+                correlation,
+                f"The response topic {response[:200]!r} has wildcards; give a plain topic.",
+            )
         if paho.topic_matches_sub(self.request_filter, response):
-            return _Route(None, correlation, f"The response topic {response[:200]!r} matches "
-                                             f"the request topic {self.request_topic!r}; "
-                                             "answer there would loop. Use another topic.")
+            return _Route(
+                None,
+                correlation,
+                f"The response topic {response[:200]!r} matches "
+                f"the request topic {self.request_topic!r}; "
+                "answer there would loop. Use another topic.",
+            )
         return _Route(response, correlation)
 
     @staticmethod
@@ -471,12 +519,17 @@ class MqttAdapter:
             try:
                 data = orjson.loads(message.payload)
             except orjson.JSONDecodeError as exc:
-                raise BadRequest(f"The payload is not valid JSON (at byte {exc.pos}). Send "
-                                 "{\"records\": [...]} or one record object.",
-                                 rule="json") from None
+                raise BadRequest(
+                    f"The payload is not valid JSON (at byte {exc.pos}). Send "
+                    '{"records": [...]} or one record object.',
+                    rule="json",
+                ) from None
             msg_id = _payload_id(data)
-            rid = str(msg_id) if msg_id is not None else (
-                route.correlation.hex()[:64] if route.correlation else None)
+            rid = (
+                str(msg_id)
+                if msg_id is not None
+                else (route.correlation.hex()[:64] if route.correlation else None)
+            )
             if isinstance(data, dict) and "id" in data:  # "id" is ours, not a feature
                 data = {k: v for k, v in data.items() if k != "id"}
             request = native_request(data, rid, protocol="mqtt")
@@ -486,8 +539,11 @@ class MqttAdapter:
             return
         except Exception:  # answered with a generic error, no stack trace
             log.exception("MQTT prediction failed for a request on %s", message.topic)
-            error = {"kind": "internal", "message": "Internal error; see the server log.",
-                     "details": {}}
+            error = {
+                "kind": "internal",
+                "message": "Internal error; see the server log.",
+                "details": {},
+            }
             await self._fail(client, message, route, msg_id, error)
             return
         body = response.to_dict()
@@ -496,19 +552,31 @@ class MqttAdapter:
         await self._publish(client, route.reply_topic, body, route.correlation)  # type: ignore[arg-type]
         self.stats["answered"] += 1
 
-    async def _fail(self, client: _Client, message: aiomqtt.Message, route: _Route,
-                    msg_id: Any, error: dict[str, Any]) -> None:
+    async def _fail(
+        self,
+        client: _Client,
+        message: aiomqtt.Message,
+        route: _Route,
+        msg_id: Any,
+        error: dict[str, Any],
+    ) -> None:
         self.stats["errors"] += 1
         if route.reply_topic is not None:
-            await self._publish(client, route.reply_topic, {"id": msg_id, "error": error},
-                                route.correlation)
-        report = {"error": error, "topic": str(message.topic), "id": msg_id,
-                  "reply_topic": route.reply_topic,
-                  "correlation": route.correlation.hex() if route.correlation else None}
+            await self._publish(
+                client, route.reply_topic, {"id": msg_id, "error": error}, route.correlation
+            )
+        report = {
+            "error": error,
+            "topic": str(message.topic),
+            "id": msg_id,
+            "reply_topic": route.reply_topic,
+            "correlation": route.correlation.hex() if route.correlation else None,
+        }
         await self._publish(client, self.error_topic, report, None)
 
-    async def _publish(self, client: _Client, topic: str, body: dict[str, Any],
-                       correlation: bytes | None) -> None:
+    async def _publish(
+        self, client: _Client, topic: str, body: dict[str, Any], correlation: bytes | None
+    ) -> None:
         props = None
         if self.v5:
             props = Properties(PacketTypes.PUBLISH)
@@ -517,8 +585,9 @@ class MqttAdapter:
             if correlation is not None:
                 props.CorrelationData = correlation
         payload = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-        await client.publish(topic, payload, qos=self.qos, properties=props,
-                             timeout=self.publish_timeout_s)
+        await client.publish(
+            topic, payload, qos=self.qos, properties=props, timeout=self.publish_timeout_s
+        )
 
 
 def _payload_id(data: Any) -> Any:

@@ -121,8 +121,9 @@ class Predictor:
         self._record_cls: type | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, config: ServingConfig | None = None,
-                      **kwargs: Any) -> Predictor:
+    def from_settings(
+        cls, settings: Settings, config: ServingConfig | None = None, **kwargs: Any
+    ) -> Predictor:
         """Models from the MLflow registry that ``settings`` points at."""
         config = config or ServingConfig.from_settings(settings)
         models = config.models or (ServedModel(settings.registry.model_name),)
@@ -172,7 +173,8 @@ class Predictor:
         if slot.model is None:
             raise ModelNotReady(
                 f"Model {slot.served.name!r} is not loaded yet"
-                + (f" ({slot.last_error})" if slot.last_error else "") + ". Retry shortly.",
+                + (f" ({slot.last_error})" if slot.last_error else "")
+                + ". Retry shortly.",
                 model=slot.served.name,
             )
         return slot.model
@@ -184,16 +186,23 @@ class Predictor:
         """Every served model: name, ref, pinned, loaded version and schema (or None)."""
         out = []
         for name, slot in self._slots.items():
-            info: dict[str, Any] = {"name": name, "ref": slot.served.ref, "pinned": slot.pinned,
-                                    "ready": slot.model is not None}
+            info: dict[str, Any] = {
+                "name": name,
+                "ref": slot.served.ref,
+                "pinned": slot.pinned,
+                "ready": slot.model is not None,
+            }
             if slot.model is not None:
                 info.update(slot.model.describe(), name=name)
             out.append(info)
         return out
 
     def _model_info(self) -> list[dict[str, Any]]:
-        return [{"name": n, "version": s.model.version, "sha256": s.model.sha256}
-                for n, s in self._slots.items() if s.model is not None]
+        return [
+            {"name": n, "version": s.model.version, "sha256": s.model.sha256}
+            for n, s in self._slots.items()
+            if s.model is not None
+        ]
 
     def _slot(self, name: str | None) -> _Slot:
         slot = self._slots.get(name or self.default_model)
@@ -222,8 +231,12 @@ class Predictor:
                 raise
             old, slot.model, slot.last_error = slot.model, model, None
             self.metrics.reload(slot.served.name, "loaded")
-            log.info("model %s now serves version %s (was %s)", slot.served.name, version,
-                     old.version if old else None)
+            log.info(
+                "model %s now serves version %s (was %s)",
+                slot.served.name,
+                version,
+                old.version if old else None,
+            )
             return version
 
     async def pin(self, name: str | None, version: str | None) -> str:
@@ -241,18 +254,31 @@ class Predictor:
         """Fetch, verify, load and warm one version (in a worker thread)."""
         files = slot.source.fetch(version)
         model = load_model(
-            files.model_path, files.feature_specs, files.onnx_sha256,
-            name=slot.served.name, version=str(files.version), task=files.task,
-            classes=files.classes, threads=self.config.ort_threads,
+            files.model_path,
+            files.feature_specs,
+            files.onnx_sha256,
+            name=slot.served.name,
+            version=str(files.version),
+            task=files.task,
+            classes=files.classes,
+            threads=self.config.ort_threads,
         )
         slot.stats.on_batch = lambda rows, _n=slot.served.name: self.metrics.batch(_n, rows)
         model.configure_batching(
-            max_rows=self.config.max_batch_rows, max_wait_s=self.config.max_wait_ms / 1000,
-            inline_max_rows=self.config.inline_max_rows, stats=slot.stats,
+            max_rows=self.config.max_batch_rows,
+            max_wait_s=self.config.max_wait_ms / 1000,
+            inline_max_rows=self.config.inline_max_rows,
+            stats=slot.stats,
         )
         warm = [[np.nan] if is_num else [""] for is_num in model.schema.numeric]
-        model.run([np.asarray(c, dtype=np.float32 if isinstance(c[0], float) else object)
-                   .reshape(-1, 1) for c in warm])
+        model.run(
+            [
+                np.asarray(c, dtype=np.float32 if isinstance(c[0], float) else object).reshape(
+                    -1, 1
+                )
+                for c in warm
+            ]
+        )
         model.loaded_at = time.time()
         return model
 
@@ -285,7 +311,8 @@ class Predictor:
             raise TooManyRows(
                 f"The request has {rows} rows; the limit is {limit} "
                 "(serving.max_rows_per_request). Split it into smaller requests.",
-                rows=rows, limit=limit,
+                rows=rows,
+                limit=limit,
             )
 
     async def predict(self, request: PredictRequest) -> PredictResponse:
@@ -296,29 +323,44 @@ class Predictor:
             raise ModelNotFound(
                 f"Model {model.name!r} version {str(request.version)[:32]!r} is not served; "
                 f"this server serves version {model.version}. Pin it with POST /admin/pin.",
-                model=model.name, version=str(request.version)[:32],
+                model=model.name,
+                version=str(request.version)[:32],
             )
         decoded = self.decode(request, model)
         if decoded.rows == 0:
             raise InvalidInput("The request holds no rows; send at least one.", rule="rows")
         labels, proba = await model.batcher.submit(decoded)
         response = PredictResponse(
-            model.name, model.version, request.request_id or new_request_id(), model.task,
-            labels, proba, model.classes, (time.perf_counter() - start) * 1000.0,
+            model.name,
+            model.version,
+            request.request_id or new_request_id(),
+            model.task,
+            labels,
+            proba,
+            model.classes,
+            (time.perf_counter() - start) * 1000.0,
         )
         self.metrics.score(model.name, model.version, labels, proba)
         if self.sink is not None:
             self._log(request, model, decoded, response)
         return response
 
-    def _log(self, request: PredictRequest, model: LoadedModel, decoded: Decoded,
-             response: PredictResponse) -> None:
+    def _log(
+        self,
+        request: PredictRequest,
+        model: LoadedModel,
+        decoded: Decoded,
+        response: PredictResponse,
+    ) -> None:
         cls = self._record_cls or _record_class()
         self._record_cls = cls
         try:
             record = cls(
-                request_id=response.request_id, ts=time.time(), model=model.name,
-                version=model.version, protocol=request.protocol,
+                request_id=response.request_id,
+                ts=time.time(),
+                model=model.name,
+                version=model.version,
+                protocol=request.protocol,
                 inputs=dict(zip(model.schema.names, decoded.columns, strict=True)),
                 outputs={"labels": response.labels, "probabilities": response.probabilities},
                 latency_ms=response.latency_ms,

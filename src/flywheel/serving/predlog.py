@@ -147,8 +147,12 @@ def _dumps(value: Any, request_id: str, field: str) -> str:
     try:
         return orjson.dumps(value, default=_default, option=_ORJSON_OPTS).decode()
     except (TypeError, orjson.JSONEncodeError) as exc:
-        log.error("prediction %s: %s is not JSON-serialisable (%s); stored as its repr",
-                  request_id, field, exc)
+        log.error(
+            "prediction %s: %s is not JSON-serialisable (%s); stored as its repr",
+            request_id,
+            field,
+            exc,
+        )
         return orjson.dumps({"$unencodable": repr(value)[:2000]}).decode()
 
 
@@ -158,9 +162,16 @@ def _text(value: Any) -> str:
 
 def _encode(r: PredictionRecord) -> Row:
     rid = _text(r.request_id)
-    return (rid, float(r.ts), _text(r.model), _text(r.version), _text(r.protocol),
-            _dumps(r.inputs, rid, "inputs"), _dumps(r.outputs, rid, "outputs"),
-            float(r.latency_ms))
+    return (
+        rid,
+        float(r.ts),
+        _text(r.model),
+        _text(r.version),
+        _text(r.protocol),
+        _dumps(r.inputs, rid, "inputs"),
+        _dumps(r.outputs, rid, "outputs"),
+        float(r.latency_ms),
+    )
 
 
 def _parse_url(url: str) -> tuple[str, str]:
@@ -168,21 +179,27 @@ def _parse_url(url: str) -> tuple[str, str]:
     if not isinstance(url, str) or not url:
         raise ConfigError(
             f"The prediction log URL is empty ({url!r}); use sqlite:///path/to/predictions.db "
-            "or postgresql://user@host/db.", url=repr(url))
+            "or postgresql://user@host/db.",
+            url=repr(url),
+        )
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
         if not path or path == ":memory:" or "?" in path:
             raise ConfigError(
                 f"The prediction log needs a database file, got {url!r}; use "
                 "sqlite:///relative/path.db or sqlite:////absolute/path.db (no :memory:, "
-                "no query string).", url=url)
+                "no query string).",
+                url=url,
+            )
         return "sqlite", path
     for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql", "postgresql://" + url.removeprefix(prefix)
     raise ConfigError(
         f"Unsupported prediction log URL {mask_url(url)!r}; use sqlite:///path/to/predictions.db "
-        "(embedded default) or postgresql://user@host:5432/db.", url=mask_url(url))
+        "(embedded default) or postgresql://user@host:5432/db.",
+        url=mask_url(url),
+    )
 
 
 class PredictionLog:
@@ -221,7 +238,8 @@ class PredictionLog:
         self._blocked = 0
         self._stats_lock = threading.Lock()
         self._counts = dict.fromkeys(
-            ("dropped", "written", "duplicates", "rejected", "failures", "lost"), 0)
+            ("dropped", "written", "duplicates", "rejected", "failures", "lost"), 0
+        )
         self._last_drop_log = 0.0
         self._in_flight = 0
         self._stopping = False
@@ -235,7 +253,10 @@ class PredictionLog:
 
     @staticmethod
     def _check_settings(
-        batch_size: int, flush_interval_s: float, max_queue: int, on_full: str,
+        batch_size: int,
+        flush_interval_s: float,
+        max_queue: int,
+        on_full: str,
         block_timeout_s: float,
     ) -> None:
         checks = [
@@ -248,7 +269,8 @@ class PredictionLog:
         for name, value, ok, rule in checks:
             if not ok:
                 raise ConfigError(
-                    f"The prediction log's {name} must be {rule}, got {value!r}.", key=name)
+                    f"The prediction log's {name} must be {rule}, got {value!r}.", key=name
+                )
 
     # ------------------------------------------------------------------ connections
 
@@ -261,7 +283,8 @@ class PredictionLog:
         return PredictionLogError(
             f"Cannot {what} the prediction log at {mask_url(self.url)!r}: {exc}. Check the "
             "prediction log URL and that the database is up and writable.",
-            url=mask_url(self.url))
+            url=mask_url(self.url),
+        )
 
     def _reader_store(self) -> Store:
         """The shared connection for feedback/read/count; call with ``_reader_lock`` held."""
@@ -328,8 +351,13 @@ class PredictionLog:
             if report:
                 self._last_drop_log = now
         if report:
-            log.warning("prediction log dropped a record: %s (%d dropped so far, depth %d, "
-                        "max_queue %d)", why, dropped, len(self._queue), self.max_queue)
+            log.warning(
+                "prediction log dropped a record: %s (%d dropped so far, depth %d, max_queue %d)",
+                why,
+                dropped,
+                len(self._queue),
+                self.max_queue,
+            )
         return False
 
     # ------------------------------------------------------------------ metrics
@@ -394,7 +422,8 @@ class PredictionLog:
                 f"The prediction log did not write its queue within {timeout}s "
                 f"({self.depth()} records pending, {self._counts['failures']} failed writes); "
                 "check the database, or flush again with a longer timeout.",
-                depth=self.depth())
+                depth=self.depth(),
+            )
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush everything queued and stop the writer. Appends after this are dropped.
@@ -413,12 +442,16 @@ class PredictionLog:
         self._add("lost", lost)
         total = self._counts["lost"]  # includes a batch the writer gave up on (abort)
         if total:
-            log.error("prediction log closed with %d records unwritten (database %s "
-                      "unavailable)", total, mask_url(self.url))
+            log.error(
+                "prediction log closed with %d records unwritten (database %s unavailable)",
+                total,
+                mask_url(self.url),
+            )
             raise PredictionLogError(
                 f"The prediction log could not write {total} records before closing "
                 f"(timeout {timeout}s); the database at {mask_url(self.url)!r} is unavailable.",
-                lost=total)
+                lost=total,
+            )
 
     def _stop_writer(self, timeout: float) -> int:
         """Let the writer drain and stop; return how many queued records were left over."""
@@ -521,8 +554,13 @@ class PredictionLog:
                         one_by_one = True  # isolate the record(s) the database refuses
                         continue
                     self._add("failures", 1)
-                    log.warning("prediction log write of %d records failed (%s: %s); "
-                                "retrying in %.2fs", len(pending), type(exc).__name__, exc, delay)
+                    log.warning(
+                        "prediction log write of %d records failed (%s: %s); retrying in %.2fs",
+                        len(pending),
+                        type(exc).__name__,
+                        exc,
+                        delay,
+                    )
                     self._reset_writer()
                     if self._abort.wait(delay):
                         self._add("lost", len(pending))
@@ -538,8 +576,12 @@ class PredictionLog:
                 rows.append(_encode(record))
             except Exception as exc:  # e.g. ts or latency_ms not a number
                 self._add("rejected", 1)
-                log.error("prediction log refused record %r: %s: %s",
-                          getattr(record, "request_id", None), type(exc).__name__, exc)
+                log.error(
+                    "prediction log refused record %r: %s: %s",
+                    getattr(record, "request_id", None),
+                    type(exc).__name__,
+                    exc,
+                )
         return rows
 
     def _write_one_by_one(self, store: Store, pending: collections.deque[Row]) -> None:
@@ -563,8 +605,9 @@ class PredictionLog:
             self._counts["written"] += new
             self._counts["duplicates"] += n - new
         if n - new:
-            log.warning("prediction log ignored %d duplicate (request_id, model, version) rows",
-                        n - new)
+            log.warning(
+                "prediction log ignored %d duplicate (request_id, model, version) rows", n - new
+            )
 
     def _reset_writer(self) -> None:
         store, self._writer_store = self._writer_store, None
@@ -606,7 +649,9 @@ class PredictionLog:
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise DataError(
                 f"The label for request {request_id!r} is not JSON-serialisable ({exc}); send "
-                "a number, string, bool, list or object.", request_id=request_id) from exc
+                "a number, string, bool, list or object.",
+                request_id=request_id,
+            ) from exc
 
     def read(
         self,
@@ -627,9 +672,18 @@ class PredictionLog:
             rows = store.read(since, limit, model, labelled_only)
         loads = orjson.loads
         return [
-            {"request_id": r[0], "ts": r[1], "model": r[2], "version": r[3], "protocol": r[4],
-             "inputs": loads(r[5]), "outputs": loads(r[6]), "latency_ms": r[7],
-             "label": None if r[8] is None else loads(r[8]), "label_ts": r[9]}
+            {
+                "request_id": r[0],
+                "ts": r[1],
+                "model": r[2],
+                "version": r[3],
+                "protocol": r[4],
+                "inputs": loads(r[5]),
+                "outputs": loads(r[6]),
+                "latency_ms": r[7],
+                "label": None if r[8] is None else loads(r[8]),
+                "label_ts": r[9],
+            }
             for r in rows
         ]
 

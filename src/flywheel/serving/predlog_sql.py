@@ -44,7 +44,14 @@ __all__ = [
 TABLE = "prediction_log"
 FEEDBACK_TABLE = "prediction_feedback"
 PREDICTION_COLUMNS = (
-    "request_id", "ts", "model", "version", "protocol", "inputs", "outputs", "latency_ms",
+    "request_id",
+    "ts",
+    "model",
+    "version",
+    "protocol",
+    "inputs",
+    "outputs",
+    "latency_ms",
 )
 _COLS = ", ".join(PREDICTION_COLUMNS)
 

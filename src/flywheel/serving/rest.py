@@ -49,9 +49,15 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _JSON = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"
-_MLFLOW_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 404: "RESOURCE_DOES_NOT_EXIST",
-                 413: "BAD_REQUEST", 415: "BAD_REQUEST", 422: "BAD_REQUEST",
-                 503: "TEMPORARILY_UNAVAILABLE"}
+_MLFLOW_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHENTICATED",
+    404: "RESOURCE_DOES_NOT_EXIST",
+    413: "BAD_REQUEST",
+    415: "BAD_REQUEST",
+    422: "BAD_REQUEST",
+    503: "TEMPORARILY_UNAVAILABLE",
+}
 
 
 class _Disconnected(Exception):
@@ -66,8 +72,9 @@ class _Answer(Exception):
 
 
 def _internal(request_id: str) -> FlywheelError:
-    err = FlywheelError(f"Internal error; see the server log for request {request_id}.",
-                        request_id=request_id)
+    err = FlywheelError(
+        f"Internal error; see the server log for request {request_id}.", request_id=request_id
+    )
     err.kind = "internal"
     return err
 
@@ -99,8 +106,11 @@ class RestFront:
                 await handler(scope, receive, send)
                 return
             path = scope["path"]
-            if scope["method"] == "POST" and path.startswith("/v2/models/") \
-                    and path.endswith("/infer"):
+            if (
+                scope["method"] == "POST"
+                and path.startswith("/v2/models/")
+                and path.endswith("/infer")
+            ):
                 await self._v2_infer(scope, receive, send)
                 return
         elif kind == "lifespan":
@@ -134,8 +144,9 @@ class RestFront:
                 return
 
     @staticmethod
-    async def _reply(send: Send, status: int, body: bytes, ctype: bytes = _JSON,
-                     request_id: str | None = None) -> None:
+    async def _reply(
+        send: Send, status: int, body: bytes, ctype: bytes = _JSON, request_id: str | None = None
+    ) -> None:
         headers = [(b"content-type", ctype), (b"content-length", b"%d" % len(body))]
         if request_id is not None:
             headers.append((b"x-request-id", request_id.encode()))
@@ -162,9 +173,11 @@ class RestFront:
     async def _body(self, receive: Receive, length: int) -> bytes:
         limit = self.config.max_body_bytes
         if length > limit:
-            raise PayloadTooLarge(f"The body has {length} bytes; the limit is {limit} "
-                                  "(serving.max_body_bytes). Send fewer rows per request.",
-                                  limit=limit)
+            raise PayloadTooLarge(
+                f"The body has {length} bytes; the limit is {limit} "
+                "(serving.max_body_bytes). Send fewer rows per request.",
+                limit=limit,
+            )
         message = await receive()
         body = message.get("body", b"")
         if not message.get("more_body"):
@@ -179,20 +192,31 @@ class RestFront:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"The body exceeds {limit} bytes "
-                                      "(serving.max_body_bytes).", limit=limit)
+                raise PayloadTooLarge(
+                    f"The body exceeds {limit} bytes (serving.max_body_bytes).", limit=limit
+                )
             chunks.append(chunk)
         return b"".join(chunks)
 
     def _check_key(self, cred: bytes | None) -> None:
-        if self._api_key is not None and (cred is None
-                                          or not hmac.compare_digest(cred, self._api_key)):
-            raise Unauthorized("A valid API key is required: send 'X-API-Key: <key>' or "
-                               "'Authorization: Bearer <key>'.")
+        if self._api_key is not None and (
+            cred is None or not hmac.compare_digest(cred, self._api_key)
+        ):
+            raise Unauthorized(
+                "A valid API key is required: send 'X-API-Key: <key>' or "
+                "'Authorization: Bearer <key>'."
+            )
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, protocol: str,
-                     route: str, work: Callable[[str, bytes, str], Awaitable[bytes]],
-                     error: Callable[[FlywheelError], tuple[int, bytes]]) -> None:
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        protocol: str,
+        route: str,
+        work: Callable[[str, bytes, str], Awaitable[bytes]],
+        error: Callable[[FlywheelError], tuple[int, bytes]],
+    ) -> None:
         """Shared request cycle: headers, auth, body, work, errors, metrics."""
         start = time.perf_counter()
         ctype, length, rid, cred = self._headers(scope)
@@ -218,8 +242,7 @@ class RestFront:
 
     # ------------------------------------------------------------------ native
     async def _v1_predict(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "rest", "/v1/predict", self._v1_work,
-                          _native_error)
+        await self._serve(scope, receive, send, "rest", "/v1/predict", self._v1_work, _native_error)
 
     async def _v1_work(self, ctype: str, body: bytes, rid: str) -> bytes:
         mime = ctype.split(";", 1)[0].strip().lower()
@@ -229,14 +252,16 @@ class RestFront:
             table = wire.read_arrow(body, mime)
             request = wire.native_request({"columns": table}, rid)
         else:
-            raise wire.unsupported(mime, ["application/json", *sorted(wire.ARROW_TYPES),
-                                          *sorted(wire.PARQUET_TYPES)])
+            raise wire.unsupported(
+                mime, ["application/json", *sorted(wire.ARROW_TYPES), *sorted(wire.PARQUET_TYPES)]
+            )
         return wire.encode_native(await self.predictor.predict(request))
 
     # ------------------------------------------------------------------ MLflow
     async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "mlflow", "/invocations", self._mlflow_work,
-                          _mlflow_error)
+        await self._serve(
+            scope, receive, send, "mlflow", "/invocations", self._mlflow_work, _mlflow_error
+        )
 
     async def _mlflow_work(self, ctype: str, body: bytes, rid: str) -> bytes:
         parts = [p.strip() for p in ctype.split(";")]
@@ -244,8 +269,12 @@ class RestFront:
         if params.get("charset", "utf-8").lower() != "utf-8":
             raise _Answer(415, b"The scoring server only supports UTF-8", _TEXT)
         if set(params) - {"charset"}:
-            raise _Answer(415, b"Unrecognized content type parameters: "
-                          + ", ".join(sorted(set(params) - {"charset"})).encode()[:200], _TEXT)
+            raise _Answer(
+                415,
+                b"Unrecognized content type parameters: "
+                + ", ".join(sorted(set(params) - {"charset"})).encode()[:200],
+                _TEXT,
+            )
         schema = self.predictor.model().schema
         if mime == "application/json":
             request = wire.mlflow_request(wire.parse_json(body), schema)
@@ -256,14 +285,18 @@ class RestFront:
             request = wire.native_request({"columns": wire.read_arrow(body, mime)}, rid, "mlflow")
             request.extra_fields = "ignore"
         else:
-            raise _Answer(415, (
-                "This predictor only supports the following content types: Types: "
-                f"['text/csv', 'application/json', 'application/vnd.apache.parquet']. "
-                f"Got '{ctype[:64]}'.").encode(), _TEXT)
+            raise _Answer(
+                415,
+                (
+                    "This predictor only supports the following content types: Types: "
+                    f"['text/csv', 'application/json', 'application/vnd.apache.parquet']. "
+                    f"Got '{ctype[:64]}'."
+                ).encode(),
+                _TEXT,
+            )
         request.request_id = rid
         response = await self.predictor.predict(request)
-        return orjson.dumps({"predictions": wire._array(response.labels)},
-                            option=wire.JSON_OPTS)
+        return orjson.dumps({"predictions": wire._array(response.labels)}, option=wire.JSON_OPTS)
 
     # ------------------------------------------------------------------ Open Inference v2
     async def _v2_infer(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -295,8 +328,9 @@ class RestFront:
 
     async def _ready(self, scope: Scope, receive: Receive, send: Send) -> None:
         ready = self.predictor.ready
-        await self._reply(send, 200 if ready else 503, b'{"ready":%s}' % (
-            b"true" if ready else b"false"))
+        await self._reply(
+            send, 200 if ready else 503, b'{"ready":%s}' % (b"true" if ready else b"false")
+        )
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._reply(send, 200, self.metrics.render(), METRICS_TYPE.encode())
@@ -368,13 +402,23 @@ def serve(
     configure_logging(settings.log_level if settings else "INFO", json_lines=config.log_json)
     app = create_app(predictor, settings=settings, config=config, sink=sink)
     if config.workers > 1:
-        log.warning("serving.workers=%d ignored: one process serves every model (run "
-                    "`uvicorn flywheel.serving.rest:app_from_env --factory --workers N` for "
-                    "more, each with its own copy), or scale with replicas", config.workers)
+        log.warning(
+            "serving.workers=%d ignored: one process serves every model (run "
+            "`uvicorn flywheel.serving.rest:app_from_env --factory --workers N` for "
+            "more, each with its own copy), or scale with replicas",
+            config.workers,
+        )
     uvicorn.run(
-        app, host=config.host, port=config.port, loop="uvloop", http="httptools",
-        access_log=config.access_log, log_config=None, lifespan="on",
-        limit_concurrency=None, timeout_keep_alive=30,
+        app,
+        host=config.host,
+        port=config.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=config.access_log,
+        log_config=None,
+        lifespan="on",
+        limit_concurrency=None,
+        timeout_keep_alive=30,
     )
 
 

@@ -49,13 +49,19 @@ def _mqtt_adapter(settings: Settings, predictor: Any, url: str) -> Any:
     from flywheel.serving.mqtt import MqttAdapter
 
     sv = settings.serving
-    return MqttAdapter(predictor, url, request_topic=sv.mqtt_request_topic,
-                       error_topic=sv.mqtt_error_topic, reply_prefix=sv.mqtt_reply_prefix,
-                       client_id=sv.mqtt_client_id)
+    return MqttAdapter(
+        predictor,
+        url,
+        request_topic=sv.mqtt_request_topic,
+        error_topic=sv.mqtt_error_topic,
+        reply_prefix=sv.mqtt_reply_prefix,
+        client_id=sv.mqtt_client_id,
+    )
 
 
 def _server_class() -> Any:
     import signal
+
     import uvicorn
 
     class _Server(uvicorn.Server):
@@ -90,8 +96,11 @@ async def _when_ready(predictor: Any, then: Callable[[], Any]) -> Any:
 
 
 async def run_server(
-    settings: Settings, config: ServingConfig, fronts: Fronts,
-    *, on_started: Callable[[], None] | None = None,
+    settings: Settings,
+    config: ServingConfig,
+    fronts: Fronts,
+    *,
+    on_started: Callable[[], None] | None = None,
 ) -> None:
     """Serve until the process is told to stop (uvicorn handles SIGINT/SIGTERM)."""
     import uvicorn
@@ -104,10 +113,18 @@ async def run_server(
     # Built before anything listens so a bad MQTT URL fails at start-up.
     mqtt = _mqtt_adapter(settings, predictor, fronts.mqtt_url) if fronts.mqtt_url else None
     app = create_app(predictor, config=config, sink=plog)
-    server = _server_class()(uvicorn.Config(
-        app, host=config.host, port=config.port, http="httptools", lifespan="on",
-        access_log=config.access_log, log_config=None, timeout_keep_alive=30,
-    ))
+    server = _server_class()(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            http="httptools",
+            lifespan="on",
+            access_log=config.access_log,
+            log_config=None,
+            timeout_keep_alive=30,
+        )
+    )
     grpc_server = None
     if fronts.grpc_port is not None:
         from flywheel.serving.grpc import create_grpc_server
@@ -130,8 +147,9 @@ def _call_async(fn: Callable[[], None]) -> Callable[[], Any]:
     return call
 
 
-async def _shutdown(grpc_server: Any, mqtt: Any, tasks: list[asyncio.Task[Any]],
-                    predictor: Any, plog: Any) -> None:
+async def _shutdown(
+    grpc_server: Any, mqtt: Any, tasks: list[asyncio.Task[Any]], predictor: Any, plog: Any
+) -> None:
     if grpc_server is not None:
         await grpc_server.stop(grace=5.0)
     if mqtt is not None:
@@ -146,8 +164,13 @@ async def _shutdown(grpc_server: Any, mqtt: Any, tasks: list[asyncio.Task[Any]],
     log.info("serving stopped; prediction log flushed (%d written)", plog.written())
 
 
-def serve_all(settings: Settings, config: ServingConfig, fronts: Fronts,
-              *, on_started: Callable[[], None] | None = None) -> None:
+def serve_all(
+    settings: Settings,
+    config: ServingConfig,
+    fronts: Fronts,
+    *,
+    on_started: Callable[[], None] | None = None,
+) -> None:
     """Run :func:`run_server` on uvloop (the fastest loop here) until interrupted."""
     import uvloop
 
@@ -155,7 +178,10 @@ def serve_all(settings: Settings, config: ServingConfig, fronts: Fronts,
 
     configure_logging(settings.log_level, json_lines=config.log_json)
     if config.workers > 1:
-        log.warning("serving.workers=%d: one process serves every model; scale with replicas "
-                    "(Kubernetes) or `uvicorn flywheel.serving.rest:app_from_env --factory "
-                    "--workers N` (REST only, one model copy per worker)", config.workers)
+        log.warning(
+            "serving.workers=%d: one process serves every model; scale with replicas "
+            "(Kubernetes) or `uvicorn flywheel.serving.rest:app_from_env --factory "
+            "--workers N` (REST only, one model copy per worker)",
+            config.workers,
+        )
     uvloop.run(run_server(settings, config, fronts, on_started=on_started))

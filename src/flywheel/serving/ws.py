@@ -63,27 +63,33 @@ class _Item:
 
 
 class _BadMessage(Exception):
-    def __init__(self, message: str, kind: str = "bad_request", msg_id: Any = None,
-                 **details: Any) -> None:
+    def __init__(
+        self, message: str, kind: str = "bad_request", msg_id: Any = None, **details: Any
+    ) -> None:
         super().__init__(message)
         self.message, self.kind, self.msg_id, self.details = message, kind, msg_id, details
 
 
 def _frame(data: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "websocket.send",
-            "text": orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY).decode()}
+    return {
+        "type": "websocket.send",
+        "text": orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
+    }
 
 
-def _error(msg_id: Any, kind: str, message: str, details: dict[str, Any] | None = None
-           ) -> dict[str, Any]:
+def _error(
+    msg_id: Any, kind: str, message: str, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {"id": msg_id, "error": {"kind": kind, "message": message, "details": details or {}}}
 
 
 def _check_id(value: Any, where: str) -> str | int:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise _BadMessage(f"{where}: 'id' is required and must be a string or an integer "
-                          f"(got {type(value).__name__}). Give every record its own id.",
-                          field="id")
+        raise _BadMessage(
+            f"{where}: 'id' is required and must be a string or an integer "
+            f"(got {type(value).__name__}). Give every record its own id.",
+            field="id",
+        )
     if isinstance(value, str) and not 0 < len(value) <= _MAX_ID_CHARS:
         raise _BadMessage(f"{where}: 'id' must be 1 to {_MAX_ID_CHARS} characters.", field="id")
     return value
@@ -91,21 +97,31 @@ def _check_id(value: Any, where: str) -> str | int:
 
 def _parse_item(raw: Any, where: str) -> _Item:
     if not isinstance(raw, dict):
-        raise _BadMessage(f"{where} must be an object {{\"id\": ..., \"record\": {{...}}}}.",
-                          field="items")
+        raise _BadMessage(
+            f'{where} must be an object {{"id": ..., "record": {{...}}}}.', field="items"
+        )
     item_id = _check_id(raw.get("id"), where)
     record = raw.get("record")
     if not isinstance(record, dict):
-        raise _BadMessage(f"{where}: 'record' must be an object of feature values "
-                          f"(got {type(record).__name__}).", msg_id=item_id, field="record")
+        raise _BadMessage(
+            f"{where}: 'record' must be an object of feature values (got {type(record).__name__}).",
+            msg_id=item_id,
+            field="record",
+        )
     return _Item(item_id, record)
 
 
 class _Stream:
     """One connection's state: in-flight accounting, the send lock, scoring tasks."""
 
-    def __init__(self, send: Send, predictor: Predictor, max_in_flight: int,
-                 max_message_bytes: int, max_rows: int) -> None:
+    def __init__(
+        self,
+        send: Send,
+        predictor: Predictor,
+        max_in_flight: int,
+        max_message_bytes: int,
+        max_rows: int,
+    ) -> None:
         self.send, self.predictor = send, predictor
         self.max_in_flight, self.max_message_bytes = max_in_flight, max_message_bytes
         self.max_rows = max_rows
@@ -137,34 +153,50 @@ class _Stream:
         if not items:
             return
         if len(items) > self.max_in_flight:
-            await self._write([_error(i.id, "bad_request",
-                                      f"The message holds {len(items)} records; the limit per "
-                                      f"message is {self.max_in_flight}. Split it.")
-                               for i in items])
+            await self._write(
+                [
+                    _error(
+                        i.id,
+                        "bad_request",
+                        f"The message holds {len(items)} records; the limit per "
+                        f"message is {self.max_in_flight}. Split it.",
+                    )
+                    for i in items
+                ]
+            )
             return
         async with self._room:
             await self._room.wait_for(lambda: self.in_flight + len(items) <= self.max_in_flight)
             self.in_flight += len(items)
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         for start in range(0, len(items), self.max_rows):
-            self._spawn(self._score(items[start:start + self.max_rows], model, version))
+            self._spawn(self._score(items[start : start + self.max_rows], model, version))
 
-    def _parse(self, raw: str | bytes | None
-               ) -> tuple[str | None, str | None, list[_Item], list[dict[str, Any]]]:
+    def _parse(
+        self, raw: str | bytes | None
+    ) -> tuple[str | None, str | None, list[_Item], list[dict[str, Any]]]:
         if raw is None:
             raise _BadMessage("Empty frame; send a JSON object.", rule="json")
         if len(raw) > self.max_message_bytes:
-            raise _BadMessage(f"The message has {len(raw)} bytes; the limit is "
-                              f"{self.max_message_bytes}. Send fewer records per message.",
-                              kind="payload_too_large", limit=self.max_message_bytes)
+            raise _BadMessage(
+                f"The message has {len(raw)} bytes; the limit is "
+                f"{self.max_message_bytes}. Send fewer records per message.",
+                kind="payload_too_large",
+                limit=self.max_message_bytes,
+            )
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise _BadMessage(f"The message is not valid JSON (at byte {exc.pos}). Send a JSON "
-                              "object.", rule="json") from None
+            raise _BadMessage(
+                f"The message is not valid JSON (at byte {exc.pos}). Send a JSON object.",
+                rule="json",
+            ) from None
         if not isinstance(data, dict):
-            raise _BadMessage("The message must be a JSON object: {\"id\": ..., \"record\": "
-                              "{...}} or {\"items\": [...]}.", rule="shape")
+            raise _BadMessage(
+                'The message must be a JSON object: {"id": ..., "record": '
+                '{...}} or {"items": [...]}.',
+                rule="shape",
+            )
         model, version = data.get("model"), data.get("version")
         if model is not None and not isinstance(model, str):
             raise _BadMessage("'model' must be a string (a served model name).", field="model")
@@ -173,8 +205,9 @@ class _Stream:
             return model, version, [_parse_item(data, "The message")], []
         raw_items = data["items"]
         if not isinstance(raw_items, list):
-            raise _BadMessage("'items' must be a list of {\"id\": ..., \"record\": {...}}.",
-                              field="items")
+            raise _BadMessage(
+                '\'items\' must be a list of {"id": ..., "record": {...}}.', field="items"
+            )
         items, errors = [], []
         for n, raw_item in enumerate(raw_items):
             try:
@@ -202,11 +235,17 @@ class _Stream:
                 self.in_flight -= len(items)
                 self._room.notify_all()
 
-    async def _predict(self, items: list[_Item], model: str | None, version: str | None
-                       ) -> list[dict[str, Any]]:
+    async def _predict(
+        self, items: list[_Item], model: str | None, version: str | None
+    ) -> list[dict[str, Any]]:
         self._seq += 1
-        request = PredictRequest(records=[i.record for i in items], model=model, version=version,
-                                 request_id=f"ws-{self.conn_id}-{self._seq}", protocol="ws")
+        request = PredictRequest(
+            records=[i.record for i in items],
+            model=model,
+            version=version,
+            request_id=f"ws-{self.conn_id}-{self._seq}",
+            protocol="ws",
+        )
         try:
             response = await self.predictor.predict(request)
         except InvalidInput as exc:
@@ -248,8 +287,11 @@ def _answers(items: list[_Item], response: PredictResponse) -> list[dict[str, An
     proba = response.probabilities_list()
     out = []
     for n, item in enumerate(items):
-        answer: dict[str, Any] = {"id": item.id, "prediction": labels[n],
-                                  "probabilities": None if proba is None else proba[n]}
+        answer: dict[str, Any] = {
+            "id": item.id,
+            "prediction": labels[n],
+            "probabilities": None if proba is None else proba[n],
+        }
         if proba is not None:
             answer["classes"] = response.classes
         answer["model"], answer["version"] = response.model, response.version
@@ -266,10 +308,16 @@ def _credential(scope: Scope) -> bytes | None:
     return None
 
 
-async def stream_endpoint(scope: Scope, receive: Receive, send: Send, predictor: Predictor, *,
-                          max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                          max_message_bytes: int | None = None,
-                          api_key: str | None = None) -> None:
+async def stream_endpoint(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    predictor: Predictor,
+    *,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    max_message_bytes: int | None = None,
+    api_key: str | None = None,
+) -> None:
     """Serve one ``/v1/stream`` websocket connection until the client leaves.
 
     ``max_in_flight``: records per connection being scored or awaiting their answer;
@@ -286,13 +334,22 @@ async def stream_endpoint(scope: Scope, receive: Receive, send: Send, predictor:
     if api_key is not None:
         cred = _credential(scope)
         if cred is None or not hmac.compare_digest(cred, api_key.encode()):
-            await send({"type": "websocket.close", "code": _POLICY_VIOLATION,
-                        "reason": "A valid API key is required (X-API-Key)."})
+            await send(
+                {
+                    "type": "websocket.close",
+                    "code": _POLICY_VIOLATION,
+                    "reason": "A valid API key is required (X-API-Key).",
+                }
+            )
             return
     await send({"type": "websocket.accept"})
-    stream = _Stream(send, predictor, max_in_flight,
-                     max_message_bytes or config.max_body_bytes,
-                     max(1, config.max_rows_per_request))
+    stream = _Stream(
+        send,
+        predictor,
+        max_in_flight,
+        max_message_bytes or config.max_body_bytes,
+        max(1, config.max_rows_per_request),
+    )
     scope.setdefault("state", {})["flywheel_stream"] = stream  # observable in tests
     try:
         while True:
@@ -306,8 +363,9 @@ async def stream_endpoint(scope: Scope, receive: Receive, send: Send, predictor:
         await stream.drain()
 
 
-def websocket_app(predictor: Predictor, *, path: str = "/v1/stream", manage: bool = True,
-                  **options: Any) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+def websocket_app(
+    predictor: Predictor, *, path: str = "/v1/stream", manage: bool = True, **options: Any
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """A standalone ASGI app serving :func:`stream_endpoint` at ``path``.
 
     With ``manage`` it also answers the lifespan protocol (``predictor.start()`` /
@@ -325,8 +383,13 @@ def websocket_app(predictor: Predictor, *, path: str = "/v1/stream", manage: boo
             await _lifespan(receive, send, predictor if manage else None)
         else:
             body = b'{"error":{"kind":"not_found","message":"Not found.","details":{}}}'
-            await send({"type": "http.response.start", "status": 404,
-                        "headers": [(b"content-type", b"application/json")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 404,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
 
     return app

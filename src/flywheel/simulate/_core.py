@@ -193,12 +193,16 @@ def _check_args(days: int, customers: int) -> None:
     if isinstance(days, bool) or not isinstance(days, int) or days <= 0:
         raise ConfigError(
             f"days must be a positive number of days to append, got {days!r}. "
-            "Fix: pass e.g. days=365.", key="days", value=days,
+            "Fix: pass e.g. days=365.",
+            key="days",
+            value=days,
         )
     if isinstance(customers, bool) or not isinstance(customers, int) or customers <= 0:
         raise ConfigError(
             f"customers must be a positive number, got {customers!r}. "
-            "Fix: pass e.g. customers=5000.", key="customers", value=customers,
+            "Fix: pass e.g. customers=5000.",
+            key="customers",
+            value=customers,
         )
 
 
@@ -209,7 +213,9 @@ def _new_scenarios(specs: list[str], start: dt.date) -> list[Scenario]:
         if names.count(name) > 1:
             raise ConfigError(
                 f"Drift scenario {name!r} is given more than once ({specs}). "
-                "Fix: give each scenario once.", key="scenarios", value=specs,
+                "Fix: give each scenario once.",
+                key="scenarios",
+                value=specs,
             )
     return parsed
 
@@ -226,14 +232,16 @@ def _merge_scenarios(
             raise ConfigError(
                 f"Drift scenario {s.name!r} is already scheduled for day {have.day} "
                 f"({have.date(start)}); got {s.spec()!r}. Fix: leave it out or use a new source.",
-                key="scenarios", value=s.spec(),
+                key="scenarios",
+                value=s.spec(),
             )
         if s.day <= last_day:
             raise ConfigError(
                 f"Drift scenario {s.spec()!r} starts on {s.date(start)}, within the days already "
                 f"simulated (through day {last_day}, {start + dt.timedelta(days=last_day)}); "
                 "it would rewrite history. Fix: start it after the last simulated day.",
-                key="scenarios", value=s.spec(),
+                key="scenarios",
+                value=s.spec(),
             )
         merged[s.name] = s
     return tuple(sorted(merged.values()))
@@ -252,17 +260,22 @@ def _plan(
         raise ConfigError(
             f"The source already holds a world that starts on {spec.start}; got start={start}. "
             "Fix: leave start out to append, or use an empty source.",
-            key="start", value=str(start),
+            key="start",
+            value=str(start),
         )
     if seed != spec.seed:
         raise ConfigError(
             f"The source already holds a world simulated with seed {spec.seed}; settings.seed is "
             f"{seed}. Fix: set FLYWHEEL_SEED={spec.seed} to append, or use an empty source.",
-            key="seed", value=seed,
+            key="seed",
+            value=seed,
         )
     if customers != spec.customers:
-        log.info("appending to a world of %s customers; customers=%s applies to new worlds only",
-                 spec.customers, customers)
+        log.info(
+            "appending to a world of %s customers; customers=%s applies to new worlds only",
+            spec.customers,
+            customers,
+        )
     scenarios = _merge_scenarios(
         spec.scenarios, _new_scenarios(specs, spec.start), state.last_day, spec.start
     )
@@ -331,14 +344,25 @@ def simulate(
         _save_state(conn, _State(plan.spec, through), created=stored is None)
         count = int(conn.exec_driver_sql("SELECT COUNT(*) FROM churn_features").scalar_one())
     report = _report(url, plan, through, stored is None, rows, count, time.perf_counter() - began)
-    log.info("simulated %s to %s into %s: %s rows, %s feature rows in %.1fs",
-             report.first_day, report.last_day, report.source, sum(rows.values()), count,
-             report.seconds)
+    log.info(
+        "simulated %s to %s into %s: %s rows, %s feature rows in %.1fs",
+        report.first_day,
+        report.last_day,
+        report.source,
+        sum(rows.values()),
+        count,
+        report.seconds,
+    )
     return report
 
 
 def _report(
-    url: str, plan: _State, through: int, created: bool, rows: dict[str, int], count: int,
+    url: str,
+    plan: _State,
+    through: int,
+    created: bool,
+    rows: dict[str, int],
+    count: int,
     seconds: float,
 ) -> SimulationReport:
     day0 = plan.spec.start

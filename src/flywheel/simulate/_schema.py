@@ -5,7 +5,12 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 __all__ = [
-    "FEATURES_VIEW", "FEATURE_COLUMNS", "METADATA", "OPERATIONAL_TABLES", "STATE", "TABLES",
+    "FEATURES_VIEW",
+    "FEATURE_COLUMNS",
+    "METADATA",
+    "OPERATIONAL_TABLES",
+    "STATE",
+    "TABLES",
     "create_schema",
 ]
 
@@ -13,7 +18,8 @@ METADATA = sa.MetaData()
 _Double: sa.Double[float] = sa.Double()
 
 PLANS = sa.Table(
-    "plans", METADATA,
+    "plans",
+    METADATA,
     sa.Column("plan_id", sa.String(32), primary_key=True),
     sa.Column("valid_from_day", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("valid_from", sa.Date, nullable=False),
@@ -24,7 +30,8 @@ PLANS = sa.Table(
 )
 
 CUSTOMERS = sa.Table(
-    "customers", METADATA,
+    "customers",
+    METADATA,
     sa.Column("customer_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("signup_date", sa.Date, nullable=False),
     sa.Column("signup_day", sa.Integer, nullable=False),
@@ -36,7 +43,8 @@ CUSTOMERS = sa.Table(
 )
 
 CONTRACTS = sa.Table(
-    "contracts", METADATA,
+    "contracts",
+    METADATA,
     sa.Column("contract_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("customer_id", sa.BigInteger, sa.ForeignKey("customers.customer_id"), nullable=False),
     sa.Column("contract_type", sa.String(32), nullable=False),
@@ -49,7 +57,8 @@ CONTRACTS = sa.Table(
 )
 
 BILLING_PERIODS = sa.Table(
-    "billing_periods", METADATA,
+    "billing_periods",
+    METADATA,
     sa.Column("period_idx", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("period_start", sa.DateTime, nullable=False),
     sa.Column("start_day", sa.Integer, nullable=False),
@@ -57,9 +66,11 @@ BILLING_PERIODS = sa.Table(
 )
 
 MONTHLY_USAGE = sa.Table(
-    "monthly_usage", METADATA,
-    sa.Column("customer_id", sa.BigInteger, sa.ForeignKey("customers.customer_id"),
-              primary_key=True),
+    "monthly_usage",
+    METADATA,
+    sa.Column(
+        "customer_id", sa.BigInteger, sa.ForeignKey("customers.customer_id"), primary_key=True
+    ),
     sa.Column("period_idx", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("period_start", sa.Date, nullable=False),
     sa.Column("days_active", sa.Integer, nullable=False),
@@ -70,7 +81,8 @@ MONTHLY_USAGE = sa.Table(
 )
 
 SUPPORT_TICKETS = sa.Table(
-    "support_tickets", METADATA,
+    "support_tickets",
+    METADATA,
     sa.Column("ticket_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("customer_id", sa.BigInteger, sa.ForeignKey("customers.customer_id"), nullable=False),
     sa.Column("opened_at", sa.DateTime, nullable=False),
@@ -81,16 +93,23 @@ SUPPORT_TICKETS = sa.Table(
 )
 
 CHURN_EVENTS = sa.Table(
-    "churn_events", METADATA,
-    sa.Column("customer_id", sa.BigInteger, sa.ForeignKey("customers.customer_id"),
-              primary_key=True, autoincrement=False),
+    "churn_events",
+    METADATA,
+    sa.Column(
+        "customer_id",
+        sa.BigInteger,
+        sa.ForeignKey("customers.customer_id"),
+        primary_key=True,
+        autoincrement=False,
+    ),
     sa.Column("churned_at", sa.DateTime, nullable=False),
     sa.Column("churn_day", sa.Integer, nullable=False),
     sa.Column("reason", sa.String(32), nullable=False),
 )
 
 STATE = sa.Table(
-    "sim_state", METADATA,
+    "sim_state",
+    METADATA,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("generator_version", sa.Integer, nullable=False),
     sa.Column("seed", sa.BigInteger, nullable=False),
@@ -103,7 +122,13 @@ STATE = sa.Table(
 
 # Insert order respects the foreign keys.
 OPERATIONAL_TABLES: tuple[sa.Table, ...] = (
-    PLANS, CUSTOMERS, CONTRACTS, BILLING_PERIODS, MONTHLY_USAGE, SUPPORT_TICKETS, CHURN_EVENTS,
+    PLANS,
+    CUSTOMERS,
+    CONTRACTS,
+    BILLING_PERIODS,
+    MONTHLY_USAGE,
+    SUPPORT_TICKETS,
+    CHURN_EVENTS,
 )
 TABLES: dict[str, sa.Table] = {t.name: t for t in OPERATIONAL_TABLES}
 
@@ -151,9 +176,23 @@ WHERE p.period_idx >= 1 AND (e.churn_day IS NULL OR e.churn_day >= p.start_day)
 """
 
 FEATURE_COLUMNS: tuple[str, ...] = (
-    "customer_id", "observed_at", "tenure_months", "contract_type", "plan", "payment_method",
-    "region", "senior", "monthly_charges", "total_charges", "avg_minutes", "data_gb",
-    "tickets_90d", "days_since_last_ticket", "late_payments_6m", "contract_days_left", "churned",
+    "customer_id",
+    "observed_at",
+    "tenure_months",
+    "contract_type",
+    "plan",
+    "payment_method",
+    "region",
+    "senior",
+    "monthly_charges",
+    "total_charges",
+    "avg_minutes",
+    "data_gb",
+    "tickets_90d",
+    "days_since_last_ticket",
+    "late_payments_6m",
+    "contract_days_left",
+    "churned",
 )
 
 

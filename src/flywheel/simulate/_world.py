@@ -164,8 +164,15 @@ class _World:
         self.s: dict[str, np.ndarray] = {}
         self.rows: dict[str, _Rows] = {
             t: _Rows()
-            for t in ("plans", "customers", "contracts", "billing_periods", "monthly_usage",
-                      "support_tickets", "churn_events")
+            for t in (
+                "plans",
+                "customers",
+                "contracts",
+                "billing_periods",
+                "monthly_usage",
+                "support_tickets",
+                "churn_events",
+            )
         }
         self.tickets_by_day: dict[int, np.ndarray] = {}
         self.late_by_period: dict[int, np.ndarray] = {}
@@ -418,8 +425,14 @@ class _World:
         return 1.0 + PRICE_RISE * after
 
     def _bill_rows(
-        self, rng: np.random.Generator, period: int, idx: np.ndarray,
-        lo: np.ndarray, hi: np.ndarray, period_days: int, day: int,
+        self,
+        rng: np.random.Generator,
+        period: int,
+        idx: np.ndarray,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        period_days: int,
+        day: int,
     ) -> None:
         s, k = self.s, len(idx)
         frac = (hi - lo) / period_days

@@ -34,6 +34,7 @@ from flywheel.training.train import (
     load_pipeline,
     load_training_meta,
     predict,
+    training_keys,
 )
 
 __all__ = ["MIN_SLICE_ROWS", "ChampionModel", "Evaluation", "evaluate", "score_slices"]
@@ -51,6 +52,7 @@ class ChampionModel:
 
     version: str
     predict: Callable[[pd.DataFrame], tuple[np.ndarray, np.ndarray | None]]
+    run_id: str | None = None  # its training run: lets the comparison skip rows it trained on
 
 
 @dataclass
@@ -70,6 +72,12 @@ class Evaluation:
         default_factory=dict
     )  # column -> value -> why
     champion_error: str | None = None  # set when the champion could not score the holdout
+    # The champion is compared on the holdout rows it never trained on (a newer snapshot's
+    # holdout contains rows of the champion's training set); the challenger's metrics on
+    # exactly those rows are ``comparison_metrics``.
+    comparison_rows: int | None = None
+    comparison_metrics: dict[str, float] | None = None
+    champion_seen_rows: int = 0  # holdout rows left out because the champion trained on them
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what ``evaluation.json`` holds)."""
@@ -101,7 +109,12 @@ def evaluate(
             ev.slices[column], ev.skipped_slices[column] = done, skipped
             ev.slice_gaps[column] = _gaps(meta.task, done)
     if champion is not None:
-        _score_champion(ev, champion, X_raw, y, meta)
+        unseen = _unseen_by(settings, champion, X_raw)
+        _score_champion(ev, champion, X_raw[unseen].reset_index(drop=True), y[unseen], meta)
+        ev.champion_seen_rows = int((~unseen).sum())
+        ev.comparison_rows = int(unseen.sum())
+        part = None if proba is None else proba[unseen]
+        ev.comparison_metrics = score(meta.task, y[unseen], pred[unseen], part, n_classes=k)
     ev.plots = _plot_and_record(settings, ev, pipeline, X, y, pred, proba, meta)
     log.info("run %s holdout %s", run_id, {k: round(v, 4) for k, v in ev.metrics.items()})
     return ev
@@ -158,6 +171,24 @@ def _champion_labels(labels: np.ndarray, classes: list[Any] | None) -> np.ndarra
     if all(v in lookup for v in values):
         return np.asarray([lookup[v] for v in values], dtype="int64")
     return np.asarray(labels).astype("int64")
+
+
+def _unseen_by(settings: Settings, champion: ChampionModel, X_raw: pd.DataFrame) -> np.ndarray:
+    """Mask of holdout rows the champion did not train on (all rows when that is unknown)."""
+    everything = np.ones(len(X_raw), dtype=bool)
+    if champion.run_id is None:
+        return everything
+    try:
+        seen = training_keys(settings, champion.run_id)
+    except FlywheelError as exc:  # e.g. its snapshot is gone: compare on everything, say so
+        log.warning("cannot tell which rows champion %s trained on: %s", champion.version, exc)
+        return everything
+    if seen is None or not set(seen.columns) <= set(X_raw.columns):
+        return everything
+    keys = list(seen.columns)
+    index = pd.MultiIndex.from_frame(seen.astype(str))
+    mine = pd.MultiIndex.from_frame(X_raw[keys].astype(str))
+    return ~mine.isin(index)
 
 
 def _score_champion(

@@ -99,6 +99,12 @@ def _slice_gap(column: str, metric: str, gap: float, limit: float) -> GateResult
     return GateResult("max_slice_gap", f"{column}:{metric}", passed, gap, limit, detail)
 
 
+def _on(ev: Evaluation) -> str:
+    if ev.comparison_rows is None:
+        return ""
+    return f" (on the {ev.comparison_rows} holdout rows the champion did not train on)"
+
+
 def _vs_champion(ev: Evaluation, margin: float) -> GateResult | None:
     metric = ev.primary_metric
     if ev.champion_error is not None:
@@ -112,8 +118,19 @@ def _vs_champion(ev: Evaluation, margin: float) -> GateResult | None:
             f"({ev.champion_error}); compare by hand or promote explicitly",
         )
     champ = (ev.champion_metrics or {}).get(metric)
-    value = ev.metrics.get(metric)
+    # Same rows for both: the holdout rows the champion never trained on.
+    value = (ev.comparison_metrics if ev.comparison_metrics is not None else ev.metrics).get(metric)
     if champ is None or value is None:
+        if ev.champion_version is not None and ev.comparison_rows is not None:
+            return GateResult(
+                "vs_champion",
+                metric,
+                True,
+                float("nan"),
+                float("nan"),
+                f"not compared with champion {ev.champion_version}: {ev.comparison_rows} holdout "
+                f"rows it did not train on, too few to score {metric}",
+            )
         return None
     higher = higher_is_better(metric)
     threshold = champ - margin if higher else champ + margin
@@ -122,10 +139,10 @@ def _vs_champion(ev: Evaluation, margin: float) -> GateResult | None:
     verb = "below" if higher else "above"
     detail = (
         f"holdout {metric} {_fmt(value)} vs champion {ev.champion_version} "
-        f"{_fmt(champ)} is within the margin {_fmt(margin)}"
+        f"{_fmt(champ)} is within the margin {_fmt(margin)}{_on(ev)}"
         if passed
         else f"holdout {metric} {_fmt(value)} is {verb} champion {ev.champion_version}'s "
-        f"{_fmt(champ)} by {_fmt(worse_by)}, more than the margin {_fmt(margin)}"
+        f"{_fmt(champ)} by {_fmt(worse_by)}, more than the margin {_fmt(margin)}{_on(ev)}"
     )
     return GateResult("vs_champion", metric, passed, value, threshold, detail)
 

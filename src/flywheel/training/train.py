@@ -71,6 +71,7 @@ __all__ = [
     "load_training_meta",
     "predict",
     "train",
+    "training_keys",
     "trusted_types",
 ]
 
@@ -766,6 +767,24 @@ def load_holdout(settings: Settings, run_id: str) -> tuple[pd.DataFrame, pd.Seri
         )
     holdout = holdout.reset_index(drop=True)
     return holdout.drop(columns=[meta.target]), holdout[meta.target]
+
+
+def training_keys(settings: Settings, run_id: str) -> pd.DataFrame | None:
+    """The key columns of the rows ``run_id`` was trained on (its snapshot minus its holdout),
+    or None when the snapshot has no key columns. Used to keep a champion comparison fair:
+    a challenger trained on a newer snapshot must not be scored against the champion on rows
+    the champion learned from."""
+    from flywheel.data.snapshots import get_snapshot, read_snapshot
+
+    meta = load_training_meta(settings, run_id)
+    manifest = get_snapshot(settings, meta.snapshot_id)
+    keys = list(manifest.key_columns)
+    if not keys:
+        return None
+    df = _labelled(read_snapshot(settings, manifest), meta.target)
+    y_all = encode_target(df[meta.target], meta.task, meta.classes)
+    train_idx, _ = _split(y_all, meta.task, meta.test_size, meta.seed)
+    return df.iloc[train_idx][keys].reset_index(drop=True)
 
 
 def load_pipeline(settings: Settings, run_id: str) -> Pipeline:
