@@ -42,11 +42,18 @@ def serve(port: int, model_json: Path) -> None:
     from flywheel.training.features import FeatureSpec
 
     spec = json.loads(model_json.read_text())
-    files = ModelFiles(spec["version"], Path(spec["path"]),
-                       [FeatureSpec(n, k) for n, k in spec["features"]], spec["task"],
-                       spec["classes"], spec["sha256"])
-    predictor = Predictor(ServingConfig(models=(ServedModel("churn"),), poll_interval_s=0.0),
-                          {"churn": StaticSource({files.version: files}, {"champion": "1"})})
+    files = ModelFiles(
+        spec["version"],
+        Path(spec["path"]),
+        [FeatureSpec(n, k) for n, k in spec["features"]],
+        spec["task"],
+        spec["classes"],
+        spec["sha256"],
+    )
+    predictor = Predictor(
+        ServingConfig(models=(ServedModel("churn"),), poll_interval_s=0.0),
+        {"churn": StaticSource({files.version: files}, {"champion": "1"})},
+    )
     asyncio.run(serve_grpc(predictor, "127.0.0.1", port))
 
 
@@ -59,8 +66,9 @@ def _request(rows: int) -> Any:
     from flywheel.serving._proto import grpc_predict_v2_pb2 as pb
 
     rng = np.random.default_rng(0)
-    request = pb.ModelInferRequest(model_name="churn", outputs=[{"name": "label"},
-                                                               {"name": "probabilities"}])
+    request = pb.ModelInferRequest(
+        model_name="churn", outputs=[{"name": "label"}, {"name": "probabilities"}]
+    )
     numeric = {"tenure": rng.integers(0, 72, rows), "charges": rng.normal(70, 20, rows)}
     for name, values in numeric.items():
         request.inputs.add(name=name, datatype="FP32", shape=[rows])
@@ -71,8 +79,9 @@ def _request(rows: int) -> Any:
     return request
 
 
-async def load(port: int, concurrency: int, rows: int, seconds: float,
-               warmup: float) -> dict[str, Any]:
+async def load(
+    port: int, concurrency: int, rows: int, seconds: float, warmup: float
+) -> dict[str, Any]:
     import grpc
 
     from flywheel.serving._proto import grpc_predict_v2_pb2 as pb
@@ -82,8 +91,9 @@ async def load(port: int, concurrency: int, rows: int, seconds: float,
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         deadline = time.monotonic() + 60
-        while not (await stub.ServerReady(pb.ServerReadyRequest(), wait_for_ready=True,
-                                          timeout=60)).ready:
+        while not (
+            await stub.ServerReady(pb.ServerReadyRequest(), wait_for_ready=True, timeout=60)
+        ).ready:
             if time.monotonic() > deadline:
                 raise RuntimeError("the server did not get ready within 60 s")
             await asyncio.sleep(0.1)
@@ -103,10 +113,14 @@ async def load(port: int, concurrency: int, rows: int, seconds: float,
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
     ms = np.asarray(latencies) * 1000.0
-    return {"concurrency": concurrency, "rows_per_request": rows, "requests": len(ms),
-            "req_per_s": round(len(ms) / elapsed, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 3),
-            "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+    return {
+        "concurrency": concurrency,
+        "rows_per_request": rows,
+        "requests": len(ms),
+        "req_per_s": round(len(ms) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+    }
 
 
 def main() -> None:
@@ -127,16 +141,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = build(Path(tmp), family="logreg", version="1")
         spec = Path(tmp) / "model.json"
-        spec.write_text(json.dumps({
-            "version": files.version, "path": str(files.model_path), "task": files.task,
-            "features": [(f.name, f.kind) for f in files.feature_specs],
-            "classes": files.classes, "sha256": files.onnx_sha256}))
+        spec.write_text(
+            json.dumps(
+                {
+                    "version": files.version,
+                    "path": str(files.model_path),
+                    "task": files.task,
+                    "features": [(f.name, f.kind) for f in files.feature_specs],
+                    "classes": files.classes,
+                    "sha256": files.onnx_sha256,
+                }
+            )
+        )
         port = _free_port()
-        server = subprocess.Popen([sys.executable, "-m", "bench.grpc_throughput",
-                                   "--serve", str(spec), "--port", str(port)])
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.grpc_throughput",
+                "--serve",
+                str(spec),
+                "--port",
+                str(port),
+            ]
+        )
         try:
-            result = asyncio.run(load(port, args.concurrency, args.rows, args.seconds,
-                                      args.warmup))
+            result = asyncio.run(load(port, args.concurrency, args.rows, args.seconds, args.warmup))
         finally:
             server.terminate()
             server.wait(10)

@@ -45,11 +45,14 @@ def _free_port() -> int:
 def _broker(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
     conf = folder / "mosquitto.conf"
-    conf.write_text(f"user root\nlistener {port} 127.0.0.1\nallow_anonymous true\n"
-                    "max_queued_messages 100000\nmax_inflight_messages 0\nset_tcp_nodelay true\n")
+    conf.write_text(
+        f"user root\nlistener {port} 127.0.0.1\nallow_anonymous true\n"
+        "max_queued_messages 100000\nmax_inflight_messages 0\nset_tcp_nodelay true\n"
+    )
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -59,8 +62,13 @@ def _broker(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError("mosquitto did not start")
 
 
-async def _level(client: aiomqtt.Client, pending: dict[bytes, asyncio.Future[float]],
-                 concurrency: int, seconds: float, payload: bytes) -> tuple[float, list[float]]:
+async def _level(
+    client: aiomqtt.Client,
+    pending: dict[bytes, asyncio.Future[float]],
+    concurrency: int,
+    seconds: float,
+    payload: bytes,
+) -> tuple[float, list[float]]:
     latencies: list[float] = []
     stop_at = time.perf_counter() + seconds
 
@@ -89,20 +97,25 @@ async def main(seconds: float, levels: list[int]) -> None:
         proc, port = _broker(Path(tmp))
         try:
             files = build(Path(tmp), family="logreg")
-            predictor = Predictor(ServingConfig(models=(ServedModel("churn"),),
-                                                poll_interval_s=0.0),
-                                  {"churn": StaticSource({"1": files}, {"champion": "1"})})
+            predictor = Predictor(
+                ServingConfig(models=(ServedModel("churn"),), poll_interval_s=0.0),
+                {"churn": StaticSource({"1": files}, {"champion": "1"})},
+            )
             await predictor.start()
-            adapter = MqttAdapter(predictor, f"mqtt://127.0.0.1:{port}", client_id="fw-bench",
-                                  max_in_flight=256)
+            adapter = MqttAdapter(
+                predictor, f"mqtt://127.0.0.1:{port}", client_id="fw-bench", max_in_flight=256
+            )
             serving = asyncio.create_task(adapter.run())
             await adapter.connected.wait()
             payload = orjson.dumps(rows(1)[0])
             pending: dict[bytes, asyncio.Future[float]] = {}
-            async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5,
-                                      max_inflight_messages=1000,
-                                      socket_options=((socket.IPPROTO_TCP,
-                                                       socket.TCP_NODELAY, 1),)) as client:
+            async with aiomqtt.Client(
+                "127.0.0.1",
+                port,
+                protocol=aiomqtt.ProtocolVersion.V5,
+                max_inflight_messages=1000,
+                socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
+            ) as client:
                 client.pending_calls_threshold = 10_000
                 await client.subscribe("bench/replies", qos=1)
 

@@ -119,8 +119,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--postgres", help="scratch postgresql:// URL (tables are dropped)")
-    parser.add_argument("--ids", choices=("uuid4", "ordered"), default="uuid4",
-                        help="request id shape: random uuid4 or time-ordered")
+    parser.add_argument(
+        "--ids",
+        choices=("uuid4", "ordered"),
+        default="uuid4",
+        help="request id shape: random uuid4 or time-ordered",
+    )
     args = parser.parse_args()
     global IDS
     IDS = args.ids

@@ -74,10 +74,19 @@ def _one_round(settings: Any, snapshot_id: str, folds: int) -> dict[str, float]:
 
 def _shares(r: dict[str, float]) -> dict[str, float]:
     training = r["cv_s"] + r["fit_s"]
-    overhead = r["tracking_s"] + r["register_load_s"] + r["onnx_export_s"] + r["parity_s"] + r["registry_s"]
-    return {"training_s": training, "overhead_s": overhead,
-            "overhead_share": overhead / training if training else float("nan"),
-            "overhead_vs_fit": overhead / r["fit_s"] if r["fit_s"] else float("nan")}
+    overhead = (
+        r["tracking_s"]
+        + r["register_load_s"]
+        + r["onnx_export_s"]
+        + r["parity_s"]
+        + r["registry_s"]
+    )
+    return {
+        "training_s": training,
+        "overhead_s": overhead,
+        "overhead_share": overhead / training if training else float("nan"),
+        "overhead_vs_fit": overhead / r["fit_s"] if r["fit_s"] else float("nan"),
+    }
 
 
 def _table(results: dict[str, dict[str, float]]) -> Table:
@@ -85,14 +94,28 @@ def _table(results: dict[str, dict[str, float]]) -> Table:
     table.add_column("phase")
     for name in results:
         table.add_column(name, justify="right")
-    rows = ["total_s", "load_s", "cv_s", "fit_s", "training_s", "tracking_s", "register_load_s",
-            "onnx_export_s", "parity_s", "registry_s", "overhead_s", "evaluate_s"]
+    rows = [
+        "total_s",
+        "load_s",
+        "cv_s",
+        "fit_s",
+        "training_s",
+        "tracking_s",
+        "register_load_s",
+        "onnx_export_s",
+        "parity_s",
+        "registry_s",
+        "overhead_s",
+        "evaluate_s",
+    ]
     for key in rows:
         table.add_row(key, *[f"{r[key]:.2f}" for r in results.values()])
     for key in ("overhead_share", "overhead_vs_fit"):
         table.add_row(key, *[f"{r[key]:.1%}" for r in results.values()])
-    table.add_row("goal: overhead < 10% of training",
-                  *["PASS" if r["overhead_share"] < 0.10 else "MISS" for r in results.values()])
+    table.add_row(
+        "goal: overhead < 10% of training",
+        *["PASS" if r["overhead_share"] < 0.10 else "MISS" for r in results.values()],
+    )
     return table
 
 

@@ -1,0 +1,3 @@
+from bench.serving.harness import main
+
+raise SystemExit(main())
