@@ -9,7 +9,10 @@ UV     := $(BIN)/uv
 demo: install            ## install (pinned) and run the loop on embedded defaults
 	$(BIN)/flywheel run
 
-test: install-dev        ## install (pinned, dev) and run the whole test suite
+test: install-dev        ## install (pinned, dev), lint + type-check, run the whole test suite
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 test-unit: install-dev
@@ -20,6 +23,7 @@ test-integration: install-dev
 
 lint: install-dev
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
 $(UV):
