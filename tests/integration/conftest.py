@@ -7,6 +7,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,3 +155,29 @@ def mlflow_server(pg_url: str, s3_server: S3Server, tmp_path: Path) -> Iterator[
     finally:
         _stop(proc)
         log.close()
+
+
+@contextmanager
+def uvicorn_in_thread(app: object) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn (uvloop + httptools) on a free loopback port in a
+    thread; yields the base URL and stops the server afterwards."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(
+        app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_config=None,
+        access_log=False, lifespan="on"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)

@@ -4,8 +4,6 @@ row per answered request (matched by request id), across REST, MLflow and v2 rou
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +14,7 @@ from flywheel.serving.models import StaticSource
 from flywheel.serving.predictor import Predictor
 from flywheel.serving.predlog import open_prediction_log
 from flywheel.serving.rest import create_app
-from tests.integration.conftest import free_port
+from tests.integration.conftest import uvicorn_in_thread
 from tests.unit.serving_models import build, rows
 
 pytestmark = pytest.mark.integration
@@ -50,8 +48,6 @@ async def _load(url: str) -> list[str]:
 
 
 def test_log_has_one_row_per_answer_under_load(tmp_path: Path) -> None:
-    import uvicorn
-
     files = build(tmp_path, family="logreg")
     plog = open_prediction_log(f"sqlite:///{tmp_path}/predictions.db", batch_size=100)
     predictor = Predictor(
@@ -59,30 +55,8 @@ def test_log_has_one_row_per_answer_under_load(tmp_path: Path) -> None:
         {"churn": StaticSource({"1": files}, {"champion": "1"})},
         sink=plog,
     )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(predictor, sink=plog),
-            host="127.0.0.1",
-            port=port,
-            loop="uvloop",
-            http="httptools",
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    try:
-        answered = asyncio.run(_load(f"http://127.0.0.1:{port}"))
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    with uvicorn_in_thread(create_app(predictor, sink=plog)) as url:
+        answered = asyncio.run(_load(url))
     plog.close()
 
     logged = [r["request_id"] for r in plog.read()]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from flywheel.serving.config import ServedModel, ServingConfig
 from flywheel.serving.models import RegistrySource, StaticSource
 from flywheel.serving.predictor import Predictor
 from flywheel.serving.rest import create_app
+from tests.integration.conftest import uvicorn_in_thread
 from tests.unit.serving_models import build, rows
 
 pytestmark = pytest.mark.integration
@@ -30,36 +29,13 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Predictor]]:
-    import uvicorn
-
     files = build(tmp_path, family="logreg")
     predictor = Predictor(
         ServingConfig(models=(ServedModel("churn"),), poll_interval_s=0.0),
         {"churn": StaticSource({"1": files}, {"champion": "1"})},
     )
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(predictor),
-        host="127.0.0.1",
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-    )
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}", predictor
-    finally:
-        srv.should_exit = True
-        thread.join(10)
+    with uvicorn_in_thread(create_app(predictor)) as url:
+        yield url, predictor
 
 
 def test_real_socket_smoke(server: tuple[str, Predictor]) -> None:

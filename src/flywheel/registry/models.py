@@ -22,7 +22,6 @@ import json
 import logging
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 import flywheel
+from flywheel._timing import timed
 from flywheel.config import Settings
 from flywheel.data.snapshots import Manifest, get_snapshot
 from flywheel.errors import FlywheelError, GateFailed, NotFound, ParityError, RegistryError
@@ -322,11 +322,11 @@ def register(
     client = _client(settings)
     timings: dict[str, float] = {}
     with _mlflow_errors(f"register run {result.run_id}", settings):
-        with _timed(timings, "load_pipeline"):
+        with timed(timings, "load_pipeline"):
             pipeline = load_pipeline(settings, result.run_id)
-        with _timed(timings, "onnx_export"):
+        with timed(timings, "onnx_export"):
             onnx_model = export_onnx(pipeline, result.feature_specs, task=result.task)
-        with _timed(timings, "parity"):
+        with timed(timings, "parity"):
             parity, holdout = _parity(settings, result, pipeline, onnx_model)
         draft = _Draft(
             result=result,
@@ -339,19 +339,10 @@ def register(
             manifest=_snapshot(settings, result.snapshot_id),
             run_tags=_run_tags(client, result.run_id),
         )
-        with _timed(timings, "publish"):
+        with timed(timings, "publish"):
             registered = _publish(settings, client, draft)
     registered.timings = timings
     return registered
-
-
-@contextmanager
-def _timed(timings: dict[str, float], phase: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[phase] = time.perf_counter() - start
 
 
 def _reserve_version(client: MlflowClient, name: str, result: TrainResult) -> tuple[str, str]:

@@ -16,7 +16,6 @@ import json
 import logging
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline
 
 import flywheel
+from flywheel._timing import timed
 from flywheel.config import Settings
 from flywheel.errors import DataError, FlywheelError, NotFound, RegistryError, TrainingError
 from flywheel.tracking import TAG, configure_mlflow, git_commit
@@ -166,15 +166,6 @@ def console_progress() -> Iterator[RichProgress | None]:
 
     with RichProgress(console=Console(stderr=True), transient=True) as bar:
         yield bar
-
-
-@contextmanager
-def _timed(timings: dict[str, float], phase: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start
 
 
 # ---------------------------------------------------------------- data, target, split
@@ -461,17 +452,17 @@ def train(
     """
     report = _as_callback(progress)
     timings: dict[str, float] = {}
-    with _timed(timings, "load"):
+    with timed(timings, "load"):
         manifest, df = _load_snapshot(settings, snapshot_id)
         job = _resolve(settings, manifest, df, params)
         X, y, holdout_sha = _training_part(job, df)
     hyperparams, cv_metrics, outcome = _tune_and_validate(
         job, X, y, trials, storage, report, timings
     )
-    with _timed(timings, "fit"):
+    with timed(timings, "fit"):
         pipeline = _fit(job, hyperparams, X, y)
     log.info("fitted %s on %d rows in %.2fs", job.params.family, len(X), timings["fit"])
-    with _timed(timings, "tracking"):
+    with timed(timings, "tracking"):
         run_id, model_uri = _track(
             job, pipeline, X, hyperparams, cv_metrics, timings, outcome, holdout_sha
         )
@@ -516,7 +507,7 @@ def _tune_and_validate(
     n_trials = job.params.search.trials if trials is None else trials
     hyperparams = dict(job.params.hyperparams)
     outcome = None
-    with _timed(timings, "search"):
+    with timed(timings, "search"):
         if n_trials > 0:
             if not job.params.search.space:
                 raise TrainingError(
@@ -527,7 +518,7 @@ def _tune_and_validate(
                 job, X, y, n_trials, storage or job.settings.training.optuna_storage, report
             )
             hyperparams.update(outcome.best_params)
-    with _timed(timings, "cv"):
+    with timed(timings, "cv"):
         if outcome is not None:
             cv_metrics = outcome.best_cv
         elif job.params.cv_folds >= 2:
