@@ -557,6 +557,8 @@ def predict(
         url=target,
         model=model or s.registry.model_name,
         api_key=api_key,
+        mqtt_request_topic=s.serving.mqtt_request_topic,
+        mqtt_reply_prefix=s.serving.mqtt_reply_prefix,
     )
     console.print_json(json.dumps(answer, default=str))
 

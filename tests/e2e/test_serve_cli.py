@@ -66,12 +66,18 @@ def test_every_protocol_answers_the_same_and_the_log_matches(cli: Cli, tmp_path:
     rows = tmp_path / "rows.json"
     rows.write_text(json.dumps(_rows(home)))
     port, grpc_port = free_port(), free_port()
+    # Private topics on the shared broker: no other server answers these requests.
+    topics = {
+        "FLYWHEEL_SERVING__MQTT_REQUEST_TOPIC": f"fw-e2e-{port}/predict/#",
+        "FLYWHEEL_SERVING__MQTT_REPLY_PREFIX": f"fw-e2e-{port}/reply",
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
     env.update(
         FLYWHEEL_HOME=str(home),
         FLYWHEEL_CONFIG=str(tmp_path / "none.yaml"),
         FLYWHEEL_ADMIN_TOKEN="e2e-token",
         FLYWHEEL_SERVING__MQTT_CLIENT_ID=f"fw-e2e-{port}",
+        **topics,
     )
     proc = subprocess.Popen(
         [
@@ -104,7 +110,9 @@ def test_every_protocol_answers_the_same_and_the_log_matches(cli: Cli, tmp_path:
             "mqtt": "mqtt://127.0.0.1:1883",
         }
         answers = {
-            p: json.loads(cli("predict", "--file", str(rows), "--protocol", p, "--url", u).stdout)
+            p: json.loads(
+                cli("predict", "--file", str(rows), "--protocol", p, "--url", u, env=topics).stdout
+            )
             for p, u in urls.items()
         }
         labels = answers["rest"]["predictions"]
@@ -137,7 +145,9 @@ def test_every_protocol_answers_the_same_and_the_log_matches(cli: Cli, tmp_path:
             ).status_code
             == 200
         )
-        assert "flywheel_requests_total" in httpx.get(f"{base}/metrics").text
+        metrics = httpx.get(f"{base}/metrics").text
+        for protocol in ("rest", "mlflow", "v2", "grpc", "ws", "mqtt"):
+            assert f'flywheel_requests_total{{protocol="{protocol}"' in metrics, protocol
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)

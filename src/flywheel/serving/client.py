@@ -28,8 +28,13 @@ def predict_remote(
     model: str = "churn",
     api_key: str | None = None,
     timeout: float = 10.0,
+    mqtt_request_topic: str = "flywheel/predict/#",
+    mqtt_reply_prefix: str = "flywheel/reply",
 ) -> dict[str, Any]:
-    """Send ``records`` to a flywheel server over ``protocol`` and return its answer."""
+    """Send ``records`` to a flywheel server over ``protocol`` and return its answer.
+
+    MQTT requests go below the server's request topic filter (``<filter>/cli/<id>``) with an
+    MQTT 5 response topic below ``mqtt_reply_prefix``."""
     if protocol not in PROTOCOLS:
         raise FlywheelError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}.")
     if not records:
@@ -41,7 +46,7 @@ def predict_remote(
         return _grpc(records, url, model, timeout)
     if protocol == "ws":
         return asyncio.run(_ws(records, url, headers, timeout))
-    return asyncio.run(_mqtt(records, url, timeout))
+    return asyncio.run(_mqtt(records, url, timeout, mqtt_request_topic, mqtt_reply_prefix))
 
 
 def _http(
@@ -154,7 +159,9 @@ async def _ws(
     return {"answers": [answers[i] for i in ids]}
 
 
-async def _mqtt(records: list[dict[str, Any]], url: str, timeout: float) -> dict[str, Any]:
+async def _mqtt(
+    records: list[dict[str, Any]], url: str, timeout: float, request_topic: str, reply_prefix: str
+) -> dict[str, Any]:
     import aiomqtt
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
@@ -163,7 +170,8 @@ async def _mqtt(records: list[dict[str, Any]], url: str, timeout: float) -> dict
 
     endpoint = parse_mqtt_url(url, key="--url")
     tag = uuid.uuid4().hex
-    reply_topic = f"flywheel/reply/cli/{tag}"
+    reply_topic = f"{reply_prefix.rstrip('/')}/cli/{tag}"
+    base = request_topic.removesuffix("#").rstrip("/")
     props = Properties(PacketTypes.PUBLISH)
     props.ResponseTopic, props.CorrelationData = reply_topic, tag.encode()
     async with aiomqtt.Client(
@@ -175,7 +183,7 @@ async def _mqtt(records: list[dict[str, Any]], url: str, timeout: float) -> dict
     ) as client:
         await client.subscribe(reply_topic, qos=1)
         await client.publish(
-            f"flywheel/predict/cli/{tag}",
+            f"{base}/cli/{tag}",
             orjson.dumps({"records": records}),
             qos=1,
             properties=props,

@@ -511,8 +511,18 @@ class MqttAdapter:
             digest.update(part)
         return digest.digest()
 
+    def _count(self, status: int, started: float, kind: str | None = None) -> None:
+        """Requests, latency and errors in the same series as the other protocols."""
+        metrics = getattr(self.predictor, "metrics", None)
+        if metrics is None:
+            return
+        if kind is not None:
+            metrics.error("mqtt", kind)
+        metrics.request("mqtt", "mqtt", status, time.perf_counter() - started)
+
     async def _answer(self, client: _Client, message: aiomqtt.Message, route: _Route) -> None:
         msg_id: Any = None
+        started = time.perf_counter()
         try:
             if route.problem is not None:
                 raise BadRequest(route.problem, rule="response_topic")
@@ -534,10 +544,13 @@ class MqttAdapter:
                 data = {k: v for k, v in data.items() if k != "id"}
             request = native_request(data, rid, protocol="mqtt")
             response = await self.predictor.predict(request)
+            self._count(200, started)
         except FlywheelError as exc:
+            self._count(exc.status, started, exc.kind)
             await self._fail(client, message, route, msg_id, exc.to_dict()["error"])
             return
         except Exception:  # answered with a generic error, no stack trace
+            self._count(500, started, "internal")
             log.exception("MQTT prediction failed for a request on %s", message.topic)
             error = {
                 "kind": "internal",

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -235,6 +236,15 @@ class _Stream:
                 self.in_flight -= len(items)
                 self._room.notify_all()
 
+    def _count(self, status: int, started: float, kind: str | None = None) -> None:
+        """Requests, latency and errors in the same series as the other protocols."""
+        metrics = getattr(self.predictor, "metrics", None)
+        if metrics is None:
+            return
+        if kind is not None:
+            metrics.error("ws", kind)
+        metrics.request("ws", "/v1/stream", status, time.perf_counter() - started)
+
     async def _predict(
         self, items: list[_Item], model: str | None, version: str | None
     ) -> list[dict[str, Any]]:
@@ -246,17 +256,22 @@ class _Stream:
             request_id=f"ws-{self.conn_id}-{self._seq}",
             protocol="ws",
         )
+        started = time.perf_counter()
         try:
             response = await self.predictor.predict(request)
+            self._count(200, started)
         except InvalidInput as exc:
+            self._count(exc.status, started, exc.kind)
             if len(items) == 1:
                 return [_error(items[0].id, exc.kind, exc.message, exc.details)]
             # One bad record fails the whole call: rescore singly so each id gets its verdict.
             singles = await asyncio.gather(*(self._predict([i], model, version) for i in items))
             return [frame for frames in singles for frame in frames]
         except FlywheelError as exc:
+            self._count(exc.status, started, exc.kind)
             return [_error(i.id, exc.kind, exc.message, exc.details) for i in items]
         except Exception:  # never let one request kill the connection; no stack trace out
+            self._count(500, started, "internal")
             log.exception("websocket scoring failed (request %s)", request.request_id)
             message = f"Internal error; see the server log for request {request.request_id}."
             return [_error(i.id, "internal", message) for i in items]
