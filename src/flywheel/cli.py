@@ -56,6 +56,12 @@ def _settings() -> Settings:
     return settings
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"flywheel {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     config: Annotated[
@@ -66,11 +72,13 @@ def _root(
             help="YAML config file (default: ./flywheel.yaml or $FLYWHEEL_CONFIG).",
         ),
     ] = None,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
-    if version:
-        console.print(f"flywheel {__version__}")
-        raise typer.Exit()
     if config is not None:
         if not config.exists():
             raise FlywheelError(
@@ -85,8 +93,9 @@ def _root(
 
 
 @contextmanager
-def _progress(total_steps: list[str]) -> Iterator[Any]:
-    """A rich progress display with one line per step; yields an ``on_step(name)`` hook."""
+def _progress() -> Iterator[Any]:
+    """A rich progress display with one line per step; yields ``(on_step(name), display)``:
+    the display is also handed to training for its folds and trials."""
     with Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
@@ -104,7 +113,7 @@ def _progress(total_steps: list[str]) -> Iterator[Any]:
                 tasks[name] = progress.add_task(name, total=None)
             current.append(name)
 
-        yield on_step
+        yield on_step, progress
         if current:
             progress.update(tasks[current[-1]], completed=1, total=1)
 
@@ -302,7 +311,7 @@ def train(
     s = _settings()
     snap = snapshot or _latest_snapshot_id(s, dataset)
     train_params = load_params(params or s.training.params_file)
-    with _progress([]) as on_step:
+    with _progress() as (on_step, display):
         outcome = train_evaluate_register(
             s,
             snap,
@@ -311,6 +320,7 @@ def train(
             storage=storage,
             register=register,
             on_step=on_step,
+            progress=display,
         )
     _print_outcome(s, outcome)
 
@@ -623,9 +633,15 @@ def run(
 
     s = _settings()
     train_params = load_params(params or s.training.params_file)
-    with _progress([]) as on_step:
+    with _progress() as (on_step, display):
         result = run_loop(
-            s, days=days, customers=customers, params=train_params, trials=trials, on_step=on_step
+            s,
+            days=days,
+            customers=customers,
+            params=train_params,
+            trials=trials,
+            on_step=on_step,
+            progress=display,
         )
     _print_outcome(s, result.outcome)
     for note in result.notes:
@@ -660,13 +676,12 @@ def main() -> None:
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except typer.TyperException as exc:  # usage errors (typer vendors click: not click.*)
+        show = getattr(exc, "show", None)
+        if show is None:
+            raise
+        show()
+        sys.exit(exc.exit_code)
 
 
 def _print_error(exc: FlywheelError) -> None:

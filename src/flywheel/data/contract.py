@@ -104,7 +104,8 @@ _HEADER = """\
 #     dtype      int | float | string | bool | datetime
 #     nullable   false: a null value is a violation
 #     min, max   inclusive bounds: numbers, or ISO 8601 strings for datetime columns
-#                (inferred ranges are widened by 10% on each side); delete to drop the rule
+#                (inferred: 10% of the range below the minimum, 100% above the maximum;
+#                datetimes and key columns get no max); delete to drop the rule
 #     allowed    the only values a string column may take; delete to allow any value
 #     unique     true: no value may repeat in that column
 # Full reference: docs/contracts.md

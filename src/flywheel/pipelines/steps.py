@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from flywheel.config import Settings
 from flywheel.errors import GateFailed
@@ -57,10 +58,12 @@ def train_evaluate_register(
     storage: str | None = None,
     register: bool = True,
     on_step: StepHook = _noop,
+    progress: Any = None,
 ) -> TrainOutcome:
     """Train on a snapshot, score against the champion, apply gates, register if they pass.
 
-    Raises :class:`GateFailed` (after recording the gate report on the run) when a gate fails;
+    ``progress`` (a ``(phase, done, total)`` callback or a rich ``Progress``) shows the
+    training's folds and trials. Raises :class:`GateFailed` (after recording the gate report on the run) when a gate fails;
     the registry is then unchanged.
     """
     from flywheel.registry.models import load_champion
@@ -70,7 +73,7 @@ def train_evaluate_register(
     from flywheel.training.train import train
 
     on_step("train")
-    result = train(settings, snapshot_id, params, trials=trials, storage=storage)
+    result = train(settings, snapshot_id, params, trials=trials, storage=storage, progress=progress)
     on_step("evaluate")
     champion = load_champion(settings)
     evaluation = evaluate(settings, result.run_id, champion=champion)
@@ -111,6 +114,7 @@ def run_loop(
     trials: int | None = None,
     promote_first: bool = True,
     on_step: StepHook = _noop,
+    progress: Any = None,
 ) -> LoopResult:
     """simulate → ingest → validate → train → evaluate → gates → register (→ first champion).
 
@@ -131,7 +135,12 @@ def run_loop(
     ingested = ingest(settings)
     on_step("validate")  # ingest validated the snapshot against its contract before commit
     outcome = train_evaluate_register(
-        settings, ingested.manifest.id, params or TrainParams(), trials=trials, on_step=on_step
+        settings,
+        ingested.manifest.id,
+        params or TrainParams(),
+        trials=trials,
+        on_step=on_step,
+        progress=progress,
     )
     result = LoopResult(ingested.manifest.id, ingested.created, outcome, simulated)
     if outcome.version and promote_first and load_champion(settings) is None:
