@@ -6,7 +6,7 @@ until SIGTERM; used while ``flywheel serve`` has no CLI command yet.
     python -m bench.serving.fw_launcher --mqtt mqtt://127.0.0.1:1883 --topic-root R --predlog ...
 
 Settings come from ``FLYWHEEL_*`` (FLYWHEEL_HOME, FLYWHEEL_ADMIN_TOKEN). REST goes through
-:func:`flywheel.serving.rest.serve`; gRPC through :func:`flywheel.serving.grpc.serve_grpc`;
+:func:`flywheel.serving.server.serve_all`; gRPC through :func:`flywheel.serving.grpc.serve_grpc`;
 MQTT through :class:`flywheel.serving.mqtt.MqttAdapter`. Each protocol runs in its own
 process so the REST numbers carry no idle gRPC/MQTT machinery. On shutdown the prediction
 log is closed (flushed), so every queued record is on disk when this exits.
@@ -67,24 +67,24 @@ def main() -> None:
     parser.add_argument("--topic-root", default="flywheel-bench")
     parser.add_argument("--predlog", required=True, help="prediction log URL")
     args = parser.parse_args()
-    settings = load_settings()
+    settings = load_settings(serving={"prediction_log_url": args.predlog})
     config = ServingConfig.from_settings(settings, host="127.0.0.1", port=args.port or 8080)
+    if not (args.grpc_port or args.mqtt):
+        from flywheel.serving.server import Fronts, serve_all
+
+        serve_all(settings, config, Fronts())  # REST only; flushes the log on SIGTERM
+        return
+    import uvloop
+
     plog = open_prediction_log(args.predlog)
     try:
-        if args.grpc_port or args.mqtt:
-            import uvloop
-
-            predictor = Predictor.from_settings(settings, config, sink=plog)
-            work = (
-                _grpc(predictor, args.grpc_port)
-                if args.grpc_port
-                else _mqtt(predictor, args.mqtt, args.topic_root)
-            )
-            uvloop.run(_until_sigterm(work))
-        else:
-            from flywheel.serving.rest import serve
-
-            serve(settings, config, sink=plog)
+        predictor = Predictor.from_settings(settings, config, sink=plog)
+        work = (
+            _grpc(predictor, args.grpc_port)
+            if args.grpc_port
+            else _mqtt(predictor, args.mqtt, args.topic_root)
+        )
+        uvloop.run(_until_sigterm(work))
     finally:
         plog.close(timeout=30.0)
 

@@ -25,7 +25,7 @@ from pydantic_settings import (
 
 from flywheel.errors import ConfigError
 
-__all__ = ["ServingSettings", "Settings", "load_settings", "mask_url"]
+__all__ = ["ServingSettings", "Settings", "load_settings", "mask_url", "sqlalchemy_url"]
 
 _SQL_SCHEMES = ("sqlite://", "postgresql://", "postgresql+psycopg://", "postgres://")
 
@@ -270,6 +270,14 @@ _SECRET_KEYS = re.compile(r"(token|secret|password|passwd|api_key|access_key)", 
 def mask_url(url: str) -> str:
     """Hide the password in ``scheme://user:password@host``."""
     return re.sub(r"(://[^:/@]+):[^@/]+@", r"\1:***@", url)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Our URLs say ``postgresql://``; SQLAlchemy needs the psycopg 3 driver named."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
 
 
 def _mask(value: Any, key: str = "") -> Any:

@@ -14,6 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from flywheel.config import sqlalchemy_url
+
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -124,7 +126,7 @@ class MlflowServer:
 def mlflow_server(pg_url: str, s3_server: S3Server, tmp_path: Path) -> Iterator[MlflowServer]:
     """A real `mlflow server`: PostgreSQL backend store, artifacts proxied to S3."""
     port = free_port()
-    backend = pg_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    backend = sqlalchemy_url(pg_url)
     env = dict(os.environ, MLFLOW_S3_ENDPOINT_URL=s3_server.endpoint)
     log = open(tmp_path / "mlflow-server.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import psycopg
 import pytest
 
 from flywheel.serving.predlog import PredictionLog, PredictionRecord, open_prediction_log
+from tests.unit.predlog_helpers import append_from_threads
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -30,16 +30,7 @@ def rec(
 
 def test_exactly_one_row_per_record_and_survives_reopen(pg_url: str) -> None:
     plog = open_prediction_log(pg_url, batch_size=500, flush_interval_s=0.02)
-    threads = [
-        threading.Thread(
-            target=lambda t=t: [plog.append(rec(f"t{t}-{i}", 1e9 + i)) for i in range(2500)]
-        )
-        for t in range(4)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    append_from_threads(plog, rec)
     plog.close()
     assert plog.written() == 10_000 and plog.dropped() == 0
     with psycopg.connect(pg_url) as conn:

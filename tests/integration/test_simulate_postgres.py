@@ -10,7 +10,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from flywheel.config import Settings, load_settings
+from flywheel.config import Settings, load_settings, sqlalchemy_url
 from flywheel.errors import SourceError
 from flywheel.simulate import feature_rows, simulate, world_exists
 
@@ -20,7 +20,7 @@ DRIFT = ["price_rise@45", "new_contract@2025-02-10"]
 
 
 def _features(url: str) -> pd.DataFrame:
-    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    engine = sa.create_engine(sqlalchemy_url(url))
     try:
         with engine.connect() as conn:
             df = pd.read_sql_query(sa.text("SELECT * FROM churn_features"), conn)

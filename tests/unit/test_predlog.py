@@ -19,6 +19,7 @@ from flywheel.serving.predlog import (
     PredictionRecord,
     open_prediction_log,
 )
+from tests.unit.predlog_helpers import append_from_threads
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,16 +78,7 @@ def test_public_api() -> None:
 
 def test_exactly_one_row_per_record_from_many_threads(url: str) -> None:
     plog = open_prediction_log(url, batch_size=500, flush_interval_s=0.02)
-    threads = [
-        threading.Thread(
-            target=lambda t=t: [plog.append(rec(f"t{t}-{i}", 1e9 + i)) for i in range(2500)]
-        )
-        for t in range(4)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    append_from_threads(plog, rec)
     plog.close()
     assert plog.written() == 10_000 and plog.dropped() == 0 and plog.depth() == 0
     assert plog.stats()["duplicates"] == 0

@@ -143,12 +143,6 @@ def _open(settings: Settings) -> ObjectStore:
     return store
 
 
-def _list(store: ObjectStore, prefix: str) -> list[str]:
-    if not store.is_local:
-        store.fs.invalidate_cache(store.path(prefix))
-    return store.list(prefix)
-
-
 def _snapshot_hash(parts: list[Part]) -> str:
     return hashlib.sha256("\n".join(p.sha256 for p in parts).encode()).hexdigest()
 
@@ -161,14 +155,14 @@ def _now() -> str:
 
 
 def _datasets(store: ObjectStore) -> list[str]:
-    return [k.rsplit("/", 1)[-1] for k in _list(store, "datasets")]
+    return [k.rsplit("/", 1)[-1] for k in store.list("datasets")]
 
 
 def _snapshot_keys(store: ObjectStore, dataset: str | None) -> list[str]:
     names = [dataset] if dataset else _datasets(store)
     keys: list[str] = []
     for name in names:
-        keys += [k for k in _list(store, f"{_prefix(name)}/snapshots") if k.endswith(".json")]
+        keys += [k for k in store.list(f"{_prefix(name)}/snapshots") if k.endswith(".json")]
     return keys
 
 

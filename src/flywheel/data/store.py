@@ -120,8 +120,7 @@ class ObjectStore:
         """Keys directly below ``prefix`` (a folder), sorted; empty if it does not exist."""
         base = self.path(prefix).rstrip("/")
         try:
-            if not self.fs.exists(base):
-                return []
+            # Listings are cached per process (s3fs); another process may have written since.
             self.fs.invalidate_cache(base)
             entries = self.fs.ls(base, detail=False)
         except FileNotFoundError:

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from flywheel.config import mask_url
+from flywheel.config import mask_url, sqlalchemy_url
 from flywheel.errors import RegistryError
 
 __all__ = ["ACTIONS", "GENESIS_HASH", "AuditEntry", "AuditLog", "entry_hash"]
@@ -101,14 +101,6 @@ def entry_hash(fields: dict[str, Any]) -> str:
     payload = {k: fields[k] for k in keys} | {"prev_hash": fields["prev_hash"]}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-def sqlalchemy_url(url: str) -> str:
-    """Our URLs say ``postgresql://``; SQLAlchemy needs the psycopg 3 driver named."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url.removeprefix(prefix)
-    return url
 
 
 def _make_engine(url: str) -> Engine:

@@ -205,7 +205,7 @@ def _get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
         existing = [str(v.version) for v in _versions(client, name)]
         raise NotFound(
             f"Model {name!r} has no version {version!r}; existing versions: {existing or 'none'}. "
-            "Pass one of those (see `flywheel models list`).",
+            "Pass one of those (see `flywheel registry list`).",
             model=name,
             version=str(version),
             existing=existing,
@@ -542,7 +542,7 @@ def _resolve(client: MlflowClient, name: str, ref: str) -> ModelVersion:
     if version is None:
         raise NotFound(
             f"Model {name!r} has no version with alias {ref!r}. Register a model "
-            "(`flywheel register`) or promote one (`flywheel promote VERSION`).",
+            "(`flywheel train`) or promote one (`flywheel promote VERSION`).",
             model=name,
             alias=ref,
         )
@@ -563,7 +563,7 @@ def fetch_model_artifacts(
         if not expected:
             raise RegistryError(
                 f"{name} v{mv.version} has no {TAG['onnx_sha256']} tag, so it was not fully "
-                "registered. Register the run again with `flywheel register`.",
+                "registered. Register it again with `flywheel train`.",
                 model=name,
                 version=str(mv.version),
             )
@@ -690,7 +690,7 @@ def promote(settings: Settings, version: str, *, reason: str) -> PromotionOutcom
         if current == version:
             raise RegistryError(
                 f"{name} v{version} is already the champion; nothing to promote. "
-                "Pick another version (see `flywheel models list`).",
+                "Pick another version (see `flywheel registry list`).",
                 model=name,
                 version=version,
             )

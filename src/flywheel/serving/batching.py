@@ -112,10 +112,6 @@ class MicroBatcher:
         self._running = False
         self._last_items = 1
 
-    @property
-    def pending(self) -> int:
-        return len(self._queue)
-
     def submit(self, decoded: Decoded) -> asyncio.Future[tuple[np.ndarray, np.ndarray | None]]:
         """Queue ``decoded`` rows; the future resolves to this request's (labels, probabilities)."""
         loop = self._loop

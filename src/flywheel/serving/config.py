@@ -3,7 +3,6 @@ docs/serving.md); :meth:`ServingConfig.from_settings` is the one place that maps
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +64,7 @@ class ServingConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ServingConfig:
-        """``settings.serving`` + the admin token (``Settings.admin_token`` /
+        """``settings.serving`` + the admin token (``Settings.admin_token``, i.e.
         ``FLYWHEEL_ADMIN_TOKEN``) + explicit overrides (None values are ignored)."""
         sv = settings.serving
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
@@ -81,7 +80,7 @@ class ServingConfig:
             poll_interval_s=sv.poll_interval_s,
             ort_threads=sv.ort_threads,
             api_key=sv.api_key.get_secret_value() if sv.api_key else None,
-            admin_token=token or os.environ.get("FLYWHEEL_ADMIN_TOKEN") or None,
+            admin_token=token or None,
             log_json=sv.log_json,
             access_log=sv.access_log,
         )

@@ -24,7 +24,6 @@ __all__ = [
 class InvalidInput(DataError):
     """A request's rows break the model's input rules (names the field and row)."""
 
-    status = 422
     kind = "invalid_input"
 
 
@@ -36,7 +35,6 @@ class BadRequest(DataError):
 
 
 class TooManyRows(InvalidInput):
-    status = 422
     kind = "too_many_rows"
 
 

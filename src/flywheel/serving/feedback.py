@@ -7,12 +7,12 @@ the input of performance monitoring.
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field
 
+from flywheel.serving.auth import credential, key_ok
 from flywheel.serving.config import ServingConfig
 from flywheel.serving.errors import Unauthorized
 
@@ -36,12 +36,8 @@ class FeedbackResponse(BaseModel):
 
 
 def _check_key(request: Request, config: ServingConfig) -> None:
-    if not config.api_key:
-        return
-    header = request.headers.get("x-api-key") or ""
-    auth = request.headers.get("authorization") or ""
-    given = header or auth.removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), config.api_key.encode()):
+    key = config.api_key.encode() if config.api_key else None
+    if not key_ok(credential(request.headers.raw), key):
         raise Unauthorized("A valid API key is required (X-API-Key or Authorization: Bearer).")
 
 

@@ -23,7 +23,6 @@ trailing metadata ``flywheel-error-kind`` (and ``flywheel-error-field``) make it
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import math
 import struct
@@ -39,6 +38,7 @@ import flywheel
 from flywheel.errors import ConfigError, FlywheelError
 from flywheel.serving._proto import grpc_predict_v2_pb2 as pb
 from flywheel.serving._proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from flywheel.serving.auth import credential, key_ok
 from flywheel.serving.errors import InvalidInput, ModelNotFound, TooManyRows, Unauthorized
 from flywheel.serving.types import PredictRequest, PredictResponse
 
@@ -60,10 +60,8 @@ __all__ = [
 log = logging.getLogger("flywheel.serving")
 
 DEFAULT_GRPC_PORT = 8081  # KServe's gRPC port; REST stays on 8080
-SERVICE = "inference.GRPCInferenceService"
 EXTENSIONS: tuple[str, ...] = ()  # none of the protocol's optional extensions is offered
 PLATFORM = "onnxruntime"
-OUTPUTS = ("label", "probabilities")
 
 # Numeric datatypes -> little-endian numpy dtypes (raw contents) and their typed field.
 _NUMERIC: dict[str, tuple[str, str]] = {
@@ -531,13 +529,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def _check_key(self, context: Any) -> None:
         if self._api_key is None:
             return
-        cred = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "x-api-key":
-                cred = value
-            elif key == "authorization" and value[:7].lower() == "bearer ":
-                cred = value[7:]
-        if cred is None or not hmac.compare_digest(str(cred).encode(), self._api_key):
+        if not key_ok(credential(context.invocation_metadata() or ()), self._api_key):
             raise Unauthorized(
                 "A valid API key is required: send metadata 'x-api-key: <key>' "
                 "or 'authorization: Bearer <key>'."

@@ -55,7 +55,6 @@ class LoadedModel:
     session: ort.InferenceSession
     output_names: list[str]
     batcher: MicroBatcher = field(init=False, repr=False)
-    loaded_at: float = 0.0
 
     def configure_batching(
         self,

@@ -23,9 +23,8 @@ it started with, so it finishes on that version; nobody sees a half-loaded model
 served model (name) is one ONNX Runtime session in this process, shared by all requests.
 
 Prediction log: when a ``sink`` is given, each answered request becomes one record passed
-to ``sink.append(record)`` (must not block). The record is
-``flywheel.serving.predlog.PredictionRecord`` when that module exists, else
-:class:`flywheel.serving.types.ServedRecord`; ``inputs``/``outputs`` hold the validated
+to ``sink.append(record)`` (must not block). The record is a
+:class:`flywheel.serving.predlog.PredictionRecord`; ``inputs``/``outputs`` hold the validated
 columns and raw output arrays (not copied: the sink serialises them off the hot path).
 """
 
@@ -45,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flywheel.errors import FlywheelError
-from flywheel.serving.batching import BatchStats
+from flywheel.serving.batching import BatchStats, assemble
 from flywheel.serving.config import ServedModel, ServingConfig
 from flywheel.serving.decode import Decoded, decode_arrow, decode_columns, decode_records
 from flywheel.serving.errors import (
@@ -57,7 +56,8 @@ from flywheel.serving.errors import (
 )
 from flywheel.serving.metrics import ServingMetrics
 from flywheel.serving.models import LoadedModel, ModelSource, RegistrySource, load_model
-from flywheel.serving.types import PredictionSink, PredictRequest, PredictResponse, ServedRecord
+from flywheel.serving.predlog import PredictionRecord
+from flywheel.serving.types import PredictionSink, PredictRequest, PredictResponse
 
 if TYPE_CHECKING:
     from flywheel.config import Settings
@@ -87,14 +87,6 @@ class _Slot:
     last_error: str | None = None
 
 
-def _record_class() -> type:
-    try:
-        from flywheel.serving.predlog import PredictionRecord  # written alongside this module
-    except ImportError:
-        return ServedRecord
-    return PredictionRecord  # type: ignore[no-any-return]
-
-
 class Predictor:
     """Serves one or more models; see the module docstring for the interface."""
 
@@ -118,7 +110,6 @@ class Predictor:
         self._slots = {name: _Slot(m, sources[name]) for name, m in served.items()}
         self.default_model = next(iter(self._slots))
         self._poller: asyncio.Task[None] | None = None
-        self._record_cls: type | None = None
 
     @classmethod
     def from_settings(
@@ -163,9 +154,6 @@ class Predictor:
     @property
     def ready(self) -> bool:
         return all(slot.model is not None for slot in self._slots.values())
-
-    def is_ready(self, name: str | None = None) -> bool:
-        return self._slot(name).model is not None
 
     def model(self, name: str | None = None) -> LoadedModel:
         """The model currently serving ``name`` (raises ModelNotFound/ModelNotReady)."""
@@ -271,15 +259,7 @@ class Predictor:
             stats=slot.stats,
         )
         warm = [[np.nan] if is_num else [""] for is_num in model.schema.numeric]
-        model.run(
-            [
-                np.asarray(c, dtype=np.float32 if isinstance(c[0], float) else object).reshape(
-                    -1, 1
-                )
-                for c in warm
-            ]
-        )
-        model.loaded_at = time.time()
+        model.run(assemble([Decoded(warm, 1)], model.schema.numeric))  # as the batcher sends it
         return model
 
     def batch_stats(self, name: str | None = None) -> BatchStats:
@@ -293,15 +273,14 @@ class Predictor:
                 raise BadRequest("Send rows as records or as columns, not both.")
             if not isinstance(request.records, (list, tuple)):
                 raise BadRequest("records must be a list of objects.", field="records")
-            self._check_rows(len(request.records))
-            decoded = decode_records(request.records, model.schema, extra=request.extra_fields)
-        elif request.columns is not None:
-            if hasattr(request.columns, "column_names"):  # a pyarrow.Table
-                self._check_rows(request.columns.num_rows)  # type: ignore[attr-defined]
-                return decode_arrow(request.columns, model.schema, extra=request.extra_fields)
-            decoded = decode_columns(request.columns, model.schema, extra=request.extra_fields)
-        else:
+            self._check_rows(len(request.records))  # before decoding: no work on huge bodies
+            return decode_records(request.records, model.schema, extra=request.extra_fields)
+        if request.columns is None:
             raise BadRequest("The request holds no rows: send records or columns.")
+        if hasattr(request.columns, "column_names"):  # a pyarrow.Table
+            self._check_rows(request.columns.num_rows)  # type: ignore[attr-defined]
+            return decode_arrow(request.columns, model.schema, extra=request.extra_fields)
+        decoded = decode_columns(request.columns, model.schema, extra=request.extra_fields)
         self._check_rows(decoded.rows)
         return decoded
 
@@ -352,10 +331,8 @@ class Predictor:
         decoded: Decoded,
         response: PredictResponse,
     ) -> None:
-        cls = self._record_cls or _record_class()
-        self._record_cls = cls
         try:
-            record = cls(
+            record = PredictionRecord(
                 request_id=response.request_id,
                 ts=time.time(),
                 model=model.name,

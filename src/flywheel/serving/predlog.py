@@ -130,16 +130,12 @@ class _Marker:
 
 def _default(obj: Any) -> Any:
     """orjson fallback for values it does not encode natively."""
-    if getattr(obj, "ndim", 0) and hasattr(obj, "tolist"):  # arrays orjson declined (object
-        return obj.tolist()  # dtype, e.g. string columns from gRPC; non-contiguous views)
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalar of an unsupported dtype
-        return obj.item()
+    if hasattr(obj, "tolist"):  # numpy arrays orjson declined (object dtype, e.g. string
+        return obj.tolist()  # columns from gRPC; non-contiguous views) and numpy scalars
     if hasattr(obj, "model_dump"):  # pydantic model
         return obj.model_dump(mode="json")
     if isinstance(obj, set | frozenset):
         return list(obj)
-    if hasattr(obj, "tolist"):  # numpy array orjson declined (non-contiguous, object dtype)
-        return obj.tolist()
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
 
 

@@ -287,10 +287,6 @@ class PostgresStore:
             self._conn.close()
             raise
 
-    @property
-    def backend_pid(self) -> int:
-        return int(self._conn.info.backend_pid)
-
     def write_predictions(self, rows: Sequence[Row]) -> int:
         with self._conn.transaction(), self._conn.cursor() as cur:
             with cur.copy(f"COPY {_STAGE} ({_COLS}) FROM STDIN") as copy:

@@ -4,7 +4,7 @@ Two layers in one ASGI app (see docs/serving.md):
 
 - a lean raw-ASGI front answers the hot routes itself (``POST /v1/predict``,
   ``POST /invocations``, ``POST /v2/models/{name}[/versions/{v}]/infer``, the health checks
-  and ``/metrics``): path dispatch on a dict, ``orjson``, pre-built header lists, no
+  and ``/metrics``): path dispatch on a dict, ``orjson``, small header lists, no
   per-request framework objects. Why by hand: a framework request/response cycle costs more
   than the model itself on a one-row request (the issue's throughput goals need it);
 - everything else (``/docs``, ``/openapi.json``, ``/version``, ``/v2`` metadata, admin) goes
@@ -19,7 +19,6 @@ stack trace.
 from __future__ import annotations
 
 import gc
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -27,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-import flywheel
 from flywheel.errors import FlywheelError
 from flywheel.serving import _wire as wire
+from flywheel.serving.auth import key_ok
 from flywheel.serving.config import ServingConfig
 from flywheel.serving.errors import PayloadTooLarge, Unauthorized
 from flywheel.serving.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
     from flywheel.config import Settings
     from flywheel.serving.types import PredictionSink
 
-__all__ = ["RestFront", "create_app", "serve"]
+__all__ = ["RestFront", "app_from_env", "create_app"]
 
 log = logging.getLogger("flywheel.serving")
 
@@ -179,29 +178,26 @@ class RestFront:
                 limit=limit,
             )
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
         body = message.get("body", b"")
-        if not message.get("more_body"):
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            return body
         chunks, size = [body], len(body)
-        while message.get("more_body"):
+        while True:  # no (or a false) Content-Length: the size is checked while reading
+            if size > limit:
+                raise PayloadTooLarge(
+                    f"The body exceeds {limit} bytes (serving.max_body_bytes).", limit=limit
+                )
+            if not message.get("more_body"):
+                return body if len(chunks) == 1 else b"".join(chunks)
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise _Disconnected
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(
-                    f"The body exceeds {limit} bytes (serving.max_body_bytes).", limit=limit
-                )
             chunks.append(chunk)
-        return b"".join(chunks)
 
     def _check_key(self, cred: bytes | None) -> None:
-        if self._api_key is not None and (
-            cred is None or not hmac.compare_digest(cred, self._api_key)
-        ):
+        if not key_ok(cred, self._api_key):
             raise Unauthorized(
                 "A valid API key is required: send 'X-API-Key: <key>' or "
                 "'Authorization: Bearer <key>'."
@@ -379,51 +375,6 @@ def create_app(
 
         add_feedback_routes(api, sink, config)
     return RestFront(predictor, config, api)
-
-
-def serve(
-    settings: Settings | None = None,
-    config: ServingConfig | None = None,
-    *,
-    predictor: Predictor | None = None,
-    sink: PredictionSink | None = None,
-) -> None:
-    """Run the REST server with uvicorn (uvloop + httptools) until interrupted."""
-    import uvicorn
-
-    from flywheel.serving.logs import configure_logging
-
-    if settings is None and predictor is None:
-        from flywheel.config import load_settings
-
-        settings = load_settings()
-    if config is None:
-        config = ServingConfig.from_settings(settings) if settings else predictor.config  # type: ignore[union-attr]
-    configure_logging(settings.log_level if settings else "INFO", json_lines=config.log_json)
-    app = create_app(predictor, settings=settings, config=config, sink=sink)
-    if config.workers > 1:
-        log.warning(
-            "serving.workers=%d ignored: one process serves every model (run "
-            "`uvicorn flywheel.serving.rest:app_from_env --factory --workers N` for "
-            "more, each with its own copy), or scale with replicas",
-            config.workers,
-        )
-    uvicorn.run(
-        app,
-        host=config.host,
-        port=config.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=config.access_log,
-        log_config=None,
-        lifespan="on",
-        limit_concurrency=None,
-        timeout_keep_alive=30,
-    )
-
-
-def version_info() -> dict[str, Any]:
-    return {"name": "flywheel", "version": flywheel.__version__}
 
 
 def app_from_env() -> RestFront:

@@ -7,7 +7,7 @@ adapters translate to :class:`PredictRequest` and from :class:`PredictResponse`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -16,7 +16,6 @@ __all__ = [
     "PredictRequest",
     "PredictResponse",
     "PredictionSink",
-    "ServedRecord",
 ]
 
 
@@ -75,25 +74,6 @@ class PredictResponse:
             out["probabilities"] = self.probabilities_list()
             out["classes"] = self.classes
         return out
-
-
-@dataclass(slots=True)
-class ServedRecord:
-    """Stand-in for ``flywheel.serving.predlog.PredictionRecord`` while that module is absent.
-
-    Same fields the prediction log takes; ``inputs`` is ``{feature: list}`` (column-wise,
-    already validated), ``outputs`` is ``{"labels": [...], "probabilities": [[...]]}``.
-    """
-
-    request_id: str
-    ts: float
-    model: str
-    version: str
-    protocol: str
-    inputs: dict[str, list[Any]]
-    outputs: dict[str, Any]
-    latency_ms: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 import uuid
@@ -40,6 +39,7 @@ from typing import Any
 import orjson
 
 from flywheel.errors import FlywheelError
+from flywheel.serving.auth import credential, key_ok
 from flywheel.serving.errors import InvalidInput
 from flywheel.serving.predictor import Predictor
 from flywheel.serving.types import PredictRequest, PredictResponse
@@ -127,7 +127,6 @@ class _Stream:
         self.max_in_flight, self.max_message_bytes = max_in_flight, max_message_bytes
         self.max_rows = max_rows
         self.in_flight = 0
-        self.peak_in_flight = 0  # observed maximum (tests, debugging)
         self.closed = False
         self.conn_id = uuid.uuid4().hex[:12]
         self._room = asyncio.Condition()
@@ -169,7 +168,6 @@ class _Stream:
         async with self._room:
             await self._room.wait_for(lambda: self.in_flight + len(items) <= self.max_in_flight)
             self.in_flight += len(items)
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         for start in range(0, len(items), self.max_rows):
             self._spawn(self._score(items[start : start + self.max_rows], model, version))
 
@@ -314,15 +312,6 @@ def _answers(items: list[_Item], response: PredictResponse) -> list[dict[str, An
     return out
 
 
-def _credential(scope: Scope) -> bytes | None:
-    for key, value in scope.get("headers", ()):
-        if key == b"x-api-key":
-            return bytes(value)
-        if key == b"authorization" and value[:7].lower() == b"bearer ":
-            return bytes(value[7:])
-    return None
-
-
 async def stream_endpoint(
     scope: Scope,
     receive: Receive,
@@ -346,17 +335,16 @@ async def stream_endpoint(
     message = await receive()
     if message["type"] != "websocket.connect":
         return
-    if api_key is not None:
-        cred = _credential(scope)
-        if cred is None or not hmac.compare_digest(cred, api_key.encode()):
-            await send(
-                {
-                    "type": "websocket.close",
-                    "code": _POLICY_VIOLATION,
-                    "reason": "A valid API key is required (X-API-Key).",
-                }
-            )
-            return
+    key = None if api_key is None else api_key.encode()
+    if not key_ok(credential(scope.get("headers", ())), key):
+        await send(
+            {
+                "type": "websocket.close",
+                "code": _POLICY_VIOLATION,
+                "reason": "A valid API key is required (X-API-Key).",
+            }
+        )
+        return
     await send({"type": "websocket.accept"})
     stream = _Stream(
         send,

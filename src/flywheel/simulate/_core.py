@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from flywheel.config import Settings, mask_url
+from flywheel.config import Settings, mask_url, sqlalchemy_url
 from flywheel.errors import ConfigError, DataError, NotFound, SourceError
 from flywheel.simulate._scenarios import Scenario, parse_scenario
 from flywheel.simulate._schema import OPERATIONAL_TABLES, STATE, TABLES, create_schema
@@ -56,15 +56,8 @@ class _State:
     last_day: int  # -1 before the first day
 
 
-def _sqlalchemy_url(url: str) -> str:
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url.removeprefix(prefix)
-    return url
-
-
 def _engine(url: str, *, write: bool) -> sa.Engine:
-    engine = sa.create_engine(_sqlalchemy_url(url))
+    engine = sa.create_engine(sqlalchemy_url(url))
     if engine.dialect.name == "sqlite":
         _transactional_sqlite(engine, "BEGIN IMMEDIATE" if write else "BEGIN")
     return engine

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import optuna
 
-from flywheel.config import mask_url
+from flywheel.config import mask_url, sqlalchemy_url
 from flywheel.errors import TrainingError
 from flywheel.training.params import SearchParams
 
@@ -48,12 +48,7 @@ class SearchOutcome:
 
 def storage_url(url: str | None) -> str | None:
     """A SQLAlchemy URL Optuna can open: ``postgresql://`` uses psycopg 3 (psycopg2 is absent)."""
-    if url is None:
-        return None
-    for scheme in ("postgresql://", "postgres://"):
-        if url.startswith(scheme):
-            return "postgresql+psycopg://" + url.removeprefix(scheme)
-    return url
+    return None if url is None else sqlalchemy_url(url)
 
 
 def study_name(dataset: str, family: str, snapshot_id: str, config: dict[str, Any]) -> str:

@@ -175,9 +175,7 @@ def _load_snapshot(settings: Settings, snapshot_id: str) -> tuple[Manifest, pd.D
     from flywheel.data import snapshots
 
     manifest = snapshots.get_snapshot(settings, snapshot_id)
-    require_valid = getattr(snapshots, "require_valid", None)
-    if require_valid is not None:
-        require_valid(settings, manifest)  # ContractViolation unless it passed its contract
+    snapshots.require_valid(settings, manifest)  # ContractViolation unless it passed its contract
     df = snapshots.read_snapshot(settings, manifest)
     if df.empty:
         raise DataError(
@@ -742,12 +740,10 @@ def load_training_meta(settings: Settings, run_id: str) -> TrainingMeta:
 
 def load_holdout(settings: Settings, run_id: str) -> tuple[pd.DataFrame, pd.Series]:
     """The run's holdout rows (raw columns, slice columns kept) and target, re-derived exactly."""
-    from flywheel.data.snapshots import get_snapshot, read_snapshot
+    from flywheel.data.snapshots import get_snapshot
 
     meta = load_training_meta(settings, run_id)
-    df = _labelled(read_snapshot(settings, get_snapshot(settings, meta.snapshot_id)), meta.target)
-    y_all = encode_target(df[meta.target], meta.task, meta.classes)
-    _, holdout_idx = _split(y_all, meta.task, meta.test_size, meta.seed)
+    df, _, holdout_idx = _resplit(settings, meta, get_snapshot(settings, meta.snapshot_id))
     holdout = df.iloc[holdout_idx]
     if _frame_sha256(holdout) != meta.holdout_sha256:
         raise DataError(
@@ -765,17 +761,27 @@ def training_keys(settings: Settings, run_id: str) -> pd.DataFrame | None:
     or None when the snapshot has no key columns. Used to keep a champion comparison fair:
     a challenger trained on a newer snapshot must not be scored against the champion on rows
     the champion learned from."""
-    from flywheel.data.snapshots import get_snapshot, read_snapshot
+    from flywheel.data.snapshots import get_snapshot
 
     meta = load_training_meta(settings, run_id)
     manifest = get_snapshot(settings, meta.snapshot_id)
     keys = list(manifest.key_columns)
     if not keys:
         return None
+    df, train_idx, _ = _resplit(settings, meta, manifest)
+    return df.iloc[train_idx][keys].reset_index(drop=True)
+
+
+def _resplit(
+    settings: Settings, meta: TrainingMeta, manifest: Manifest
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The run's labelled snapshot rows and its (training, holdout) positions, as at training."""
+    from flywheel.data.snapshots import read_snapshot
+
     df = _labelled(read_snapshot(settings, manifest), meta.target)
     y_all = encode_target(df[meta.target], meta.task, meta.classes)
-    train_idx, _ = _split(y_all, meta.task, meta.test_size, meta.seed)
-    return df.iloc[train_idx][keys].reset_index(drop=True)
+    train_idx, holdout_idx = _split(y_all, meta.task, meta.test_size, meta.seed)
+    return df, train_idx, holdout_idx
 
 
 def load_pipeline(settings: Settings, run_id: str) -> Pipeline:
