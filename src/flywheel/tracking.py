@@ -13,11 +13,16 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from flywheel.config import Settings
 from flywheel.errors import RegistryError
 
-__all__ = ["TAG", "configure_mlflow", "git_commit"]
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
+
+__all__ = ["TAG", "configure_mlflow", "git_commit", "log_model"]
 
 log = logging.getLogger("flywheel.tracking")
 
@@ -97,3 +102,40 @@ def git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class _UncheckedFlavor:
+    """A flavor module for ``mlflow.models.Model.log`` that drops ``validate_serving_input``.
+
+    ``Model.log`` reads that keyword to decide whether to reload the model it just wrote
+    and predict its input example, and also forwards it to the flavor's ``save_model``, which
+    rejects it; so the check cannot be switched off through ``mlflow.<flavor>.log_model``.
+    """
+
+    def __init__(self, module: ModuleType) -> None:
+        self.__name__ = module.__name__
+        self._module = module
+
+    def save_model(self, *, validate_serving_input: bool = True, **kwargs: Any) -> Any:
+        return self._module.save_model(**kwargs)
+
+
+def log_model(flavor: ModuleType, *, name: str, **kwargs: Any) -> ModelInfo:
+    """``mlflow.<flavor>.log_model`` without MLflow's serving-input check.
+
+    The check reloads the model just written and predicts the input example; for ONNX it
+    always fails on flywheel's ``[None, 1]`` inputs. flywheel checks what it serves itself:
+    the parity check runs ONNX Runtime on the whole holdout before a version is registered,
+    and tests load the logged pipeline back through ``mlflow.sklearn`` and ``mlflow.pyfunc``.
+    ``flavor`` is an MLflow flavor module or one of flywheel's (``flavor_name`` then names
+    the MLflow flavor it writes).
+    """
+    from mlflow.models import Model
+
+    return Model.log(
+        artifact_path=None,
+        flavor=_UncheckedFlavor(flavor),
+        name=name,
+        validate_serving_input=False,
+        **kwargs,
+    )

@@ -160,6 +160,39 @@ def test_register_writes_version_alias_tags_card_and_audit(world: World) -> None
     assert (entry.action, entry.to_version, entry.who) == ("register", "1", world.settings.user)
 
 
+def test_register_reuses_what_training_and_evaluation_hold(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after training and evaluation in one process, registration neither downloads
+    the pipeline nor re-reads the holdout, and checks parity on the same rows as the path
+    that loads both back (a run id evaluated elsewhere)."""
+    from flywheel.training.evaluate import evaluate
+
+    reloaded = _register(world).parity  # world.evaluation holds no predictions: loads back
+    evaluation = evaluate(world.settings, world.result)
+    assert evaluation.holdout is not None and "holdout" not in evaluation.to_dict()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("registration loaded what it already had")
+
+    monkeypatch.setattr(registry, "load_pipeline", refuse)
+    monkeypatch.setattr(registry, "load_holdout", refuse)
+    reg = registry.register(
+        world.settings, world.result, evaluation=evaluation, gate_report=world.gates
+    )
+    assert reg.parity == reloaded and reg.parity.rows == 60
+    client = MlflowClient()
+    mv = client.get_model_version("churn", reg.version)
+    assert mv.tags["flywheel.onnx_sha256"] == reg.onnx_sha256
+    model_id = mv.source.removeprefix("models:/")
+    onnx_model = client.get_logged_model(model_id)
+    metrics = {m.key: m.value for m in onnx_model.metrics or []}
+    assert metrics["holdout_roc_auc"] == evaluation.metrics["roc_auc"]
+    assert metrics["onnx_parity_label_mismatches"] == 0.0
+    outputs = client.get_run(world.result.run_id).outputs.model_outputs
+    assert model_id in {o.model_id for o in outputs}
+
+
 def test_failed_gate_raises_and_leaves_the_registry_unchanged(world: World) -> None:
     world.gates = _gates(False)
     with pytest.raises(GateFailed, match=r"1 quality gate\(s\): max_slice_gap\(roc_auc\)") as exc:

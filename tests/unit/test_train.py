@@ -195,14 +195,35 @@ def test_holdout_is_stratified_and_rederived(trained: tuple[Settings, TrainResul
 
 @pytest.mark.slow
 def test_logged_pipeline_loads_and_predicts(trained: tuple[Settings, TrainResult]) -> None:
+    import mlflow.pyfunc
+    import mlflow.sklearn
+
     from flywheel.training.features import prepare_frame
 
     settings, result = trained
     pipeline = load_pipeline(settings, result.run_id)
     X, _ = load_holdout(settings, result.run_id)
-    proba = pipeline.predict_proba(prepare_frame(X, result.feature_specs))
+    frame = prepare_frame(X, result.feature_specs)
+    proba = pipeline.predict_proba(frame)
     assert proba.shape == (len(X), 2)
     assert np.allclose(proba.sum(axis=1), 1.0)
+    # flywheel writes the sklearn flavor from its own single skops dump: MLflow's loaders
+    # read it, and every copy predicts exactly what the in-memory pipeline does
+    assert result.pipeline is not None
+    expected = result.pipeline.predict_proba(frame)
+    assert np.array_equal(proba, expected)
+    assert np.array_equal(
+        mlflow.sklearn.load_model(result.model_uri).predict_proba(frame), expected
+    )
+    pyfunc = mlflow.pyfunc.load_model(result.model_uri)
+    assert np.array_equal(pyfunc.predict(frame), result.pipeline.predict(frame))
+    assert pyfunc.metadata.get_input_schema().input_names() == [
+        s.name for s in result.feature_specs
+    ]
+    assert pyfunc.metadata.saved_input_example_info["artifact_path"] == "input_example.json"
+    logged = mlflow.get_logged_model(result.model_uri.removeprefix("models:/"))
+    assert logged.source_run_id == result.run_id
+    assert {m.key for m in logged.metrics or []} >= {"roc_auc_cv_mean", "fit_time_s"}
 
 
 @pytest.mark.slow

@@ -76,7 +76,7 @@ def train_evaluate_register(
     result = train(settings, snapshot_id, params, trials=trials, storage=storage, progress=progress)
     on_step("evaluate")
     champion = load_champion(settings)
-    evaluation = evaluate(settings, result.run_id, champion=champion)
+    evaluation = evaluate(settings, result, champion=champion)
     report = check_gates(settings.gates, evaluation)
     record_gates(settings, result.run_id, report)
     outcome = TrainOutcome(result=result, evaluation=evaluation, gates=report)

@@ -22,6 +22,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -46,7 +47,7 @@ from flywheel.registry.onnx_export import (
     make_session,
     onnx_predict,
 )
-from flywheel.tracking import TAG, configure_mlflow, git_commit
+from flywheel.tracking import TAG, configure_mlflow, git_commit, log_model
 from flywheel.training.evaluate import ChampionModel, Evaluation
 from flywheel.training.features import FeatureSpec, Task, prepare_frame
 from flywheel.training.gates import GateReport
@@ -54,6 +55,7 @@ from flywheel.training.train import TrainResult, load_holdout, load_pipeline
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import LoggedModel
     from mlflow.entities.model_registry import ModelVersion
     from mlflow.models import ModelSignature
     from sklearn.pipeline import Pipeline
@@ -169,7 +171,12 @@ def _client(settings: Settings) -> MlflowClient:
 
 
 def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
-    """``{alias: version}`` of the registered model (empty when the model does not exist).
+    """``{alias: version}`` of the registered model (empty when the model does not exist)."""
+    return _registered_aliases(client, name) or {}
+
+
+def _registered_aliases(client: MlflowClient, name: str) -> dict[str, str] | None:
+    """``{alias: version}``, or None when the registered model does not exist.
 
     Read from the registered model rather than ``get_model_version_by_alias``, whose
     "alias not found" error code differs between the SQL and REST stores."""
@@ -179,7 +186,7 @@ def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
         aliases = client.get_registered_model(name).aliases or {}
     except MlflowException as exc:
         if _is_missing(exc):
-            return {}
+            return None
         raise
     return {alias: str(version) for alias, version in aliases.items()}
 
@@ -231,13 +238,29 @@ def _require_gates(gate_report: GateReport, result: TrainResult) -> None:
     )
 
 
-def _parity(
-    settings: Settings, result: TrainResult, pipeline: Pipeline, onnx_model: bytes
-) -> tuple[ParityReport, pd.DataFrame]:
-    """ONNX vs native on the run's holdout; logged as run metrics; ParityError if it fails."""
-    from mlflow import MlflowClient
+_PARITY_METRICS = ("max_abs_diff", "rows_over_tolerance", "label_mismatches")
 
-    frame, _ = load_holdout(settings, result.run_id)
+
+def _parity(
+    settings: Settings,
+    result: TrainResult,
+    evaluation: Evaluation,
+    pipeline: Pipeline,
+    onnx_model: bytes,
+) -> tuple[ParityReport, pd.DataFrame]:
+    """ONNX vs native on the run's holdout; logged as run metrics; ParityError if it fails.
+
+    Uses the holdout and native predictions the evaluation kept in memory when it scored
+    this run, else re-derives the holdout from the snapshot.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    held = evaluation.holdout if evaluation.run_id == result.run_id else None
+    if held is not None:
+        frame, native = held.frame, (held.labels, held.proba)
+    else:
+        frame, native = load_holdout(settings, result.run_id)[0], None
     report = check_parity(
         pipeline,
         onnx_model,
@@ -246,11 +269,15 @@ def _parity(
         task=result.task,
         tolerance=settings.registry.parity_tolerance,
         relative=result.task == "regression",
+        native=native,
+        prepared=held is not None,
     )
-    client = MlflowClient()
-    for key in ("max_abs_diff", "rows_over_tolerance", "label_mismatches"):
-        client.log_metric(result.run_id, f"onnx_parity_{key}", float(getattr(report, key)))
-    if not report.passed:
+    if not report.passed:  # when it passes, they are logged with the ONNX model (_log_onnx)
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(f"onnx_parity_{k}", float(getattr(report, k)), now, 0) for k in _PARITY_METRICS
+        ]
+        MlflowClient().log_batch(result.run_id, metrics=metrics)
         raise ParityError(
             f"ONNX export of run {result.run_id} disagrees with the native pipeline: max |Δ| "
             f"{report.max_abs_diff:.3g} (tolerance {report.tolerance:g}), "
@@ -283,10 +310,6 @@ def _specs_json(result: TrainResult) -> dict[str, Any]:
     }
 
 
-def _run_tags(client: MlflowClient, run_id: str) -> dict[str, str]:
-    return dict(client.get_run(run_id).data.tags)
-
-
 def _snapshot(settings: Settings, snapshot_id: str) -> Manifest | None:
     try:
         return get_snapshot(settings, snapshot_id)
@@ -308,6 +331,7 @@ class _Draft:
     example: pd.DataFrame
     manifest: Manifest | None
     run_tags: dict[str, str]
+    experiment_id: str
 
 
 def register(
@@ -323,11 +347,12 @@ def register(
     timings: dict[str, float] = {}
     with _mlflow_errors(f"register run {result.run_id}", settings):
         with timed(timings, "load_pipeline"):
-            pipeline = load_pipeline(settings, result.run_id)
+            pipeline = result.pipeline or load_pipeline(settings, result.run_id)
         with timed(timings, "onnx_export"):
             onnx_model = export_onnx(pipeline, result.feature_specs, task=result.task)
         with timed(timings, "parity"):
-            parity, holdout = _parity(settings, result, pipeline, onnx_model)
+            parity, holdout = _parity(settings, result, evaluation, pipeline, onnx_model)
+        run = client.get_run(result.run_id)
         draft = _Draft(
             result=result,
             evaluation=evaluation,
@@ -337,7 +362,8 @@ def register(
             sha256=hashlib.sha256(onnx_model).hexdigest(),
             example=prepare_frame(holdout.head(3), result.feature_specs),
             manifest=_snapshot(settings, result.snapshot_id),
-            run_tags=_run_tags(client, result.run_id),
+            run_tags=dict(run.data.tags),
+            experiment_id=run.info.experiment_id,
         )
         with timed(timings, "publish"):
             registered = _publish(settings, client, draft)
@@ -345,41 +371,46 @@ def register(
     return registered
 
 
-def _reserve_version(client: MlflowClient, name: str, result: TrainResult) -> tuple[str, str]:
-    """Create the (empty, pending) ONNX logged model and a version pointing at it."""
+def _reserve_version(
+    client: MlflowClient, name: str, draft: _Draft, *, exists: bool
+) -> tuple[str, LoggedModel]:
+    """Create the (empty, pending) ONNX logged model and a version pointing at it, with all
+    its tags in the same write (the version is reachable by no alias until publishing ends)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    try:
-        client.create_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    experiment_id = client.get_run(result.run_id).info.experiment_id
+    if not exists:
+        try:
+            client.create_registered_model(name)
+        except MlflowException as exc:  # made meanwhile by another process
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
     logged = mlflow.initialize_logged_model(
         name=ONNX_NAME,
-        source_run_id=result.run_id,
+        source_run_id=draft.result.run_id,
         model_type="onnx",
-        experiment_id=experiment_id,
+        experiment_id=draft.experiment_id,
     )
     mv = client.create_model_version(
         name,
         source=f"models:/{logged.model_id}",
-        run_id=result.run_id,
+        run_id=draft.result.run_id,
+        tags=_version_tags(draft),
         model_id=logged.model_id,
         await_creation_for=0,
     )
-    return str(mv.version), logged.model_id
+    return str(mv.version), logged
 
 
 def _publish(settings: Settings, client: MlflowClient, draft: _Draft) -> RegisteredVersion:
     name = settings.registry.model_name
-    previous_challenger = _alias_version(client, name, CHALLENGER)
-    version, model_id = _reserve_version(client, name, draft.result)
+    aliases = _registered_aliases(client, name)
+    previous_challenger = (aliases or {}).get(CHALLENGER)
+    version, logged = _reserve_version(client, name, draft, exists=aliases is not None)
+    model_id = logged.model_id
     try:
         card = _card(settings, draft, name, version)
-        _log_onnx(client, draft, model_id, card)
-        _tag_version(client, name, version, draft)
+        _log_onnx(client, draft, logged, card)
         client.update_model_version(name, version, description=card)
         client.set_registered_model_alias(name, CHALLENGER, version)
         entry = _audit(settings).append(
@@ -454,24 +485,12 @@ def _pip_requirements() -> list[str]:
     return [f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"]
 
 
-@contextmanager
-def _quiet_serving_check() -> Iterator[None]:
-    """Silence MLflow's serving-input check while logging: it feeds the example through
-    MLflow's own ONNX pyfunc, which passes 1-D columns to our ``[None, 1]`` inputs and always
-    warns. flywheel serves with its own ONNX Runtime code (``onnx_predict``), not that pyfunc."""
-    logger = logging.getLogger("mlflow.models.model")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _log_onnx(client: MlflowClient, draft: _Draft, model_id: str, card: str) -> None:
+def _log_onnx(client: MlflowClient, draft: _Draft, logged: LoggedModel, card: str) -> None:
     """Log model.onnx + extra files into the reserved logged model of the training run."""
+    model_id = logged.model_id
     import mlflow.onnx
     import onnx
+    from mlflow.entities import LoggedModelOutput, Metric
 
     with tempfile.TemporaryDirectory(prefix="fw-register-") as tmp:
         files = {
@@ -481,20 +500,27 @@ def _log_onnx(client: MlflowClient, draft: _Draft, model_id: str, card: str) -> 
         }
         for fname, text in files.items():
             (Path(tmp) / fname).write_text(text, encoding="utf-8")
-        with _quiet_serving_check():
-            mlflow.onnx.log_model(
-                onnx.load_model_from_string(draft.onnx_model),
-                name=ONNX_NAME,
-                model_id=model_id,
-                run_id=draft.result.run_id,
-                signature=_signature(draft.result.feature_specs),
-                input_example=draft.example,
-                pip_requirements=_pip_requirements(),
-                extra_files=[str(Path(tmp) / f) for f in files],
-                save_as_external_data=False,
-                onnx_execution_providers=["CPUExecutionProvider"],
-            )
-    location = client.get_logged_model(model_id).artifact_location
+        # No run_id: MLflow would then re-read every metric's history of the run to copy
+        # it onto the model; the output link and the holdout metrics are written below.
+        log_model(
+            mlflow.onnx,
+            name=ONNX_NAME,
+            onnx_model=onnx.load_model_from_string(draft.onnx_model),
+            model_id=model_id,
+            signature=_signature(draft.result.feature_specs),
+            input_example=draft.example,
+            pip_requirements=_pip_requirements(),
+            extra_files=[str(Path(tmp) / f) for f in files],
+            save_as_external_data=False,
+            onnx_execution_providers=["CPUExecutionProvider"],
+        )
+    run_id = draft.result.run_id
+    client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+    now = int(time.time() * 1000)
+    metrics = {f"holdout_{k}": v for k, v in draft.evaluation.metrics.items()}
+    metrics.update({f"onnx_parity_{k}": float(getattr(draft.parity, k)) for k in _PARITY_METRICS})
+    client.log_batch(run_id, [Metric(k, v, now, 0, model_id=model_id) for k, v in metrics.items()])
+    location = logged.artifact_location
     stored = Path(mlflow.artifacts.download_artifacts(f"{location}/model.onnx"))
     if _sha256(stored) != draft.sha256:
         raise RegistryError(
@@ -503,7 +529,7 @@ def _log_onnx(client: MlflowClient, draft: _Draft, model_id: str, card: str) -> 
         )
 
 
-def _tag_version(client: MlflowClient, name: str, version: str, draft: _Draft) -> None:
+def _version_tags(draft: _Draft) -> dict[str, str]:
     result, parity = draft.result, draft.parity
     snapshot_sha = (
         draft.manifest.sha256 if draft.manifest else draft.run_tags.get(TAG["snapshot_sha256"], "")
@@ -518,10 +544,9 @@ def _tag_version(client: MlflowClient, name: str, version: str, draft: _Draft) -
         TAG["family"]: result.family,
         TAG["gates"]: "passed",
         **{tag: str(getattr(parity, key)) for key, tag in PARITY_TAGS.items()},
-        TAG["onnx_sha256"]: draft.sha256,  # last: a version without it is not usable
+        TAG["onnx_sha256"]: draft.sha256,
     }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+    return tags
 
 
 def _sha256(path: Path) -> str:

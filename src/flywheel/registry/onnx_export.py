@@ -236,7 +236,10 @@ def _restore_input_names(onx: Any, specs: list[FeatureSpec]) -> None:
 
 def onnx_feeds(df: pd.DataFrame, specs: list[FeatureSpec]) -> dict[str, np.ndarray]:
     """``{feature: [n, 1] array}`` (float32 or object ``str``) from a raw frame."""
-    frame = prepare_frame(df, specs)
+    return _feeds(prepare_frame(df, specs), specs)
+
+
+def _feeds(frame: pd.DataFrame, specs: list[FeatureSpec]) -> dict[str, np.ndarray]:
     return {
         s.name: frame[s.name]
         .to_numpy(dtype=np.float32 if s.kind == "numeric" else object)
@@ -249,10 +252,16 @@ def onnx_predict(
     session: ort.InferenceSession, df: pd.DataFrame, specs: list[FeatureSpec], *, task: Task
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels (or regression values) and class probabilities (None for regression)."""
+    return _run(session, onnx_feeds(df, specs), task)
+
+
+def _run(
+    session: ort.InferenceSession, feeds: dict[str, np.ndarray], task: Task
+) -> tuple[np.ndarray, np.ndarray | None]:
     if task == "classification":
-        label, proba = session.run(["label", "probabilities"], onnx_feeds(df, specs))
+        label, proba = session.run(["label", "probabilities"], feeds)
         return np.asarray(label).ravel(), np.asarray(proba)
-    (values,) = session.run(["label"], onnx_feeds(df, specs))
+    (values,) = session.run(["label"], feeds)
     return np.asarray(values).ravel(), None
 
 
@@ -275,8 +284,8 @@ def _diffs(native: np.ndarray, exported: np.ndarray, relative: bool) -> np.ndarr
 
 
 def _label_mismatches(
-    pipeline: Pipeline,
-    frame: pd.DataFrame,
+    classes: np.ndarray,
+    native: np.ndarray,
     onnx_labels: np.ndarray,
     native_proba: np.ndarray,
     *,
@@ -285,9 +294,9 @@ def _label_mismatches(
     """(mismatches, ties): rows whose labels differ, split by whether the native
     probabilities of the two labels tie within ``tolerance`` (a vote split evenly, where
     float32 vs float64 rounding legitimately picks either side)."""
-    native = np.asarray(pipeline.predict(frame)).astype(object)
+    native = np.asarray(native).astype(object)
     differ = np.flatnonzero(native != onnx_labels.astype(object))
-    position = {c: i for i, c in enumerate(pipeline.classes_)}
+    position = {c: i for i, c in enumerate(classes)}
     ties = 0
     for row in differ:
         j = position.get(onnx_labels[row])
@@ -306,6 +315,8 @@ def check_parity(
     task: Task,
     tolerance: float = 1e-4,
     relative: bool = True,
+    native: tuple[np.ndarray, np.ndarray | None] | None = None,
+    prepared: bool = False,
 ) -> ParityReport:
     """Native vs ONNX Runtime predictions on ``df``.
 
@@ -314,19 +325,30 @@ def check_parity(
     mismatch). Regression compares ``|Δ| / max(1, max |native|)``, relative to the batch's
     scale (``relative=True``, the default: ONNX outputs float32, whose rounding alone is ~1e-4
     at values ~1000), or plain ``|Δ|`` with ``relative=False``.
+
+    ``native`` is the pipeline's own ``(labels, probabilities)`` on ``df`` when the caller
+    has them already (evaluation computed them on the same holdout); else they are computed.
+    ``prepared=True`` says ``df`` is already :func:`prepare_frame`'s output.
     """
-    frame = prepare_frame(df, specs)
-    labels, proba = onnx_predict(make_session(onnx_model), frame, specs, task=task)
+    frame = df if prepared else prepare_frame(df, specs)
+    labels, proba = _run(make_session(onnx_model), _feeds(frame, specs), task)
     mismatches = ties = 0
     if task == "classification":
-        native_proba = pipeline.predict_proba(frame)
+        if native is None:
+            native_proba = pipeline.predict_proba(frame)
+            native_labels = np.asarray(pipeline.classes_)[native_proba.argmax(axis=1)]
+        else:
+            native_labels, given = native
+            assert given is not None  # classification has probabilities
+            native_proba = given
         assert proba is not None  # onnx_predict returns probabilities for classification
         diff = _diffs(native_proba, proba, relative=False)
         mismatches, ties = _label_mismatches(
-            pipeline, frame, labels, native_proba, tolerance=tolerance
+            np.asarray(pipeline.classes_), native_labels, labels, native_proba, tolerance=tolerance
         )
     else:
-        diff = _diffs(pipeline.predict(frame), labels, relative=relative)
+        values = pipeline.predict(frame) if native is None else native[0]
+        diff = _diffs(values, labels, relative=relative)
     report = ParityReport(
         rows=len(frame),
         max_abs_diff=float(diff.max()) if diff.size else 0.0,

@@ -12,7 +12,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pandas as pd
 from sklearn.inspection import permutation_importance
 from sklearn.pipeline import Pipeline
 
+from flywheel._timing import timed
 from flywheel.config import Settings
 from flywheel.errors import FlywheelError, RegistryError
 from flywheel.tracking import configure_mlflow
@@ -29,6 +30,7 @@ from flywheel.training.features import Task, prepare_frame
 from flywheel.training.metrics import all_metrics, primary_metric, score
 from flywheel.training.train import (
     TrainingMeta,
+    TrainResult,
     encode_target,
     load_holdout,
     load_pipeline,
@@ -37,7 +39,14 @@ from flywheel.training.train import (
     training_keys,
 )
 
-__all__ = ["MIN_SLICE_ROWS", "ChampionModel", "Evaluation", "evaluate", "score_slices"]
+__all__ = [
+    "MIN_SLICE_ROWS",
+    "ChampionModel",
+    "Evaluation",
+    "HoldoutPredictions",
+    "evaluate",
+    "score_slices",
+]
 
 log = logging.getLogger("flywheel.training")
 
@@ -53,6 +62,15 @@ class ChampionModel:
     version: str
     predict: Callable[[pd.DataFrame], tuple[np.ndarray, np.ndarray | None]]
     run_id: str | None = None  # its training run: lets the comparison skip rows it trained on
+
+
+@dataclass
+class HoldoutPredictions:
+    """The run's native predictions on its holdout, kept in memory for the parity check."""
+
+    frame: pd.DataFrame  # prepared features (prepare_frame), the rows in holdout order
+    labels: np.ndarray  # class indices, or regression values
+    proba: np.ndarray | None
 
 
 @dataclass
@@ -78,19 +96,43 @@ class Evaluation:
     comparison_rows: int | None = None
     comparison_metrics: dict[str, float] | None = None
     champion_seen_rows: int = 0  # holdout rows left out because the champion trained on them
+    # In memory only (not in evaluation.json): lets registration skip re-deriving the holdout.
+    holdout: HoldoutPredictions | None = field(
+        default=None, repr=False, compare=False, metadata={"record": False}
+    )
+    timings: dict[str, float] = field(  # seconds per phase ("tracking": the MLflow writes)
+        default_factory=dict, repr=False, compare=False, metadata={"record": False}
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what ``evaluation.json`` holds)."""
-        return asdict(self)
+        recorded = [f.name for f in fields(self) if f.metadata.get("record", True)]
+        return {name: _plain_copy(getattr(self, name)) for name in recorded}
+
+
+def _plain_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_copy(v) for v in value]
+    return value
 
 
 def evaluate(
-    settings: Settings, run_id: str, *, champion: ChampionModel | None = None
+    settings: Settings, run: str | TrainResult, *, champion: ChampionModel | None = None
 ) -> Evaluation:
-    """Score the run's pipeline (and the champion) on the run's holdout; record it on the run."""
-    meta = load_training_meta(settings, run_id)
-    pipeline = load_pipeline(settings, run_id)
-    X_raw, y_raw = load_holdout(settings, run_id)
+    """Score the run's pipeline (and the champion) on the run's holdout; record it on the run.
+
+    ``run`` is a run id, or the :class:`TrainResult` just returned by ``train`` (its in-memory
+    pipeline is then used instead of downloading the logged one).
+    """
+    run_id = run if isinstance(run, str) else run.run_id
+    held = (None, None) if isinstance(run, str) else (run.meta, run.pipeline)
+    timings: dict[str, float] = {}
+    with timed(timings, "tracking"):  # MLflow reads, when this process does not hold them
+        meta = held[0] or load_training_meta(settings, run_id)
+        pipeline = held[1] if held[1] is not None else load_pipeline(settings, run_id)
+    X_raw, y_raw = load_holdout(settings, run_id, meta=meta)
     y = encode_target(y_raw, meta.task, meta.classes)
     X = prepare_frame(X_raw[[s.name for s in meta.feature_specs]], meta.feature_specs)
     pred, proba = predict(pipeline, X, meta.task)
@@ -102,6 +144,8 @@ def evaluate(
         metrics=score(meta.task, y, pred, proba, n_classes=k),
         rows=len(y),
         classes=meta.classes,
+        holdout=HoldoutPredictions(frame=X, labels=pred, proba=proba),
+        timings=timings,
     )
     for column in settings.training.slice_columns:
         if column in X_raw.columns:
@@ -275,7 +319,8 @@ def _plot_and_record(
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    configure_mlflow(settings)
+    with timed(ev.timings, "tracking"):
+        configure_mlflow(settings)
     with tempfile.TemporaryDirectory(prefix="flywheel-eval-") as tmp:
         files = _draw(Path(tmp), ev, pipeline, X, y, pred, proba, meta)
         ev.plots = [f"plots/{f.name}" for f in files]
@@ -283,10 +328,12 @@ def _plot_and_record(
         values = {f"holdout_{k}": v for k, v in ev.metrics.items()}
         values.update({f"champion_{k}": v for k, v in (ev.champion_metrics or {}).items()})
         try:
-            client = MlflowClient()
-            client.log_batch(ev.run_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()])
-            client.log_dict(ev.run_id, ev.to_dict(), "evaluation.json")
-            client.log_artifacts(ev.run_id, tmp, "plots")
+            with timed(ev.timings, "tracking"):
+                client = MlflowClient()
+                metrics = [Metric(k, v, now, 0) for k, v in values.items()]
+                client.log_batch(ev.run_id, metrics=metrics)
+                client.log_dict(ev.run_id, ev.to_dict(), "evaluation.json")
+                client.log_artifacts(ev.run_id, tmp, "plots")
         except FlywheelError:
             raise
         except Exception as exc:  # MLflow raises many types; translate at the boundary

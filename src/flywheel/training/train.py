@@ -16,10 +16,12 @@ import json
 import logging
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as pkg_version
 from pathlib import Path
@@ -36,7 +38,7 @@ import flywheel
 from flywheel._timing import timed
 from flywheel.config import Settings
 from flywheel.errors import DataError, FlywheelError, NotFound, RegistryError, TrainingError
-from flywheel.tracking import TAG, configure_mlflow, git_commit
+from flywheel.tracking import TAG, configure_mlflow, git_commit, log_model
 from flywheel.training import metrics as M
 from flywheel.training.features import (
     CLASSIFICATION_FAMILIES,
@@ -100,6 +102,10 @@ class TrainResult:
     classes: list[Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     best_trial: dict[str, Any] | None = None
+    # The fitted pipeline while this process holds it: evaluation and registration use it
+    # instead of downloading the logged copy again. Not part of the record.
+    pipeline: Pipeline | None = field(default=None, repr=False, compare=False)
+    meta: TrainingMeta | None = field(default=None, repr=False, compare=False)  # training.json
 
 
 @dataclass(frozen=True)
@@ -478,6 +484,8 @@ def train(
         classes=job.classes,
         timings=timings,
         best_trial=_best_trial(outcome),
+        pipeline=pipeline,
+        meta=_meta(job, holdout_sha),
     )
 
 
@@ -567,6 +575,7 @@ def trusted_types(data: bytes) -> list[str]:
     return needed
 
 
+@cache
 def _requirements(family: str) -> list[str]:
     """Pinned pip requirements, passed explicitly (MLflow's inference costs ~10 s)."""
     names = ["scikit-learn", "skops", "numpy", "pandas", "scipy"]
@@ -580,22 +589,26 @@ def _requirements(family: str) -> list[str]:
     return out
 
 
-def _log_pipeline(pipeline: Pipeline, X: pd.DataFrame, job: _Job) -> str:
-    import mlflow
+def _log_pipeline(pipeline: Pipeline, X: pd.DataFrame, job: _Job) -> Any:
+    """Log the fitted pipeline (skops, dumped once) as the run's MLflow ``sklearn`` model;
+    returns MLflow's ``ModelInfo``."""
     import skops.io
     from mlflow.models import infer_signature
 
+    from flywheel.training import skops_flavor
+
     sample = X.head(100)
-    info = mlflow.sklearn.log_model(
-        pipeline,
+    data = skops.io.dumps(pipeline)
+    return log_model(
+        skops_flavor,
         name="model",
+        flavor_name="mlflow.sklearn",
+        skops_bytes=data,
+        skops_trusted_types=trusted_types(data),
         signature=infer_signature(sample, pipeline.predict(sample)),
         input_example=X.head(5),
-        serialization_format="skops",
-        skops_trusted_types=trusted_types(skops.io.dumps(pipeline)),
         pip_requirements=_requirements(job.params.family),
     )
-    return str(info.model_uri)
 
 
 def _run_params(
@@ -640,8 +653,8 @@ def _run_tags(job: _Job, holdout_sha: str, outcome: SearchOutcome | None) -> dic
     return tags
 
 
-def _meta(job: _Job, holdout_sha: str) -> dict[str, Any]:
-    meta = TrainingMeta(
+def _meta(job: _Job, holdout_sha: str) -> TrainingMeta:
+    return TrainingMeta(
         job.manifest.id,
         job.task,
         job.target,
@@ -651,7 +664,6 @@ def _meta(job: _Job, holdout_sha: str) -> dict[str, Any]:
         job.classes,
         holdout_sha,
     )
-    return asdict(meta)
 
 
 def _track(
@@ -675,23 +687,31 @@ def _track(
             "hyperparams": hyperparams,
         }
     )
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+
     metrics = {**cv_metrics, **{f"{k}_time_s": v for k, v in timings.items()}}
+    params = _run_params(job, hyperparams, len(X), outcome)
     try:
         with mlflow.start_run(
-            experiment_id=experiment_id, run_name=f"{job.manifest.dataset}-{job.params.family}"
+            experiment_id=experiment_id,
+            run_name=f"{job.manifest.dataset}-{job.params.family}",
+            tags=_run_tags(job, holdout_sha, outcome),
         ) as run:
-            mlflow.log_params(_run_params(job, hyperparams, len(X), outcome))
-            mlflow.log_metrics(metrics)
-            mlflow.set_tags(_run_tags(job, holdout_sha, outcome))
-            mlflow.log_text(
-                yaml.safe_dump(effective.model_dump(mode="json"), sort_keys=False), "params.yaml"
+            run_id = run.info.run_id
+            client = MlflowClient()
+            # params first (the logged model copies the run's params), then the model, then
+            # the metrics, linked to the model, and the model's URI in one write
+            client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+            _log_texts(run_id, effective.model_dump(mode="json"), job, holdout_sha)
+            info = _log_pipeline(pipeline, X, job)
+            model_uri = str(info.model_uri)
+            now = int(time.time() * 1000)
+            client.log_batch(
+                run_id,
+                metrics=[Metric(k, v, now, 0, model_id=info.model_id) for k, v in metrics.items()],
+                tags=[RunTag(MODEL_URI_TAG, model_uri)],
             )
-            mlflow.log_text(
-                json.dumps([asdict(s) for s in job.specs], indent=2), "feature_specs.json"
-            )
-            mlflow.log_dict(_meta(job, holdout_sha), _META_ARTIFACT)
-            model_uri = _log_pipeline(pipeline, X, job)
-            mlflow.set_tag(MODEL_URI_TAG, model_uri)
     except FlywheelError:
         raise
     except Exception as exc:  # MLflow raises many types; translate at the boundary
@@ -699,8 +719,21 @@ def _track(
             f"Could not record the training run in MLflow ({job.settings.tracking.uri}): {exc}. "
             "Check tracking.uri and that the tracking server and artifact store are reachable.",
         ) from exc
-    log.info("run %s logged model %s", run.info.run_id, model_uri)
-    return run.info.run_id, model_uri
+    log.info("run %s logged model %s", run_id, model_uri)
+    return run_id, model_uri
+
+
+def _log_texts(run_id: str, params: dict[str, Any], job: _Job, holdout_sha: str) -> None:
+    """params.yaml, feature_specs.json and training.json as run artifacts, in one upload."""
+    from mlflow import MlflowClient
+
+    with tempfile.TemporaryDirectory(prefix="flywheel-run-") as tmp:
+        folder = Path(tmp)
+        (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        specs = json.dumps([asdict(s) for s in job.specs], indent=2)
+        (folder / "feature_specs.json").write_text(specs)
+        (folder / _META_ARTIFACT).write_text(json.dumps(asdict(_meta(job, holdout_sha)), indent=2))
+        MlflowClient().log_artifacts(run_id, tmp)
 
 
 # ---------------------------------------------------------------- reading a run back
@@ -738,11 +771,15 @@ def load_training_meta(settings: Settings, run_id: str) -> TrainingMeta:
     return TrainingMeta(**data)
 
 
-def load_holdout(settings: Settings, run_id: str) -> tuple[pd.DataFrame, pd.Series]:
-    """The run's holdout rows (raw columns, slice columns kept) and target, re-derived exactly."""
+def load_holdout(
+    settings: Settings, run_id: str, *, meta: TrainingMeta | None = None
+) -> tuple[pd.DataFrame, pd.Series]:
+    """The run's holdout rows (raw columns, slice columns kept) and target, re-derived exactly.
+
+    ``meta`` is the run's :class:`TrainingMeta` when the caller has it (else it is read)."""
     from flywheel.data.snapshots import get_snapshot
 
-    meta = load_training_meta(settings, run_id)
+    meta = meta or load_training_meta(settings, run_id)
     df, _, holdout_idx = _resplit(settings, meta, get_snapshot(settings, meta.snapshot_id))
     holdout = df.iloc[holdout_idx]
     if _frame_sha256(holdout) != meta.holdout_sha256:
