@@ -30,13 +30,15 @@ $(UV):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv==0.13.9
 
+# --compile-bytecode: where PYTHONDONTWRITEBYTECODE is set (this machine), every process
+# would otherwise compile every imported module from source (seconds per `flywheel` command).
 $(VENV)/.main: requirements/main.lock pyproject.toml | $(UV)
-	$(UV) pip install -q -p $(BIN)/python -r requirements/main.lock
+	$(UV) pip install -q --compile-bytecode -p $(BIN)/python -r requirements/main.lock
 	$(UV) pip install -q -p $(BIN)/python --no-deps -e .
 	touch $@
 
 $(VENV)/.dev: requirements/dev.lock pyproject.toml | $(UV)
-	$(UV) pip install -q -p $(BIN)/python -r requirements/dev.lock
+	$(UV) pip install -q --compile-bytecode -p $(BIN)/python -r requirements/dev.lock
 	$(UV) pip install -q -p $(BIN)/python --no-deps -e .
 	touch $@ $(VENV)/.main
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import logging
 import re
 import subprocess
 import time
@@ -286,7 +287,11 @@ async def _mqtt_load(
 
     waiting: dict[str, asyncio.Future[bytes]] = {}
     counter = iter(range(10**12))
-    async with aiomqtt.Client(host, port, identifier=f"{root}-client") as client:
+    # aiomqtt warns on every publish while more than 10 wait for the broker's acks: expected
+    # with 16 in flight, and it would drown the report
+    quiet = logging.getLogger("bench.mqtt")
+    quiet.setLevel(logging.ERROR)
+    async with aiomqtt.Client(host, port, identifier=f"{root}-client", logger=quiet) as client:
         await client.subscribe(f"{root}/reply/#", qos=1)
 
         async def reader() -> None:

@@ -90,6 +90,10 @@ def _root(
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "botocore", "optuna"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # MLflow sets its own logger up when it is first imported (later, lazily), at INFO unless
+    # told otherwise: its "Creating initial MLflow database tables" lines are not for users
+    quiet = logging.getLevelName(settings.log_level) > logging.INFO
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING" if quiet else "INFO")
 
 
 @contextmanager

@@ -49,3 +49,15 @@ def test_cli_import_does_not_pull_heavy_libraries() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_serving_and_registry_imports_leave_plotting_and_tracking_out() -> None:
+    """A serving process loads neither matplotlib (evaluation plots) nor MLflow/skops/skl2onnx
+    on import: they cost seconds of cold start and memory, and load only when used."""
+    code = (
+        "import sys, flywheel.serving.server, flywheel.serving.rest, flywheel.registry.models; "
+        "heavy = ('matplotlib', 'sklearn.inspection', 'mlflow', 'skops', 'skl2onnx'); "
+        "print(','.join(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -18,14 +18,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.inspection import permutation_importance
 from sklearn.pipeline import Pipeline
 
 from flywheel._timing import timed
 from flywheel.config import Settings
 from flywheel.errors import FlywheelError, RegistryError
 from flywheel.tracking import configure_mlflow
-from flywheel.training import plots
 from flywheel.training.features import Task, prepare_frame
 from flywheel.training.metrics import all_metrics, primary_metric, score
 from flywheel.training.train import (
@@ -256,6 +254,8 @@ def _score_champion(
 def _importance(
     pipeline: Pipeline, X: pd.DataFrame, y: np.ndarray, task: Task, k: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray] | None:
+    from sklearn.inspection import permutation_importance
+
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(X), size=min(len(X), IMPORTANCE_ROWS), replace=False))
     scoring = "neg_root_mean_squared_error"
@@ -287,6 +287,8 @@ def _draw(
     proba: np.ndarray | None,
     meta: TrainingMeta,
 ) -> list[Path]:
+    from flywheel.training import plots  # matplotlib: loaded when plotting, not on import
+
     files: list[Path] = []
     classes = meta.classes or []
     if ev.task == "classification":
