@@ -321,3 +321,24 @@ def test_tampered_onnx_artifact_is_refused(world: World) -> None:
     stored.write_bytes(stored.read_bytes() + b"\x00")
     with pytest.raises(RegistryError, match="changed after registration"):
         registry.load_champion(s)
+
+
+def test_concurrent_fetches_of_one_version_all_get_a_whole_checked_copy(world: World) -> None:
+    """uvicorn workers (or a CLI beside a server) fetch the same version at once: each must
+    get the registered bytes, none may see another's half-written or deleted folder."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    reg = _register(world)
+    target = world.settings.home / "models" / "churn" / reg.version
+    target.mkdir(parents=True)
+    (target / "model.onnx").write_bytes(b"a stale, broken copy")
+
+    def fetch(_: int) -> str:
+        art = registry.fetch_model_artifacts(world.settings, reg.version)
+        return hashlib.sha256(art.model_path.read_bytes()).hexdigest()
+
+    with ThreadPoolExecutor(8) as pool:
+        digests = list(pool.map(fetch, range(16)))
+    assert digests == [reg.onnx_sha256] * 16
+    assert hashlib.sha256((target / "model.onnx").read_bytes()).hexdigest() == reg.onnx_sha256
+    assert [p.name for p in target.parent.iterdir()] == [reg.version]  # no temp folders left

@@ -17,9 +17,11 @@ champion stack that promote/approve/rollback entries describe.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -593,14 +595,40 @@ def fetch_model_artifacts(
                 version=str(mv.version),
             )
         target = dst or settings.home / "models" / name / str(mv.version)
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                f"models:/{name}/{mv.version}", dst_path=str(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Download into a private folder and check it before it takes the shared place:
+        # several processes (uvicorn workers, a CLI beside a server) may fetch one version
+        # at once, and none may see another's half-written or half-deleted folder.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    f"models:/{name}/{mv.version}", dst_path=str(tmp)
+                )
             )
-        )
-    return _checked_artifacts(name, mv, local, expected)
+            _checked_artifacts(name, mv, local, expected)
+            _move_into_place(tmp, target, expected)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _checked_artifacts(name, mv, target / local.relative_to(tmp), expected)
+
+
+def _move_into_place(folder: Path, target: Path, expected: str) -> None:
+    """Rename ``folder`` (checked) to ``target``; a copy already there with the expected
+    ONNX bytes is kept (another process won the race), any other is moved aside first."""
+    for _ in range(5):
+        try:
+            folder.rename(target)  # atomic; fails while target exists and is not empty
+            return
+        except OSError:
+            onnx_files = list(target.rglob("model.onnx")) if target.exists() else []
+            if onnx_files and all(_sha256(f) == expected for f in onnx_files):
+                return
+            aside = target.with_name(f".{target.name}-stale-{os.getpid()}-{time.time_ns()}")
+            with contextlib.suppress(OSError):  # gone meanwhile: fine
+                target.rename(aside)
+            shutil.rmtree(aside, ignore_errors=True)
+    raise RegistryError(f"Could not put the downloaded model in place at {target}.")
 
 
 def _checked_artifacts(name: str, mv: ModelVersion, local: Path, expected: str) -> ModelArtifacts:
