@@ -349,7 +349,9 @@ def register(
     timings: dict[str, float] = {}
     with _mlflow_errors(f"register run {result.run_id}", settings):
         with timed(timings, "load_pipeline"):
-            pipeline = result.pipeline or load_pipeline(settings, result.run_id)
+            pipeline = result.pipeline
+            if pipeline is None:  # not trained in this process: the logged copy
+                pipeline = load_pipeline(settings, result.run_id)
         with timed(timings, "onnx_export"):
             onnx_model = export_onnx(pipeline, result.feature_specs, task=result.task)
         with timed(timings, "parity"):
@@ -489,11 +491,11 @@ def _pip_requirements() -> list[str]:
 
 def _log_onnx(client: MlflowClient, draft: _Draft, logged: LoggedModel, card: str) -> None:
     """Log model.onnx + extra files into the reserved logged model of the training run."""
-    model_id = logged.model_id
     import mlflow.onnx
     import onnx
     from mlflow.entities import LoggedModelOutput, Metric
 
+    model_id = logged.model_id
     with tempfile.TemporaryDirectory(prefix="fw-register-") as tmp:
         files = {
             "model_card.md": card,
