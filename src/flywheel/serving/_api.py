@@ -19,6 +19,7 @@ from flywheel.errors import FlywheelError
 from flywheel.serving.config import ServingConfig
 from flywheel.serving.errors import (
     Forbidden,
+    InternalError,
     InvalidInput,
     ModelNotFound,
     ModelNotReady,
@@ -203,11 +204,7 @@ def _install_errors(api: FastAPI) -> None:
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         rid = uuid.uuid4().hex
         log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
-        err = FlywheelError(
-            f"Internal error; see the server log for request {rid}.", request_id=rid
-        )
-        err.kind = "internal"
-        return _error_response(request, err)
+        return _error_response(request, InternalError(rid))
 
 
 def _admin_guard(config: ServingConfig) -> Any:

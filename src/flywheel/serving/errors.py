@@ -11,6 +11,7 @@ __all__ = [
     "BadRequest",
     "Forbidden",
     "IntegrityError",
+    "InternalError",
     "InvalidInput",
     "ModelNotFound",
     "ModelNotReady",
@@ -65,6 +66,19 @@ class ModelNotFound(NotFound):
 class ModelNotReady(FlywheelError):
     status = 503
     kind = "not_ready"
+
+
+class InternalError(FlywheelError):
+    """An unexpected failure, answered without its details (they go to the server log)."""
+
+    kind = "internal"
+
+    def __init__(self, request_id: str | None = None) -> None:
+        if request_id is None:
+            super().__init__("Internal error; see the server log.")
+        else:
+            msg = f"Internal error; see the server log for request {request_id}."
+            super().__init__(msg, request_id=request_id)
 
 
 class IntegrityError(RegistryError):

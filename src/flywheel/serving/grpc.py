@@ -39,7 +39,13 @@ from flywheel.errors import ConfigError, FlywheelError
 from flywheel.serving._proto import grpc_predict_v2_pb2 as pb
 from flywheel.serving._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from flywheel.serving.auth import credential, key_ok
-from flywheel.serving.errors import InvalidInput, ModelNotFound, TooManyRows, Unauthorized
+from flywheel.serving.errors import (
+    InternalError,
+    InvalidInput,
+    ModelNotFound,
+    TooManyRows,
+    Unauthorized,
+)
 from flywheel.serving.types import PredictRequest, PredictResponse
 
 if TYPE_CHECKING:
@@ -486,10 +492,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except Exception:
             rid = request.id[:128] or uuid.uuid4().hex
             log.exception("unhandled error", extra={"request_id": rid, "route": "ModelInfer"})
-            error = FlywheelError(
-                f"Internal error; see the server log for request {rid}.", request_id=rid
-            )
-            error.kind = "internal"
+            error = InternalError(rid)
         seconds = time.perf_counter() - start
         if error is not None:
             self.metrics.error("grpc", error.kind)

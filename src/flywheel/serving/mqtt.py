@@ -50,7 +50,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from flywheel.errors import ConfigError, FlywheelError
 from flywheel.serving._wire import native_request
-from flywheel.serving.errors import BadRequest
+from flywheel.serving.errors import BadRequest, InternalError
 from flywheel.serving.predictor import Predictor
 
 __all__ = ["MqttAdapter", "MqttEndpoint", "parse_mqtt_url", "reply_topic_for"]
@@ -550,14 +550,10 @@ class MqttAdapter:
             await self._fail(client, message, route, msg_id, exc.to_dict()["error"])
             return
         except Exception:  # answered with a generic error, no stack trace
-            self._count(500, started, "internal")
             log.exception("MQTT prediction failed for a request on %s", message.topic)
-            error = {
-                "kind": "internal",
-                "message": "Internal error; see the server log.",
-                "details": {},
-            }
-            await self._fail(client, message, route, msg_id, error)
+            err = InternalError()
+            self._count(err.status, started, err.kind)
+            await self._fail(client, message, route, msg_id, err.to_dict()["error"])
             return
         body = response.to_dict()
         if msg_id is not None:

@@ -30,7 +30,7 @@ from flywheel.errors import FlywheelError
 from flywheel.serving import _wire as wire
 from flywheel.serving.auth import key_ok
 from flywheel.serving.config import ServingConfig
-from flywheel.serving.errors import PayloadTooLarge, Unauthorized
+from flywheel.serving.errors import InternalError, PayloadTooLarge, Unauthorized
 from flywheel.serving.metrics import CONTENT_TYPE as METRICS_TYPE
 from flywheel.serving.predictor import Predictor, new_request_id
 
@@ -68,14 +68,6 @@ class _Answer(Exception):
 
     def __init__(self, status: int, body: bytes, ctype: bytes) -> None:
         self.status, self.body, self.ctype = status, body, ctype
-
-
-def _internal(request_id: str) -> FlywheelError:
-    err = FlywheelError(
-        f"Internal error; see the server log for request {request_id}.", request_id=request_id
-    )
-    err.kind = "internal"
-    return err
 
 
 class RestFront:
@@ -231,7 +223,7 @@ class RestFront:
             self.metrics.error(protocol, exc.kind)
         except Exception:
             log.exception("unhandled error", extra={"request_id": rid, "route": route})
-            status, answer = error(_internal(rid))
+            status, answer = error(InternalError(rid))
             self.metrics.error(protocol, "internal")
         await self._reply(send, status, answer, answer_type, rid)
         self.metrics.request(protocol, route, status, time.perf_counter() - start)

@@ -40,7 +40,7 @@ import orjson
 
 from flywheel.errors import FlywheelError
 from flywheel.serving.auth import credential, key_ok
-from flywheel.serving.errors import InvalidInput
+from flywheel.serving.errors import InternalError, InvalidInput
 from flywheel.serving.predictor import Predictor
 from flywheel.serving.types import PredictRequest, PredictResponse
 
@@ -269,10 +269,10 @@ class _Stream:
             self._count(exc.status, started, exc.kind)
             return [_error(i.id, exc.kind, exc.message, exc.details) for i in items]
         except Exception:  # never let one request kill the connection; no stack trace out
-            self._count(500, started, "internal")
             log.exception("websocket scoring failed (request %s)", request.request_id)
-            message = f"Internal error; see the server log for request {request.request_id}."
-            return [_error(i.id, "internal", message) for i in items]
+            err = InternalError(request.request_id)
+            self._count(err.status, started, err.kind)
+            return [_error(i.id, err.kind, err.message) for i in items]
         return _answers(items, response)
 
     # ------------------------------------------------------------------ writing
