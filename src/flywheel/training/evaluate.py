@@ -8,6 +8,7 @@ artifact ``evaluation.json`` (slices, gaps, champion) and PNG plots under ``plot
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import time
@@ -104,16 +105,11 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what ``evaluation.json`` holds)."""
-        recorded = [f.name for f in fields(self) if f.metadata.get("record", True)]
-        return {name: _plain_copy(getattr(self, name)) for name in recorded}
-
-
-def _plain_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain_copy(v) for v in value]
-    return value
+        return {
+            f.name: copy.deepcopy(getattr(self, f.name))
+            for f in fields(self)
+            if f.metadata.get("record", True)
+        }
 
 
 def evaluate(
@@ -124,12 +120,16 @@ def evaluate(
     ``run`` is a run id, or the :class:`TrainResult` just returned by ``train`` (its in-memory
     pipeline is then used instead of downloading the logged one).
     """
-    run_id = run if isinstance(run, str) else run.run_id
-    held = (None, None) if isinstance(run, str) else (run.meta, run.pipeline)
+    if isinstance(run, str):
+        run_id, meta, pipeline = run, None, None
+    else:
+        run_id, meta, pipeline = run.run_id, run.meta, run.pipeline
     timings: dict[str, float] = {}
     with timed(timings, "tracking"):  # MLflow reads, when this process does not hold them
-        meta = held[0] or load_training_meta(settings, run_id)
-        pipeline = held[1] if held[1] is not None else load_pipeline(settings, run_id)
+        if meta is None:
+            meta = load_training_meta(settings, run_id)
+        if pipeline is None:
+            pipeline = load_pipeline(settings, run_id)
     X_raw, y_raw = load_holdout(settings, run_id, meta=meta)
     y = encode_target(y_raw, meta.task, meta.classes)
     X = prepare_frame(X_raw[[s.name for s in meta.feature_specs]], meta.feature_specs)

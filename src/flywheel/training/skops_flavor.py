@@ -29,9 +29,8 @@ def save_model(
     signature: Any = None,
     input_example: Any = None,
     pip_requirements: list[str] | None = None,
-    validate_serving_input: bool = False,  # read by Model.log, not used here
 ) -> None:
-    """Called by ``Model.log(flavor=<this module>, flavor_name="mlflow.sklearn", ...)``."""
+    """Called through :func:`flywheel.tracking.log_model` (``flavor_name="mlflow.sklearn"``)."""
     import mlflow
     import sklearn
     import yaml
