@@ -14,7 +14,7 @@ import orjson
 
 from flywheel.serving.decode import InputSchema
 from flywheel.serving.errors import BadRequest, InvalidInput, UnsupportedMediaType
-from flywheel.serving.types import PredictRequest, PredictResponse
+from flywheel.serving.types import PredictRequest, PredictResponse, json_array
 
 __all__ = [
     "ARROW_TYPES",
@@ -49,11 +49,6 @@ def parse_json(body: bytes) -> Any:
             "Send a JSON object.",
             rule="json",
         ) from None
-
-
-def _array(values: np.ndarray) -> Any:
-    """orjson serialises numeric arrays natively; object (string) arrays go through tolist."""
-    return values.tolist() if values.dtype.kind in "OUS" else values
 
 
 # --------------------------------------------------------------------------- native /v1
@@ -95,16 +90,7 @@ def native_request(data: Any, request_id: str | None, protocol: str = "rest") ->
 
 
 def encode_native(response: PredictResponse) -> bytes:
-    out: dict[str, Any] = {
-        "model": response.model,
-        "version": response.version,
-        "request_id": response.request_id,
-        "predictions": _array(response.labels),
-    }
-    if response.probabilities is not None:
-        out["probabilities"] = response.probabilities
-        out["classes"] = response.classes
-    return orjson.dumps(out, option=JSON_OPTS)
+    return orjson.dumps(response.to_dict(), option=JSON_OPTS)
 
 
 # --------------------------------------------------------------------------- bulk bodies
@@ -282,7 +268,7 @@ def _v2_tensor(name: str, values: np.ndarray) -> dict[str, Any]:
         "name": name,
         "shape": list(values.shape),
         "datatype": datatype,
-        "data": _array(values.reshape(-1)),
+        "data": json_array(values.reshape(-1)),
     }
 
 

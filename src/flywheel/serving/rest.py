@@ -33,6 +33,7 @@ from flywheel.serving.config import ServingConfig
 from flywheel.serving.errors import InternalError, PayloadTooLarge, Unauthorized
 from flywheel.serving.metrics import CONTENT_TYPE as METRICS_TYPE
 from flywheel.serving.predictor import Predictor, new_request_id
+from flywheel.serving.types import json_array
 
 if TYPE_CHECKING:
     from flywheel.config import Settings
@@ -284,7 +285,7 @@ class RestFront:
             )
         request.request_id = rid
         response = await self.predictor.predict(request)
-        return orjson.dumps({"predictions": wire._array(response.labels)}, option=wire.JSON_OPTS)
+        return orjson.dumps({"predictions": json_array(response.labels)}, option=wire.JSON_OPTS)
 
     # ------------------------------------------------------------------ Open Inference v2
     async def _v2_infer(self, scope: Scope, receive: Receive, send: Send) -> None:

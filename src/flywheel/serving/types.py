@@ -16,6 +16,7 @@ __all__ = [
     "PredictRequest",
     "PredictResponse",
     "PredictionSink",
+    "json_array",
 ]
 
 
@@ -63,17 +64,23 @@ class PredictResponse:
         return None if self.probabilities is None else self.probabilities.tolist()
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (the native REST answer)."""
+        """The native answer (REST ``/v1/predict``, MQTT), for ``orjson`` with
+        ``OPT_SERIALIZE_NUMPY``: numeric arrays stay arrays (see :func:`json_array`)."""
         out: dict[str, Any] = {
             "model": self.model,
             "version": self.version,
             "request_id": self.request_id,
-            "predictions": self.labels_list(),
+            "predictions": json_array(self.labels),
         }
         if self.probabilities is not None:
-            out["probabilities"] = self.probabilities_list()
+            out["probabilities"] = self.probabilities
             out["classes"] = self.classes
         return out
+
+
+def json_array(values: np.ndarray) -> Any:
+    """orjson serialises numeric arrays natively; object (string) arrays go through tolist."""
+    return values.tolist() if values.dtype.kind in "OUS" else values
 
 
 @runtime_checkable
