@@ -19,6 +19,7 @@ from flywheel.serving.predlog import (
     PredictionRecord,
     open_prediction_log,
 )
+from flywheel.serving.predlog_sql import SqliteStore
 from tests.unit.predlog_helpers import append_from_threads
 
 pytestmark = pytest.mark.timeout(60)
@@ -249,7 +250,7 @@ def test_unencodable_values_and_bad_records_do_not_stop_the_writer(plog: Predict
     plog.append(rec("odd", inputs={"x": object()}))
     bad = rec("bad")
     bad.ts = "not-a-number"  # type: ignore[assignment]
-    plog.append(bad)
+    assert plog.append(bad) is False  # refused at once, counted as rejected
     plog.append(rec("good", outputs={"labels": np.array([1, 0]), "s": {1}}))
     plog.flush()
     rows = {r["request_id"]: r for r in plog.read()}
@@ -359,3 +360,39 @@ def test_object_arrays_from_grpc_are_stored_as_json_lists(tmp_path: Path) -> Non
     (row,) = PredictionLog(f"sqlite:///{tmp_path}/p.db").read()
     assert row["inputs"] == {"plan": ["basic", "pro"], "x": [1.5, 2.0]}
     assert row["outputs"] == [0, 1]
+
+
+def test_sqlite_batch_larger_than_one_insert_keeps_every_row(tmp_path: Path) -> None:
+    """The SQLite store writes a batch as several multi-row INSERTs: every row lands once,
+    with its own values, and duplicates are ignored across statement boundaries."""
+    store = SqliteStore(str(tmp_path / "p.db"))
+
+    def row(rid: str, i: int) -> tuple[object, ...]:
+        return (rid, float(i), "churn", "1", "rest", f'{{"x": [{i}]}}', '{"labels": [0]}', 0.5)
+
+    rows = [row(f"r{i}", i) for i in range(601)]  # more than two statements' worth
+    try:
+        assert store.write_predictions(rows) == 601
+        again = [*rows[248:253], row("new", 601)]  # straddles a statement boundary
+        assert store.write_predictions(again) == 1
+        with sqlite3.connect(tmp_path / "p.db") as conn:
+            stored = conn.execute(
+                "SELECT request_id, ts, inputs FROM prediction_log ORDER BY id"
+            ).fetchall()
+    finally:
+        store.close()
+    assert stored == [(r[0], r[1], r[5]) for r in [*rows, row("new", 601)]]
+
+
+def test_append_encodes_the_record_when_called(plog: PredictionLog) -> None:
+    """What is logged is the record as it was appended, not as it is when the writer runs."""
+    inputs = {"x": [1.0]}
+    outputs = {"labels": np.array([0])}
+    plog.pause()
+    assert plog.append(rec("a", inputs=inputs, outputs=outputs))
+    inputs["x"][0] = 2.0
+    outputs["labels"][0] = 1
+    plog.resume()
+    plog.flush()
+    (row,) = plog.read()
+    assert row["inputs"] == {"x": [1.0]} and row["outputs"] == {"labels": [0]}

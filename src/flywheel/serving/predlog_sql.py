@@ -7,8 +7,8 @@ with :meth:`Store.is_data_error`, whether a failed batch is retried as a whole (
 lock, disk: transient) or record by record (a record the database refuses: deterministic).
 
 Written on the raw drivers rather than SQLAlchemy because the batch write is the hot loop of
-the log: ``executemany`` on sqlite3 and ``COPY`` on psycopg are the fastest paths each driver
-has, and SQLAlchemy Core adds ~2x per-row overhead there without buying anything (two fixed
+the log: multi-row ``INSERT`` on sqlite3 and ``COPY`` on psycopg are the fastest paths each
+driver has, and SQLAlchemy Core adds ~2x per-row overhead there without buying anything (two fixed
 tables, no dialect-specific ORM needs).
 
 Schema (both databases; created idempotently on connect)::
@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -137,6 +139,19 @@ _SQLITE_DDL = (
 )
 
 
+# Rows per INSERT statement. sqlite3's ``executemany`` runs one ``sqlite3_step`` per row and
+# releases the GIL around each, handing a one-core server back and forth between the writer
+# and the event loop; one multi-row INSERT per chunk releases it once per chunk, and took
+# the writer's SQLite time from ~3.1 to ~2.1 µs per row (1,000-row batches, in isolation).
+_ROWS_PER_INSERT = 250
+
+
+@lru_cache(maxsize=8)
+def _sqlite_insert(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return f"INSERT OR IGNORE INTO {TABLE} ({_COLS}) VALUES {values}"
+
+
 class SqliteStore:
     """A WAL-mode SQLite database file; ``synchronous=NORMAL`` (durable at each checkpoint,
     never corrupt; a power cut may lose the last few commits, an application crash loses none)."""
@@ -155,6 +170,8 @@ class SqliteStore:
                     f"journal_mode is {mode!r}, not 'wal' (is {path!r} on a network filesystem?)"
                 )
             self._conn.execute("PRAGMA synchronous=NORMAL")
+            limit = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            self._rows_per_insert = max(1, min(_ROWS_PER_INSERT, limit // len(PREDICTION_COLUMNS)))
             with self._tx():
                 for ddl in _SQLITE_DDL:
                     self._conn.execute(ddl)
@@ -166,12 +183,13 @@ class SqliteStore:
         return _SqliteTx(self._conn)
 
     def write_predictions(self, rows: Sequence[Row]) -> int:
+        conn, per = self._conn, self._rows_per_insert
         with self._tx():
-            before = self._conn.total_changes
-            self._conn.executemany(
-                f"INSERT OR IGNORE INTO {TABLE} ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
-            )
-            return self._conn.total_changes - before
+            before = conn.total_changes
+            for i in range(0, len(rows), per):
+                chunk = rows[i : i + per]
+                conn.execute(_sqlite_insert(len(chunk)), list(chain.from_iterable(chunk)))
+            return conn.total_changes - before
 
     def add_feedback(self, rows: Sequence[FeedbackRow]) -> None:
         with self._tx():
