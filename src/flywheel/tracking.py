@@ -22,7 +22,7 @@ from flywheel.errors import RegistryError
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
-__all__ = ["TAG", "configure_mlflow", "git_commit", "log_model"]
+__all__ = ["TAG", "configure_mlflow", "git_commit", "log_model", "use_tracking"]
 
 log = logging.getLogger("flywheel.tracking")
 
@@ -76,6 +76,22 @@ def configure_mlflow(settings: Settings) -> str:
             "Check tracking.uri (FLYWHEEL_TRACKING__URI) and that the server is up.",
             uri=uri,
         ) from exc
+
+
+def use_tracking(settings: Settings) -> None:
+    """Point MLflow at the configured tracking URI, for work on runs and models that exist
+    already (evaluation records, gate reports, the registry). Unlike
+    :func:`configure_mlflow` it does not look the experiment up (two store round trips);
+    a SQLite tracking database that does not exist yet is created the locked way."""
+    uri = settings.tracking.uri or ""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        configure_mlflow(settings)
+        return
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    mlflow.set_tracking_uri(uri)
 
 
 def _ensure_experiment(settings: Settings) -> str:

@@ -49,7 +49,7 @@ from flywheel.registry.onnx_export import (
     make_session,
     onnx_predict,
 )
-from flywheel.tracking import TAG, configure_mlflow, git_commit, log_model
+from flywheel.tracking import TAG, git_commit, log_model, use_tracking
 from flywheel.training.evaluate import ChampionModel, Evaluation
 from flywheel.training.features import FeatureSpec, Task, prepare_frame
 from flywheel.training.gates import GateReport
@@ -168,7 +168,7 @@ def _is_missing(exc: Exception) -> bool:
 def _client(settings: Settings) -> MlflowClient:
     from mlflow import MlflowClient
 
-    configure_mlflow(settings)
+    use_tracking(settings)
     return MlflowClient()
 
 

@@ -24,7 +24,7 @@ from sklearn.pipeline import Pipeline
 from flywheel._timing import timed
 from flywheel.config import Settings
 from flywheel.errors import FlywheelError, RegistryError
-from flywheel.tracking import configure_mlflow
+from flywheel.tracking import use_tracking
 from flywheel.training.features import Task, prepare_frame
 from flywheel.training.metrics import all_metrics, primary_metric, score
 from flywheel.training.train import (
@@ -322,7 +322,7 @@ def _plot_and_record(
     from mlflow.entities import Metric
 
     with timed(ev.timings, "tracking"):
-        configure_mlflow(settings)
+        use_tracking(settings)
     with tempfile.TemporaryDirectory(prefix="flywheel-eval-") as tmp:
         files = _draw(Path(tmp), ev, pipeline, X, y, pred, proba, meta)
         ev.plots = [f"plots/{f.name}" for f in files]

@@ -15,7 +15,7 @@ from typing import Any
 
 from flywheel.config import GateSettings, Settings
 from flywheel.errors import FlywheelError, RegistryError
-from flywheel.tracking import TAG, configure_mlflow
+from flywheel.tracking import TAG, use_tracking
 from flywheel.training.evaluate import Evaluation
 from flywheel.training.metrics import higher_is_better
 
@@ -172,7 +172,7 @@ def record_gates(settings: Settings, run_id: str, report: GateReport) -> None:
     """Log ``gate_report.json`` and the tag ``flywheel.gates`` = passed|failed on the run."""
     from mlflow import MlflowClient
 
-    configure_mlflow(settings)
+    use_tracking(settings)
     try:
         client = MlflowClient()
         client.log_text(run_id, json.dumps(report.to_dict(), indent=2), "gate_report.json")

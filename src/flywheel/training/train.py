@@ -38,7 +38,7 @@ import flywheel
 from flywheel._timing import timed
 from flywheel.config import Settings
 from flywheel.errors import DataError, FlywheelError, NotFound, RegistryError, TrainingError
-from flywheel.tracking import TAG, configure_mlflow, git_commit, log_model
+from flywheel.tracking import TAG, configure_mlflow, git_commit, log_model, use_tracking
 from flywheel.training import metrics as M
 from flywheel.training.features import (
     CLASSIFICATION_FAMILIES,
@@ -743,7 +743,7 @@ def _get_run(settings: Settings, run_id: str) -> Run:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    configure_mlflow(settings)
+    use_tracking(settings)
     try:
         return MlflowClient().get_run(run_id)
     except MlflowException as exc:
