@@ -44,7 +44,12 @@ def goals(out: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             return
         value = fw[metric] / peer[metric]
         ok = value >= target if higher else value <= target
-        shown = f"{value:,.2f}×" if higher else f"1/{1 / value:,.1f}"
+        # three digits below 1: 0.334× passes "≥ 1/3" and 0.327× does not
+        shown = (
+            (f"{value:,.3f}×" if value < 1 else f"{value:,.2f}×")
+            if higher
+            else f"1/{1 / value:,.1f}"
+        )
         rows.append((f"{label} [{scenario}]", fw_key, peer_key, shown, "PASS" if ok else "MISS"))
 
     for c in ("c16", "c64"):
