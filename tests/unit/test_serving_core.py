@@ -24,7 +24,7 @@ from flywheel.serving.errors import (
 from flywheel.serving.models import ModelFiles, StaticSource, load_model
 from flywheel.serving.predictor import Predictor
 from flywheel.serving.types import PredictRequest
-from tests.unit.serving_models import build, rows
+from tests.unit.serving_models import SPECS, build, rows
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -339,3 +339,46 @@ def test_one_process_serves_several_models(files: dict[str, ModelFiles]) -> None
         assert [m["version"] for m in predictor.models()] == ["1", "2"]
 
     run(main())
+
+
+def test_batch_of_one_row_requests_assembles_the_same_values() -> None:
+    """Many one-row requests take a transposing fast path; its float32 and string feeds
+    equal the per-feature path's (a single request carrying the same rows), for columns
+    decoded from JSON records and from arrays alike."""
+    from flywheel.serving.batching import assemble
+    from flywheel.serving.decode import Decoded, InputSchema, decode_columns, decode_records
+
+    schema = InputSchema(tuple(SPECS))
+    values = [
+        {"tenure": 3, "charges": 70.35, "plan": "pro"},
+        {"tenure": None, "charges": float("nan"), "plan": None},
+        {"tenure": True, "charges": 1e30, "plan": "basic"},
+        {"tenure": 0.1, "charges": -2.5, "plan": ""},
+    ]
+    items = [decode_records([v], schema) for v in values]
+    items.append(
+        decode_columns(
+            {
+                "tenure": np.array([7.5]),
+                "charges": np.array([3], dtype=np.int64),
+                "plan": np.array(["max"]),
+            },
+            schema,
+        )
+    )
+    batched = assemble(items, schema.numeric)
+    merged = Decoded(
+        [
+            list(np.concatenate([np.asarray(it.columns[i], dtype=object) for it in items]))
+            for i in range(len(SPECS))
+        ],
+        len(items),
+    )
+    reference = assemble([merged], schema.numeric)
+    assert len(batched) == len(reference) == len(SPECS)
+    for got, want, is_numeric in zip(batched, reference, schema.numeric, strict=True):
+        assert got.shape == want.shape == (len(items), 1) and got.dtype == want.dtype
+        if is_numeric:
+            assert got.flags.c_contiguous and np.array_equal(got, want, equal_nan=True)
+        else:
+            assert got.tolist() == want.tolist()
