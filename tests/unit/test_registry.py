@@ -18,7 +18,7 @@ from flywheel.data.snapshots import ingest
 from flywheel.errors import GateFailed, NotFound, ParityError, RegistryError
 from flywheel.registry import models as registry
 from flywheel.registry.audit import AuditLog
-from flywheel.registry.onnx_export import export_onnx
+from flywheel.registry.onnx_export import export_onnx, make_session
 from flywheel.training.evaluate import Evaluation
 from flywheel.training.features import build_pipeline, prepare_frame
 from flywheel.training.gates import GateReport, GateResult
@@ -158,6 +158,45 @@ def test_register_writes_version_alias_tags_card_and_audit(world: World) -> None
 
     (entry,) = registry.history(world.settings)
     assert (entry.action, entry.to_version, entry.who) == ("register", "1", world.settings.user)
+
+
+def test_registered_onnx_model_loads_through_mlflow(world: World) -> None:
+    """The version's model directory is a regular MLflow ``onnx`` model: ``mlflow.onnx`` and
+    ``mlflow.pyfunc`` load it, its model.onnx is byte for byte the exported (hashed) file,
+    and its MLmodel lists the extra files, the CPU provider and pinned requirements."""
+    import mlflow.onnx
+    import mlflow.pyfunc
+    import yaml
+    from mlflow.models import Model
+
+    reg = _register(world)
+    uri = f"models:/churn/{reg.version}"
+    proto = mlflow.onnx.load_model(uri)
+    assert hashlib.sha256(proto.SerializeToString()).hexdigest() == reg.onnx_sha256
+    folder = Path(mlflow.artifacts.download_artifacts(uri))
+    assert hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest() == reg.onnx_sha256
+    flavor = Model.load(str(folder)).flavors["onnx"]
+    assert flavor["providers"] == ["CPUExecutionProvider"]
+    assert {e["path"] for e in flavor["extra_files"]} == {
+        "extra_files/model_card.md",
+        "extra_files/feature_specs.json",
+        "extra_files/parity.json",
+    }
+    requirements = (folder / "requirements.txt").read_text().splitlines()
+    assert requirements[0] == f"mlflow=={mlflow.__version__}"
+    assert any(r.startswith("onnxruntime==") for r in requirements)
+    assert "dependencies" in yaml.safe_load((folder / "conda.yaml").read_text())
+    example = pd.read_json(folder / "input_example.json", orient="split")
+    feeds = {
+        c: example[c]
+        .to_numpy(np.float32 if example[c].dtype.kind in "iuf" else object)
+        .reshape(-1, 1)
+        for c in example
+    }
+    loaded = mlflow.pyfunc.load_model(uri)  # MLflow's ONNX loader builds its session
+    assert loaded.metadata.get_input_schema().input_names() == list(example.columns)
+    labels = make_session(proto.SerializeToString()).run(None, feeds)[0]
+    assert len(labels) == len(example)
 
 
 def test_register_reuses_what_training_and_evaluation_hold(

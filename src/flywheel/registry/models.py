@@ -491,9 +491,10 @@ def _pip_requirements() -> list[str]:
 
 def _log_onnx(client: MlflowClient, draft: _Draft, logged: LoggedModel, card: str) -> None:
     """Log model.onnx + extra files into the reserved logged model of the training run."""
-    import mlflow.onnx
-    import onnx
+    import mlflow
     from mlflow.entities import LoggedModelOutput, Metric
+
+    from flywheel.registry import onnx_flavor
 
     model_id = logged.model_id
     with tempfile.TemporaryDirectory(prefix="fw-register-") as tmp:
@@ -507,15 +508,15 @@ def _log_onnx(client: MlflowClient, draft: _Draft, logged: LoggedModel, card: st
         # No run_id: MLflow would then re-read every metric's history of the run to copy
         # it onto the model; the output link and the holdout metrics are written below.
         log_model(
-            mlflow.onnx,
+            onnx_flavor,
             name=ONNX_NAME,
-            onnx_model=onnx.load_model_from_string(draft.onnx_model),
+            flavor_name="mlflow.onnx",
+            onnx_bytes=draft.onnx_model,
             model_id=model_id,
             signature=_signature(draft.result.feature_specs),
             input_example=draft.example,
             pip_requirements=_pip_requirements(),
             extra_files=[str(Path(tmp) / f) for f in files],
-            save_as_external_data=False,
             onnx_execution_providers=["CPUExecutionProvider"],
         )
     run_id = draft.result.run_id
