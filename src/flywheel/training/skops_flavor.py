@@ -11,9 +11,9 @@ made, so ``mlflow.sklearn.load_model`` and ``mlflow.pyfunc.load_model`` read it 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
+
+from flywheel.tracking import finish_model_dir, start_model_dir
 
 __all__ = ["MODEL_FILE", "save_model"]
 
@@ -31,33 +31,17 @@ def save_model(
     pip_requirements: list[str] | None = None,
 ) -> None:
     """Called through :func:`flywheel.tracking.log_model` (``flavor_name="mlflow.sklearn"``)."""
-    import mlflow
     import sklearn
-    import yaml
-    from mlflow import pyfunc
-    from mlflow.models.utils import _save_example
-    from mlflow.utils.environment import (
-        _CONDA_ENV_FILE_NAME,
-        _PYTHON_ENV_FILE_NAME,
-        _REQUIREMENTS_FILE_NAME,
-        _mlflow_conda_env,
-        _PythonEnv,
-    )
-    from mlflow.utils.file_utils import get_total_file_size
 
-    folder = Path(path)
-    folder.mkdir(parents=True)
-    _save_example(mlflow_model, input_example, path)
-    if signature is not None:
-        mlflow_model.signature = signature
-    (folder / MODEL_FILE).write_bytes(skops_bytes)
-    pyfunc.add_to_model(
+    start_model_dir(
+        path,
         mlflow_model,
+        MODEL_FILE,
+        skops_bytes,
+        signature=signature,
+        input_example=input_example,
         loader_module="mlflow.sklearn",
         model_path=MODEL_FILE,
-        conda_env=_CONDA_ENV_FILE_NAME,
-        python_env=_PYTHON_ENV_FILE_NAME,
-        code=None,
         predict_fn="predict",
     )
     mlflow_model.add_flavor(
@@ -68,13 +52,4 @@ def save_model(
         code=None,
         skops_trusted_types=skops_trusted_types,
     )
-    if size := get_total_file_size(path):
-        mlflow_model.model_size_bytes = size
-    mlflow_model.save(os.path.join(path, "MLmodel"))
-    # pins of the installed versions (no need for MLflow's installed-version check)
-    requirements = [f"mlflow=={mlflow.__version__}", *(pip_requirements or [])]
-    conda_env = _mlflow_conda_env(additional_pip_deps=requirements, install_mlflow=False)
-    with open(folder / _CONDA_ENV_FILE_NAME, "w") as fh:
-        yaml.safe_dump(conda_env, stream=fh, default_flow_style=False)
-    (folder / _REQUIREMENTS_FILE_NAME).write_text("\n".join(requirements))
-    _PythonEnv.current().to_yaml(str(folder / _PYTHON_ENV_FILE_NAME))
+    finish_model_dir(path, mlflow_model, pip_requirements)
