@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.train_register [--rows 100000] [--folds 5]
 
 Builds a churn world sized for about ``--rows`` feature rows, ingests it, then runs
-train → evaluate → gates → register three times:
+train → evaluate → gates → register in four settings:
 
 - first run: in this process, on a tracking store that does not exist yet (MLflow creates
   its database), paying the one-off lazy imports (MLflow, skops, ONNX, matplotlib);

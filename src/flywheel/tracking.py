@@ -1,4 +1,6 @@
-"""MLflow set-up shared by training and the registry.
+"""MLflow set-up shared by training and the registry: :func:`configure_mlflow` (URI and
+experiment, for a new training run), :func:`use_tracking` (URI only, for existing runs and
+models) and :func:`log_model` (``Model.log`` without MLflow's serving-input check).
 
 MLflow 3 creates its SQLite schema on first use, and several processes creating a fresh
 database at once fail on migrations; the first creation is serialised with a file lock.
@@ -25,10 +27,8 @@ if TYPE_CHECKING:
 __all__ = [
     "TAG",
     "configure_mlflow",
-    "finish_model_dir",
     "git_commit",
     "log_model",
-    "start_model_dir",
     "use_tracking",
 ]
 
@@ -64,12 +64,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 def configure_mlflow(settings: Settings) -> str:
     """Point MLflow at the configured tracking URI and experiment; returns the experiment id."""
-    import mlflow
-
-    uri = settings.tracking.uri or ""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-    mlflow.set_tracking_uri(uri)
+    uri = _point_at(settings)
     try:
         if uri.startswith("sqlite:///"):
             db = Path(uri.removeprefix("sqlite:///"))
@@ -94,12 +89,19 @@ def use_tracking(settings: Settings) -> None:
     uri = settings.tracking.uri or ""
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         configure_mlflow(settings)
-        return
+    else:
+        _point_at(settings)
+
+
+def _point_at(settings: Settings) -> str:
+    """Set MLflow's tracking URI (and its quiet defaults); returns the URI."""
     import mlflow
 
+    uri = settings.tracking.uri or ""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     mlflow.set_tracking_uri(uri)
+    return uri
 
 
 def _ensure_experiment(settings: Settings) -> str:
@@ -163,63 +165,3 @@ def log_model(flavor: ModuleType, *, name: str, **kwargs: Any) -> ModelInfo:
         validate_serving_input=False,
         **kwargs,
     )
-
-
-def start_model_dir(
-    path: str,
-    mlflow_model: Any,
-    model_file: str,
-    model_bytes: bytes,
-    *,
-    signature: Any,
-    input_example: Any,
-    **pyfunc_conf: Any,
-) -> None:
-    """The start of flywheel's flavor writers: the folder, the input example, the signature,
-    the model file itself (the bytes flywheel already made and, for ONNX, hashed) and the
-    ``python_function`` flavor (``pyfunc_conf``: its loader module and where the data is)."""
-    from mlflow import pyfunc
-    from mlflow.models.utils import _save_example
-    from mlflow.utils.environment import _CONDA_ENV_FILE_NAME, _PYTHON_ENV_FILE_NAME
-
-    folder = Path(path)
-    folder.mkdir(parents=True)
-    _save_example(mlflow_model, input_example, path)
-    if signature is not None:
-        mlflow_model.signature = signature
-    (folder / model_file).write_bytes(model_bytes)
-    pyfunc.add_to_model(
-        mlflow_model,
-        conda_env=_CONDA_ENV_FILE_NAME,
-        python_env=_PYTHON_ENV_FILE_NAME,
-        code=None,
-        **pyfunc_conf,
-    )
-
-
-def finish_model_dir(path: str, mlflow_model: Any, pip_requirements: list[str] | None) -> None:
-    """The end of flywheel's flavor writers (``skops_flavor``, ``onnx_flavor``): the model
-    size, ``MLmodel``, and ``requirements.txt`` / ``conda.yaml`` / ``python_env.yaml`` pinned
-    to the versions flywheel passes (plus MLflow's own), without MLflow's check of them
-    against every installed distribution (~0.25 s the first time in a process)."""
-    import mlflow
-    import yaml
-    from mlflow.utils.environment import (
-        _CONDA_ENV_FILE_NAME,
-        _PYTHON_ENV_FILE_NAME,
-        _REQUIREMENTS_FILE_NAME,
-        _mlflow_conda_env,
-        _PythonEnv,
-    )
-    from mlflow.utils.file_utils import get_total_file_size
-
-    folder = Path(path)
-    if size := get_total_file_size(path):
-        mlflow_model.model_size_bytes = size
-    mlflow_model.save(str(folder / "MLmodel"))
-    requirements = [f"mlflow=={mlflow.__version__}", *(pip_requirements or [])]
-    conda_env = _mlflow_conda_env(additional_pip_deps=requirements, install_mlflow=False)
-    with open(folder / _CONDA_ENV_FILE_NAME, "w") as fh:
-        yaml.safe_dump(conda_env, stream=fh, default_flow_style=False)
-    (folder / _REQUIREMENTS_FILE_NAME).write_text("\n".join(requirements))
-    _PythonEnv.current().to_yaml(str(folder / _PYTHON_ENV_FILE_NAME))

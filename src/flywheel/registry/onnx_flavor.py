@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flywheel.tracking import finish_model_dir, start_model_dir
+from flywheel.model_dir import finish_model_dir, start_model_dir
 
 __all__ = ["MODEL_FILE", "save_model"]
 

@@ -87,17 +87,12 @@ def _assemble_rows(items: list[Decoded], numeric: tuple[bool, ...]) -> list[np.n
     of a list, a concatenation and an array per feature. Same float32 values as
     :func:`assemble` builds one feature at a time."""
     by_feature = list(zip(*[[column[0] for column in item.columns] for item in items], strict=True))
-    numbers = [by_feature[i] for i, is_numeric in enumerate(numeric) if is_numeric]
-    block = np.array(numbers, dtype=np.float32) if numbers else None
-    feeds: list[np.ndarray] = []
-    k = 0
-    for i, is_numeric in enumerate(numeric):
-        if is_numeric:
-            feeds.append(block[k].reshape(-1, 1))  # type: ignore[index]  # a contiguous row
-            k += 1
-        else:
-            feeds.append(np.array(by_feature[i], dtype=object).reshape(-1, 1))
-    return feeds
+    numbers = [values for values, is_numeric in zip(by_feature, numeric, strict=True) if is_numeric]
+    block = iter(np.array(numbers, dtype=np.float32))  # rows of it are contiguous
+    return [
+        (next(block) if is_numeric else np.array(values, dtype=object)).reshape(-1, 1)
+        for values, is_numeric in zip(by_feature, numeric, strict=True)
+    ]
 
 
 class _Pending:

@@ -58,8 +58,8 @@ database refuses for its content (e.g. a NUL byte in PostgreSQL text) is isolate
 retrying that batch one record at a time; the refused ones are logged with their request
 id and counted as ``rejected``; so is a record that cannot be encoded at all (e.g. a
 ``ts`` that is not a number: ``append`` returns False). Values orjson cannot encode are
-replaced by ``{"$unencodable": repr}`` (logged) so the prediction row is still written. Duplicate
-(request_id, model, version) rows are ignored by the database and counted as
+replaced by ``{"$unencodable": repr}`` (logged) so the prediction row is still written.
+Duplicate (request_id, model, version) rows are ignored by the database and counted as
 ``duplicates`` (this also makes a retried batch idempotent). Only when ``close`` times out
 with the database still down are records given up: counted as ``lost``, logged, and
 ``close`` raises :class:`PredictionLogError`.

@@ -8,8 +8,8 @@ lock, disk: transient) or record by record (a record the database refuses: deter
 
 Written on the raw drivers rather than SQLAlchemy because the batch write is the hot loop of
 the log: multi-row ``INSERT`` on sqlite3 and ``COPY`` on psycopg are the fastest paths each
-driver has, and SQLAlchemy Core adds ~2x per-row overhead there without buying anything (two fixed
-tables, no dialect-specific ORM needs).
+driver has, and SQLAlchemy Core adds ~2x per-row overhead there without buying anything (two
+fixed tables, no dialect-specific ORM needs).
 
 Schema (both databases; created idempotently on connect)::
 
