@@ -507,6 +507,10 @@ def serve(
     max_wait_ms: Annotated[
         float | None, typer.Option(help="Extra batching linger under load (ms).")
     ] = None,
+    gather_turns: Annotated[
+        int | None,
+        typer.Option(help="Event-loop turns a batch waits under load (0: none)."),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Worker processes (each loads its own model copy).")
     ] = None,
@@ -523,6 +527,7 @@ def serve(
         port=port,
         max_batch_rows=max_batch_rows,
         max_wait_ms=max_wait_ms,
+        gather_turns=gather_turns,
         workers=workers,
         models=(ServedModel(s.registry.model_name, ref=model_ref),),
     )

@@ -153,6 +153,12 @@ class ServingSettings(BaseModel):
     max_wait_ms: float = Field(
         0.0, ge=0, description="Extra linger under concurrency (a lone request never waits)."
     )
+    gather_turns: int = Field(
+        2,
+        ge=0,
+        description="Under concurrency, event-loop turns a batch waits for requests already "
+        "read (0: none; a lone request never waits).",
+    )
     max_rows_per_request: int = Field(10_000, ge=1, description="More rows answer 422.")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Larger bodies answer 413.")
     poll_interval_s: float = Field(

@@ -200,6 +200,39 @@ def test_batch_rows_are_bounded_and_big_batches_use_a_thread(files: dict[str, Mo
     run(main())
 
 
+@pytest.mark.parametrize("turns", [0, 2])
+def test_under_load_a_flush_waits_gather_turns_for_requests_already_read(turns: int) -> None:
+    from flywheel.serving.batching import BatchStats, MicroBatcher
+    from flywheel.serving.decode import Decoded
+
+    def score(feeds: list[np.ndarray]) -> tuple[np.ndarray, None]:
+        return np.zeros(len(feeds[0]), dtype=np.int64), None
+
+    async def main() -> list[int]:
+        batches: list[int] = []
+        batcher = MicroBatcher(
+            score, (True,), gather_turns=turns, stats=BatchStats(on_batch=batches.append)
+        )
+        one = Decoded([[1.0]], 1)
+        lone = batcher.submit(one)
+        await asyncio.sleep(0)  # one loop turn
+        assert lone.done()  # a lone request waits for nobody, whatever gather_turns is
+        await asyncio.gather(batcher.submit(one), batcher.submit(one))  # company: under load
+        # requests that reach the batcher one loop turn apart, as tasks of sockets read
+        # during the previous turns do
+        first = batcher.submit(one)
+        await asyncio.sleep(0)
+        second = batcher.submit(one)
+        await asyncio.sleep(0)
+        third = batcher.submit(one)
+        await asyncio.gather(first, second, third)
+        return batches
+
+    batches = run(main())
+    assert batches[:2] == [1, 2]
+    assert batches[2:] == ([3] if turns == 2 else [1, 1, 1])
+
+
 # --------------------------------------------------------------------------- hot swap
 
 

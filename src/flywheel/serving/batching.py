@@ -7,8 +7,19 @@ How it works: :meth:`MicroBatcher.submit` appends the request's decoded columns 
 and schedules a flush with ``loop.call_soon`` — so a lone request runs on the next loop turn
 and waits for nobody. Every request that arrived during the same loop turn, or while the
 model was busy with the previous batch, is in the queue by then and runs in the same batch
-(up to ``max_rows`` rows). When the previous flush found company (more than one request),
-the next one may linger up to ``max_wait_s`` for more; a quiet server never lingers.
+(up to ``max_rows`` rows).
+
+Under load, one loop turn is too short a window: requests whose bytes already sit in the
+server's sockets become tasks during the turn's I/O poll and reach :meth:`submit` only on
+the next turn, so a flush on the very next turn splits them into several small batches. So
+when the previous flush found company (more than one request), the next one waits
+``gather_turns`` extra loop turns (2 by default) before it takes the queue. A turn is not a
+timer: with nothing else to do it passes in microseconds, so the CPU never idles for it,
+and a quiet server (a lone request) never waits at all. Measured on the churn model, one
+process on one core, 16 connections: batches grew from ~6 to 16 rows, and CPU per request
+fell by ~15%, because an ONNX Runtime call costs ~60 µs on a cache-cold server whatever its
+size (~25 µs in a tight loop). ``max_wait_s`` > 0 replaces the turns with a clock: the
+flush lingers up to that long for more.
 
 Small batches run inline on the event loop (an ONNX Runtime call on a few rows takes tens
 of microseconds, less than a thread hand-off); batches over ``inline_max_rows`` rows run in
@@ -114,12 +125,14 @@ class MicroBatcher:
         max_rows: int = 256,
         max_wait_s: float = 0.0,
         inline_max_rows: int = 1024,
+        gather_turns: int = 2,
         stats: BatchStats | None = None,
     ) -> None:
         self.run = run
         self.numeric = numeric
         self.max_rows = max_rows
         self.max_wait_s = max_wait_s
+        self.gather_turns = gather_turns
         self.inline_max_rows = inline_max_rows
         self.stats = stats or BatchStats()
         self._queue: deque[_Pending] = deque()
@@ -141,10 +154,20 @@ class MicroBatcher:
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = True
-        if self._last_items > 1 and self.max_wait_s > 0:
-            loop.call_later(self.max_wait_s, self._flush)
+        if self._last_items > 1:  # under load: let the requests already read join in
+            if self.max_wait_s > 0:
+                loop.call_later(self.max_wait_s, self._flush)
+                return
+            if self.gather_turns > 0:
+                loop.call_soon(self._gather, loop, self.gather_turns)
+                return
+        loop.call_soon(self._flush)
+
+    def _gather(self, loop: asyncio.AbstractEventLoop, turns: int) -> None:
+        if turns > 0:
+            loop.call_soon(self._gather, loop, turns - 1)
         else:
-            loop.call_soon(self._flush)
+            self._flush()
 
     def _take(self) -> list[_Pending]:
         queue, rows = self._queue, 0

@@ -32,6 +32,7 @@ class ServingConfig:
     models: tuple[ServedModel, ...] = ()  # empty: settings.registry.model_name @ champion
     max_batch_rows: int = 256  # rows per micro-batch
     max_wait_ms: float = 0.0  # extra linger under concurrency; a lone request never waits
+    gather_turns: int = 2  # under concurrency, loop turns a flush waits (0: next turn)
     inline_max_rows: int = 1024  # bigger batches run in a worker thread
     max_rows_per_request: int = 10_000  # more -> 422 too_many_rows
     max_body_bytes: int = 16 * 1024 * 1024  # more -> 413 payload_too_large
@@ -57,9 +58,11 @@ class ServingConfig:
                     f"serving.{name} must be positive, got {getattr(self, name)!r}.",
                     key=f"serving.{name}",
                 )
-        if self.max_wait_ms < 0 or self.poll_interval_s < 0:
+        if self.max_wait_ms < 0 or self.poll_interval_s < 0 or self.gather_turns < 0:
             raise ConfigError(
-                "serving.max_wait_ms and serving.poll_interval_s must be >= 0.", key="serving"
+                "serving.max_wait_ms, serving.poll_interval_s and serving.gather_turns must "
+                "be >= 0.",
+                key="serving",
             )
 
     @classmethod
@@ -75,6 +78,7 @@ class ServingConfig:
             models=(ServedModel(settings.registry.model_name),),
             max_batch_rows=sv.max_batch_rows,
             max_wait_ms=sv.max_wait_ms,
+            gather_turns=sv.gather_turns,
             max_rows_per_request=sv.max_rows_per_request,
             max_body_bytes=sv.max_body_bytes,
             poll_interval_s=sv.poll_interval_s,

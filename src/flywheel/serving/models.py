@@ -62,6 +62,7 @@ class LoadedModel:
         max_rows: int,
         max_wait_s: float,
         inline_max_rows: int,
+        gather_turns: int = 2,
         stats: BatchStats | None = None,
     ) -> None:
         self.batcher = MicroBatcher(
@@ -69,6 +70,7 @@ class LoadedModel:
             self.schema.numeric,
             max_rows=max_rows,
             max_wait_s=max_wait_s,
+            gather_turns=gather_turns,
             inline_max_rows=inline_max_rows,
             stats=stats,
         )

@@ -256,6 +256,7 @@ class Predictor:
             max_rows=self.config.max_batch_rows,
             max_wait_s=self.config.max_wait_ms / 1000,
             inline_max_rows=self.config.inline_max_rows,
+            gather_turns=self.config.gather_turns,
             stats=slot.stats,
         )
         warm = [[np.nan] if is_num else [""] for is_num in model.schema.numeric]
