@@ -700,6 +700,8 @@ def main(argv: list[str] | None = None) -> int:
         "PATH": path,
         "FLYWHEEL_HOME": str(home),
         "FLYWHEEL_ADMIN_TOKEN": secrets.token_urlsafe(24),
+        # a fresh prediction log per run, also with --home: the whole-run check counts rows
+        "FLYWHEEL_SERVING__PREDICTION_LOG_URL": f"sqlite:///{work / 'predictions.db'}",
         "PYTHONPATH": str(ROOT),
     }
     out: dict[str, Any] = {

@@ -123,6 +123,23 @@ def test_wal_mode_is_enabled(plog: PredictionLog, url: str) -> None:
     assert plog.journal_mode() == "wal"
     with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 16384  # a new file
+
+
+def test_an_existing_sqlite_file_keeps_its_page_size(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE other (x)")  # written with the default 4 KiB pages
+    plog = open_prediction_log(f"sqlite:///{path}")
+    try:
+        plog.append(PredictionRecord("r1", 1.0, "churn", "1", "rest", {"a": [1]}, {}, 0.1))
+        plog.flush()
+        assert plog.count() == 1
+    finally:
+        plog.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 def test_drop_policy_counts_drops_when_writer_stalls(url: str) -> None:
