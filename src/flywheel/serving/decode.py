@@ -19,8 +19,9 @@ Errors name the field, the row and the rule, and never echo the payload.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -41,10 +42,19 @@ class InputSchema:
     specs: tuple[FeatureSpec, ...]
     names: tuple[str, ...] = ()
     numeric: tuple[bool, ...] = ()
+    values_of: Callable[[Mapping[str, Any]], tuple[Any, ...]] = field(
+        init=False, repr=False, compare=False, default=tuple
+    )
+    kinds: tuple[tuple[bool, str], ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "names", tuple(s.name for s in self.specs))
+        names = tuple(s.name for s in self.specs)
+        object.__setattr__(self, "names", names)
         object.__setattr__(self, "numeric", tuple(s.kind == "numeric" for s in self.specs))
+        # a record's values in input order, as a tuple even for one feature
+        getter = itemgetter(*names) if len(names) > 1 else _one(names)
+        object.__setattr__(self, "values_of", getter)
+        object.__setattr__(self, "kinds", tuple(zip(self.numeric, names, strict=True)))
 
 
 @dataclass(slots=True)
@@ -53,6 +63,13 @@ class Decoded:
 
     columns: list[Any]
     rows: int
+
+
+def _one(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    def values_of(record: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(record[n] for n in names)
+
+    return values_of
 
 
 def _type_name(value: Any) -> str:
@@ -133,26 +150,39 @@ def decode_records(
     records: Sequence[Mapping[str, Any]], schema: InputSchema, *, extra: str = "forbid"
 ) -> Decoded:
     """Rows as ``{feature: value}`` objects -> per-feature lists (validated)."""
-    specs = schema.specs
-    width = len(specs)
-    columns: list[list[Any]] = [[] for _ in range(width)]
-    numeric = schema.numeric
-    for row, record in enumerate(records):
-        # Fast check: exactly the right number of keys and all present -> no extras.
-        if type(record) is not dict or (len(record) != width and extra == "forbid"):
-            _field_errors(record, schema, row, extra)
-        try:
-            for i in range(width):
-                name = specs[i].name
-                value = record[name]
-                if numeric[i]:
-                    columns[i].append(_numeric(value, name, row))
-                else:
-                    columns[i].append(_categorical(value, name, row))
-        except KeyError:
-            _field_errors(record, schema, row, extra)
-            raise
+    width = len(schema.names)
+    if len(records) == 1:  # the common request: one list per feature, built directly
+        return Decoded([[v] for v in _values(records[0], schema, width, extra, 0)], 1)
+    rows = [_values(record, schema, width, extra, row) for row, record in enumerate(records)]
+    columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
     return Decoded(columns, len(records))
+
+
+def _values(
+    record: Mapping[str, Any], schema: InputSchema, width: int, extra: str, row: int
+) -> list[Any]:
+    """One record's validated values in input order."""
+    # Fast check: exactly the right number of keys and all present -> no extras.
+    if type(record) is not dict or (len(record) != width and extra == "forbid"):
+        _field_errors(record, schema, row, extra)
+    try:
+        values = schema.values_of(record)  # one C call: every feature's value, in order
+    except KeyError:
+        _field_errors(record, schema, row, extra)
+        raise
+    out: list[Any] = []
+    # the common types are accepted inline; anything else goes through the full rules
+    for (is_numeric, name), value in zip(schema.kinds, values, strict=True):
+        if is_numeric:
+            if type(value) is float and -F32_MAX <= value <= F32_MAX:
+                out.append(value)
+            else:
+                out.append(_numeric(value, name, row))
+        elif type(value) is str:
+            out.append(value)
+        else:
+            out.append(_categorical(value, name, row))
+    return out
 
 
 def _column_length(name: str, values: Any) -> int:
