@@ -151,13 +151,16 @@ class ServingSettings(BaseModel):
     workers: int = Field(1, ge=1, description="uvicorn workers (each loads its own models).")
     max_batch_rows: int = Field(256, ge=1, description="Rows per micro-batch.")
     max_wait_ms: float = Field(
-        0.0, ge=0, description="Extra linger under concurrency (a lone request never waits)."
+        0.0,
+        ge=0,
+        description="Extra linger under concurrency (on a quiet server a lone request never "
+        "waits).",
     )
     gather_turns: int = Field(
         2,
         ge=0,
         description="Under concurrency, event-loop turns a batch waits for requests already "
-        "read (0: none; a lone request never waits).",
+        "read (0: none; on a quiet server a lone request never waits).",
     )
     max_rows_per_request: int = Field(10_000, ge=1, description="More rows answer 422.")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Larger bodies answer 413.")

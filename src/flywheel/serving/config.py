@@ -31,7 +31,7 @@ class ServingConfig:
     workers: int = 1  # each worker process loads its own copy of every model
     models: tuple[ServedModel, ...] = ()  # empty: settings.registry.model_name @ champion
     max_batch_rows: int = 256  # rows per micro-batch
-    max_wait_ms: float = 0.0  # extra linger under concurrency; a lone request never waits
+    max_wait_ms: float = 0.0  # extra linger under concurrency; a quiet server never lingers
     gather_turns: int = 2  # under concurrency, loop turns a flush waits (0: next turn)
     inline_max_rows: int = 1024  # bigger batches run in a worker thread
     max_rows_per_request: int = 10_000  # more -> 422 too_many_rows

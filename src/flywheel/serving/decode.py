@@ -150,20 +150,17 @@ def decode_records(
     records: Sequence[Mapping[str, Any]], schema: InputSchema, *, extra: str = "forbid"
 ) -> Decoded:
     """Rows as ``{feature: value}`` objects -> per-feature lists (validated)."""
-    width = len(schema.names)
     if len(records) == 1:  # the common request: one list per feature, built directly
-        return Decoded([[v] for v in _values(records[0], schema, width, extra, 0)], 1)
-    rows = [_values(record, schema, width, extra, row) for row, record in enumerate(records)]
-    columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+        return Decoded([[v] for v in _values(records[0], schema, extra, 0)], 1)
+    rows = [_values(record, schema, extra, row) for row, record in enumerate(records)]
+    columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in schema.names]
     return Decoded(columns, len(records))
 
 
-def _values(
-    record: Mapping[str, Any], schema: InputSchema, width: int, extra: str, row: int
-) -> list[Any]:
+def _values(record: Mapping[str, Any], schema: InputSchema, extra: str, row: int) -> list[Any]:
     """One record's validated values in input order."""
     # Fast check: exactly the right number of keys and all present -> no extras.
-    if type(record) is not dict or (len(record) != width and extra == "forbid"):
+    if type(record) is not dict or (len(record) != len(schema.names) and extra == "forbid"):
         _field_errors(record, schema, row, extra)
     try:
         values = schema.values_of(record)  # one C call: every feature's value, in order

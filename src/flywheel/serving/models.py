@@ -62,7 +62,7 @@ class LoadedModel:
         max_rows: int,
         max_wait_s: float,
         inline_max_rows: int,
-        gather_turns: int = 2,
+        gather_turns: int,
         stats: BatchStats | None = None,
     ) -> None:
         self.batcher = MicroBatcher(

@@ -144,6 +144,7 @@ _SQLITE_DDL = (
 # and the event loop; one multi-row INSERT per chunk releases it once per chunk, and took
 # the writer's SQLite time from ~3.1 to ~2.1 µs per row (1,000-row batches, in isolation).
 _ROWS_PER_INSERT = 250
+# Page size of a new SQLite log file (see SqliteStore.__init__).
 _PAGE_SIZE = 16384
 
 
