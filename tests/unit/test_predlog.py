@@ -17,6 +17,7 @@ from flywheel.serving.predlog import (
     PredictionLog,
     PredictionLogError,
     PredictionRecord,
+    encode_json,
     open_prediction_log,
 )
 from flywheel.serving.predlog_sql import SqliteStore
@@ -71,6 +72,8 @@ def test_public_api() -> None:
         "PredictionLog",
         "PredictionLogError",
         "PredictionRecord",
+        "Row",
+        "encode_json",
         "open_prediction_log",
     ]
     assert issubclass(PredictionLogError, FlywheelError)
@@ -413,3 +416,53 @@ def test_append_encodes_the_record_when_called(plog: PredictionLog) -> None:
     plog.flush()
     (row,) = plog.read()
     assert row["inputs"] == {"x": [1.0]} and row["outputs"] == {"labels": [0]}
+
+
+def encoded(r: PredictionRecord) -> tuple[str, float, str, str, str, str, str, float]:
+    rid = r.request_id
+    return (
+        rid,
+        r.ts,
+        r.model,
+        r.version,
+        r.protocol,
+        encode_json(r.inputs, rid, "inputs"),
+        encode_json(r.outputs, rid, "outputs"),
+        r.latency_ms,
+    )
+
+
+def test_append_row_stores_what_append_stores(url: str) -> None:
+    plog = open_prediction_log(url, flush_interval_s=0.01)
+    outputs = {"labels": np.array([1]), "probabilities": np.array([[0.25, 0.75]], np.float32)}
+    assert plog.append(rec("via-record", outputs=outputs))
+    assert plog.append_row(encoded(rec("via-row", outputs=outputs)))
+    plog.flush()
+    a, b = plog.read()
+    assert (a["request_id"], b["request_id"]) == ("via-record", "via-row")
+    assert {k: v for k, v in a.items() if k != "request_id"} == {
+        k: v for k, v in b.items() if k != "request_id"
+    }
+    assert b["outputs"] == {"labels": [1], "probabilities": [[0.25, 0.75]]}
+    plog.close()
+    assert plog.append_row(encoded(rec("late"))) is False  # closed: dropped, counted
+    assert plog.dropped() == 1 and plog.written() == 2
+
+
+def test_append_row_applies_the_same_backpressure(url: str) -> None:
+    plog = open_prediction_log(url, max_queue=3, on_full="drop", flush_interval_s=0.01)
+    plog.pause()
+    time.sleep(0.05)
+    results = [plog.append_row(encoded(rec(f"r{i}"))) for i in range(5)]
+    assert results == [True] * 3 + [False] * 2 and plog.dropped() == 2
+    plog.resume()
+    plog.close()
+    assert plog.written() == 3
+
+
+def test_encode_json_keeps_non_string_keys_and_never_raises() -> None:
+    assert encode_json({1: [0.5], "a": np.array([2, 3])}, "r", "inputs") == '{"1":[0.5],"a":[2,3]}'
+    assert encode_json({"plan": np.array(["x", None], dtype=object)}, "r", "inputs") == (
+        '{"plan":["x",null]}'
+    )
+    assert "$unencodable" in encode_json({"x": object()}, "r", "inputs")

@@ -233,6 +233,39 @@ def test_under_load_a_flush_waits_gather_turns_for_requests_already_read(turns: 
     assert batches[2:] == ([3] if turns == 2 else [1, 1, 1])
 
 
+def test_on_scored_sees_each_batch_once_and_the_survivors_of_a_failed_one() -> None:
+    from flywheel.serving.batching import MicroBatcher
+    from flywheel.serving.decode import Decoded
+
+    def score(feeds: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        x = feeds[0].reshape(-1)
+        if np.isnan(x).any():
+            raise ValueError("NaN")  # fails the whole batch, then only that request
+        return x.astype(np.int64), np.stack([1 - x / 10, x / 10], axis=1)
+
+    async def main() -> list[tuple[list[int], int]]:
+        seen: list[tuple[list[int], int]] = []
+        batcher = MicroBatcher(
+            score,
+            (True,),
+            on_scored=lambda labels, proba: seen.append((labels.tolist(), len(proba))),
+        )
+        await batcher.submit(Decoded([[3.0]], 1))  # one row: sent twice, scored once
+        await asyncio.gather(
+            batcher.submit(Decoded([[1.0, 2.0]], 2)), batcher.submit(Decoded([[4.0]], 1))
+        )
+        outcome = await asyncio.gather(
+            batcher.submit(Decoded([[5.0]], 1)),
+            batcher.submit(Decoded([[float("nan")]], 1)),
+            batcher.submit(Decoded([[6.0]], 1)),
+            return_exceptions=True,
+        )
+        assert isinstance(outcome[1], ValueError) and outcome[0][0].tolist() == [5]
+        return seen
+
+    assert run(main()) == [([3], 1), ([1, 2, 4], 3), ([5], 1), ([6], 1)]
+
+
 # --------------------------------------------------------------------------- hot swap
 
 
@@ -340,6 +373,31 @@ def test_sink_gets_one_record_per_answer(files: dict[str, ModelFiles]) -> None:
         assert record.ts > 0
 
     run(main())
+
+
+def test_a_prediction_log_gets_the_encoded_row(
+    files: dict[str, ModelFiles], tmp_path: Path
+) -> None:
+    from flywheel.serving.predlog import open_prediction_log
+
+    plog = open_prediction_log(f"sqlite:///{tmp_path}/p.db", flush_interval_s=0.01)
+
+    async def main() -> Any:
+        predictor = make(files, sink=plog)
+        await predictor.start()
+        return await predictor.predict(
+            PredictRequest(records=rows(2), request_id="req-2", protocol="ws")
+        )
+
+    answer = run(main())
+    plog.close()
+    [row] = plog.read()
+    assert (row["request_id"], row["protocol"], row["version"]) == ("req-2", "ws", answer.version)
+    assert list(row["inputs"]) == ["tenure", "charges", "plan"]
+    assert row["inputs"]["plan"] == [r["plan"] for r in rows(2)]
+    assert row["outputs"]["labels"] == answer.labels.tolist()
+    assert np.allclose(row["outputs"]["probabilities"], answer.probabilities)
+    assert row["latency_ms"] == answer.latency_ms
 
 
 def test_a_failing_sink_does_not_fail_the_request(files: dict[str, ModelFiles]) -> None:

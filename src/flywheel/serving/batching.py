@@ -28,11 +28,18 @@ a worker thread so the loop keeps accepting requests. Each request gets its own 
 the outputs; ONNX models score rows independently, so a batched answer equals the
 unbatched one. If a batch fails, its requests are retried one by one so that one bad
 request cannot fail the others.
+
+``on_scored(labels, probabilities)`` (optional) sees each batch's outputs once, on the
+event loop, before its requests resume: the prediction-score metric observes a whole batch
+in one vectorised call instead of one small NumPy call per request (~1.7 µs of server CPU
+per request at 64 connections, ~3%). After a failed batch it sees each request that
+succeeded on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,10 +50,14 @@ import numpy as np
 
 from flywheel.serving.decode import Decoded
 
-__all__ = ["BatchStats", "MicroBatcher", "RunFn", "assemble"]
+__all__ = ["BatchStats", "MicroBatcher", "RunFn", "ScoredFn", "assemble"]
+
+log = logging.getLogger("flywheel.serving")
 
 # (feeds in input order, each [n, 1]) -> (labels [n], probabilities [n, k] | None)
 RunFn = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray | None]]
+# (labels, probabilities | None) of the rows a batch scored
+ScoredFn = Callable[[np.ndarray, np.ndarray | None], None]
 
 
 @dataclass
@@ -128,8 +139,10 @@ class MicroBatcher:
         inline_max_rows: int = 1024,
         gather_turns: int = 2,
         stats: BatchStats | None = None,
+        on_scored: ScoredFn | None = None,
     ) -> None:
         self.run = run
+        self.on_scored = on_scored
         self.numeric = numeric
         self.max_rows = max_rows
         self.max_wait_s = max_wait_s
@@ -202,23 +215,28 @@ class MicroBatcher:
         if self._queue and not self._scheduled and not self._running:
             self._schedule(self._loop)  # type: ignore[arg-type]
 
-    def _run_batch(self, batch: list[_Pending]) -> list[Any]:
-        """Outputs per request: (labels, probabilities) or the exception it raised."""
+    def _run_batch(self, batch: list[_Pending]) -> tuple[list[Any], Any]:
+        """(outputs per request: (labels, probabilities) or the exception it raised; the
+        batch's own (labels, probabilities), or None when the batch failed as a whole)."""
         try:
             labels, proba = self.run(assemble([item.decoded for item in batch], self.numeric))
         except Exception as exc:
             if len(batch) == 1:
-                return [exc]
-            return [r for item in batch for r in self._run_batch([item])]
+                return [exc], None
+            return [r for item in batch for r in self._run_batch([item])[0]], None
         out: list[Any] = []
         start = 0
         for item in batch:
             end = start + item.decoded.rows
             out.append((labels[start:end], None if proba is None else proba[start:end]))
             start = end
-        return out
+        # [:start]: a one-row batch was sent twice (see assemble)
+        return out, (labels[:start], None if proba is None else proba[:start])
 
-    def _finish(self, batch: list[_Pending], results: list[Any]) -> None:
+    def _finish(self, batch: list[_Pending], outcome: tuple[list[Any], Any]) -> None:
+        results, scored = outcome
+        if self.on_scored is not None:
+            self._score(results, scored)
         for item, result in zip(batch, results, strict=True):
             if item.future.done():
                 continue
@@ -230,3 +248,14 @@ class MicroBatcher:
             self._running = False
             if self._queue and not self._scheduled and self._loop is not None:
                 self._schedule(self._loop)
+
+    def _score(self, results: list[Any], scored: Any) -> None:
+        try:
+            if scored is not None:
+                self.on_scored(*scored)  # type: ignore[misc]
+            else:  # the batch failed: the requests that succeeded alone
+                for result in results:
+                    if not isinstance(result, BaseException):
+                        self.on_scored(*result)  # type: ignore[misc]
+        except Exception:  # a metric must never fail the requests
+            log.exception("on_scored failed")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from flywheel.errors import NotFound, RegistryError
-from flywheel.serving.batching import BatchStats, MicroBatcher
+from flywheel.serving.batching import BatchStats, MicroBatcher, ScoredFn
 from flywheel.serving.decode import InputSchema
 from flywheel.serving.errors import IntegrityError
 from flywheel.training.features import FeatureSpec
@@ -64,6 +64,7 @@ class LoadedModel:
         inline_max_rows: int,
         gather_turns: int,
         stats: BatchStats | None = None,
+        on_scored: ScoredFn | None = None,
     ) -> None:
         self.batcher = MicroBatcher(
             self.run,
@@ -73,6 +74,7 @@ class LoadedModel:
             gather_turns=gather_turns,
             inline_max_rows=inline_max_rows,
             stats=stats,
+            on_scored=on_scored,
         )
 
     def run(self, feeds: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
