@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from bench.serving import load, procs
+from bench.serving import h2h, load, procs
 from bench.serving.report import goal_records, print_report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -638,6 +638,50 @@ def run_flywheel_mqtt(
         server.stop()
 
 
+def run_head_to_head(
+    prep: dict[str, Any],
+    body: dict[str, bytes],
+    work: Path,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    out: dict[str, Any],
+) -> None:
+    """flywheel /v1/predict and the bare ASGI constant app, alive together, in alternating
+    wrk runs (see bench.serving.h2h): the stack-limit ratio without the drift of the hours'
+    single runs. A fresh flywheel process with its own prediction log."""
+    if args.h2h_rounds <= 0 or "bare_const" not in args.peer_list:
+        out["not_measured"]["head to head"] = "off (--h2h-rounds 0, or bare_const not a peer)"
+        return
+    fw_env = {**env, "FLYWHEEL_SERVING__PREDICTION_LOG_URL": f"sqlite:///{work / 'h2h.db'}"}
+    fw, fw_endpoints = make_server("flywheel", prep, body, work, fw_env, args)
+    bare, bare_endpoints = make_server("bare_const", prep, body, work, {}, args)
+    fw.log_path, bare.log_path = work / "flywheel-h2h.log", work / "bare_const-h2h.log"
+    say(f"head to head: flywheel /v1/predict vs bare_const, {args.h2h_rounds} rounds each ...")
+    try:
+        for server in (fw, bare):
+            server.start()
+            warm_and_measure_idle(server, 200)
+        contenders = []
+        for server, (_, path, data) in ((fw, fw_endpoints[0]), (bare, bare_endpoints[0])):
+            script = load.lua_script(work / f"h2h-{server.name}.lua", data, "application/json")
+            url = f"http://127.0.0.1:{server.port}{path}"
+            contenders.append(h2h.Contender(server.name, url, script))
+        for connections in (16, 64):
+            result = h2h.interleave(
+                contenders[0],
+                contenders[1],
+                connections,
+                args.h2h_rounds,
+                args.duration,
+                args.load_core,
+                say,
+            )
+            out.setdefault("head_to_head", {})[f"c{connections}"] = result
+    finally:
+        fw.stop()
+        bare.stop()
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -664,10 +708,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--load-core", type=int, default=1)
     parser.add_argument("--mqtt-broker", default="127.0.0.1:1883")
     parser.add_argument("--keep", action="store_true", help="keep the temp work folder")
+    parser.add_argument(
+        "--h2h-rounds",
+        type=int,
+        help="alternating rounds of flywheel vs bare_const at the end (default 4, quick 2; 0: off)",
+    )
     args = parser.parse_args(argv)
     args.duration = args.duration or (3.0 if args.quick else 10.0)
     args.warmup = 1.0 if args.quick else 2.0
     args.sequential = 300 if args.quick else 2000
+    if args.h2h_rounds is None:
+        args.h2h_rounds = 2 if args.quick else 4
     args.predlog_requests = 500 if args.quick else 3000
     if args.peers == "none":
         args.peer_list = []
@@ -753,6 +804,11 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 out["errors"][name] = f"{type(exc).__name__}: {exc}"
                 say(f"{name} failed: {exc}")
+        try:
+            run_head_to_head(prep, body, work, env, args, out)
+        except Exception as exc:
+            out["errors"]["head to head"] = f"{type(exc).__name__}: {exc}"
+            say(f"head to head failed: {exc}")
     finally:
         procs.stop_all()
         out["config"]["load_avg_at_end"] = os.getloadavg()
