@@ -105,3 +105,16 @@ def test_drop_policy_against_postgres(pg_url: str) -> None:
     assert [plog.append(rec(f"r{i}")) for i in range(5)] == [True] * 3 + [False] * 2
     plog.close()
     assert plog.dropped() == 2 and plog.written() == 3
+
+
+def test_column_rows_read_back_named_and_through_the_view(pg_url: str) -> None:
+    from tests.unit.predlog_helpers import check_columns_rows_read_back_named
+
+    def view_rows() -> list:
+        with psycopg.connect(pg_url) as conn:
+            return conn.execute(
+                "SELECT request_id, inputs::text FROM prediction_log_named ORDER BY id"
+            ).fetchall()
+
+    with open_prediction_log(pg_url, flush_interval_s=0.02) as plog:
+        check_columns_rows_read_back_named(plog, view_rows)

@@ -466,3 +466,15 @@ def test_encode_json_keeps_non_string_keys_and_never_raises() -> None:
         '{"plan":["x",null]}'
     )
     assert "$unencodable" in encode_json({"x": object()}, "r", "inputs")
+
+
+def test_column_rows_read_back_named_and_through_the_view(plog: PredictionLog, url: str) -> None:
+    from tests.unit.predlog_helpers import check_columns_rows_read_back_named
+
+    def view_rows() -> list:
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            return conn.execute(
+                "SELECT request_id, inputs FROM prediction_log_named ORDER BY id"
+            ).fetchall()
+
+    check_columns_rows_read_back_named(plog, view_rows)

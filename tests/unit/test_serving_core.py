@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import math
+import sqlite3
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -398,6 +400,35 @@ def test_a_prediction_log_gets_the_encoded_row(
     assert row["outputs"]["labels"] == answer.labels.tolist()
     assert np.allclose(row["outputs"]["probabilities"], answer.probabilities)
     assert row["latency_ms"] == answer.latency_ms
+    with sqlite3.connect(tmp_path / "p.db") as conn:  # stored as columns, names kept once
+        (stored,) = conn.execute("SELECT inputs FROM prediction_log").fetchone()
+        (names,) = conn.execute("SELECT names FROM prediction_inputs").fetchone()
+    assert json.loads(names) == ["tenure", "charges", "plan"]
+    assert json.loads(stored)[2] == row["inputs"]["plan"]
+
+
+def test_a_log_that_cannot_register_names_gets_named_inputs(
+    files: dict[str, ModelFiles], tmp_path: Path
+) -> None:
+    from flywheel.serving.predlog import PredictionLog
+
+    class NoNames(PredictionLog):
+        def register_inputs(self, model: str, version: str, names: Any) -> bool:
+            raise OSError("database is read-only")
+
+    plog = NoNames(f"sqlite:///{tmp_path}/p.db", flush_interval_s=0.01)
+    plog.start()
+
+    async def main() -> None:
+        predictor = make(files, sink=plog)
+        await predictor.start()  # loads despite the failure
+        await predictor.predict(PredictRequest(records=rows(1), request_id="r"))
+
+    run(main())
+    plog.close()
+    with sqlite3.connect(tmp_path / "p.db") as conn:
+        (stored,) = conn.execute("SELECT inputs FROM prediction_log").fetchone()
+    assert list(json.loads(stored)) == ["tenure", "charges", "plan"]
 
 
 def test_a_failing_sink_does_not_fail_the_request(files: dict[str, ModelFiles]) -> None:

@@ -55,6 +55,9 @@ class LoadedModel:
     session: ort.InferenceSession
     output_names: list[str]
     batcher: MicroBatcher = field(init=False, repr=False)
+    # the prediction log that knows this version's input names (its rows then carry the
+    # inputs as a JSON array of columns); set by the predictor when it loads the version
+    columns_logged_to: Any = field(default=None, init=False, repr=False)
 
     def configure_batching(
         self,

@@ -19,7 +19,8 @@ API
 :class:`PredictionLog`
     ``start()`` the writer thread; ``append(record) -> bool`` (False: dropped or rejected,
     counted); ``append_row(row) -> bool``, the same for a row the caller encoded with
-    :func:`encode_json` (the serving hot path);
+    :func:`encode_json` (the serving hot path); ``register_inputs(model, version, names)``
+    lets rows of that version carry their inputs as a JSON array of columns;
     ``flush(timeout)`` waits until every record appended before the call is written;
     ``close(timeout)`` flushes, then stops. Counters for metrics: ``depth()`` (queued now),
     ``dropped()``, ``written()`` and, in :meth:`PredictionLog.stats`, ``duplicates``,
@@ -85,7 +86,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -646,6 +647,29 @@ class PredictionLog:
             with contextlib.suppress(Exception):
                 store.close()
 
+    # ------------------------------------------------------------------ input names
+
+    def register_inputs(self, model: str, version: str, names: Sequence[str]) -> bool:
+        """Record the input names of (model, version) once, so rows of that version may carry
+        ``inputs`` as a JSON array of columns in this order (see :mod:`predlog_sql`). True
+        when the stored names are ``names``; False when (model, version) was registered
+        with other names (logged): its rows must then keep named objects. Blocking I/O:
+        call it from a worker thread (the predictor does, when it loads a version)."""
+        names = [str(n) for n in names]
+        with self._reading("register the input names in") as store:
+            stored = orjson.loads(
+                store.register_inputs(model, version, orjson.dumps(names).decode())
+            )
+        if stored != names:
+            log.warning(
+                "prediction log: %s version %s was registered with other input names; its "
+                "rows keep named inputs",
+                model,
+                version,
+            )
+            return False
+        return True
+
     # ------------------------------------------------------------------ feedback + reads
 
     def feedback(self, request_id: str, label: Any, *, ts: float | None = None) -> bool:
@@ -701,7 +725,17 @@ class PredictionLog:
             raise DataError(f"limit must be >= 0, got {limit!r}.", limit=limit)
         with self._reading("read") as store:
             rows = store.read(since, limit, model, labelled_only)
+            names = {key: orjson.loads(text) for key, text in store.input_names().items()}
         loads = orjson.loads
+
+        def inputs(r: tuple[Any, ...]) -> Any:
+            value = loads(r[5])
+            if type(value) is list:  # columns in the order registered for (model, version)
+                known = names.get((r[2], r[3]))
+                if known is not None and len(known) == len(value):
+                    return dict(zip(known, value, strict=True))
+            return value
+
         return [
             {
                 "request_id": r[0],
@@ -709,7 +743,7 @@ class PredictionLog:
                 "model": r[2],
                 "version": r[3],
                 "protocol": r[4],
-                "inputs": loads(r[5]),
+                "inputs": inputs(r),
                 "outputs": loads(r[6]),
                 "latency_ms": r[7],
                 "label": None if r[8] is None else loads(r[8]),
