@@ -271,8 +271,9 @@ class Predictor:
 
     def _register_inputs(self, model: LoadedModel) -> None:
         """Tell a prediction log that can name columns (``register_inputs``) this version's
-        input names, so its rows carry the inputs as a JSON array: ~40% smaller rows and
-        ~4% less server CPU per request under load. Any failure keeps named objects."""
+        input names, so its rows carry the inputs as a JSON array: a third less log on disk
+        and ~6% less server CPU per request at 64 connections. Any failure keeps named
+        objects."""
         sink = self.sink
         register = getattr(sink, "register_inputs", None)
         if register is None or getattr(sink, "append_row", None) is None:
