@@ -647,7 +647,7 @@ def run_head_to_head(
     out: dict[str, Any],
 ) -> None:
     """flywheel /v1/predict and the bare ASGI constant app, alive together, in alternating
-    wrk runs (see bench.serving.h2h): the stack-limit ratio without the drift of the hours'
+    wrk runs (see bench.serving.h2h): the stack-limit ratio without the drift between the
     single runs. A fresh flywheel process with its own prediction log."""
     if args.h2h_rounds <= 0 or "bare_const" not in args.peer_list:
         out["not_measured"]["head to head"] = "off (--h2h-rounds 0, or bare_const not a peer)"
