@@ -27,8 +27,10 @@ to ``sink.append(record)`` (must not block). The record is a
 :class:`flywheel.serving.predlog.PredictionRecord`; ``inputs``/``outputs`` hold the validated
 columns and raw output arrays (not copied: the sink serialises them off the hot path). A
 sink with ``append_row`` (the :class:`~flywheel.serving.predlog.PredictionLog`) gets the
-encoded row instead, built here in one step: the same row for ~3% less server CPU per
-``/v1/predict`` request at 64 connections than the record and its encoding layers.
+encoded row instead, built here in one step (~3% less server CPU per ``/v1/predict``
+request at 64 connections than the record and its encoding layers); when it also took the
+version's input names at load (``register_inputs``), the row's inputs are the columns in
+input order, a JSON array (~6% less again, a third less log on disk).
 """
 
 from __future__ import annotations
@@ -363,35 +365,12 @@ class Predictor:
         try:
             outputs = {"labels": response.labels, "probabilities": response.probabilities}
             if model.columns_logged_to is sink:  # names registered: columns in input order
-                sink.append_row(  # type: ignore[union-attr]
-                    (
-                        rid,
-                        time.time(),
-                        model.name,
-                        model.version,
-                        request.protocol,
-                        encode_json(decoded.columns, rid, "inputs"),
-                        encode_json(outputs, rid, "outputs"),
-                        response.latency_ms,
-                    )
-                )
-                return
-            inputs = dict(zip(model.schema.names, decoded.columns, strict=True))
-            append_row = getattr(sink, "append_row", None)
-            if append_row is not None:
-                append_row(
-                    (
-                        rid,
-                        time.time(),
-                        model.name,
-                        model.version,
-                        request.protocol,
-                        encode_json(inputs, rid, "inputs"),
-                        encode_json(outputs, rid, "outputs"),
-                        response.latency_ms,
-                    )
-                )
+                inputs: Any = decoded.columns
+                append_row = sink.append_row  # type: ignore[union-attr]
             else:
+                inputs = dict(zip(model.schema.names, decoded.columns, strict=True))
+                append_row = getattr(sink, "append_row", None)
+            if append_row is None:  # any other sink gets the record
                 sink.append(  # type: ignore[union-attr]
                     PredictionRecord(
                         rid,
@@ -404,5 +383,18 @@ class Predictor:
                         response.latency_ms,
                     )
                 )
+                return
+            append_row(
+                (
+                    rid,
+                    time.time(),
+                    model.name,
+                    model.version,
+                    request.protocol,
+                    encode_json(inputs, rid, "inputs"),
+                    encode_json(outputs, rid, "outputs"),
+                    response.latency_ms,
+                )
+            )
         except Exception:  # the log must never fail a request that was answered
             log.exception("prediction log append failed (request %s)", rid)

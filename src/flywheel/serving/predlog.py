@@ -36,10 +36,11 @@ Hot path
 and six scalars) on the caller's thread, then a length check and a ``deque.append`` (atomic
 under the GIL, no lock). ``append_row`` skips the record: the serving core builds the row
 itself, which measured ~1.8 µs (~3%) less server CPU per request under load; in a busy
-server every extra layer costs ~3x its tight-loop time (cold caches). Encoding here rather than in the writer is measured, not a guess:
-a queued record kept as Python objects (a dict of per-column lists, numpy outputs) stays
-alive for the flush interval, and on a one-core server that cost ~15% of ``/v1/predict``
-throughput against ~2 µs to encode it at once. A single background thread drains up to
+server every extra layer costs ~3x its tight-loop time (cold caches). Encoding on the
+caller's thread rather than in the writer is measured, not a guess: a queued record kept as
+Python objects (a dict of per-column lists, numpy outputs) stays alive for the flush
+interval, and on a one-core server that cost ~15% of ``/v1/predict`` throughput against
+~2 µs to encode it at once. A single background thread drains up to
 ``batch_size`` rows whenever that many are queued, or every ``flush_interval_s``
 otherwise, and writes them in ONE transaction (SQLite: multi-row ``INSERT``s; PostgreSQL
 ``COPY`` then ``INSERT ... ON CONFLICT DO NOTHING``).
