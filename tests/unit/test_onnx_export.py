@@ -255,3 +255,39 @@ def test_tree_thresholds_snap_to_float32_without_changing_native_predictions() -
             pipe, export_onnx(pipe, specs, task="regression"), test, specs, task="regression"
         )
         assert report.rows_over_tolerance == 0 and report.max_abs_diff < 1e-6, (family, report)
+
+
+def test_export_loads_only_the_converters_its_family_needs() -> None:
+    """Exporting a HistGradientBoosting pipeline imports neither LightGBM nor onnxmltools'
+    LightGBM/XGBoost converters (~35 ms of a new process); a LightGBM pipeline still gets
+    its converter."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import pandas as pd
+from sklearn.datasets import load_breast_cancer
+from flywheel.registry.onnx_export import export_onnx
+from flywheel.training.features import build_pipeline, infer_feature_specs, prepare_frame
+
+df = load_breast_cancer(as_frame=True).frame.iloc[:200]
+specs = infer_feature_specs(df, target="target", drop=[])
+loaded = []
+for family in sys.argv[1:]:
+    pipe = build_pipeline(specs, task="classification", family=family,
+                          hyperparams={"n_estimators": 5} if family == "lightgbm" else {},
+                          ratios=[], seed=0)
+    pipe.fit(prepare_frame(df, specs), df["target"])
+    export_onnx(pipe, specs, task="classification")
+    heavy = ("lightgbm", "onnxmltools.convert.lightgbm.operator_converters.LightGbm",
+             "onnxmltools.convert.xgboost.operator_converters.XGBoost")
+    loaded.append("+".join(m for m in heavy if m in sys.modules) or "-")
+print(",".join(loaded))
+"""
+    run = [sys.executable, "-c", code]
+    out = subprocess.run([*run, "hist_gb", "lightgbm"], capture_output=True, text=True, check=True)
+    hgb, lgbm = out.stdout.strip().split(",")
+    assert hgb == "-"
+    assert "onnxmltools.convert.lightgbm.operator_converters.LightGbm" in lgbm
+    assert "XGBoost" not in lgbm

@@ -91,11 +91,55 @@ def _ratio_convert(scope: Any, operator: Any, container: Any) -> None:
     out.add_to(scope, container)
 
 
+def register_converters(model: Any) -> None:
+    """Teach skl2onnx RatioFeatures, and LightGBM or XGBoost when ``model`` (the pipeline's
+    final estimator) is one: their converters import the boosting library and onnxmltools,
+    which an export of any other family does not need. Each registration runs once per
+    process."""
+    _register_ratio()
+    libraries = {cls.__module__.partition(".")[0] for cls in type(model).__mro__}
+    if "lightgbm" in libraries:
+        _register_lightgbm()
+    if "xgboost" in libraries:
+        _register_xgboost()
+
+
 @cache
-def register_converters() -> None:
-    """Teach skl2onnx RatioFeatures, LightGBM and XGBoost (once per process)."""
+def _register_ratio() -> None:
+    from skl2onnx import update_registered_converter
+
+    update_registered_converter(
+        RatioFeatures, "FlywheelRatioFeatures", _ratio_shape, _ratio_convert
+    )
+
+
+_ZIPMAP = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
+
+
+@cache
+def _register_lightgbm() -> None:
     from lightgbm import LGBMClassifier, LGBMRegressor
     from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+
+    update_registered_converter(
+        LGBMClassifier,
+        "LgbmClassifier",
+        calculate_linear_classifier_output_shapes,
+        convert_lightgbm,
+        options=_ZIPMAP,
+    )
+    update_registered_converter(
+        LGBMRegressor, "LgbmRegressor", calculate_linear_regressor_output_shapes, convert_lightgbm
+    )
+
+
+@cache
+def _register_xgboost() -> None:
     from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
     from skl2onnx import update_registered_converter
     from skl2onnx.common.shape_calculator import (
@@ -105,40 +149,18 @@ def register_converters() -> None:
     from xgboost import XGBRegressor
 
     update_registered_converter(
-        RatioFeatures, "FlywheelRatioFeatures", _ratio_shape, _ratio_convert
+        EncodedXGBClassifier,
+        "XGBoostXGBClassifier",
+        calculate_linear_classifier_output_shapes,
+        convert_xgboost,
+        options=_ZIPMAP,
     )
-    zipmap = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
-    for model, alias, shape, convert, options in (
-        (
-            LGBMClassifier,
-            "LgbmClassifier",
-            calculate_linear_classifier_output_shapes,
-            convert_lightgbm,
-            zipmap,
-        ),
-        (
-            LGBMRegressor,
-            "LgbmRegressor",
-            calculate_linear_regressor_output_shapes,
-            convert_lightgbm,
-            None,
-        ),
-        (
-            EncodedXGBClassifier,
-            "XGBoostXGBClassifier",
-            calculate_linear_classifier_output_shapes,
-            convert_xgboost,
-            zipmap,
-        ),
-        (
-            XGBRegressor,
-            "XGBoostXGBRegressor",
-            calculate_linear_regressor_output_shapes,
-            convert_xgboost,
-            None,
-        ),
-    ):
-        update_registered_converter(model, alias, shape, convert, options=options)
+    update_registered_converter(
+        XGBRegressor,
+        "XGBoostXGBRegressor",
+        calculate_linear_regressor_output_shapes,
+        convert_xgboost,
+    )
 
 
 # --------------------------------------------------------------------------- export
@@ -185,8 +207,8 @@ def export_onnx(pipeline: Pipeline, specs: list[FeatureSpec], *, task: Task) -> 
     ``probabilities`` for classifiers). Raises :class:`RegistryError` if conversion fails."""
     from skl2onnx import convert_sklearn
 
-    register_converters()
     model = pipeline.steps[-1][1]
+    register_converters(model)
     options = {id(model): {"zipmap": False}} if task == "classification" else None
     try:
         onx = convert_sklearn(

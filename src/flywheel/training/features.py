@@ -257,14 +257,21 @@ class EncodedXGBClassifier(XGBClassifier):  # type: ignore[misc]
 # --------------------------------------------------------------------------- pipeline
 
 
-def _classifiers(seed: int) -> dict[str, Callable[[], BaseEstimator]]:
-    from lightgbm import LGBMClassifier
+def _lightgbm(name: str, **settings: Any) -> BaseEstimator:
+    """A LightGBM estimator; LightGBM is imported only when its family is asked for."""
+    import lightgbm
 
+    return getattr(lightgbm, name)(**settings)
+
+
+def _classifiers(seed: int) -> dict[str, Callable[[], BaseEstimator]]:
     return {
         "logreg": lambda: LogisticRegression(max_iter=1000, random_state=seed),
         "random_forest": lambda: RandomForestClassifier(random_state=seed, n_jobs=_N_JOBS),
         "hist_gb": lambda: HistGradientBoostingClassifier(random_state=seed),
-        "lightgbm": lambda: LGBMClassifier(random_state=seed, n_jobs=_N_JOBS, verbose=-1),
+        "lightgbm": lambda: _lightgbm(
+            "LGBMClassifier", random_state=seed, n_jobs=_N_JOBS, verbose=-1
+        ),
         "xgboost": lambda: EncodedXGBClassifier(
             random_state=seed, n_jobs=_N_JOBS, tree_method="hist", verbosity=0
         ),
@@ -272,14 +279,15 @@ def _classifiers(seed: int) -> dict[str, Callable[[], BaseEstimator]]:
 
 
 def _regressors(seed: int) -> dict[str, Callable[[], BaseEstimator]]:
-    from lightgbm import LGBMRegressor
     from xgboost import XGBRegressor
 
     return {
         "linear": lambda: Ridge(random_state=seed),
         "random_forest": lambda: RandomForestRegressor(random_state=seed, n_jobs=_N_JOBS),
         "hist_gb": lambda: HistGradientBoostingRegressor(random_state=seed),
-        "lightgbm": lambda: LGBMRegressor(random_state=seed, n_jobs=_N_JOBS, verbose=-1),
+        "lightgbm": lambda: _lightgbm(
+            "LGBMRegressor", random_state=seed, n_jobs=_N_JOBS, verbose=-1
+        ),
         "xgboost": lambda: XGBRegressor(
             random_state=seed, n_jobs=_N_JOBS, tree_method="hist", verbosity=0
         ),
