@@ -75,7 +75,7 @@ def _holdout_metrics(trained: dict[str, Any]) -> tuple[dict[str, float], float]:
     job = trained["job"]
     Xh = T._features(trained["holdout"], job.specs)
     pred, proba = T.predict(trained["pipeline"], Xh, job.task)
-    scores = M.score(job.task, trained["y_holdout"], pred, proba, n_classes=len(job.classes))
+    scores = M.score(job.task, trained["y_holdout"], pred, proba, n_classes=len(job.classes or []))
     return {f"holdout_{k}": v for k, v in scores.items()}, time.perf_counter() - start
 
 

@@ -266,7 +266,6 @@ def test_export_loads_only_the_converters_its_family_needs() -> None:
 
     code = """
 import sys
-import pandas as pd
 from sklearn.datasets import load_breast_cancer
 from flywheel.registry.onnx_export import export_onnx
 from flywheel.training.features import build_pipeline, infer_feature_specs, prepare_frame

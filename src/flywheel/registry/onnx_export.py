@@ -98,10 +98,8 @@ def register_converters(model: Any) -> None:
     process."""
     _register_ratio()
     libraries = {cls.__module__.partition(".")[0] for cls in type(model).__mro__}
-    if "lightgbm" in libraries:
-        _register_lightgbm()
-    if "xgboost" in libraries:
-        _register_xgboost()
+    for library in sorted(libraries & {"lightgbm", "xgboost"}):
+        _register_booster(library)
 
 
 @cache
@@ -113,53 +111,40 @@ def _register_ratio() -> None:
     )
 
 
-_ZIPMAP = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
-
-
 @cache
-def _register_lightgbm() -> None:
-    from lightgbm import LGBMClassifier, LGBMRegressor
-    from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+def _register_booster(library: str) -> None:
+    """onnxmltools' converter for the library's classifier and regressor (xgboost's
+    classifier is flywheel's label-encoding subclass)."""
     from skl2onnx import update_registered_converter
     from skl2onnx.common.shape_calculator import (
         calculate_linear_classifier_output_shapes,
         calculate_linear_regressor_output_shapes,
     )
 
-    update_registered_converter(
-        LGBMClassifier,
-        "LgbmClassifier",
-        calculate_linear_classifier_output_shapes,
-        convert_lightgbm,
-        options=_ZIPMAP,
-    )
-    update_registered_converter(
-        LGBMRegressor, "LgbmRegressor", calculate_linear_regressor_output_shapes, convert_lightgbm
-    )
+    classifier: Any
+    regressor: Any
+    if library == "lightgbm":
+        from lightgbm import LGBMClassifier as classifier
+        from lightgbm import LGBMRegressor as regressor
+        from onnxmltools.convert.lightgbm.operator_converters.LightGbm import (
+            convert_lightgbm as convert,
+        )
 
+        aliases = ("LgbmClassifier", "LgbmRegressor")
+    else:
+        from onnxmltools.convert.xgboost.operator_converters.XGBoost import (
+            convert_xgboost as convert,
+        )
+        from xgboost import XGBRegressor as regressor
 
-@cache
-def _register_xgboost() -> None:
-    from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
-    from skl2onnx import update_registered_converter
-    from skl2onnx.common.shape_calculator import (
-        calculate_linear_classifier_output_shapes,
-        calculate_linear_regressor_output_shapes,
-    )
-    from xgboost import XGBRegressor
-
+        classifier = EncodedXGBClassifier
+        aliases = ("XGBoostXGBClassifier", "XGBoostXGBRegressor")
+    zipmap = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
     update_registered_converter(
-        EncodedXGBClassifier,
-        "XGBoostXGBClassifier",
-        calculate_linear_classifier_output_shapes,
-        convert_xgboost,
-        options=_ZIPMAP,
+        classifier, aliases[0], calculate_linear_classifier_output_shapes, convert, options=zipmap
     )
     update_registered_converter(
-        XGBRegressor,
-        "XGBoostXGBRegressor",
-        calculate_linear_regressor_output_shapes,
-        convert_xgboost,
+        regressor, aliases[1], calculate_linear_regressor_output_shapes, convert
     )
 
 
