@@ -25,7 +25,14 @@ from pydantic_settings import (
 
 from flywheel.errors import ConfigError
 
-__all__ = ["ServingSettings", "Settings", "load_settings", "mask_url", "sqlalchemy_url"]
+__all__ = [
+    "ServingSettings",
+    "Settings",
+    "absolute_sqlite_url",
+    "load_settings",
+    "mask_url",
+    "sqlalchemy_url",
+]
 
 _SQL_SCHEMES = ("sqlite://", "postgresql://", "postgresql+psycopg://", "postgres://")
 
@@ -246,9 +253,29 @@ class Settings(BaseSettings):
         yaml_file = Path(os.environ.get("FLYWHEEL_CONFIG", "flywheel.yaml"))
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file))
 
+    @field_validator("home")
+    @classmethod
+    def _home(cls, v: Path) -> Path:
+        home = v.expanduser().resolve()
+        if home.exists() and not home.is_dir():
+            raise ValueError(f"home must be a folder, but {str(home)!r} is a file")
+        return home
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
-        home = self.home.expanduser()
+        # Paths are resolved here, once: every later join (MLflow's downloads, the model
+        # cache, the crash log) sees absolute paths, whatever the current folder becomes.
+        home = self.home  # absolute: see _home
+        if self.store.url is not None and "://" not in self.store.url:
+            self.store.url = str(Path(self.store.url).expanduser().resolve())
+        for section, key in _SQL_URL_FIELDS:
+            owner = getattr(self, section)
+            setattr(owner, key, absolute_sqlite_url(getattr(owner, key)))
+        art = self.tracking.artifact_location
+        if art is not None and "://" not in art:
+            self.tracking.artifact_location = str(Path(art).expanduser().resolve())
+        if self.training.params_file is not None:
+            self.training.params_file = self.training.params_file.expanduser().resolve()
         if self.source.url is None:
             self.source.url = f"sqlite:///{(home / 'source.db').as_posix()}"
         if self.store.url is None:
@@ -256,7 +283,7 @@ class Settings(BaseSettings):
         if self.tracking.uri is None:
             self.tracking.uri = f"sqlite:///{(home / 'mlflow.db').as_posix()}"
         if self.tracking.artifact_location is None and not self.tracking.uri.startswith("http"):
-            self.tracking.artifact_location = str((home / "mlartifacts").resolve())
+            self.tracking.artifact_location = str(home / "mlartifacts")
         if self.registry.audit_url is None:
             self.registry.audit_url = f"sqlite:///{(home / 'audit.db').as_posix()}"
         if self.serving.prediction_log_url is None:
@@ -299,6 +326,23 @@ def _mask(value: Any, key: str = "") -> Any:
     if value is not None and _SECRET_KEYS.search(key):
         return "***"
     return value
+
+
+_SQL_URL_FIELDS = (
+    ("source", "url"),
+    ("tracking", "uri"),
+    ("registry", "audit_url"),
+    ("serving", "prediction_log_url"),
+)
+
+
+def absolute_sqlite_url(url: str | None) -> str | None:
+    """``sqlite:///relative.db`` → ``sqlite:////abs/relative.db`` (other URLs unchanged)."""
+    if url is None or not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        return url
+    path, _, query = url.removeprefix("sqlite:///").partition("?")
+    absolute = Path(path).expanduser().resolve().as_posix()
+    return f"sqlite:///{absolute}" + (f"?{query}" if query else "")
 
 
 def load_settings(**overrides: Any) -> Settings:

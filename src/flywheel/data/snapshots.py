@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flywheel.config import Settings, mask_url
+from flywheel.config import Settings, absolute_sqlite_url, mask_url
 from flywheel.data import contract as contracts
 from flywheel.data.contract import Contract, ValidationReport, Violation
 from flywheel.data.files import stage_file
@@ -332,7 +332,10 @@ def _incremental_parent(settings: Settings, dataset: str, sql: str, full: bool) 
     ts = settings.source.timestamp_column
     if parent is None or parent.time_range is None or parent.timestamp_column != ts:
         return None
-    if parent.source.get("query") != sql or parent.source.get("url") != _masked_url(settings):
+    # a snapshot made before paths were resolved recorded sqlite:///relative.db: the same
+    # source when it resolves (from this folder) to today's URL
+    same_url = absolute_sqlite_url(parent.source.get("url")) == _masked_url(settings)
+    if parent.source.get("query") != sql or not same_url:
         log.info("source query changed since %s; extracting in full", parent.id)
         return None
     return parent

@@ -597,7 +597,7 @@ def fetch_model_artifacts(
                 model=name,
                 version=str(mv.version),
             )
-        target = dst or settings.home / "models" / name / str(mv.version)
+        target = (dst or settings.home / "models" / name / str(mv.version)).resolve()
         target.parent.mkdir(parents=True, exist_ok=True)
         # Download into a private folder and check it before it takes the shared place:
         # several processes (uvicorn workers, a CLI beside a server) may fetch one version
@@ -608,7 +608,7 @@ def fetch_model_artifacts(
                 mlflow.artifacts.download_artifacts(
                     f"models:/{name}/{mv.version}", dst_path=str(tmp)
                 )
-            )
+            ).resolve()  # MLflow answers with an absolute path
             _checked_artifacts(name, mv, local, expected)
             _move_into_place(tmp, target, expected)
         finally:
