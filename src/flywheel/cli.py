@@ -23,7 +23,15 @@ from rich.table import Table
 
 from flywheel import __version__
 from flywheel.config import Settings, load_settings, mask_url
-from flywheel.errors import FlywheelError
+from flywheel.errors import (
+    ConfigError,
+    ContractViolation,
+    DataError,
+    FlywheelError,
+    GateFailed,
+    NotFound,
+    UsageError,
+)
 
 __all__ = ["app", "main"]
 
@@ -47,6 +55,11 @@ app.add_typer(data_app, name="data")
 app.add_typer(registry_app, name="registry")
 
 _state: dict[str, Any] = {}
+
+# Exit codes of the CLI's own (the domain errors carry theirs: flywheel.errors); docs/cli.md
+AUDIT_CHAIN_BROKEN = 11
+INTERNAL_ERROR = 70  # sysexits' EX_SOFTWARE: a bug in flywheel, never the user's input
+INTERRUPTED = 130
 
 
 def _settings() -> Settings:
@@ -81,7 +94,7 @@ def _root(
 ) -> None:
     if config is not None:
         if not config.exists():
-            raise FlywheelError(
+            raise ConfigError(
                 f"Config file {str(config)!r} does not exist. Fix: pass an existing file."
             )
         os.environ["FLYWHEEL_CONFIG"] = str(config)
@@ -125,17 +138,34 @@ def _progress() -> Iterator[Any]:
 # ---------------------------------------------------------------- config
 @config_app.command("show")
 def config_show(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: Annotated[bool, _JSON_OPTION] = False,
 ) -> None:
     """Print the effective configuration, secrets masked."""
     shown = _settings().show()
     if as_json:
-        console.print_json(json.dumps(shown))
+        _emit_json(shown)
         return
-    table = Table("key", "value", title="flywheel configuration")
+    table = _table("key", "value", title="flywheel configuration")
     for key, value in _flatten(shown):
         table.add_row(key, "" if value is None else str(value))
     console.print(table)
+
+
+def _emit_json(value: Any) -> None:
+    """JSON for scripts: plain stdout, no colours, nothing cut at the terminal's width."""
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+_JSON_OPTION = typer.Option("--json", help="Print JSON (for scripts) instead of a table.")
+
+
+def _table(*columns: str, title: str | None = None) -> Table:
+    """A table whose cells fold onto the next line instead of being cut at the width."""
+    table = Table(title=title)
+    for name in columns:
+        table.add_column(name, overflow="fold")
+    return table
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -185,7 +215,7 @@ def _parse_date(value: str, option: str) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError as exc:
-        raise FlywheelError(f"{option} must be a date like 2025-01-31, got {value!r}.") from exc
+        raise UsageError(f"{option} must be a date like 2025-01-31, got {value!r}.") from exc
 
 
 # ---------------------------------------------------------------- ingest / data
@@ -230,12 +260,19 @@ def ingest(
 @data_app.command("list")
 def data_list(
     dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
+    as_json: Annotated[bool, _JSON_OPTION] = False,
 ) -> None:
     """List snapshots (id, created, rows, time range, parent)."""
+    from dataclasses import asdict
+
     from flywheel.data.snapshots import list_snapshots
 
-    table = Table("id", "dataset", "created", "rows", "time range", "parent")
-    for m in list_snapshots(_settings(), dataset):
+    snapshots = list_snapshots(_settings(), dataset)
+    if as_json:
+        _emit_json([asdict(m) for m in snapshots])
+        return
+    table = _table("id", "dataset", "created", "rows", "time range", "parent")
+    for m in snapshots:
         span = f"{m.time_range[0]} → {m.time_range[1]}" if m.time_range else ""
         table.add_row(m.id, m.dataset, m.created_at, f"{m.rows:,}", span, m.parent or "")
     console.print(table)
@@ -244,13 +281,18 @@ def data_list(
 @data_app.command("show")
 def data_show(
     snapshot_id: Annotated[str, typer.Argument(help="Snapshot id (a unique prefix is enough).")],
+    as_json: Annotated[bool, _JSON_OPTION] = False,
 ) -> None:
     """Show a snapshot's manifest (schema, source, lineage, content hash)."""
     from dataclasses import asdict
 
     from flywheel.data.snapshots import get_snapshot
 
-    console.print_json(json.dumps(asdict(get_snapshot(_settings(), snapshot_id)), default=str))
+    manifest = asdict(get_snapshot(_settings(), snapshot_id))
+    if as_json:
+        _emit_json(manifest)
+        return
+    console.print_json(json.dumps(manifest, default=str))
 
 
 @data_app.command("validate")
@@ -268,7 +310,7 @@ def data_validate(
         )
         return
     err_console.print(format_report(report))
-    raise typer.Exit(5)
+    raise typer.Exit(ContractViolation.exit_code)
 
 
 @data_app.command("contract")
@@ -281,9 +323,7 @@ def data_contract(
     s = _settings()
     path = contract_path(s.contracts_dir, dataset or s.source.dataset)
     if not path.exists():
-        raise FlywheelError(
-            f"No contract at {path}; it is inferred on the first `flywheel ingest`."
-        )
+        raise NotFound(f"No contract at {path}; it is inferred on the first `flywheel ingest`.")
     console.print(f"# {path}")
     console.print(path.read_text(encoding="utf-8"), markup=False, highlight=False)
 
@@ -331,7 +371,6 @@ def train(
 
 def _latest_snapshot_id(s: Settings, dataset: str | None) -> str:
     from flywheel.data.snapshots import latest_snapshot
-    from flywheel.errors import NotFound
 
     name = dataset or s.source.dataset
     latest = latest_snapshot(s, name)
@@ -376,18 +415,16 @@ def evaluate(
     ev = run_evaluate(s, run_id, champion=load_champion(s))
     report = check_gates(s.gates, ev)
     record_gates(s, run_id, report)
-    console.print_json(
-        json.dumps(
-            {
-                "metrics": ev.metrics,
-                "champion": ev.champion_metrics,
-                "slice_gaps": ev.slice_gaps,
-                "gates": report.to_dict(),
-            }
-        )
+    _emit_json(
+        {
+            "metrics": ev.metrics,
+            "champion": ev.champion_metrics,
+            "slice_gaps": ev.slice_gaps,
+            "gates": report.to_dict(),
+        }
     )
     if not report.passed:
-        raise typer.Exit(8)
+        raise typer.Exit(GateFailed.exit_code)
 
 
 # ---------------------------------------------------------------- registry
@@ -438,36 +475,50 @@ def rollback(reason: Annotated[str, typer.Option(help="Why (recorded in the audi
 @registry_app.command("history")
 def registry_history(
     verify: Annotated[
-        bool, typer.Option("--verify", help="Check the audit log's hash chain.")
+        bool,
+        typer.Option("--verify", help="Check the audit log's hash chain (broken: exit 11)."),
     ] = False,
+    as_json: Annotated[bool, _JSON_OPTION] = False,
 ) -> None:
     """The audit log: who changed what, when, from, to, and why."""
+    from dataclasses import asdict
+
     from flywheel.registry.audit import AuditLog
     from flywheel.registry.models import history
 
     s = _settings()
-    table = Table("#", "when", "who", "action", "from", "to", "reason")
-    for e in history(s):
-        table.add_row(
-            str(e.id), e.at, e.who, e.action, e.from_version or "", e.to_version or "", e.reason
-        )
-    console.print(table)
+    entries = history(s)
+    if as_json:
+        _emit_json([asdict(e) for e in entries])
+    else:
+        table = _table("#", "when", "who", "action", "from", "to", "reason")
+        for e in entries:
+            table.add_row(
+                str(e.id), e.at, e.who, e.action, e.from_version or "", e.to_version or "", e.reason
+            )
+        console.print(table)
     if verify:
         problems = AuditLog(s.registry.audit_url or "").verify()
         if problems:
             for p in problems:
-                err_console.print(f"[red]tampered[/]: {p}")
-            raise typer.Exit(11)
-        console.print("[green]audit chain intact[/]")
+                err_console.print(f"[red]tampered[/]: {p}", highlight=False)
+            raise typer.Exit(AUDIT_CHAIN_BROKEN)
+        (err_console if as_json else console).print("[green]audit chain intact[/]")
 
 
 @registry_app.command("list")
-def registry_list() -> None:
+def registry_list(as_json: Annotated[bool, _JSON_OPTION] = False) -> None:
     """Model versions with aliases and key tags."""
+    from dataclasses import asdict
+
     from flywheel.registry.models import list_versions
 
-    table = Table("version", "aliases", "run", "snapshot", "onnx sha256", "created")
-    for v in list_versions(_settings()):
+    versions = list_versions(_settings())
+    if as_json:
+        _emit_json([asdict(v) for v in versions])
+        return
+    table = _table("version", "aliases", "run", "snapshot", "onnx sha256", "created")
+    for v in versions:
         table.add_row(
             v.version,
             ",".join(v.aliases),
@@ -584,7 +635,7 @@ def predict(
 
 def _read_records(json_rows: str | None, file: Path | None) -> list[dict[str, Any]]:
     if (json_rows is None) == (file is None):
-        raise FlywheelError("Give exactly one of --json or --file.")
+        raise UsageError("Give exactly one of --json or --file.")
     if file is not None and file.suffix.lower() == ".csv":
         import pandas as pd
 
@@ -597,9 +648,7 @@ def _read_records(json_rows: str | None, file: Path | None) -> list[dict[str, An
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise FlywheelError(
-            f"The records are not valid JSON: {exc.msg} at line {exc.lineno}."
-        ) from exc
+        raise DataError(f"The records are not valid JSON: {exc.msg} at line {exc.lineno}.") from exc
     rows = (
         data
         if isinstance(data, list)
@@ -608,7 +657,7 @@ def _read_records(json_rows: str | None, file: Path | None) -> list[dict[str, An
         else None
     )
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise FlywheelError("Records must be a JSON object or a list of objects.")
+        raise DataError("Records must be a JSON object or a list of objects.")
     return rows
 
 
@@ -674,23 +723,94 @@ def _print_where_to_look(s: Settings, result: Any) -> None:
 
 
 def main() -> None:
-    """Entry point: run the app, turning domain errors into a clean message and exit code."""
+    """Entry point: run the app; the process exits with the documented code (docs/cli.md).
+
+    Domain errors print one clean line and their own code; an unexpected error prints one
+    line naming what failed and the crash log holding its traceback, and exits 70."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns typer.Exit's code instead of exiting
     except FlywheelError as exc:
         _print_error(exc)
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
+        code = exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        code = INTERRUPTED
     except typer.TyperException as exc:  # usage errors (typer vendors click: not click.*)
         show = getattr(exc, "show", None)
         if show is None:
-            raise
-        show()
-        sys.exit(exc.exit_code)
+            code = _internal_error(exc)
+        else:
+            show()
+            code = exc.exit_code
+    except Exception as exc:
+        code = _internal_error(exc)
+    if code == INTERRUPTED:  # Ctrl-C (typer turns KeyboardInterrupt into Exit(130))
+        err_console.print("aborted")
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _internal_error(exc: BaseException) -> int:
+    """Write the traceback to a crash log; tell the user what failed and where it is."""
+    import traceback
+
+    where = _innermost_frame(exc)
+    log_path = _write_crash_log(exc)
+    command = " ".join(["flywheel", *sys.argv[1:]])
+    err_console.print(
+        f"[red]error[/] (internal): `{command}` failed unexpectedly: "
+        f"{type(exc).__name__}: {exc}{where}. This is a bug in flywheel; the full traceback "
+        + (
+            f"is in {log_path}."
+            if log_path
+            else "could not be written to a file:\n" + "".join(traceback.format_exception(exc))
+        ),
+        highlight=False,
+        markup=True,
+        soft_wrap=True,
+    )
+    return INTERNAL_ERROR
+
+
+def _innermost_frame(exc: BaseException) -> str:
+    """`` (at flywheel/x.py:12)``: the deepest frame in flywheel's code, else the deepest."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    ours = [f for f in frames if f"{os.sep}flywheel{os.sep}" in f.filename]
+    frame = (ours or frames)[-1]
+    path = Path(frame.filename)
+    short = "/".join(path.parts[-2:]) if ours else path.name
+    return f" (at {short}:{frame.lineno})"
+
+
+def _write_crash_log(exc: BaseException) -> Path | None:
+    """The traceback under ``<home>/logs/`` (or the temp folder if home is unusable)."""
+    import tempfile
+    import traceback
+    from datetime import datetime
+
+    settings = _state.get("settings")
+    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+    name = f"crash-{stamp}-{os.getpid()}.log"
+    text = (
+        f"flywheel {__version__}, Python {sys.version.split()[0]}\n"
+        f"command: {' '.join(['flywheel', *sys.argv[1:]])}\n"
+        f"cwd: {Path.cwd()}\n\n" + "".join(traceback.format_exception(exc))
+    )
+    folders = [Path(tempfile.gettempdir()) / "flywheel-logs"]
+    if settings is not None:
+        folders.insert(0, settings.home / "logs")
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text, encoding="utf-8")
+            return folder / name
+        except OSError:
+            continue
+    return None
 
 
 def _print_error(exc: FlywheelError) -> None:

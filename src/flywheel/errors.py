@@ -21,9 +21,11 @@ __all__ = [
     "NotFound",
     "ParityError",
     "RegistryError",
+    "RemoteError",
     "SourceError",
     "StoreError",
     "TrainingError",
+    "UsageError",
 ]
 
 
@@ -50,6 +52,15 @@ class ConfigError(FlywheelError):
     exit_code = 2
     status = 500
     kind = "config"
+
+
+class UsageError(FlywheelError):
+    """A command was called wrongly (options that exclude each other, a malformed value);
+    the same code as the CLI parser's own usage errors."""
+
+    exit_code = 2
+    status = 400
+    kind = "usage"
 
 
 class NotFound(FlywheelError):
@@ -121,3 +132,12 @@ class RegistryError(FlywheelError):
     exit_code = 10
     status = 409
     kind = "registry"
+
+
+class RemoteError(FlywheelError):
+    """A server flywheel called could not be reached, timed out, or answered an error
+    (``flywheel predict``)."""
+
+    exit_code = 12
+    status = 502
+    kind = "remote"

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from flywheel.errors import FlywheelError
+from flywheel.errors import FlywheelError, RemoteError, UsageError
 
 __all__ = ["PROTOCOLS", "predict_remote"]
 
@@ -36,10 +36,47 @@ def predict_remote(
     MQTT requests go below the server's request topic filter (``<filter>/cli/<id>``) with an
     MQTT 5 response topic below ``mqtt_reply_prefix``."""
     if protocol not in PROTOCOLS:
-        raise FlywheelError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}.")
+        raise UsageError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}.")
     if not records:
-        raise FlywheelError("No records to send. Fix: pass --json '{...}' or --file rows.json.")
+        raise UsageError("No records to send. Fix: pass --json '{...}' or --file rows.json.")
     headers = {"x-api-key": api_key} if api_key else {}
+    try:
+        return _send(
+            records, protocol, url, model, headers, timeout, mqtt_request_topic, mqtt_reply_prefix
+        )
+    except FlywheelError:
+        raise
+    except Exception as exc:  # the transport libraries' errors, translated at the boundary
+        if not _transport_error(exc):
+            raise
+        raise RemoteError(
+            f"Could not get an answer from {url} over {protocol}: "
+            f"{type(exc).__name__}: {exc or 'timed out'}. "
+            "Fix: start `flywheel serve`, or pass the server's address with --url.",
+            url=url,
+            protocol=protocol,
+        ) from exc
+
+
+_TRANSPORT_MODULES = ("httpx", "httpcore", "websockets", "aiomqtt", "paho")
+
+
+def _transport_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError | TimeoutError) or type(exc).__module__.startswith(
+        _TRANSPORT_MODULES
+    )
+
+
+def _send(
+    records: list[dict[str, Any]],
+    protocol: str,
+    url: str,
+    model: str,
+    headers: dict[str, str],
+    timeout: float,
+    mqtt_request_topic: str,
+    mqtt_reply_prefix: str,
+) -> dict[str, Any]:
     if protocol in ("rest", "mlflow", "v2"):
         return _http(records, protocol, url.rstrip("/"), model, headers, timeout)
     if protocol == "grpc":
@@ -71,9 +108,12 @@ def _http(
         timeout=timeout,
         headers={"content-type": "application/json", **headers},
     )
-    answer: dict[str, Any] = response.json()
     if response.status_code >= 400:
-        raise FlywheelError(f"{protocol} {path} answered {response.status_code}: {answer}")
+        raise RemoteError(
+            f"{protocol} {path} answered {response.status_code}: {response.text}",
+            status=response.status_code,
+        )
+    answer: dict[str, Any] = response.json()
     return answer
 
 
@@ -118,8 +158,8 @@ def _grpc(records: list[dict[str, Any]], target: str, model: str, timeout: float
         try:
             reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=timeout)
         except grpc.RpcError as exc:
-            raise FlywheelError(
-                f"gRPC ModelInfer failed: {exc.code().name}: {exc.details()}"
+            raise RemoteError(
+                f"gRPC ModelInfer at {target} failed: {exc.code().name}: {exc.details()}"
             ) from exc
     out: dict[str, Any] = {
         "model": reply.model_name,
@@ -192,4 +232,4 @@ async def _mqtt(
             async for message in client.messages:
                 answer: dict[str, Any] = orjson.loads(message.payload)  # type: ignore[arg-type]
                 return answer
-    raise FlywheelError("No MQTT answer.")  # pragma: no cover - the loop returns or times out
+    raise RemoteError("No MQTT answer.")  # pragma: no cover - the loop returns or times out

@@ -79,6 +79,7 @@ class RestFront:
         self.config = config
         self.metrics = predictor.metrics
         self.fallback = fallback
+        self.startup_error: BaseException | None = None  # why the lifespan start-up failed
         self._api_key = config.api_key.encode() if config.api_key else None
         self._exact: dict[tuple[str, str], Callable[..., Awaitable[None]]] = {
             ("POST", "/v1/predict"): self._v1_predict,
@@ -123,6 +124,7 @@ class RestFront:
                 try:
                     await self.predictor.start()
                 except Exception as exc:  # report start-up failure to the server
+                    self.startup_error = exc  # re-raised by run_server once uvicorn stops
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 # Move everything loaded so far (MLflow, scikit-learn, the models) out of the

@@ -136,6 +136,8 @@ async def run_server(
         tasks.append(asyncio.create_task(_when_ready(predictor, _call_async(on_started))))
     try:
         await server.serve()
+    except SystemExit:  # uvicorn exits when the start-up failed: raise why, not its code
+        raise app.startup_error or RuntimeError("the server's start-up failed") from None
     finally:
         await _shutdown(grpc_server, mqtt, tasks, predictor, plog)
 
