@@ -36,3 +36,23 @@ def test_every_option_has_help_text() -> None:
         if not getattr(param, "help", None) and param.param_type_name == "option"
     ]
     assert not bare, f"options without help: {bare}"
+
+
+def _documented_exit_codes() -> set[int]:
+    table = DOC[DOC.index("| exit code | meaning |") :].split("\n\n")[0]
+    return {int(line.split("|")[1]) for line in table.splitlines()[2:]}
+
+
+def test_every_error_class_exit_code_is_documented() -> None:
+    import flywheel.errors as errors
+    from flywheel.cli import AUDIT_CHAIN_BROKEN, INTERNAL_ERROR, INTERRUPTED
+
+    codes = {getattr(errors, name).exit_code for name in errors.__all__} - {1}
+    codes |= {AUDIT_CHAIN_BROKEN, INTERNAL_ERROR, INTERRUPTED}
+    assert codes <= _documented_exit_codes()
+
+
+def test_every_documented_exit_code_has_a_subprocess_test() -> None:
+    tests = (Path(__file__).parents[1] / "e2e" / "test_exit_codes.py").read_text()
+    untested = [c for c in sorted(_documented_exit_codes()) if f"def test_{c}_" not in tests]
+    assert not untested, f"documented exit codes without a test in test_exit_codes.py: {untested}"
