@@ -51,6 +51,7 @@ def _train(settings: Settings, snapshot_id: str, folds: int) -> dict[str, Any]:
     holdout = labelled.iloc[holdout_idx].reset_index(drop=True)
     t1 = time.perf_counter()
     cv = T.cross_validate(job, {}, X, y, n_folds=folds)
+    threshold = cv.pop(T.THRESHOLD_KEY, None)  # chosen on the out-of-fold predictions
     t2 = time.perf_counter()
     pipeline = T._fit(job, {}, X, y)
     t3 = time.perf_counter()
@@ -62,6 +63,7 @@ def _train(settings: Settings, snapshot_id: str, folds: int) -> dict[str, Any]:
         "cv": cv,
         "holdout": holdout,
         "y_holdout": y_all[holdout_idx],
+        "threshold": threshold,
         "timings": timings,
     }
 
@@ -74,7 +76,7 @@ def _holdout_metrics(trained: dict[str, Any]) -> tuple[dict[str, float], float]:
     start = time.perf_counter()
     job = trained["job"]
     Xh = T._features(trained["holdout"], job.specs)
-    pred, proba = T.predict(trained["pipeline"], Xh, job.task)
+    pred, proba = T.predict(trained["pipeline"], Xh, job.task, threshold=trained["threshold"])
     scores = M.score(job.task, trained["y_holdout"], pred, proba, n_classes=len(job.classes or []))
     return {f"holdout_{k}": v for k, v in scores.items()}, time.perf_counter() - start
 
@@ -133,9 +135,17 @@ def _by_hand(
         holdout_metrics, scoring_s = _holdout_metrics(trained)
         mlflow.log_metrics(holdout_metrics)
         t_export = time.perf_counter()
-        onnx_bytes = export_onnx(pipeline, job.specs, task=job.task)
+        threshold = trained["threshold"]
+        onnx_bytes = export_onnx(pipeline, job.specs, task=job.task, threshold=threshold)
         t_parity = time.perf_counter()
-        report = check_parity(pipeline, onnx_bytes, trained["holdout"], job.specs, task=job.task)
+        report = check_parity(
+            pipeline,
+            onnx_bytes,
+            trained["holdout"],
+            job.specs,
+            task=job.task,
+            threshold=threshold,
+        )
         t_publish = time.perf_counter()
         mlflow.log_metrics({"parity_max_abs_diff": report.max_abs_diff, "parity_rows": report.rows})
         info = mlflow.onnx.log_model(

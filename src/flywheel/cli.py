@@ -391,6 +391,13 @@ def _print_outcome(s: Settings, outcome: Any) -> None:
             row.append("" if champion.get(key) is None else f"{champion[key]:.4f}")
         table.add_row(*row)
     console.print(table)
+    choice = outcome.result.threshold
+    if choice is not None:
+        console.print(
+            f"decision threshold {choice.value:.4f} ({choice.objective}, chosen on "
+            f"{choice.rows:,} {choice.source.replace('_', ' ')} rows; labels are "
+            "p(positive) >= threshold)"
+        )
     for gate in outcome.gates.results:
         mark = "[green]pass[/]" if gate.passed else "[red]FAIL[/]"
         console.print(f"  gate {mark} {gate.detail}")

@@ -15,7 +15,15 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -123,7 +131,8 @@ class TrainingSettings(BaseModel):
 class GateSettings(BaseModel):
     min_metrics: dict[str, float] = Field(
         default_factory=lambda: {"roc_auc": 0.70, "r2": 0.10},
-        description="Holdout metric floors; a metric not produced for the task is not applicable.",
+        description="Holdout metric floors (e.g. roc_auc, f1, precision, recall); a metric not "
+        "produced for the task is not applicable; an unknown name is an error.",
     )
     max_metrics: dict[str, float] = Field(
         default_factory=dict, description="Holdout metric ceilings (e.g. log_loss, rmse)."
@@ -135,6 +144,20 @@ class GateSettings(BaseModel):
     champion_margin: float = Field(
         0.01, ge=0, description="How much worse than the champion the primary metric may be."
     )
+
+    @field_validator("min_metrics", "max_metrics", "max_slice_gap")
+    @classmethod
+    def _known_metrics(cls, v: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        # the names live in a module that imports nothing, so settings stay light to load
+        from flywheel.training.metric_names import METRIC_NAMES
+
+        unknown = sorted(set(v) - METRIC_NAMES)
+        if unknown:
+            raise ValueError(
+                f"gates.{info.field_name} names unknown metric(s) {unknown}; "
+                f"use {', '.join(sorted(METRIC_NAMES))}"
+            )
+        return v
 
 
 class RegistrySettings(BaseModel):

@@ -48,6 +48,9 @@ TAG = {
     "gates": "flywheel.gates",
     "onnx_sha256": "flywheel.onnx_sha256",
     "run_id": "flywheel.run_id",
+    "threshold": "flywheel.threshold",
+    "threshold_objective": "flywheel.threshold_objective",
+    "inputs_sha256": "flywheel.inputs_sha256",
 }
 
 

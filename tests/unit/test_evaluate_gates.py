@@ -11,6 +11,7 @@ import pytest
 
 from flywheel.config import GateSettings, Settings, load_settings
 from flywheel.data.snapshots import ingest
+from flywheel.errors import ConfigError
 from flywheel.tracking import TAG, configure_mlflow
 from flywheel.training.evaluate import ChampionModel, Evaluation, evaluate, score_slices
 from flywheel.training.features import prepare_frame
@@ -44,7 +45,7 @@ def test_undefined_metrics_are_left_out() -> None:
     y = np.array([1, 1, 1])
     m = score("classification", y, y, np.array([[0.2, 0.8]] * 3))
     assert "roc_auc" not in m and "pr_auc" in m and m["accuracy"] == 1.0
-    assert set(score("classification", y, y, None)) == {"f1", "accuracy"}
+    assert set(score("classification", y, y, None)) == {"f1", "precision", "recall", "accuracy"}
 
 
 def test_regression_metrics() -> None:
@@ -126,6 +127,28 @@ def test_ceiling_and_slice_gap() -> None:
         "roc_auc gap between region slices 0.300 exceeds the maximum 0.250 by 0.050",
     ]
     assert len(report.results) == 3  # contract_type's gap passed
+
+
+def test_gates_on_threshold_metrics() -> None:
+    ev = _evaluation(
+        metrics={"roc_auc": 0.8, "f1": 0.28, "precision": 0.22, "recall": 0.39}, slice_gaps={}
+    )
+    gates = GateSettings(min_metrics={"f1": 0.25, "precision": 0.3, "recall": 0.35})
+    report = check_gates(gates, ev)
+    assert [(r.metric, r.passed) for r in report.results] == [
+        ("f1", True),
+        ("precision", False),
+        ("recall", True),
+    ]
+    assert (
+        report.failures[0].detail == "holdout precision 0.220 is below the minimum 0.300 by 0.080"
+    )
+
+
+@pytest.mark.parametrize("key", ["min_metrics", "max_metrics", "max_slice_gap"])
+def test_gate_on_an_unknown_metric_is_a_config_error(key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"gates.{key} names unknown metric\(s\) \['recal'\]"):
+        load_settings(gates={key: {"recal": 0.5}})
 
 
 @pytest.mark.parametrize(
@@ -226,11 +249,25 @@ def test_evaluate_scores_the_holdout_and_records_it(run: tuple[Settings, str, Tr
         proba = pipeline.predict_proba(prepare_frame(frame, result.feature_specs))
         return proba.argmax(axis=1), proba
 
-    ev = evaluate(settings, result.run_id, champion=ChampionModel("7", same_model))
+    assert result.threshold is not None
+    threshold = result.threshold.value
+    champion = ChampionModel("7", same_model, threshold=threshold)
+    ev = evaluate(settings, result.run_id, champion=champion)
     assert ev.primary_metric == "roc_auc" and ev.rows == 300
-    assert set(ev.metrics) == {"roc_auc", "pr_auc", "f1", "accuracy", "log_loss", "brier"}
+    assert set(ev.metrics) == {
+        "roc_auc",
+        "pr_auc",
+        "f1",
+        "precision",
+        "recall",
+        "accuracy",
+        "log_loss",
+        "brier",
+    }
     assert ev.metrics["roc_auc"] > 0.65
-    assert ev.champion_metrics == pytest.approx(ev.metrics)  # same model, same holdout
+    # same model, same holdout, same threshold: the same numbers
+    assert ev.champion_metrics == pytest.approx(ev.metrics)
+    assert ev.threshold == ev.champion_threshold == threshold
     assert set(ev.slices) == {"contract_type", "region"}
     assert set(ev.slices["region"]) == {"north", "south", "east"}
     assert ev.slice_gaps["region"]["roc_auc"] == pytest.approx(
@@ -350,3 +387,81 @@ def test_champion_is_compared_only_on_rows_it_did_not_train_on(tmp_path: object)
     gate = next(r for r in check_gates(settings.gates, ev).results if r.gate == "vs_champion")
     assert f"on the {ev.comparison_rows} holdout rows the champion did not train on" in gate.detail
     assert gate.value == pytest.approx(ev.comparison_metrics["roc_auc"])
+
+
+@pytest.mark.slow
+def test_labels_are_made_at_each_models_own_threshold(tmp_path: object) -> None:
+    """The run's holdout label metrics are at its threshold; the champion's at its own."""
+    from sklearn import metrics as skm
+
+    from flywheel.training.params import ThresholdParams
+    from flywheel.training.train import encode_target, load_holdout
+
+    settings = load_settings(home=tmp_path / "fw")  # type: ignore[operator]
+    fixed = ThresholdParams(objective="fixed", value=0.25)
+    result = train(
+        settings,
+        _snapshot(settings, _churn(1500), "y"),
+        PARAMS.model_copy(update={"threshold": fixed}),
+    )
+    assert result.pipeline is not None
+    pipeline = result.pipeline
+    X_raw, y_raw = load_holdout(settings, result.run_id)
+    y = encode_target(y_raw, "classification", [0, 1])
+    p = pipeline.predict_proba(prepare_frame(X_raw, result.feature_specs))[:, 1]
+
+    def same_model(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        proba = pipeline.predict_proba(prepare_frame(frame, result.feature_specs))
+        return proba.argmax(axis=1), proba
+
+    ev = evaluate(settings, result, champion=ChampionModel("1", same_model, threshold=0.7))
+    at = {t: skm.f1_score(y, (p >= t).astype(int)) for t in (float(np.float32(0.25)), 0.5, 0.7)}
+    assert len({round(v, 6) for v in at.values()}) == 3  # the thresholds matter on this data
+    assert ev.threshold == float(np.float32(0.25))
+    assert ev.metrics["f1"] == pytest.approx(at[float(np.float32(0.25))])
+    assert ev.metrics["recall"] == pytest.approx(skm.recall_score(y, (p >= 0.25).astype(int)))
+    assert ev.champion_threshold == 0.7
+    assert ev.champion_metrics is not None
+    assert ev.champion_metrics["f1"] == pytest.approx(at[0.7])  # not its argmax labels (0.5)
+    assert ev.champion_metrics["roc_auc"] == pytest.approx(ev.metrics["roc_auc"])
+
+
+@pytest.mark.slow
+def test_multiclass_champion_with_float32_probabilities_does_not_warn(tmp_path: object) -> None:
+    """A champion scores through ONNX Runtime, whose float32 probabilities cast to float64
+    sum to one only within ~1e-7; scikit-learn's log_loss then warns "y_prob values do not
+    sum to one" (a UserWarning, which the pytest config lets through, so it is caught here
+    explicitly). Evaluation renormalises them and must not warn."""
+    import warnings
+
+    from sklearn.metrics import log_loss
+
+    from flywheel.registry.onnx_export import export_onnx, make_session, onnx_predict
+    from flywheel.training.train import load_holdout
+
+    settings = load_settings(home=tmp_path / "fw")  # type: ignore[operator]
+    df = _churn(900)
+    df["plan"] = np.digitize(df.tickets_90d + df.tenure_months / 20, [2.5, 4.5])  # 3 classes
+    result = train(settings, _snapshot(settings, df.drop(columns=["y"]), "plan"), PARAMS)
+    assert result.classes == [0, 1, 2] and result.threshold is None  # multiclass: argmax
+    assert result.pipeline is not None
+    session = make_session(
+        export_onnx(result.pipeline, result.feature_specs, task="classification")
+    )
+
+    def onnx_champion(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+        return onnx_predict(session, frame, result.feature_specs, task="classification")
+
+    X_raw, y_raw = load_holdout(settings, result.run_id)
+    _, proba = onnx_champion(X_raw)
+    assert proba is not None and proba.dtype == np.float32
+    with pytest.warns(UserWarning, match="do not sum to one"):  # the precondition
+        log_loss(y_raw, proba.astype("float64"), labels=[0, 1, 2])
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ev = evaluate(settings, result, champion=ChampionModel("1", onnx_champion))
+    sums = [str(w.message) for w in caught if "do not sum to one" in str(w.message)]
+    assert sums == []
+    assert ev.champion_error is None and ev.champion_metrics is not None
+    assert ev.champion_metrics["log_loss"] == pytest.approx(ev.metrics["log_loss"], abs=1e-5)

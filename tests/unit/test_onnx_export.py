@@ -150,6 +150,59 @@ def test_original_string_labels_come_back(world: pd.DataFrame, family: str) -> N
     np.testing.assert_array_equal(labels, pipe.predict(prepare_frame(df, specs)))
 
 
+@pytest.mark.parametrize("family", CLASSIFICATION_FAMILIES)
+@pytest.mark.parametrize("strings", [False, True])
+def test_threshold_is_baked_into_the_label(world: pd.DataFrame, family: str, strings: bool) -> None:
+    """``label`` is the second class where its probability is >= the threshold, for every
+    family and for int and string classes; parity checks the labels at the threshold."""
+    df = world.assign(churn=np.where(world["churn"] == 1, "left", "stayed")) if strings else world
+    pipe, specs = _fit(df, "classification", family)
+    threshold = float(np.float32(0.3))
+    blob = export_onnx(pipe, specs, task="classification", threshold=threshold)
+    labels, proba = onnx_predict(make_session(blob), df, specs, task="classification")
+    assert proba is not None
+    p = pipe.predict_proba(prepare_frame(df, specs))[:, 1]
+    expected = np.asarray(pipe.classes_)[(p >= threshold).astype(int)]
+    np.testing.assert_array_equal(labels, expected)
+    assert not np.array_equal(labels, pipe.predict(prepare_frame(df, specs)))  # not argmax
+    model = onnx.load_from_string(blob)
+    assert [o.name for o in model.graph.output] == ["label", "probabilities"]
+    assert {m.key: m.value for m in model.metadata_props}["flywheel.threshold"] == repr(threshold)
+    report = check_parity(
+        pipe, blob, _unseen(df), specs, task="classification", threshold=threshold
+    )
+    assert report.passed and report.label_mismatches == 0
+    # parity compares labels at the threshold: a graph made at another one fails it
+    assert check_parity(
+        pipe, blob, df, specs, task="classification", threshold=0.6
+    ).label_mismatches
+    assert check_parity(pipe, blob, df, specs, task="classification").label_mismatches  # argmax
+
+
+def test_threshold_needs_a_binary_classifier(world: pd.DataFrame) -> None:
+    from flywheel.errors import RegistryError
+
+    df = world.assign(churn=world["tickets"].clip(0, 2).astype(int))  # three classes
+    pipe, specs = _fit(df, "classification", "logreg")
+    with pytest.raises(RegistryError, match=r"needs a binary classifier.*3 classes"):
+        export_onnx(pipe, specs, task="classification", threshold=0.3)
+
+
+@pytest.mark.parametrize(
+    ("task", "family"), [("classification", "hist_gb"), ("regression", "linear")]
+)
+def test_export_is_byte_identical_and_named(world: pd.DataFrame, task: Task, family: str) -> None:
+    """skl2onnx names a graph with a random uuid; ours is named, so the bytes repeat."""
+    pipe, specs = _fit(world, task, family)
+    threshold = 0.3 if task == "classification" else None
+    first = export_onnx(pipe, specs, task=task, threshold=threshold, graph_name="churn-abc")
+    assert export_onnx(pipe, specs, task=task, threshold=threshold, graph_name="churn-abc") == first
+    assert onnx.load_from_string(first).graph.name == "churn-abc"
+    assert export_onnx(pipe, specs, task=task) == export_onnx(pipe, specs, task=task)
+    renamed = export_onnx(pipe, specs, task=task, threshold=threshold, graph_name="churn-abd")
+    assert renamed != first
+
+
 def test_feeds_shapes_and_types(world: pd.DataFrame) -> None:
     _, specs = _fit(world, "regression", "linear")
     feeds = onnx_feeds(_unseen(world).head(50), specs)  # rows 0..40: "enterprise"

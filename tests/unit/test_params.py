@@ -9,7 +9,13 @@ import pytest
 
 from flywheel.errors import ConfigError, NotFound
 from flywheel.training.features import RatioFeature
-from flywheel.training.params import SearchParams, TrainParams, load_params
+from flywheel.training.params import (
+    CostMatrix,
+    SearchParams,
+    ThresholdParams,
+    TrainParams,
+    load_params,
+)
 
 ROOT = Path(__file__).parents[2]
 
@@ -63,6 +69,16 @@ def test_the_example_file_is_valid() -> None:
     assert params.search.space, "the example shows a search space"
 
 
+def test_threshold_defaults_to_f1_and_a_number_is_a_fixed_threshold(tmp_path: Path) -> None:
+    assert TrainParams().threshold == ThresholdParams(objective="f1")
+    fixed = load_params(_write(tmp_path, "threshold: 0.3\n")).threshold
+    assert (fixed.objective, fixed.value) == ("fixed", 0.3)
+    text = "threshold:\n  objective: cost\n  costs: {fp: 1, fn: 20}\nclass_weight: balanced\n"
+    params = load_params(_write(tmp_path, text))
+    assert params.threshold.costs == CostMatrix(fp=1, fn=20, tp=0, tn=0)
+    assert params.class_weight == "balanced"
+
+
 def test_missing_file_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(NotFound, match=r"does not exist"):
         load_params(tmp_path / "nope.yaml")
@@ -92,6 +108,44 @@ def test_a_list_at_top_level_is_refused(tmp_path: Path) -> None:
         ("search: {trials: 2, colour: red}", "search.colour", "unknown key 'search.colour'"),
         ("hyperparams: {seed: 1}", "hyperparams", "reserved names ['seed']"),
         ("ratios: [{name: r, numerator: a}]", "ratios.0.denominator", "denominator"),
+        ("hyperparams: {class_weight: balanced}", "hyperparams", "['class_weight']"),
+        ("class_weight: auto", "class_weight", "class_weight: input should be 'balanced'"),
+        (
+            "family: xgboost\nclass_weight: balanced",
+            "class_weight",
+            "class_weight is not supported by family 'xgboost'",
+        ),
+        (
+            "family: linear\ntask: regression\nclass_weight: balanced",
+            "class_weight",
+            "class_weight applies to classification only",
+        ),
+        ("threshold: {objective: auc}", "threshold.objective", "input should be 'f1', 'cost'"),
+        ("threshold: {objectve: f1}", "threshold.objectve", "unknown key 'threshold.objectve'"),
+        (
+            "threshold: {objective: cost}",
+            "threshold",
+            "threshold.costs is required with threshold.objective: cost",
+        ),
+        (
+            "threshold: {objective: recall}",
+            "threshold",
+            "threshold.min_recall is required with threshold.objective: recall",
+        ),
+        (
+            "threshold: {min_recall: 0.8}",
+            "threshold",
+            "threshold.min_recall is not used with threshold.objective: f1",
+        ),
+        ("threshold: {objective: recall, min_recall: 0}", "threshold.min_recall", "> 0 and <= 1"),
+        ("threshold: 1.5", "threshold.value", "threshold.value must be between 0 and 1, got 1.5"),
+        ("threshold: {costs: {fp: 1}, objective: cost}", "threshold.costs.fn", "field required"),
+        (
+            "threshold: {objective: cost, costs: {fp: 0, fn: 5, tn: 1}}",
+            "threshold.costs",
+            "fp > tn and fn > tp",
+        ),
+        ("threshold: {validation_size: 1}", "threshold.validation_size", "> 0 and < 1, got 1"),
     ],
 )
 def test_bad_values_name_the_key_and_the_rule(
@@ -130,6 +184,11 @@ def test_family_must_fit_an_explicit_task(tmp_path: Path) -> None:
 
 def test_every_key_is_documented() -> None:
     doc = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
-    keys = list(TrainParams.model_fields) + [f"search.{k}" for k in SearchParams.model_fields]
+    keys = (
+        list(TrainParams.model_fields)
+        + [f"search.{k}" for k in SearchParams.model_fields]
+        + [f"threshold.{k}" for k in ThresholdParams.model_fields]
+        + [f"threshold.costs.{k}" for k in CostMatrix.model_fields]
+    )
     missing = [k for k in keys if not re.search(rf"`{re.escape(k)}`", doc)]
     assert not missing, f"params keys missing from docs/training.md: {missing}"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -381,3 +382,64 @@ def test_concurrent_fetches_of_one_version_all_get_a_whole_checked_copy(world: W
     assert digests == [reg.onnx_sha256] * 16
     assert hashlib.sha256((target / "model.onnx").read_bytes()).hexdigest() == reg.onnx_sha256
     assert [p.name for p in target.parent.iterdir()] == [reg.version]  # no temp folders left
+
+
+# --------------------------------------------------------------------------- decision threshold
+
+
+def test_version_carries_its_threshold_and_serves_labels_at_it(world: World) -> None:
+    """The threshold chosen at training is in the version's tags, specs, card and ONNX
+    graph: the serving core's labels are the positive class where p >= threshold."""
+    from flywheel.registry.onnx_export import onnx_feeds
+    from flywheel.serving.models import load_model
+
+    reg = _register(world)
+    choice = world.result.threshold
+    assert choice is not None and choice.source == "validation_split"  # cv_folds=0
+    tags = MlflowClient().get_model_version("churn", reg.version).tags
+    assert float(tags["flywheel.threshold"]) == choice.value
+    assert tags["flywheel.threshold_objective"] == "f1"
+    assert tags["flywheel.inputs_sha256"] == world.result.inputs_sha256
+    assert "## Decision threshold" in reg.card_markdown
+    assert f">= **{choice.value:.4g}**" in reg.card_markdown
+
+    art = registry.fetch_model_artifacts(world.settings, reg.version)
+    assert art.threshold == choice.value
+    served = load_model(art.model_path, art.feature_specs, art.onnx_sha256)
+    X, _ = load_holdout(world.settings, world.result.run_id)
+    feeds = onnx_feeds(X, art.feature_specs)
+    labels, _ = served.run([feeds[s.name] for s in art.feature_specs])
+    assert world.result.pipeline is not None
+    p = world.result.pipeline.predict_proba(prepare_frame(X, art.feature_specs))[:, 1]
+    expected = (p >= choice.value).astype(int)
+    assert np.array_equal(labels, expected)
+    assert reg.parity.label_mismatches == 0
+
+    registry.promote(world.settings, reg.version, reason="first")
+    champion = registry.load_champion(world.settings)
+    assert champion is not None and champion.threshold == choice.value
+
+
+def test_same_inputs_give_the_same_onnx_bytes_and_other_params_do_not(world: World) -> None:
+    """Through the real path (train, then register's export): a second training with the
+    same seed, params and snapshot registers a byte-identical ONNX file; other params give
+    another inputs hash, graph name and file."""
+    first = _register(world)
+    params = TrainParams(family="hist_gb", hyperparams={"max_iter": 20}, cv_folds=0)
+    again = train(world.settings, world.result.snapshot_id, params)
+    assert again.run_id != world.result.run_id
+    assert again.inputs_sha256 == world.result.inputs_sha256
+    second = registry.register(
+        world.settings, again, evaluation=world.evaluation, gate_report=world.gates
+    )
+    assert (second.version, second.onnx_sha256) == ("2", first.onnx_sha256)
+
+    other = train(world.settings, world.result.snapshot_id, params.model_copy(update={"seed": 7}))
+    assert other.inputs_sha256 != world.result.inputs_sha256
+    third = registry.register(
+        world.settings, other, evaluation=world.evaluation, gate_report=world.gates
+    )
+    assert third.onnx_sha256 != first.onnx_sha256
+    art = registry.fetch_model_artifacts(world.settings, third.version)
+    graph_name = onnx.load(str(art.model_path)).graph.name
+    assert graph_name == f"churn-{other.inputs_sha256[:16]}"

@@ -16,8 +16,8 @@ from flywheel.config import Settings, load_settings
 from flywheel.data.snapshots import ingest
 from flywheel.errors import ContractViolation, NotFound, TrainingError
 from flywheel.tracking import TAG, configure_mlflow
-from flywheel.training.features import FeatureSpec, RatioFeature
-from flywheel.training.params import SearchParams, TrainParams
+from flywheel.training.features import FeatureSpec, RatioFeature, prepare_frame
+from flywheel.training.params import SearchParams, ThresholdParams, TrainParams
 from flywheel.training.train import (
     TrainResult,
     infer_task,
@@ -154,7 +154,7 @@ def test_result_describes_the_run(trained: tuple[Settings, TrainResult]) -> None
     assert result.hyperparams == SMALL
     assert 0.6 < result.cv_metrics["roc_auc_cv_mean"] <= 1.0
     assert {"roc_auc_cv_std", "log_loss_cv_mean", "accuracy_cv_mean"} <= set(result.cv_metrics)
-    assert set(result.timings) == {"load", "search", "cv", "fit", "tracking"}
+    assert set(result.timings) == {"load", "search", "cv", "threshold", "fit", "tracking"}
     assert result.best_trial is None and result.model_uri.startswith("models:/")
 
 
@@ -198,8 +198,6 @@ def test_logged_pipeline_loads_and_predicts(trained: tuple[Settings, TrainResult
     import mlflow.pyfunc
     import mlflow.sklearn
 
-    from flywheel.training.features import prepare_frame
-
     settings, result = trained
     pipeline = load_pipeline(settings, result.run_id)
     X, _ = load_holdout(settings, result.run_id)
@@ -215,8 +213,12 @@ def test_logged_pipeline_loads_and_predicts(trained: tuple[Settings, TrainResult
     assert np.array_equal(
         mlflow.sklearn.load_model(result.model_uri).predict_proba(frame), expected
     )
+    # the MLflow copy labels at the run's decision threshold, as the ONNX graph does
+    assert result.threshold is not None
+    at_threshold = (expected[:, 1] >= result.threshold.value).astype(int)
     pyfunc = mlflow.pyfunc.load_model(result.model_uri)
-    assert np.array_equal(pyfunc.predict(frame), result.pipeline.predict(frame))
+    assert np.array_equal(pyfunc.predict(frame), at_threshold)
+    assert np.array_equal(mlflow.sklearn.load_model(result.model_uri).predict(frame), at_threshold)
     assert pyfunc.metadata.get_input_schema().input_names() == [
         s.name for s in result.feature_specs
     ]
@@ -239,6 +241,10 @@ def test_search_runs_trials_and_keeps_the_best(settings: Settings) -> None:
     assert result.cv_metrics["roc_auc_cv_mean"] == pytest.approx(result.best_trial["value"])
     assert ("search", 3, 3) in seen
     assert result.timings["search"] > 0
+    # the best trial's CV chose the threshold; it is the run's, not one of its CV metrics
+    assert result.threshold is not None and result.threshold.source == "cv_out_of_fold"
+    assert "decision_threshold" not in result.cv_metrics
+    assert 0 < result.threshold.value < 1
 
 
 @pytest.mark.slow
@@ -273,3 +279,81 @@ def test_training_json_records_the_split(trained: tuple[Settings, TrainResult]) 
 def test_missing_run_is_not_found(settings: Settings) -> None:
     with pytest.raises(NotFound, match=r"run 'abc' does not exist"):
         load_holdout(settings, "abc")
+
+
+# ---------------------------------------------------------------- threshold and class weight
+
+
+@pytest.mark.slow
+def test_threshold_is_chosen_on_out_of_fold_training_predictions(
+    trained: tuple[Settings, TrainResult],
+) -> None:
+    """Chosen on every training row's out-of-fold prediction (never the holdout), and
+    recorded in training.json, threshold.json, the run's params, metrics and tags."""
+    import mlflow
+
+    settings, result = trained
+    choice = result.threshold
+    assert choice is not None and (choice.objective, choice.source) == ("f1", "cv_out_of_fold")
+    configure_mlflow(settings)
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    assert choice.rows == int(run.data.params["train_rows"]) == 960  # 1200 minus the holdout
+    assert choice.value == float(np.float32(choice.value))
+    assert run.data.metrics["decision_threshold"] == choice.value
+    assert run.data.params["threshold_objective"] == "f1"
+    assert run.data.params["threshold_source"] == "cv_out_of_fold"
+    assert float(run.data.tags[TAG["threshold"]]) == choice.value
+    assert load_training_meta(settings, result.run_id).threshold == choice.value
+    stored = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/threshold.json")
+    assert stored["value"] == choice.value and stored["validation"]["f1"] == choice.validation["f1"]
+    # the CV label metrics are scored at the threshold: pooled out-of-fold F1 is what it maximised
+    assert result.cv_metrics["f1_cv_mean"] == pytest.approx(choice.validation["f1"], abs=0.05)
+    assert {"precision_cv_mean", "recall_cv_mean"} <= set(result.cv_metrics)
+
+
+@pytest.mark.slow
+def test_without_cv_the_threshold_comes_from_an_inner_split(settings: Settings) -> None:
+    snapshot_id = make_snapshot(settings, churn_frame())
+    result = train(settings, snapshot_id, PARAMS.model_copy(update={"cv_folds": 0}))
+    assert result.cv_metrics == {}
+    assert result.threshold is not None and result.threshold.source == "validation_split"
+    assert result.threshold.rows == 192  # 20% (threshold.validation_size) of 960 rows
+    assert result.timings["threshold"] > 0  # its own fit
+
+
+@pytest.mark.slow
+def test_fixed_threshold_and_balanced_class_weight(
+    settings: Settings, trained: tuple[Settings, TrainResult]
+) -> None:
+    snapshot_id = make_snapshot(settings, churn_frame())
+    params = PARAMS.model_copy(
+        update={
+            "class_weight": "balanced",
+            "threshold": ThresholdParams(objective="fixed", value=0.3),
+        }
+    )
+    result = train(settings, snapshot_id, params)
+    assert result.threshold is not None
+    assert (result.threshold.value, result.threshold.source) == (float(np.float32(0.3)), "fixed")
+    assert result.pipeline is not None and trained[1].pipeline is not None
+    assert result.pipeline.steps[-1][1].class_weight == "balanced"
+    # reweighting the rarer class raises its predicted probability on the same rows
+    X, _ = load_holdout(settings, result.run_id)
+    frame = prepare_frame(X, result.feature_specs)
+    weighted = result.pipeline.predict_proba(frame)[:, 1].mean()
+    plain = trained[1].pipeline.predict_proba(frame)[:, 1].mean()
+    assert weighted > plain + 0.02
+
+
+def test_threshold_and_class_weight_refuse_the_wrong_target(settings: Settings) -> None:
+    df = churn_frame(300)
+    df["plan"] = np.random.default_rng(1).integers(0, 3, len(df))  # three classes
+    multiclass = make_snapshot(settings, df.drop(columns=["y"]), target="plan")
+    with pytest.raises(TrainingError, match=r"threshold applies to binary classification only"):
+        fixed = ThresholdParams(objective="fixed", value=0.3)
+        train(settings, multiclass, PARAMS.model_copy(update={"threshold": fixed}))
+    other = load_settings(home=settings.home.parent / "fw2")  # another dataset contract
+    spend = churn_frame(300).assign(spend=lambda d: d.monthly_fee * 3.7)
+    regression = make_snapshot(other, spend.drop(columns=["y"]), target="spend")
+    with pytest.raises(TrainingError, match=r"class_weight applies to classification"):
+        train(other, regression, PARAMS.model_copy(update={"class_weight": "balanced"}))

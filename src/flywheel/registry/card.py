@@ -106,6 +106,49 @@ def _metrics(result: TrainResult, evaluation: Evaluation) -> list[str]:
     return [*lines, *_table(["metric", "holdout", "CV mean ± std", champ_head], rows), ""]
 
 
+_SOURCES = {
+    "cv_out_of_fold": "the out-of-fold CV predictions of the training part",
+    "validation_split": "an inner validation split of the training part (CV was off)",
+    "fixed": "params.yaml (a fixed value)",
+    "default": "no tuning (the default)",
+}
+_OBJECTIVES = {
+    "f1": "maximise F1",
+    "cost": "minimise the expected cost",
+    "recall": "the highest precision at the minimum recall",
+    "fixed": "fixed",
+}
+
+
+def _threshold(result: TrainResult, evaluation: Evaluation) -> list[str]:
+    lines = ["## Decision threshold", ""]
+    choice = result.threshold
+    if choice is None:
+        if result.task == "classification":
+            return [*lines, "Labels are the most probable class (argmax).", ""]
+        return []
+    lines.append(
+        f"A row is labelled `{result.classes[1] if result.classes else 1}` (the positive "
+        f"class) where its probability is >= **{choice.value:.4g}**, in the ONNX graph "
+        "itself, so every consumer of the model gets the same labels. Objective: "
+        f"{_OBJECTIVES.get(choice.objective, choice.objective)}; chosen on "
+        f"{_SOURCES.get(choice.source, choice.source)}"
+        + (f", {choice.rows} rows" if choice.rows else "")
+        + ". The holdout was not used; its metrics above are at this threshold."
+    )
+    if choice.note:
+        lines.append(f"Note: {choice.note}.")
+    if choice.validation:
+        rows = sorted(choice.validation.items())
+        lines += ["", *_table(["validation metric at the threshold", "value"], rows)]
+    if evaluation.champion_threshold is not None:
+        lines += [
+            "",
+            f"The champion was scored at its own threshold, {_fmt(evaluation.champion_threshold)}.",
+        ]
+    return [*lines, ""]
+
+
 def _slices(evaluation: Evaluation) -> list[str]:
     gaps = [
         (column, metric, gap)
@@ -208,6 +251,7 @@ def render_model_card(
         _data(result, manifest, ctx.snapshot_sha256),
         _hyperparams(result),
         _metrics(result, evaluation),
+        _threshold(result, evaluation),
         _slices(evaluation),
         _gates(gate_report),
         _champion(evaluation),

@@ -71,6 +71,7 @@ __all__ = [
     "RegisteredVersion",
     "approve",
     "fetch_model_artifacts",
+    "graph_name",
     "history",
     "list_versions",
     "load_champion",
@@ -140,6 +141,7 @@ class ModelArtifacts:
     onnx_sha256: str
     aliases: list[str] = field(default_factory=list)
     run_id: str | None = None  # the training run
+    threshold: float | None = None  # binary: the decision threshold baked into the graph
 
 
 # --------------------------------------------------------------------------- MLflow boundary
@@ -273,6 +275,7 @@ def _parity(
         relative=result.task == "regression",
         native=native,
         prepared=held is not None,
+        threshold=_threshold_value(result),
     )
     if not report.passed:  # when it passes, they are logged with the ONNX model (_log_onnx)
         now = int(time.time() * 1000)
@@ -309,7 +312,19 @@ def _specs_json(result: TrainResult) -> dict[str, Any]:
         "task": result.task,
         "target": result.target,
         "classes": classes if result.task == "classification" else None,
+        "threshold": _threshold_value(result),
     }
+
+
+def _threshold_value(result: TrainResult) -> float | None:
+    return None if result.threshold is None else result.threshold.value
+
+
+def graph_name(model_name: str, result: TrainResult) -> str:
+    """The ONNX graph's name: the registered model's name and the sha256 of the run's
+    inputs (snapshot, effective params, seed), never a random id, so retraining the same
+    inputs exports byte-identical ONNX."""
+    return f"{model_name}-{result.inputs_sha256[:16] or 'unknown-inputs'}"
 
 
 def _snapshot(settings: Settings, snapshot_id: str) -> Manifest | None:
@@ -353,7 +368,13 @@ def register(
             if pipeline is None:  # not trained in this process: the logged copy
                 pipeline = load_pipeline(settings, result.run_id)
         with timed(timings, "onnx_export"):
-            onnx_model = export_onnx(pipeline, result.feature_specs, task=result.task)
+            onnx_model = export_onnx(
+                pipeline,
+                result.feature_specs,
+                task=result.task,
+                threshold=_threshold_value(result),
+                graph_name=graph_name(settings.registry.model_name, result),
+            )
         with timed(timings, "parity"):
             parity, holdout = _parity(settings, result, evaluation, pipeline, onnx_model)
         run = client.get_run(result.run_id)
@@ -551,6 +572,11 @@ def _version_tags(draft: _Draft) -> dict[str, str]:
         **{tag: str(getattr(parity, key)) for key, tag in PARITY_TAGS.items()},
         TAG["onnx_sha256"]: draft.sha256,
     }
+    if result.inputs_sha256:
+        tags[TAG["inputs_sha256"]] = result.inputs_sha256
+    if result.threshold is not None:
+        tags[TAG["threshold"]] = repr(result.threshold.value)
+        tags[TAG["threshold_objective"]] = result.threshold.objective
     return tags
 
 
@@ -661,6 +687,7 @@ def _checked_artifacts(name: str, mv: ModelVersion, local: Path, expected: str) 
         onnx_sha256=actual,
         aliases=sorted(mv.aliases or []),
         run_id=mv.run_id or mv.tags.get(TAG["run_id"]),
+        threshold=specs.get("threshold"),
     )
 
 
@@ -676,7 +703,12 @@ def load_champion(settings: Settings, alias: str = CHAMPION) -> ChampionModel | 
     def predict(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
         return onnx_predict(session, frame, specs, task=task)
 
-    return ChampionModel(version=artifacts.version, predict=predict, run_id=artifacts.run_id)
+    return ChampionModel(
+        version=artifacts.version,
+        predict=predict,
+        run_id=artifacts.run_id,
+        threshold=artifacts.threshold,
+    )
 
 
 # --------------------------------------------------------------------------- aliases

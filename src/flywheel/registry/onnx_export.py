@@ -4,7 +4,11 @@ The ONNX graph has one input per feature, named as the feature, shape ``[None, 1
 float32 for numeric, string for categorical. Outputs: ``label`` (the original class labels:
 int64 for integer classes, string for string classes; float32 ``[None, 1]`` values for
 regression) and, for classifiers, ``probabilities`` ``[None, n_classes]`` (no ZipMap), columns
-in the order of ``pipeline.classes_``. See ``docs/onnx.md``.
+in the order of ``pipeline.classes_``. A binary classifier exported with a decision
+``threshold`` computes ``label`` as ``probabilities[:, 1] >= threshold`` inside the graph, so
+every consumer of the file gets the labels training chose. The graph is named
+deterministically, so exporting the same pipeline twice gives the same bytes. See
+``docs/onnx.md``.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ log = logging.getLogger("flywheel.registry")
 # whole graph is pinned here. See docs/onnx.md for what was tried.
 TARGET_OPSET: dict[str, int] = {"": 17, "ai.onnx.ml": 3}
 META_PREFIX = "flywheel."
+# skl2onnx names a graph with a random uuid unless told; ours is this, or the name given.
+DEFAULT_GRAPH_NAME = "flywheel"
+_T = "flywheel_threshold"  # prefix of the names the threshold nodes add
 
 
 @dataclass(frozen=True)
@@ -171,7 +178,11 @@ def _rename_outputs(model: onnx.ModelProto, wanted: list[str]) -> None:
 
 
 def _add_metadata(
-    model: onnx.ModelProto, specs: list[FeatureSpec], task: Task, pipeline: Pipeline
+    model: onnx.ModelProto,
+    specs: list[FeatureSpec],
+    task: Task,
+    pipeline: Pipeline,
+    threshold: float | None,
 ) -> None:
     meta = {
         "task": task,
@@ -180,6 +191,8 @@ def _add_metadata(
     }
     if task == "classification":
         meta["classes"] = json.dumps([_plain(c) for c in pipeline.classes_])
+    if threshold is not None:
+        meta["threshold"] = repr(threshold)
     onnx.helper.set_model_props(model, {META_PREFIX + k: v for k, v in meta.items()})
 
 
@@ -187,9 +200,21 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def export_onnx(pipeline: Pipeline, specs: list[FeatureSpec], *, task: Task) -> bytes:
+def export_onnx(
+    pipeline: Pipeline,
+    specs: list[FeatureSpec],
+    *,
+    task: Task,
+    threshold: float | None = None,
+    graph_name: str = DEFAULT_GRAPH_NAME,
+) -> bytes:
     """Serialized ONNX of the fitted ``pipeline``: one input per spec, ``label`` (+
-    ``probabilities`` for classifiers). Raises :class:`RegistryError` if conversion fails."""
+    ``probabilities`` for classifiers). Raises :class:`RegistryError` if conversion fails.
+
+    ``threshold`` (binary classifiers only): ``label`` is the second class where its
+    probability is ``>= threshold``, else the first (see :func:`_threshold_label`); None
+    keeps the converter's argmax. ``graph_name`` names the graph; the same pipeline,
+    threshold and name give the same bytes."""
     from skl2onnx import convert_sklearn
 
     model = pipeline.steps[-1][1]
@@ -198,6 +223,7 @@ def export_onnx(pipeline: Pipeline, specs: list[FeatureSpec], *, task: Task) -> 
     try:
         onx = convert_sklearn(
             pipeline,
+            name=graph_name,
             initial_types=_initial_types(specs),
             options=options,
             target_opset=TARGET_OPSET,
@@ -211,8 +237,95 @@ def export_onnx(pipeline: Pipeline, specs: list[FeatureSpec], *, task: Task) -> 
     wanted = ["label", "probabilities"] if task == "classification" else ["label"]
     _rename_outputs(onx, wanted)
     _restore_input_names(onx, specs)
-    _add_metadata(onx, specs, task, pipeline)
+    if threshold is not None:
+        _threshold_label(onx, np.asarray(pipeline.classes_), threshold, task)
+    _add_metadata(onx, specs, task, pipeline, threshold)
     return onx.SerializeToString()
+
+
+def _threshold_label(
+    onx: onnx.ModelProto, classes: np.ndarray, threshold: float, task: Task
+) -> None:
+    """Replace the converter's argmax ``label`` by ``classes[probabilities[:, 1] >= t]``.
+
+    Graph surgery rather than a converter: skl2onnx has none for scikit-learn's
+    ``FixedThresholdClassifier``, and this works after any family's converter. The nodes
+    compare float32 probabilities with the float32 threshold, as training rounded it; the
+    converter's own label nodes that nothing reads any more are dropped."""
+    if task != "classification" or len(classes) != 2:
+        raise RegistryError(
+            f"A decision threshold needs a binary classifier; this one is {task} with "
+            f"{len(classes)} classes. Export it without a threshold.",
+        )
+    graph = onx.graph
+    label = next(o for o in graph.output if o.name == "label")
+    _rename_outputs_of_nodes(graph, {"label": f"{_T}_argmax_label"})
+    graph.initializer.extend(
+        [
+            onnx.numpy_helper.from_array(np.array(threshold, dtype=np.float32), f"{_T}_value"),
+            onnx.numpy_helper.from_array(np.array(1, dtype=np.int64), f"{_T}_positive"),
+            _classes_tensor(classes, label.type.tensor_type.elem_type),
+        ]
+    )
+    make = onnx.helper.make_node
+    graph.node.extend(
+        [
+            make("Gather", ["probabilities", f"{_T}_positive"], [f"{_T}_p"], axis=1),
+            # not (p < t), i.e. p >= t: GreaterOrEqual needs opset 12, and skl2onnx writes
+            # the lowest opset the converters need (11 for the churn pipeline). They differ
+            # only for a NaN probability, which no flywheel model produces.
+            make("Less", [f"{_T}_p", f"{_T}_value"], [f"{_T}_below"]),
+            make("Not", [f"{_T}_below"], [f"{_T}_is_positive"]),
+            make("Cast", [f"{_T}_is_positive"], [f"{_T}_index"], to=onnx.TensorProto.INT64),
+            make("Gather", [f"{_T}_classes", f"{_T}_index"], ["label"], axis=0),
+        ]
+    )
+    _prune(graph)
+    onnx.checker.check_model(onx)
+
+
+def _rename_outputs_of_nodes(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
+    """Rename node outputs (and the inputs that read them); graph outputs keep their names."""
+    for node in graph.node:
+        node.output[:] = [mapping.get(n, n) for n in node.output]
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+
+
+def _classes_tensor(classes: np.ndarray, elem_type: int) -> onnx.TensorProto:
+    """The two class labels, typed as the converter typed ``label`` (int64 or string)."""
+    name = f"{_T}_classes"
+    if elem_type == onnx.TensorProto.STRING:
+        values = np.array([str(_plain(c)) for c in classes], dtype=object)
+        return onnx.numpy_helper.from_array(values, name)
+    if elem_type == onnx.TensorProto.INT64:
+        return onnx.numpy_helper.from_array(np.asarray(classes).astype(np.int64), name)
+    raise RegistryError(
+        f"Cannot apply a threshold to a label of ONNX type {elem_type}; "
+        "only int64 and string labels are supported.",
+    )
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drop nodes none of whose outputs is needed by a graph output, and unused
+    initializers (graphs with subgraphs, which skl2onnx does not emit here, are kept)."""
+    if any(a.type == onnx.AttributeProto.GRAPH for n in graph.node for a in n.attribute):
+        return
+    needed = {o.name for o in graph.output}
+    kept: list[onnx.NodeProto] = []
+    for node in reversed(graph.node):
+        if any(name in needed for name in node.output):
+            kept.append(_copy(onnx.NodeProto(), node))
+            needed.update(node.input)
+    used = [_copy(onnx.TensorProto(), t) for t in graph.initializer if t.name in needed]
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    del graph.initializer[:]
+    graph.initializer.extend(used)
+
+
+def _copy(empty: Any, message: Any) -> Any:
+    empty.CopyFrom(message)
+    return empty
 
 
 def _restore_input_names(onx: Any, specs: list[FeatureSpec]) -> None:
@@ -297,17 +410,21 @@ def _label_mismatches(
     native_proba: np.ndarray,
     *,
     tolerance: float,
+    threshold: float | None = None,
 ) -> tuple[int, int]:
     """(mismatches, ties): rows whose labels differ, split by whether the native
     probabilities of the two labels tie within ``tolerance`` (a vote split evenly, where
-    float32 vs float64 rounding legitimately picks either side)."""
+    float32 vs float64 rounding legitimately picks either side) or, with a decision
+    ``threshold``, the native positive-class probability is within ``tolerance`` of it."""
     native = np.asarray(native).astype(object)
     differ = np.flatnonzero(native != onnx_labels.astype(object))
     position = {c: i for i, c in enumerate(classes)}
     ties = 0
     for row in differ:
         j = position.get(onnx_labels[row])
-        if j is not None:
+        if threshold is not None:
+            ties += int(abs(native_proba[row, 1] - threshold) <= tolerance)
+        elif j is not None:
             margin = native_proba[row, position[native[row]]] - native_proba[row, j]
             ties += int(margin <= tolerance)
     return len(differ) - ties, ties
@@ -324,12 +441,15 @@ def check_parity(
     relative: bool = True,
     native: tuple[np.ndarray, np.ndarray | None] | None = None,
     prepared: bool = False,
+    threshold: float | None = None,
 ) -> ParityReport:
     """Native vs ONNX Runtime predictions on ``df``.
 
     Classification compares every class probability (absolute) and the labels (a differing
     label on a probability tie within ``tolerance`` is counted in ``label_ties``, not as a
-    mismatch). Regression compares ``|Δ| / max(1, max |native|)``, relative to the batch's
+    mismatch). With a decision ``threshold`` (binary), the native labels are the positive
+    class where its probability is ``>= threshold``, as the graph's ``label`` should be, and
+    a differing label is a tie when that probability is within ``tolerance`` of it. Regression compares ``|Δ| / max(1, max |native|)``, relative to the batch's
     scale (``relative=True``, the default: ONNX outputs float32, whose rounding alone is ~1e-4
     at values ~1000), or plain ``|Δ|`` with ``relative=False``.
 
@@ -343,7 +463,12 @@ def check_parity(
     if task == "classification":
         if native is None:
             native_proba = pipeline.predict_proba(frame)
-            native_labels = np.asarray(pipeline.classes_)[native_proba.argmax(axis=1)]
+            picked = (
+                native_proba.argmax(axis=1)
+                if threshold is None
+                else (native_proba[:, 1] >= threshold).astype(np.int64)
+            )
+            native_labels = np.asarray(pipeline.classes_)[picked]
         else:
             native_labels, given = native
             assert given is not None  # classification has probabilities
@@ -351,7 +476,12 @@ def check_parity(
         assert proba is not None  # onnx_predict returns probabilities for classification
         diff = _diffs(native_proba, proba, relative=False)
         mismatches, ties = _label_mismatches(
-            np.asarray(pipeline.classes_), native_labels, labels, native_proba, tolerance=tolerance
+            np.asarray(pipeline.classes_),
+            native_labels,
+            labels,
+            native_proba,
+            tolerance=tolerance,
+            threshold=threshold,
         )
     else:
         values = pipeline.predict(frame) if native is None else native[0]

@@ -4,6 +4,9 @@ Evaluation re-derives the run's holdout from its snapshot (:func:`load_holdout`)
 run's pipeline and, when given, the current champion on exactly those rows, and records the
 result on the same MLflow run: metrics ``holdout_<metric>`` and ``champion_<metric>``, the
 artifact ``evaluation.json`` (slices, gaps, champion) and PNG plots under ``plots/``.
+A binary classifier's labels (and so f1, precision, recall, accuracy) are made at its own
+decision threshold: the run's, chosen at training time, and the champion's, recorded with
+its version.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from flywheel.config import Settings
 from flywheel.errors import FlywheelError, RegistryError
 from flywheel.tracking import use_tracking
 from flywheel.training.features import Task, prepare_frame
-from flywheel.training.metrics import all_metrics, primary_metric, score
+from flywheel.training.metrics import all_metrics, as_probabilities, primary_metric, score
+from flywheel.training.threshold import apply_threshold
 from flywheel.training.train import (
     TrainingMeta,
     TrainResult,
@@ -61,6 +65,9 @@ class ChampionModel:
     version: str
     predict: Callable[[pd.DataFrame], tuple[np.ndarray, np.ndarray | None]]
     run_id: str | None = None  # its training run: lets the comparison skip rows it trained on
+    # Its own decision threshold (binary): its labels are p(positive) >= threshold. None: the
+    # labels ``predict`` returns are used as they are.
+    threshold: float | None = None
 
 
 @dataclass
@@ -95,6 +102,8 @@ class Evaluation:
     comparison_rows: int | None = None
     comparison_metrics: dict[str, float] | None = None
     champion_seen_rows: int = 0  # holdout rows left out because the champion trained on them
+    threshold: float | None = None  # binary: the run's decision threshold (None: argmax)
+    champion_threshold: float | None = None  # the champion's own, when it has one
     # In memory only (not in evaluation.json): lets registration skip re-deriving the holdout.
     holdout: HoldoutPredictions | None = field(
         default=None, repr=False, compare=False, metadata={"record": False}
@@ -133,7 +142,7 @@ def evaluate(
     X_raw, y_raw = load_holdout(settings, run_id, meta=meta)
     y = encode_target(y_raw, meta.task, meta.classes)
     X = prepare_frame(X_raw[[s.name for s in meta.feature_specs]], meta.feature_specs)
-    pred, proba = predict(pipeline, X, meta.task)
+    pred, proba = predict(pipeline, X, meta.task, threshold=meta.threshold)
     k = len(meta.classes or [])
     ev = Evaluation(
         run_id=run_id,
@@ -142,6 +151,7 @@ def evaluate(
         metrics=score(meta.task, y, pred, proba, n_classes=k),
         rows=len(y),
         classes=meta.classes,
+        threshold=meta.threshold,
         holdout=HoldoutPredictions(frame=X, labels=pred, proba=proba),
         timings=timings,
     )
@@ -237,10 +247,16 @@ def _score_champion(
     ev: Evaluation, champion: ChampionModel, X_raw: pd.DataFrame, y: np.ndarray, meta: TrainingMeta
 ) -> None:
     ev.champion_version = champion.version
+    ev.champion_threshold = champion.threshold
     try:
-        labels, proba = champion.predict(X_raw)
-        pred = _champion_labels(labels, meta.classes)
-        proba = None if proba is None else np.asarray(proba, dtype="float64")
+        labels, raw = champion.predict(X_raw)
+        if champion.threshold is not None and raw is not None and np.shape(raw)[1] == 2:
+            pred = apply_threshold(raw, champion.threshold)  # as its ONNX graph compares
+        else:
+            pred = _champion_labels(labels, meta.classes)
+        # ONNX probabilities are float32: renormalised in float64 so sklearn's log_loss does
+        # not warn that they "do not sum to one"
+        proba = None if raw is None else as_probabilities(raw)
         k = len(meta.classes or [])
         ev.champion_metrics = score(meta.task, y, pred, proba, n_classes=k)
     except Exception as exc:  # any failure of the champion is recorded and fails its gate

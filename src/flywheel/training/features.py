@@ -45,6 +45,7 @@ from flywheel.errors import DataError, TrainingError
 
 __all__ = [
     "CLASSIFICATION_FAMILIES",
+    "CLASS_WEIGHT_FAMILIES",
     "REGRESSION_FAMILIES",
     "EncodedXGBClassifier",
     "FeatureSpec",
@@ -62,6 +63,8 @@ Task = Literal["classification", "regression"]
 
 CLASSIFICATION_FAMILIES = ("logreg", "random_forest", "hist_gb", "lightgbm", "xgboost")
 REGRESSION_FAMILIES = ("linear", "random_forest", "hist_gb", "lightgbm", "xgboost")
+# Classifier families whose estimator takes ``class_weight`` (XGBClassifier does not).
+CLASS_WEIGHT_FAMILIES = ("logreg", "random_forest", "hist_gb", "lightgbm")
 
 # Families whose inputs get a StandardScaler; trees never do (a float32 scaler in front of a
 # tree moves rows across split thresholds in ONNX).
@@ -294,7 +297,9 @@ def _regressors(seed: int) -> dict[str, Callable[[], BaseEstimator]]:
     }
 
 
-def _make_estimator(task: Task, family: str, hyperparams: dict[str, Any], seed: int) -> Any:
+def _make_estimator(
+    task: Task, family: str, hyperparams: dict[str, Any], seed: int, class_weight: str | None
+) -> Any:
     if task not in ("classification", "regression"):
         raise TrainingError(
             f"Unknown task {task!r}. Use 'classification' or 'regression'.", task=task
@@ -316,6 +321,16 @@ def _make_estimator(task: Task, family: str, hyperparams: dict[str, Any], seed: 
             unknown=unknown,
             estimator=type(estimator).__name__,
         )
+    if class_weight is not None:
+        if "class_weight" not in known:
+            raise TrainingError(
+                f"class_weight is not supported by {type(estimator).__name__} (family "
+                f"{family!r}, {task}). Remove 'class_weight' from params.yaml or use one of "
+                f"{', '.join(CLASS_WEIGHT_FAMILIES)} for classification.",
+                family=family,
+                task=task,
+            )
+        hyperparams = {**hyperparams, "class_weight": class_weight}
     return estimator.set_params(**hyperparams)
 
 
@@ -376,15 +391,18 @@ def build_pipeline(
     hyperparams: dict[str, Any],
     ratios: list[RatioFeature],
     seed: int,
+    class_weight: str | None = None,
 ) -> Pipeline:
     """An unfitted ``Pipeline([("features", ...), ("model", estimator)])``.
 
-    Fit it on ``prepare_frame(df, specs)``. Raises :class:`TrainingError` for an unknown
-    task or family, a hyperparameter the estimator does not have, or a bad ratio.
+    Fit it on ``prepare_frame(df, specs)``. ``class_weight`` (``"balanced"``) is passed to
+    the classifier (families in :data:`CLASS_WEIGHT_FAMILIES`). Raises
+    :class:`TrainingError` for an unknown task or family, a hyperparameter the estimator
+    does not have, a ``class_weight`` it does not take, or a bad ratio.
     """
     if not specs:
         raise TrainingError("No feature specs given. Pass at least one FeatureSpec.")
-    estimator = _make_estimator(task, family, hyperparams, seed)
+    estimator = _make_estimator(task, family, hyperparams, seed, class_weight)
     _check_ratios(specs, ratios)
     features = build_features(specs, ratios=ratios, scaled=family in _SCALED_FAMILIES)
     return Pipeline([("features", features), ("model", estimator)])

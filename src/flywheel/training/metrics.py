@@ -4,6 +4,9 @@ Classification labels are the class *indices* ``0..k-1`` (training encodes the t
 records the original values as ``classes``), and probabilities are ``[n, k]`` in that order.
 Binary tasks use the positive class (index 1); multiclass tasks use macro / one-vs-rest
 variants, and the Brier score is the multiclass mean squared distance to the one-hot label.
+The label metrics (``f1``, ``precision``, ``recall``, ``accuracy``) score the labels they are
+given: for a binary classifier, those made at its decision threshold
+(:mod:`flywheel.training.threshold`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,12 @@ import numpy as np
 from sklearn import metrics as skm
 
 from flywheel.training.features import Task
+from flywheel.training.metric_names import (
+    CLASSIFICATION_METRICS,
+    HIGHER_IS_BETTER,
+    LOWER_IS_BETTER,
+    REGRESSION_METRICS,
+)
 
 __all__ = [
     "CLASSIFICATION_METRICS",
@@ -23,6 +32,7 @@ __all__ = [
     "LOWER_IS_BETTER",
     "REGRESSION_METRICS",
     "all_metrics",
+    "as_probabilities",
     "higher_is_better",
     "primary_metric",
     "score",
@@ -30,10 +40,10 @@ __all__ = [
 
 log = logging.getLogger("flywheel.training")
 
-CLASSIFICATION_METRICS = ("roc_auc", "pr_auc", "f1", "accuracy", "log_loss", "brier")
-REGRESSION_METRICS = ("rmse", "mae", "r2")
-HIGHER_IS_BETTER = frozenset({"roc_auc", "pr_auc", "f1", "accuracy", "r2"})
-LOWER_IS_BETTER = frozenset({"log_loss", "brier", "rmse", "mae"})
+_LABEL_METRICS = ("f1", "precision", "recall", "accuracy")  # defined without probabilities
+# Rows whose probabilities sum to one within this are renormalised by as_probabilities
+# (float32 rounding is ~1e-7 per class); anything further off is left for sklearn to flag.
+_SUM_SLACK = 1e-4
 
 _Metric = Callable[[np.ndarray, np.ndarray, np.ndarray | None, int], float]
 
@@ -84,6 +94,22 @@ def _f1(y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None, k: int) -> fl
     return float(skm.f1_score(y, pred, average="macro", labels=list(range(k)), zero_division=0.0))
 
 
+def _precision(y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None, k: int) -> float:
+    if k == 2:
+        return float(skm.precision_score(y, pred, pos_label=1, zero_division=0.0))
+    return float(
+        skm.precision_score(y, pred, average="macro", labels=list(range(k)), zero_division=0.0)
+    )
+
+
+def _recall(y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None, k: int) -> float:
+    if k == 2:
+        return float(skm.recall_score(y, pred, pos_label=1, zero_division=0.0))
+    return float(
+        skm.recall_score(y, pred, average="macro", labels=list(range(k)), zero_division=0.0)
+    )
+
+
 def _brier(y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None, k: int) -> float:
     assert proba is not None
     if k == 2:
@@ -95,6 +121,8 @@ _CLASSIFICATION: dict[str, _Metric] = {
     "roc_auc": _roc_auc,
     "pr_auc": _pr_auc,
     "f1": _f1,
+    "precision": _precision,
+    "recall": _recall,
     "accuracy": lambda y, pred, proba, k: float(skm.accuracy_score(y, pred)),
     "log_loss": lambda y, pred, proba, k: float(skm.log_loss(y, proba, labels=list(range(k)))),
     "brier": _brier,
@@ -124,7 +152,7 @@ def score(
     y = np.asarray(y_true)
     out: dict[str, float] = {}
     for name, fn in table.items():
-        if task == "classification" and proba is None and name not in ("f1", "accuracy"):
+        if task == "classification" and proba is None and name not in _LABEL_METRICS:
             continue
         try:
             value = fn(y, np.asarray(pred), proba, n_classes)
@@ -134,3 +162,19 @@ def score(
         if math.isfinite(value):
             out[name] = value
     return out
+
+
+def as_probabilities(proba: np.ndarray) -> np.ndarray:
+    """Class probabilities as float64 rows that sum to one.
+
+    ONNX Runtime returns float32 probabilities; cast to float64 their rows sum to one only
+    within ~1e-7, and scikit-learn's ``log_loss`` then warns that "y_prob values do not sum
+    to one" (a ``UserWarning``). Rows within ``1e-4`` of one are divided by their sum (in
+    float64); rows further off are returned unchanged, so real garbage is still flagged.
+    """
+    out = np.asarray(proba, dtype="float64")
+    if out.ndim != 2 or out.size == 0:
+        return out
+    sums = out.sum(axis=1, keepdims=True)
+    close = np.abs(sums - 1.0) <= _SUM_SLACK
+    return np.where(close, out / np.where(close, sums, 1.0), out)

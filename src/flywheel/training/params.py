@@ -1,4 +1,5 @@
-"""``params.yaml``: model family, hyperparameters, split, seed, CV folds, search space.
+"""``params.yaml``: model family, hyperparameters, split, seed, CV folds, search space,
+class weighting and the decision threshold.
 
 Every key is documented in ``docs/training.md``; ``examples/params.yaml`` is a commented
 example. Unknown keys are rejected so a typo (``hyperparms``) fails loudly instead of
@@ -12,17 +13,33 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from flywheel.errors import ConfigError, NotFound
 from flywheel.training.features import (
+    CLASS_WEIGHT_FAMILIES,
     CLASSIFICATION_FAMILIES,
     REGRESSION_FAMILIES,
     RatioFeature,
 )
-from flywheel.training.metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER
+from flywheel.training.metric_names import METRIC_NAMES
 
-__all__ = ["RESERVED_PARAM_NAMES", "SearchParams", "TrainParams", "load_params"]
+__all__ = [
+    "RESERVED_PARAM_NAMES",
+    "CostMatrix",
+    "SearchParams",
+    "ThresholdParams",
+    "TrainParams",
+    "load_params",
+]
 
 log = logging.getLogger("flywheel.training")
 
@@ -42,6 +59,11 @@ RESERVED_PARAM_NAMES = frozenset(
         "n_features",
         "ratios",
         "drop_columns",
+        "class_weight",
+        "threshold",
+        "threshold_objective",
+        "threshold_source",
+        "decision_threshold",
     }
 )
 _SPACE_TYPES = ("int", "float", "categorical")
@@ -97,9 +119,8 @@ class SearchParams(BaseModel):
     @field_validator("metric")
     @classmethod
     def _metric(cls, v: str | None) -> str | None:
-        known = HIGHER_IS_BETTER | LOWER_IS_BETTER
-        if v is not None and v not in known:
-            raise ValueError(f"search.metric must be one of {sorted(known)}, got {v!r}")
+        if v is not None and v not in METRIC_NAMES:
+            raise ValueError(f"search.metric must be one of {sorted(METRIC_NAMES)}, got {v!r}")
         return v
 
     @field_validator("space")
@@ -108,6 +129,99 @@ class SearchParams(BaseModel):
         for name, dim in v.items():
             _check_dimension(name, dim)
         return v
+
+
+class CostMatrix(BaseModel):
+    """What each outcome of a binary decision costs (``threshold.costs``); a gain is a
+    negative cost. Only the differences ``fp - tn`` and ``fn - tp`` matter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fp: float = Field(description="Cost of a false positive (a negative row labelled positive).")
+    fn: float = Field(description="Cost of a false negative (a positive row labelled negative).")
+    tp: float = Field(default=0.0, description="Cost of a true positive.")
+    tn: float = Field(default=0.0, description="Cost of a true negative.")
+
+    @model_validator(mode="after")
+    def _errors_cost_more(self) -> CostMatrix:
+        if not (self.fp > self.tn and self.fn > self.tp):
+            raise ValueError(
+                "threshold.costs must make each error cost more than the right answer "
+                f"(fp > tn and fn > tp), got fp={self.fp} tn={self.tn} fn={self.fn} tp={self.tp}"
+            )
+        return self
+
+
+ThresholdObjective = Literal["f1", "cost", "recall", "fixed"]
+_OBJECTIVE_KEYS = {"cost": "costs", "recall": "min_recall", "fixed": "value"}
+
+
+class ThresholdParams(BaseModel):
+    """How a binary classifier's decision threshold is chosen (``threshold:`` in params.yaml).
+
+    Chosen on validation data, never on the holdout: the out-of-fold CV predictions of the
+    training part, or an inner split of it (``validation_size``) when CV is off.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    objective: ThresholdObjective = Field(
+        default="f1",
+        description="f1: maximise F1; cost: minimise the expected cost of `costs`; recall: "
+        "the highest precision with recall >= `min_recall`; fixed: use `value`.",
+    )
+    costs: CostMatrix | None = Field(default=None, description="For objective: cost.")
+    min_recall: float | None = Field(default=None, description="For objective: recall.")
+    value: float | None = Field(default=None, description="For objective: fixed.")
+    validation_size: float = Field(
+        default=0.2, description="Inner validation fraction of the training part when CV is off."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _number_is_fixed(cls, data: Any) -> Any:
+        """``threshold: 0.3`` is short for ``threshold: {objective: fixed, value: 0.3}``."""
+        if isinstance(data, int | float) and not isinstance(data, bool):
+            return {"objective": "fixed", "value": data}
+        return data
+
+    @field_validator("min_recall")
+    @classmethod
+    def _min_recall(cls, v: float | None) -> float | None:
+        if v is not None and not 0 < v <= 1:
+            raise ValueError(f"threshold.min_recall must be > 0 and <= 1, got {v!r}")
+        return v
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, v: float | None) -> float | None:
+        if v is not None and not 0 <= v <= 1:
+            raise ValueError(f"threshold.value must be between 0 and 1, got {v!r}")
+        return v
+
+    @field_validator("validation_size")
+    @classmethod
+    def _validation_size(cls, v: float) -> float:
+        if not 0 < v < 1:
+            raise ValueError(f"threshold.validation_size must be > 0 and < 1, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _keys_fit_objective(self) -> ThresholdParams:
+        needed = _OBJECTIVE_KEYS.get(self.objective)
+        if needed is not None and getattr(self, needed) is None:
+            raise ValueError(
+                f"threshold.{needed} is required with threshold.objective: {self.objective}"
+            )
+        stray = [
+            k for k in _OBJECTIVE_KEYS.values() if k != needed and getattr(self, k) is not None
+        ]
+        if stray:
+            raise ValueError(
+                f"threshold.{stray[0]} is not used with threshold.objective: {self.objective}; "
+                f"remove it or set the objective it belongs to"
+            )
+        return self
 
 
 class TrainParams(BaseModel):
@@ -123,6 +237,8 @@ class TrainParams(BaseModel):
     drop_columns: list[str] = Field(default_factory=list)
     ratios: list[RatioFeature] = Field(default_factory=list)
     search: SearchParams = Field(default_factory=lambda: SearchParams())
+    class_weight: Literal["balanced"] | None = None  # classification: reweight rare classes
+    threshold: ThresholdParams = Field(default_factory=lambda: ThresholdParams())
 
     @field_validator("test_size")
     @classmethod
@@ -146,6 +262,20 @@ class TrainParams(BaseModel):
         if clash:
             raise ValueError(
                 f"hyperparams may not use the reserved names {clash}; set them at top level"
+            )
+        return v
+
+    @field_validator("class_weight")
+    @classmethod
+    def _class_weight(cls, v: str | None, info: ValidationInfo) -> str | None:
+        family, task = info.data.get("family"), info.data.get("task")
+        if v is not None and task == "regression":
+            raise ValueError("class_weight applies to classification only; remove it")
+        if v is not None and family is not None and family not in CLASS_WEIGHT_FAMILIES:
+            raise ValueError(
+                f"class_weight is not supported by family {family!r}; use one of "
+                f"{', '.join(CLASS_WEIGHT_FAMILIES)} (for xgboost on a binary target, "
+                "hyperparams.scale_pos_weight does the same)"
             )
         return v
 

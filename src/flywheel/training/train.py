@@ -2,8 +2,10 @@
 
 The flow: load the snapshot (it must have passed its contract) → resolve target, task and
 features → stratified holdout split (deterministic, re-derived later by
-:func:`load_holdout`) → optional Optuna search over CV scores → k-fold CV → fit the final
-pipeline on the whole training part → log everything to ONE MLflow run.
+:func:`load_holdout`) → optional Optuna search over CV scores → k-fold CV → a binary
+classifier's decision threshold, chosen on the out-of-fold CV predictions (or an inner
+validation split when CV is off; never the holdout) → fit the final pipeline on the whole
+training part → log everything to ONE MLflow run.
 
 Nothing is written to MLflow until the model is fitted, so a failed training leaves no
 half-logged run behind.
@@ -31,7 +33,12 @@ import numpy as np
 import pandas as pd
 import yaml
 from pandas.api.types import is_bool_dtype, is_numeric_dtype
-from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+from sklearn.model_selection import (
+    FixedThresholdClassifier,
+    KFold,
+    StratifiedKFold,
+    train_test_split,
+)
 from sklearn.pipeline import Pipeline
 
 import flywheel
@@ -52,6 +59,7 @@ from flywheel.training.features import (
 )
 from flywheel.training.params import TrainParams
 from flywheel.training.search import SearchOutcome, run_search, study_name
+from flywheel.training.threshold import ThresholdChoice, apply_threshold, choose_threshold
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -61,7 +69,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HOLDOUT_TAG",
+    "INPUTS_TAG",
     "MODEL_URI_TAG",
+    "THRESHOLD_KEY",
     "Progress",
     "TrainResult",
     "TrainingMeta",
@@ -75,6 +85,7 @@ __all__ = [
     "train",
     "training_keys",
     "trusted_types",
+    "with_threshold",
 ]
 
 log = logging.getLogger("flywheel.training")
@@ -83,6 +94,10 @@ Progress = Callable[[str, int, int], None]  # (phase, done, total): "search" tri
 MODEL_URI_TAG = "flywheel.model_uri"
 HOLDOUT_TAG = "flywheel.holdout_sha256"
 STUDY_TAG = "flywheel.optuna_study"
+# sha256 of what determines the fitted model: snapshot, effective params (seed included).
+INPUTS_TAG = TAG["inputs_sha256"]
+# The key under which cross_validate reports the threshold it chose, and the run's metric.
+THRESHOLD_KEY = "decision_threshold"
 _META_ARTIFACT = "training.json"
 _SEARCH_FOLDS = 3  # CV folds used by the search objective when params.cv_folds < 2
 
@@ -102,6 +117,10 @@ class TrainResult:
     classes: list[Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     best_trial: dict[str, Any] | None = None
+    # Binary classification: the decision threshold labels are made at (None: argmax).
+    threshold: ThresholdChoice | None = None
+    # sha256 of the snapshot and the effective params: equal inputs, equal model (and ONNX).
+    inputs_sha256: str = ""
     # The fitted pipeline while this process holds it: evaluation and registration use it
     # instead of downloading the logged copy again. Not part of the record.
     pipeline: Pipeline | None = field(default=None, repr=False, compare=False)
@@ -120,6 +139,7 @@ class TrainingMeta:
     feature_specs: list[FeatureSpec]
     classes: list[Any] | None
     holdout_sha256: str
+    threshold: float | None = None  # binary classification: p(positive) >= threshold
 
 
 @dataclass
@@ -134,6 +154,7 @@ class _Job:
     seed: int
     specs: list[FeatureSpec]
     classes: list[Any] | None = None
+    threshold: ThresholdChoice | None = None  # binary classification, once chosen
 
 
 # ---------------------------------------------------------------- progress and timing
@@ -329,6 +350,7 @@ def _pipeline(job: _Job, hyperparams: dict[str, Any]) -> Pipeline:
             hyperparams=hyperparams,
             ratios=list(job.params.ratios),
             seed=job.seed,
+            class_weight=job.params.class_weight,
         )
     except (TypeError, ValueError) as exc:
         raise TrainingError(
@@ -350,13 +372,22 @@ def _fit(job: _Job, hyperparams: dict[str, Any], X: pd.DataFrame, y: np.ndarray)
 
 
 def predict(
-    pipeline: Pipeline, X: pd.DataFrame, task: Task
+    pipeline: Pipeline, X: pd.DataFrame, task: Task, *, threshold: float | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Labels (class indices) and probabilities, or values and ``None`` for regression."""
+    """Labels (class indices) and probabilities, or values and ``None`` for regression.
+
+    Labels are the argmax of the probabilities, or for a binary classifier with a
+    ``threshold``, the positive class where its probability is ``>= threshold``."""
     if task == "regression":
         return np.asarray(pipeline.predict(X), dtype="float64"), None
     proba = np.asarray(pipeline.predict_proba(X), dtype="float64")
+    if threshold is not None and proba.shape[1] == 2:
+        return np.asarray(pipeline.classes_)[apply_threshold(proba, threshold)], proba
     return np.asarray(pipeline.classes_)[proba.argmax(axis=1)], proba
+
+
+def _binary(job: _Job) -> bool:
+    return job.task == "classification" and len(job.classes or []) == 2
 
 
 def _folds(job: _Job, y: np.ndarray, n_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -384,21 +415,48 @@ def cross_validate(
     n_folds: int,
     report: Progress = _noop,
 ) -> dict[str, float]:
-    """``<metric>_cv_mean`` and ``<metric>_cv_std`` of every metric over ``n_folds`` folds."""
-    scores: dict[str, list[float]] = defaultdict(list)
+    """``<metric>_cv_mean`` and ``<metric>_cv_std`` of every metric over ``n_folds`` folds;
+    for a binary target also the decision threshold (``THRESHOLD_KEY``), see :func:`_cv`."""
+    scores, choice = _cv(job, hyperparams, X, y, n_folds=n_folds, report=report)
+    return scores if choice is None else {**scores, THRESHOLD_KEY: choice.value}
+
+
+def _cv(
+    job: _Job,
+    hyperparams: dict[str, Any],
+    X: pd.DataFrame,
+    y: np.ndarray,
+    *,
+    n_folds: int,
+    report: Progress = _noop,
+) -> tuple[dict[str, float], ThresholdChoice | None]:
+    """CV scores and, for a binary target, the threshold chosen on the pooled out-of-fold
+    probabilities; every fold's label metrics (f1, precision, recall, accuracy) are scored
+    at that threshold. (One number tuned on the same predictions it is scored on: the CV
+    label metrics are slightly optimistic; the holdout's are not.)"""
     folds = _folds(job, y, n_folds)
-    n_classes = len(job.classes or [])
+    outputs = []
     for i, (tr, va) in enumerate(folds, start=1):
         model = _fit(job, hyperparams, X.iloc[tr], y[tr])
-        pred, proba = predict(model, X.iloc[va], job.task)
+        outputs.append(predict(model, X.iloc[va], job.task))
+        report("cv", i, len(folds))
+    choice = None
+    if _binary(job):
+        y_oof = np.concatenate([y[va] for _, va in folds])
+        p_oof = np.concatenate([proba[:, 1] for _, proba in outputs if proba is not None])
+        choice = choose_threshold(y_oof, p_oof, job.params.threshold, source="cv_out_of_fold")
+    scores: dict[str, list[float]] = defaultdict(list)
+    n_classes = len(job.classes or [])
+    for (_, va), (pred, proba) in zip(folds, outputs, strict=True):
+        if choice is not None and proba is not None:
+            pred = apply_threshold(proba, choice.value)
         for name, value in M.score(job.task, y[va], pred, proba, n_classes=n_classes).items():
             scores[name].append(value)
-        report("cv", i, len(folds))
     out: dict[str, float] = {}
     for name, values in scores.items():
         out[f"{name}_cv_mean"] = float(np.mean(values))
         out[f"{name}_cv_std"] = float(np.std(values))
-    return out
+    return out, choice
 
 
 def _search(
@@ -417,6 +475,8 @@ def _search(
         "seed": job.seed,
         "test_size": job.params.test_size,
         "ratios": [asdict(r) for r in job.params.ratios],
+        "class_weight": job.params.class_weight,
+        "threshold": job.params.threshold.model_dump(mode="json"),
     }
     name = study_name(job.manifest.dataset, job.params.family, job.manifest.id, config)
 
@@ -460,12 +520,16 @@ def train(
         manifest, df = _load_snapshot(settings, snapshot_id)
         job = _resolve(settings, manifest, df, params)
         X, y, holdout_sha = _training_part(job, df)
-    hyperparams, cv_metrics, outcome = _tune_and_validate(
+        _check_label_options(job)
+    hyperparams, cv_metrics, outcome, cv_choice = _tune_and_validate(
         job, X, y, trials, storage, report, timings
     )
+    with timed(timings, "threshold"):  # a fit of its own only when CV is off
+        job.threshold = _threshold(job, hyperparams, X, y, cv_choice)
     with timed(timings, "fit"):
         pipeline = _fit(job, hyperparams, X, y)
     log.info("fitted %s on %d rows in %.2fs", job.params.family, len(X), timings["fit"])
+    inputs_sha = _inputs_sha256(job, hyperparams)
     with timed(timings, "tracking"):
         run_id, model_uri = _track(
             job, pipeline, X, hyperparams, cv_metrics, timings, outcome, holdout_sha
@@ -484,9 +548,77 @@ def train(
         classes=job.classes,
         timings=timings,
         best_trial=_best_trial(outcome),
+        threshold=job.threshold,
+        inputs_sha256=inputs_sha,
         pipeline=pipeline,
         meta=_meta(job, holdout_sha),
     )
+
+
+def _check_label_options(job: _Job) -> None:
+    """``class_weight`` needs a classifier; an explicit ``threshold`` a binary one."""
+    if job.params.class_weight is not None and job.task != "classification":
+        raise TrainingError(
+            f"class_weight applies to classification, but the task is {job.task}. "
+            "Remove 'class_weight' from params.yaml.",
+            task=job.task,
+        )
+    if "threshold" in job.params.model_fields_set and not _binary(job):
+        kind = "regression" if job.task == "regression" else f"{len(job.classes or [])} classes"
+        raise TrainingError(
+            f"threshold applies to binary classification only, but this target has {kind} "
+            "(multiclass labels are the most probable class). Remove 'threshold' from "
+            "params.yaml.",
+            task=job.task,
+        )
+
+
+def _threshold(
+    job: _Job,
+    hyperparams: dict[str, Any],
+    X: pd.DataFrame,
+    y: np.ndarray,
+    cv_choice: ThresholdChoice | None,
+) -> ThresholdChoice | None:
+    """The binary decision threshold: fixed, chosen by CV, or on an inner validation split
+    of the training part when CV is off (one extra fit). None for other tasks."""
+    if not _binary(job):
+        return None
+    wanted = job.params.threshold
+    if wanted.objective == "fixed":
+        return choose_threshold(y, np.zeros(len(y)), wanted, source="fixed")
+    if cv_choice is not None:
+        return cv_choice
+    try:
+        inner_tr, inner_va = _split(y, job.task, wanted.validation_size, job.seed)
+    except TrainingError as exc:
+        raise TrainingError(
+            f"Cannot hold out threshold.validation_size={wanted.validation_size} of the "
+            f"{len(y)} training rows to choose the decision threshold: {exc.message} Turn CV "
+            "on (cv_folds >= 2), change threshold.validation_size, or fix threshold.value.",
+        ) from exc
+    model = _fit(job, hyperparams, X.iloc[inner_tr], y[inner_tr])
+    _, proba = predict(model, X.iloc[inner_va], job.task)
+    assert proba is not None  # classification
+    return choose_threshold(y[inner_va], proba[:, 1], wanted, source="validation_split")
+
+
+def _inputs_sha256(job: _Job, hyperparams: dict[str, Any]) -> str:
+    """sha256 of everything that determines the fitted model: the snapshot (id and content
+    hash) and the effective params (seed, hyperparameters after a search, threshold, ...).
+    Names the ONNX graph, so equal inputs give byte-identical exports (no random run id)."""
+    inputs = {
+        "snapshot_id": job.manifest.id,
+        "snapshot_sha256": job.manifest.sha256,
+        "params": _effective_params(job, hyperparams),
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _effective_params(job: _Job, hyperparams: dict[str, Any]) -> dict[str, Any]:
+    """The params as trained: target, task and seed resolved, the search's best merged in."""
+    update = {"target": job.target, "task": job.task, "seed": job.seed, "hyperparams": hyperparams}
+    return job.params.model_copy(update=update).model_dump(mode="json")
 
 
 def _training_part(job: _Job, df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, str]:
@@ -508,8 +640,9 @@ def _tune_and_validate(
     storage: str | None,
     report: Progress,
     timings: dict[str, float],
-) -> tuple[dict[str, Any], dict[str, float], SearchOutcome | None]:
-    """Search (when trials > 0) then CV; the best trial's CV scores are reused, not recomputed."""
+) -> tuple[dict[str, Any], dict[str, float], SearchOutcome | None, ThresholdChoice | None]:
+    """Search (when trials > 0) then CV; the best trial's CV scores are reused, not recomputed.
+    Also the threshold the CV chose on its out-of-fold predictions (binary targets)."""
     n_trials = job.params.search.trials if trials is None else trials
     hyperparams = dict(job.params.hyperparams)
     outcome = None
@@ -524,16 +657,21 @@ def _tune_and_validate(
                 job, X, y, n_trials, storage or job.settings.training.optuna_storage, report
             )
             hyperparams.update(outcome.best_params)
+    choice = None
     with timed(timings, "cv"):
         if outcome is not None:
-            cv_metrics = outcome.best_cv
+            cv_metrics = dict(outcome.best_cv)
+            chosen = cv_metrics.pop(THRESHOLD_KEY, None)
+            if chosen is not None and _binary(job):
+                objective = job.params.threshold.objective
+                choice = ThresholdChoice(chosen, objective, "cv_out_of_fold", len(y))
         elif job.params.cv_folds >= 2:
-            cv_metrics = cross_validate(
+            cv_metrics, choice = _cv(
                 job, hyperparams, X, y, n_folds=job.params.cv_folds, report=report
             )
         else:
             cv_metrics = {}
-    return hyperparams, cv_metrics, outcome
+    return hyperparams, cv_metrics, outcome, choice
 
 
 def _best_trial(outcome: SearchOutcome | None) -> dict[str, Any] | None:
@@ -589,6 +727,15 @@ def _requirements(family: str) -> list[str]:
     return out
 
 
+def with_threshold(pipeline: Pipeline, threshold: float | None) -> Any:
+    """The pipeline as the MLflow model holds it: a binary classifier wrapped in
+    scikit-learn's ``FixedThresholdClassifier`` (the fitted pipeline itself, not refitted),
+    so ``predict`` of ``mlflow.sklearn``/``pyfunc`` gives the labels serving gives."""
+    if threshold is None:
+        return pipeline
+    return FixedThresholdClassifier(pipeline, threshold=threshold, response_method="predict_proba")
+
+
 def _log_pipeline(pipeline: Pipeline, X: pd.DataFrame, job: _Job) -> Any:
     """Log the fitted pipeline (skops, dumped once) as the run's MLflow ``sklearn`` model;
     returns MLflow's ``ModelInfo``."""
@@ -598,14 +745,15 @@ def _log_pipeline(pipeline: Pipeline, X: pd.DataFrame, job: _Job) -> Any:
     from flywheel.training import skops_flavor
 
     sample = X.head(100)
-    data = skops.io.dumps(pipeline)
+    model = with_threshold(pipeline, job.threshold.value if job.threshold else None)
+    data = skops.io.dumps(model)
     return log_model(
         skops_flavor,
         name="model",
         flavor_name="mlflow.sklearn",
         skops_bytes=data,
         skops_trusted_types=trusted_types(data),
-        signature=infer_signature(sample, pipeline.predict(sample)),
+        signature=infer_signature(sample, model.predict(sample)),
         input_example=X.head(5),
         pip_requirements=_requirements(job.params.family),
     )
@@ -627,12 +775,17 @@ def _run_params(
             "n_features": len(job.specs),
             "search_trials": outcome.trials_run if outcome else 0,
             "ratios": ",".join(r.name for r in job.params.ratios) or "-",
+            "class_weight": job.params.class_weight or "-",
+            "threshold_objective": job.threshold.objective if job.threshold else "-",
+            "threshold_source": job.threshold.source if job.threshold else "-",
         }
     )
     return params
 
 
-def _run_tags(job: _Job, holdout_sha: str, outcome: SearchOutcome | None) -> dict[str, str]:
+def _run_tags(
+    job: _Job, hyperparams: dict[str, Any], holdout_sha: str, outcome: SearchOutcome | None
+) -> dict[str, str]:
     m = job.manifest
     tags = {
         TAG["snapshot_id"]: m.id,
@@ -644,7 +797,10 @@ def _run_tags(job: _Job, holdout_sha: str, outcome: SearchOutcome | None) -> dic
         TAG["family"]: job.params.family,
         TAG["package_version"]: flywheel.__version__,
         HOLDOUT_TAG: holdout_sha,
+        INPUTS_TAG: _inputs_sha256(job, hyperparams),
     }
+    if job.threshold is not None:
+        tags[TAG["threshold"]] = repr(job.threshold.value)
     commit = git_commit()
     if commit:
         tags[TAG["git_commit"]] = commit
@@ -663,6 +819,7 @@ def _meta(job: _Job, holdout_sha: str) -> TrainingMeta:
         job.specs,
         job.classes,
         holdout_sha,
+        job.threshold.value if job.threshold else None,
     )
 
 
@@ -679,31 +836,25 @@ def _track(
     import mlflow
 
     experiment_id = configure_mlflow(job.settings)
-    effective = job.params.model_copy(
-        update={
-            "target": job.target,
-            "task": job.task,
-            "seed": job.seed,
-            "hyperparams": hyperparams,
-        }
-    )
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
 
     metrics = {**cv_metrics, **{f"{k}_time_s": v for k, v in timings.items()}}
+    if job.threshold is not None:
+        metrics[THRESHOLD_KEY] = job.threshold.value
     params = _run_params(job, hyperparams, len(X), outcome)
     try:
         with mlflow.start_run(
             experiment_id=experiment_id,
             run_name=f"{job.manifest.dataset}-{job.params.family}",
-            tags=_run_tags(job, holdout_sha, outcome),
+            tags=_run_tags(job, hyperparams, holdout_sha, outcome),
         ) as run:
             run_id = run.info.run_id
             client = MlflowClient()
             # params first (the logged model copies the run's params), then the model, then
             # the metrics, linked to the model, and the model's URI in one write
             client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-            _log_texts(run_id, effective.model_dump(mode="json"), job, holdout_sha)
+            _log_texts(run_id, _effective_params(job, hyperparams), job, holdout_sha)
             info = _log_pipeline(pipeline, X, job)
             model_uri = str(info.model_uri)
             now = int(time.time() * 1000)
@@ -724,7 +875,8 @@ def _track(
 
 
 def _log_texts(run_id: str, params: dict[str, Any], job: _Job, holdout_sha: str) -> None:
-    """params.yaml, feature_specs.json and training.json as run artifacts, in one upload."""
+    """params.yaml, feature_specs.json, training.json (and threshold.json for a binary
+    classifier) as run artifacts, in one upload."""
     from mlflow import MlflowClient
 
     with tempfile.TemporaryDirectory(prefix="flywheel-run-") as tmp:
@@ -733,6 +885,8 @@ def _log_texts(run_id: str, params: dict[str, Any], job: _Job, holdout_sha: str)
         specs = json.dumps([asdict(s) for s in job.specs], indent=2)
         (folder / "feature_specs.json").write_text(specs)
         (folder / _META_ARTIFACT).write_text(json.dumps(asdict(_meta(job, holdout_sha)), indent=2))
+        if job.threshold is not None:
+            (folder / "threshold.json").write_text(json.dumps(job.threshold.to_dict(), indent=2))
         MlflowClient().log_artifacts(run_id, tmp)
 
 
@@ -822,7 +976,11 @@ def _resplit(
 
 
 def load_pipeline(settings: Settings, run_id: str) -> Pipeline:
-    """The run's fitted pipeline, loaded with skops and our allow-list (never unpickled)."""
+    """The run's fitted pipeline, loaded with skops and our allow-list (never unpickled).
+
+    A binary classifier is stored inside a ``FixedThresholdClassifier`` (see
+    :func:`with_threshold`); the pipeline is returned unwrapped, its threshold is in the
+    run's ``training.json`` (:func:`load_training_meta`)."""
     import mlflow
     import skops.io
 
@@ -841,4 +999,5 @@ def load_pipeline(settings: Settings, run_id: str) -> Pipeline:
             f"Cannot download model {model_uri} of run {run_id}: {exc}. Check the artifact store.",
             run_id=run_id,
         ) from exc
-    return skops.io.loads(data, trusted=trusted_types(data))
+    model = skops.io.loads(data, trusted=trusted_types(data))
+    return model.estimator if isinstance(model, FixedThresholdClassifier) else model
