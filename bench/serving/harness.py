@@ -130,18 +130,15 @@ def bodies(prep: dict[str, Any]) -> dict[str, bytes]:
         }
         for k, v in row.items()
     ]
+    # the same body for MLServer and flywheel (MLServer needs the pandas content types), each
+    # asking for its probabilities output by its name (an unknown output name is refused)
+    v2 = {"inputs": v2_inputs, "parameters": {"content_type": "pd"}}
     return {
         "record": orjson.dumps(row),
         "v1": orjson.dumps({"records": [row]}),
         "invocations": orjson.dumps({"dataframe_records": [row]}),
-        # identical body for MLServer and flywheel: MLServer needs the pandas content types
-        "v2": orjson.dumps(
-            {
-                "inputs": v2_inputs,
-                "parameters": {"content_type": "pd"},
-                "outputs": [{"name": "predict_proba"}],
-            }
-        ),
+        "v2": orjson.dumps({**v2, "outputs": [{"name": "predict_proba"}]}),
+        "v2_flywheel": orjson.dumps({**v2, "outputs": [{"name": "probabilities"}]}),
     }
 
 
@@ -173,7 +170,7 @@ def make_server(
         endpoints = [
             ("/v1/predict", "/v1/predict", body["v1"]),
             ("/invocations", "/invocations", body["invocations"]),
-            ("V2 REST", f"/v2/models/{model}/infer", body["v2"]),
+            ("V2 REST", f"/v2/models/{model}/infer", body["v2_flywheel"]),
         ]
         server = procs.Server(
             name, argv, probe=("/v1/predict", body["v1"], "application/json"), env=env, **common

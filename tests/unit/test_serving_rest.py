@@ -353,9 +353,15 @@ def test_v2_metadata_health_and_infer(files: dict[str, ModelFiles]) -> None:
             ("/v2/models/churn/versions/7/infer", two_d, 404),
             ("/v2/models/nope/infer", two_d, 404),
             ("/v2/models/churn/infer", {"inputs": "x"}, 400),
+            ("/v2/models/churn/infer", {"inputs": []}, 400),
+            (  # datatype is required (OIP)
+                "/v2/models/churn/infer",
+                {"inputs": [{"name": "x", "shape": [4, 3], "data": [1] * 12}]},
+                400,
+            ),
             (
                 "/v2/models/churn/infer",
-                {"inputs": [{"name": "x", "shape": [4, 2], "data": [1] * 8}]},
+                {"inputs": [{"name": "x", "shape": [4, 2], "datatype": "BYTES", "data": [1] * 8}]},
                 422,
             ),
         ]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import hmac
 import logging
 import uuid
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import Body, FastAPI, Header, Request
+from fastapi import Body, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,8 +16,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import flywheel
 from flywheel.errors import FlywheelError
+from flywheel.serving import _tensors as tensors
+from flywheel.serving import _wire as wire
 from flywheel.serving.config import ServingConfig
 from flywheel.serving.errors import (
+    BadRequest,
     Forbidden,
     InternalError,
     InvalidInput,
@@ -27,7 +30,7 @@ from flywheel.serving.errors import (
 )
 from flywheel.serving.predictor import Predictor
 
-__all__ = ["build_api"]
+__all__ = ["build_api", "json_body"]
 
 log = logging.getLogger("flywheel.serving")
 
@@ -53,13 +56,13 @@ class V1Records(BaseModel):
 
     records: list[dict[str, Any]] = Field(description="Rows as {feature: value} objects.")
     model: str | None = Field(None, description="Served model name (default: the first).")
-    version: str | None = Field(None, description="Must equal the served version if given.")
+    version: str | int | None = Field(None, description="Must equal the served version if given.")
 
 
 class V1Columns(BaseModel):
     columns: dict[str, list[Any]] = Field(description="{feature: [values, one per row]}.")
     model: str | None = None
-    version: str | None = None
+    version: str | int | None = None
 
 
 class V1Response(BaseModel):
@@ -114,26 +117,59 @@ class MlflowError(BaseModel):
     message: str
 
 
+Scalar = str | int | float | bool
+Datatype = Literal[
+    "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]  # fmt: skip
+
+
 class V2Tensor(BaseModel):
+    """An input tensor. Its ``data`` is flat or nested one level (rows), row-major, and holds
+    prod(shape) values; or, with the binary tensor data extension, ``data`` is left out and
+    ``parameters.binary_data_size`` gives its bytes after the JSON header."""
+
     name: str
     shape: list[int]
-    datatype: str = Field(description="FP32, INT64, BYTES, ...")
+    datatype: Datatype
     data: list[Any]
-    parameters: dict[str, Any] | None = None
+    parameters: dict[str, Scalar] | None = None
+
+
+class V2RequestedOutput(BaseModel):
+    name: str = Field(description="label, or probabilities (classifiers).")
+    parameters: dict[str, Scalar] | None = Field(
+        None, description="binary_data: true answers the tensor as binary data."
+    )
 
 
 class V2InferRequest(BaseModel):
+    """Open Inference Protocol v2 infer request. Also accepted: the binary tensor data
+    extension (an Inference-Header-Content-Length header, the JSON, then the tensors' bytes)."""
+
     id: str | None = None
-    parameters: dict[str, Any] | None = None
-    inputs: list[V2Tensor] = Field(description="One tensor per feature, or one [n, features].")
-    outputs: list[dict[str, Any]] | None = None
+    parameters: dict[str, Scalar] | None = Field(
+        None, description="binary_data_output: true answers every output as binary data."
+    )
+    inputs: list[V2Tensor] = Field(
+        min_length=1, description="One tensor per feature, or one [n, features]."
+    )
+    outputs: list[V2RequestedOutput] | None = None
+
+
+class V2OutputTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: Datatype
+    data: list[Any] | None = Field(None, description="Absent when sent as binary data.")
+    parameters: dict[str, Scalar] | None = None
 
 
 class V2InferResponse(BaseModel):
     model_name: str
     model_version: str
     id: str
-    outputs: list[V2Tensor]
+    outputs: list[V2OutputTensor]
 
 
 class V2Error(BaseModel):
@@ -156,8 +192,15 @@ _V2_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": V2Error} for code in (400, 401, 404, 413, 415, 422, 500, 503)
 }
 _MLFLOW_ERRORS: dict[int | str, dict[str, Any]] = {
-    **{code: {"model": MlflowError} for code in (400, 401, 413, 500, 503)},
-    415: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+    code: {"model": MlflowError} for code in (400, 401, 413, 415, 500, 503)
+}
+_V2_INFER: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON; with outputs asked for as binary data, the binary tensor data "
+        "extension: the JSON header (Inference-Header-Content-Length bytes), then the bytes.",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    **_V2_ERRORS,
 }
 
 
@@ -184,11 +227,15 @@ def _install_errors(api: FastAPI) -> None:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        err = InvalidInput(
-            f"Invalid request: {where}: {first.get('msg', 'invalid')}.",
-            field=where,
-            rule=first.get("type", "invalid"),
-        )
+        err: FlywheelError
+        if first.get("type") == "json_invalid":  # a 400, as on every route
+            err = BadRequest("The body is not valid JSON. Send a JSON object.", rule="json")
+        else:
+            err = InvalidInput(
+                f"Invalid request: {where}: {first.get('msg', 'invalid')}.",
+                field=where,
+                rule=first.get("type", "invalid"),
+            )
         return _error_response(request, err)
 
     @api.exception_handler(StarletteHTTPException)
@@ -205,6 +252,12 @@ def _install_errors(api: FastAPI) -> None:
         rid = uuid.uuid4().hex
         log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
         return _error_response(request, InternalError(rid))
+
+
+def json_body(request: Request) -> None:
+    """FastAPI dependency: the content-type rule of every route with a body (wire.media_type),
+    for the routes FastAPI answers."""
+    wire.media_type(request.headers.get("content-type", ""), (wire.JSON,))
 
 
 def _admin_guard(config: ServingConfig) -> Any:
@@ -264,7 +317,7 @@ def _declare_hot_routes(api: FastAPI) -> None:
     @api.post(
         "/v2/models/{name}/infer",
         response_model=V2InferResponse,
-        responses=_V2_ERRORS,
+        responses=_V2_INFER,
         tags=["v2"],
         summary="Open Inference Protocol v2 infer",
     )
@@ -274,7 +327,7 @@ def _declare_hot_routes(api: FastAPI) -> None:
     @api.post(
         "/v2/models/{name}/versions/{version}/infer",
         response_model=V2InferResponse,
-        responses=_V2_ERRORS,
+        responses=_V2_INFER,
         tags=["v2"],
         summary="v2 infer on a given version",
     )
@@ -365,6 +418,7 @@ def _typed_openapi(api: FastAPI, predictor: Predictor) -> None:
         }
         comps = schema["components"]["schemas"]
         comps["V1Records"]["properties"]["records"] = rows
+        comps["V1Records"]["not"] = {"required": ["columns"]}  # rows one way only
         loose = {**rows, "items": {**record, "additionalProperties": True}}  # MLflow drops extras
         comps["MlflowRecords"]["properties"]["dataframe_records"] = loose
         comps["MlflowInstances"]["properties"]["instances"] = loose
@@ -399,9 +453,128 @@ def _typed_openapi(api: FastAPI, predictor: Predictor) -> None:
                 },
             },
         }
+        _typed_v2(schema, predictor, record)
         return schema
 
     api.openapi = openapi  # type: ignore[method-assign]
+
+
+_SCALARS = {"type": ["string", "number", "boolean"]}
+
+
+def _v2_params(**known: Any) -> dict[str, Any]:
+    """An OIP ``parameters`` object (or null): scalar values, ``known`` keys typed."""
+    return {"type": ["object", "null"], "properties": known, "additionalProperties": _SCALARS}
+
+
+def _v2_data(value: dict[str, Any]) -> dict[str, Any]:
+    """Tensor data: values, flat or nested one level (row-major). That it holds prod(shape)
+    values, the same rows in every tensor, is a rule JSON Schema cannot state (422)."""
+    return {
+        "type": "array",
+        "minItems": 1,
+        "items": {"anyOf": [value, {"type": "array", "items": value}]},
+    }
+
+
+def _v2_inputs(predictor: Predictor, record: dict[str, Any]) -> dict[str, Any]:
+    """The two forms of ``inputs`` the served model takes (see _tensors)."""
+    model = predictor.model()
+    names, limit = list(model.schema.names), predictor.config.max_rows_per_request
+    rows = {"type": "integer", "minimum": 1, "maximum": limit}
+    params = _v2_params(binary_data_size=False)  # binary_data_size: the binary extension only
+    required = ["name", "shape", "datatype", "data"]
+    per_feature = [
+        {
+            "type": "object",
+            "required": required,
+            "properties": {
+                "name": {"const": spec.name},
+                "shape": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 2,
+                    "prefixItems": [rows, {"const": 1}],
+                },
+                "datatype": {
+                    "enum": list(tensors.NUMERIC if spec.kind == "numeric" else tensors.DATATYPES)
+                },
+                "data": _v2_data(record["properties"][spec.name]),
+                "parameters": params,
+            },
+        }
+        for spec in model.schema.specs
+    ]
+    value = {"type": ["string", "number", "boolean", "null"]}
+    matrix = {
+        "type": "object",
+        "required": required,
+        "properties": {
+            "name": {"type": "string", "not": {"enum": names}},
+            "shape": {
+                "type": "array",
+                "minItems": 2,
+                "maxItems": 2,
+                "prefixItems": [rows, {"const": len(names)}],
+            },
+            "datatype": {
+                "enum": [*tensors.NUMERIC, "BYTES"] if all(model.schema.numeric) else ["BYTES"]
+            },
+            "data": _v2_data(value),
+            "parameters": params,
+        },
+    }
+    return {
+        "description": "One tensor per feature (shape [n] or [n, 1]), or one [n, features] "
+        f"tensor with the features in model order {names[:50]} (values by position follow "
+        "each feature's rule; a numeric feature in a BYTES matrix may be numeric text).",
+        "oneOf": [
+            {
+                "type": "array",
+                "minItems": len(names),
+                "maxItems": len(names),
+                "items": {"anyOf": per_feature},
+                "allOf": [
+                    {
+                        "contains": {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {"name": {"const": n}},
+                        }
+                    }
+                    for n in names
+                ],
+            },
+            {"type": "array", "minItems": 1, "maxItems": 1, "items": matrix},
+        ],
+    }
+
+
+def _typed_v2(schema: dict[str, Any], predictor: Predictor, record: dict[str, Any]) -> None:
+    """The v2 infer body, the served model names and version, and its outputs filled in."""
+    model = predictor.model()
+    comps = schema["components"]["schemas"]
+    request = comps["V2InferRequest"]["properties"]
+    request["id"] = {"type": ["string", "null"]}
+    request["parameters"] = _v2_params(binary_data_output={"type": "boolean"})
+    request["inputs"] = _v2_inputs(predictor, record)
+    comps["V2RequestedOutput"]["properties"]["name"] = {"enum": list(model.output_names)}
+    comps["V2RequestedOutput"]["properties"]["parameters"] = _v2_params(
+        binary_data={"type": "boolean"},
+        classification=False,  # the extension is not offered
+    )
+    loaded = [m for m in predictor.models() if m["ready"]]
+    served = {
+        "name": [m["name"] for m in loaded],
+        "version": sorted({m["version"] for m in loaded}),
+    }
+    for path, item in schema["paths"].items():
+        if not path.startswith("/v2/models/"):
+            continue
+        for operation in item.values():
+            for param in operation.get("parameters", []):
+                if param.get("in") == "path" and param["name"] in served:
+                    param["schema"] = {"type": "string", "enum": served[param["name"]]}
 
 
 def _v2_metadata(predictor: Predictor, name: str, version: str | None) -> dict[str, Any]:
@@ -452,7 +625,11 @@ def _metadata_routes(api: FastAPI, predictor: Predictor) -> None:
 
     @api.get("/v2", tags=["v2"], summary="Server metadata")
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "flywheel", "version": flywheel.__version__, "extensions": []}
+        return {
+            "name": "flywheel",
+            "version": flywheel.__version__,
+            "extensions": ["binary_tensor_data"],
+        }
 
     @api.get("/v2/models/{name}", tags=["v2"], responses=_V2_ERRORS, summary="Model metadata")
     async def model_metadata(name: str) -> dict[str, Any]:
@@ -489,16 +666,14 @@ def _metadata_routes(api: FastAPI, predictor: Predictor) -> None:
 
 
 def _admin_routes(api: FastAPI, predictor: Predictor, config: ServingConfig) -> None:
-    from fastapi import Depends
-
     guard = Depends(_admin_guard(config))
     errors: dict[int | str, dict[str, Any]] = {
-        c: {"model": ErrorBody} for c in (400, 401, 403, 404, 409, 422, 500)
+        c: {"model": ErrorBody} for c in (400, 401, 403, 404, 409, 415, 422, 500)
     }
 
     @api.post(
         "/admin/reload",
-        dependencies=[guard],
+        dependencies=[guard, Depends(json_body)],
         responses=errors,
         tags=["admin"],
         summary="Follow the alias now (hot swap)",
@@ -510,7 +685,7 @@ def _admin_routes(api: FastAPI, predictor: Predictor, config: ServingConfig) -> 
 
     @api.post(
         "/admin/pin",
-        dependencies=[guard],
+        dependencies=[guard, Depends(json_body)],
         responses=errors,
         tags=["admin"],
         summary="Serve a given version (null: follow the alias again)",

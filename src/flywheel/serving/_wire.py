@@ -1,27 +1,41 @@
 """Protocol translation for the REST front: body parsing and answer encoding per dialect.
 
 Pure functions from bytes/dicts to :class:`PredictRequest` and from
-:class:`PredictResponse` to bytes, shared by the raw ASGI hot path and the FastAPI routes.
+:class:`PredictResponse` to bytes, shared by the raw ASGI hot path and the FastAPI routes,
+and the one content-type rule (:func:`media_type`) and content-coding rule
+(:func:`decode_content`) of every route that takes a body.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import orjson
 
+from flywheel.serving import _tensors as tensors
 from flywheel.serving.decode import InputSchema
-from flywheel.serving.errors import BadRequest, InvalidInput, UnsupportedMediaType
+from flywheel.serving.errors import (
+    BadRequest,
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from flywheel.serving.types import PredictRequest, PredictResponse, json_array
 
 __all__ = [
     "ARROW_TYPES",
+    "BINARY",
+    "CSV",
+    "JSON",
     "JSON_OPTS",
     "PARQUET_TYPES",
+    "V2Outputs",
+    "decode_content",
     "encode_native",
     "encode_v2",
+    "media_type",
     "mlflow_request",
     "native_request",
     "parse_json",
@@ -38,6 +52,81 @@ PARQUET_TYPES = frozenset(
     {"application/vnd.apache.parquet", "application/x-parquet", "application/parquet"}
 )
 MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+JSON = "application/json"
+CSV = "text/csv"
+BINARY = "application/octet-stream"  # the v2 binary tensor data extension
+
+
+# --------------------------------------------------------------------------- the body rules
+
+
+def media_type(header: str, accepted: Sequence[str]) -> str:
+    """The content-type rule of every route that takes a body, decided here once.
+
+    A missing Content-Type is read as JSON (OIP clients such as tritonclient send none);
+    otherwise its type (case-insensitive) must be one the route takes, and its only parameter
+    may be ``charset=utf-8`` (MLflow's scoring server rule). Raises
+    :class:`UnsupportedMediaType` (415) naming the header, the value and what to send."""
+    if header == JSON or not header:
+        return JSON
+    mime, _, rest = header.partition(";")
+    mime = mime.strip().lower()
+    for param in rest.split(";"):
+        key, _, value = param.partition("=")
+        key, value = key.strip().lower(), value.strip().strip('"').lower()
+        if not key:
+            continue
+        if key != "charset":
+            raise UnsupportedMediaType(
+                f"Content-Type parameter {key[:32]!r} is not supported; the only one allowed is "
+                "charset=utf-8.",
+                content_type=header[:64],
+                rule="parameter",
+            )
+        if value != "utf-8":
+            raise UnsupportedMediaType(
+                f"Content-Type charset {value[:32]!r} is not supported; send UTF-8 "
+                "(charset=utf-8, or no charset).",
+                content_type=header[:64],
+                rule="charset",
+            )
+    if mime not in accepted:
+        raise UnsupportedMediaType(
+            f"Content-Type {mime[:64]!r} is not supported here; send one of {list(accepted)}.",
+            content_type=header[:64],
+            rule="type",
+        )
+    return mime
+
+
+_DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def decode_content(body: bytes, encoding: str, limit: int) -> bytes:
+    """A body sent with ``Content-Encoding: gzip`` or ``deflate`` (zlib), decompressed to at most
+    ``limit`` bytes (413 beyond); ``identity`` or none is the body itself; others are 415."""
+    coding = encoding.strip().lower()
+    if not coding or coding == "identity":
+        return body
+    wbits = _DECODERS.get(coding)
+    if wbits is None:
+        raise UnsupportedMediaType(
+            f"Content-Encoding {coding[:32]!r} is not supported; send gzip, deflate or identity.",
+            content_encoding=coding[:32],
+            rule="encoding",
+        )
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise BadRequest(f"The body is not valid {coding} data ({exc}).", rule="encoding") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(
+            f"The decompressed body exceeds {limit} bytes (serving.max_body_bytes).", limit=limit
+        )
+    if not inflater.eof:
+        raise BadRequest(f"The body is truncated {coding} data.", rule="encoding")
+    return out
 
 
 def parse_json(body: bytes) -> Any:
@@ -58,6 +147,14 @@ def native_request(data: Any, request_id: str | None, protocol: str = "rest") ->
     """``{"records": [...]}``, ``{"columns": {...}}``, a single record object, or a list."""
     if isinstance(data, dict):
         model, version = data.get("model"), data.get("version")
+        if "records" in data and "columns" in data:
+            raise BadRequest(
+                "The body has both 'records' and 'columns'; send the rows one way: "
+                '{"records": [...]} or {"columns": {...}}.',
+                field="records",
+                fields=["records", "columns"],
+                rule="exclusive",
+            )
         if "records" in data or "columns" in data:
             if not isinstance(model, str | None) or not isinstance(version, str | int | None):
                 raise BadRequest(
@@ -214,81 +311,210 @@ def mlflow_request(data: Any, schema: InputSchema) -> PredictRequest:
 
 # --------------------------------------------------------------------------- Open Inference v2
 
-_V2_TYPES = {"f": "FP32", "i": "INT64", "u": "UINT64", "b": "BOOL"}
+V2Outputs = list[tuple[str, bool]]  # (output name, answer it as binary data)
+_SCALAR = (str, int, float, bool)
 
 
-def _flat(values: Any, what: str) -> list[Any]:
-    if not isinstance(values, list):
-        raise BadRequest(f"{what}.data must be a list.", field=what)
-    if values and isinstance(values[0], list):
-        return [v for row in values for v in (row if isinstance(row, list) else [row])]
-    return values
+def _params(value: Any, where: str) -> dict[str, Any]:
+    """An OIP ``parameters`` object (or null): string, number or boolean values."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, _SCALAR) for v in value.values()):
+        raise BadRequest(
+            f"{where} must be an object of string, number or boolean values.", field=where
+        )
+    return value
 
 
-def v2_request(data: Any, schema: InputSchema) -> PredictRequest:
-    """One input tensor per feature (``shape`` [n] or [n, 1]) or one 2-D tensor
-    ``[n, n_features]`` with the features in model order."""
-    if not isinstance(data, dict) or not isinstance(data.get("inputs"), list) or not data["inputs"]:
+def _flag(params: dict[str, Any], key: str, where: str) -> bool | None:
+    value = params.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest(f"{where}.{key} must be true or false.", field=f"{where}.{key}")
+    return value
+
+
+def _split_body(body: bytes, header_length: int) -> tuple[bytes, bytes | None]:
+    """(JSON header, binary data) of a v2 body; ``header_length`` -1: all JSON, no binary;
+    -2: the header was not a length."""
+    if header_length == -1:
+        return body, None
+    if header_length < 0:
+        raise BadRequest(
+            "Inference-Header-Content-Length must be the JSON header's length in bytes (a "
+            "non-negative integer).",
+            field="Inference-Header-Content-Length",
+            rule="binary",
+        )
+    if header_length > len(body):
+        raise BadRequest(
+            f"Inference-Header-Content-Length is {header_length} but the body has "
+            f"{len(body)} bytes.",
+            field="Inference-Header-Content-Length",
+            rule="binary",
+        )
+    return body[:header_length], body[header_length:]
+
+
+def _flatten(data: Any, i: int) -> list[Any]:
+    """OIP tensor data: flat, or nested one level (rows); row-major."""
+    if type(data) is not list:
+        raise BadRequest(f"inputs[{i}].data must be a list.", field=f"inputs[{i}].data")
+    for item in data:
+        if type(item) is list:
+            return [v for item in data for v in (item if type(item) is list else (item,))]
+    return data
+
+
+def _shape(value: Any, i: int) -> tuple[int, ...]:
+    if type(value) is list:
+        for d in value:
+            if type(d) is not int:
+                break
+        else:
+            return tuple(value)
+    raise BadRequest(f"inputs[{i}].shape must be a list of integers.", field=f"inputs[{i}].shape")
+
+
+def _v2_inputs(items: Any, binary: bytes | None) -> list[tensors.Tensor]:
+    if type(items) is not list or not items:
         raise BadRequest(
             "The body must be an object with a non-empty 'inputs' list.", field="inputs"
         )
-    tensors = data["inputs"]
-    if any(not isinstance(t, dict) or "data" not in t for t in tensors):
-        raise BadRequest(
-            "Each input must be an object with 'name', 'shape', 'datatype', 'data'.", field="inputs"
+    out: list[tensors.Tensor] = []
+    pos = 0
+    for i, item in enumerate(items):
+        if type(item) is not dict or "shape" not in item:
+            raise _no_tensor(i)
+        name, datatype = item.get("name"), item.get("datatype")
+        if type(name) is not str or type(datatype) is not str:
+            raise _no_tensor(i)
+        tensor = tensors.Tensor(name[:64], datatype, _shape(item["shape"], i))
+        params = item.get("parameters")
+        size = (
+            None
+            if params is None
+            else _params(params, f"inputs[{i}].parameters").get("binary_data_size")
         )
-    rid = data.get("id") if isinstance(data.get("id"), str) else None
-    if len(tensors) == 1 and len(schema.names) > 1:
-        tensor = tensors[0]
-        shape = tensor.get("shape") or []
-        width = len(schema.names)
-        flat = _flat(tensor["data"], f"inputs[{tensor.get('name')!s:.32}]")
-        if len(shape) != 2 or shape[1] != width or len(flat) != shape[0] * width:
-            raise InvalidInput(
-                f"A single input tensor must have shape [n, {width}] (features in model order: "
-                f"{list(schema.names[:50])}) and n*{width} values; got shape {shape!s:.64}.",
-                field="inputs",
-                rule="shape",
+        if size is None:
+            if "data" not in item:
+                raise BadRequest(f"inputs[{i}] has no 'data'.", field=f"inputs[{i}].data")
+            tensor.data = _flatten(item["data"], i)
+        elif "data" in item or binary is None or type(size) is not int or size < 0:
+            raise BadRequest(
+                f"inputs[{i}].parameters.binary_data_size is only for the binary tensor data "
+                "extension: a body with an Inference-Header-Content-Length header, the tensor's "
+                "bytes after the JSON, and no 'data'.",
+                field=f"inputs[{i}].parameters.binary_data_size",
+                rule="binary",
             )
-        rows = [flat[i * width : (i + 1) * width] for i in range(shape[0])]
-        return PredictRequest(
-            columns=_positional(rows, schema, "inputs"), request_id=rid, protocol="v2"
+        else:
+            tensor.raw, pos = binary[pos : pos + size], pos + size
+        out.append(tensor)
+    if binary is not None and pos != len(binary):
+        raise BadRequest(
+            f"The body has {len(binary)} bytes of binary data after the JSON header but the "
+            f"inputs' binary_data_size add up to {pos}.",
+            field="Inference-Header-Content-Length",
+            rule="binary",
         )
-    columns = {
-        str(t.get("name")): _flat(t["data"], f"inputs[{str(t.get('name'))[:32]}]") for t in tensors
-    }
-    return PredictRequest(columns=columns, request_id=rid, protocol="v2")
+    return out
 
 
-def _v2_tensor(name: str, values: np.ndarray) -> dict[str, Any]:
-    datatype = _V2_TYPES.get(values.dtype.kind, "BYTES")
-    if values.dtype.kind == "f" and values.dtype.itemsize == 8:
-        datatype = "FP64"
-    return {
-        "name": name,
-        "shape": list(values.shape),
-        "datatype": datatype,
-        "data": json_array(values.reshape(-1)),
-    }
+def _no_tensor(i: int) -> BadRequest:
+    return BadRequest(
+        f"inputs[{i}] must be an object with 'name' and 'datatype' (strings), 'shape' and "
+        "'data' (or parameters.binary_data_size).",
+        field=f"inputs[{i}]",
+    )
 
 
-def encode_v2(response: PredictResponse) -> bytes:
-    outputs = [_v2_tensor("label", response.labels)]
-    if response.probabilities is not None:
-        outputs.append(_v2_tensor("probabilities", response.probabilities))
-    return orjson.dumps(
+def _v2_outputs(
+    items: Any, default_binary: bool, available: Sequence[str], model: str
+) -> V2Outputs:
+    if items is None or items == []:  # none asked for: every output
+        return [(name, default_binary) for name in available]
+    if not isinstance(items, list):
+        raise BadRequest("outputs must be a list (or null).", field="outputs")
+    names: list[str] = []
+    binary: dict[str, bool] = {}
+    for i, item in enumerate(items):
+        where = f"outputs[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise BadRequest(f"{where} must be an object with a 'name'.", field=where)
+        params = _params(item.get("parameters"), f"{where}.parameters")
+        if "classification" in params:
+            raise BadRequest(
+                f"{where}.parameters.classification: the classification extension is not "
+                "supported; ask for 'label' (and 'probabilities').",
+                field=f"{where}.parameters.classification",
+                rule="unsupported",
+            )
+        flag = _flag(params, "binary_data", f"{where}.parameters")
+        names.append(item["name"])
+        binary.setdefault(item["name"], default_binary if flag is None else flag)
+    chosen = tensors.pick_outputs(names, available, model)
+    return [(name, binary.get(name, default_binary)) for name in chosen]
+
+
+def v2_request(
+    body: bytes,
+    header_length: int,
+    schema: InputSchema,
+    outputs: Sequence[str],
+    model: str,
+    max_rows: int,
+) -> tuple[PredictRequest, V2Outputs]:
+    """An OIP v2 infer body -> the core request and the outputs to answer.
+
+    JSON, or the binary tensor data extension (``header_length`` >= 0: the JSON header, then
+    each binary input's ``binary_data_size`` bytes in input order). Tensor rules:
+    :mod:`flywheel.serving._tensors` (shared with gRPC)."""
+    header, binary = _split_body(body, header_length)
+    data = parse_json(header)
+    if not isinstance(data, dict):
+        raise BadRequest(
+            "The body must be an object with a non-empty 'inputs' list.", field="inputs"
+        )
+    rid = data.get("id")
+    if rid is not None and not isinstance(rid, str):
+        raise BadRequest("id must be a string.", field="id")
+    params = _params(data.get("parameters"), "parameters")
+    default_binary = bool(_flag(params, "binary_data_output", "parameters"))
+    inputs = _v2_inputs(data.get("inputs"), binary)
+    wanted = _v2_outputs(data.get("outputs"), default_binary, outputs, model)
+    columns = tensors.to_columns(inputs, schema, max_rows)
+    return PredictRequest(columns=columns, request_id=rid, protocol="v2"), wanted
+
+
+def encode_v2(response: PredictResponse, outputs: V2Outputs) -> tuple[bytes, int]:
+    """(body, JSON header length or -1): outputs asked for as binary data follow the JSON."""
+    arrays = {"label": response.labels, "probabilities": response.probabilities}
+    described: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, binary in outputs:
+        values = arrays.get(name)
+        if values is None:
+            continue
+        tensor: dict[str, Any] = {
+            "name": name,
+            "datatype": tensors.datatype_of(values),
+            "shape": list(values.shape),
+        }
+        if binary:
+            blobs.append(tensors.raw_bytes(values))
+            tensor["parameters"] = {"binary_data_size": len(blobs[-1])}
+        else:
+            tensor["data"] = json_array(values.reshape(-1))
+        described.append(tensor)
+    header = orjson.dumps(
         {
             "model_name": response.model,
             "model_version": response.version,
             "id": response.request_id,
-            "outputs": outputs,
+            "outputs": described,
         },
         option=JSON_OPTS,
     )
-
-
-def unsupported(mime: str, allowed: Sequence[str]) -> UnsupportedMediaType:
-    return UnsupportedMediaType(
-        f"Content type {mime[:64]!r} is not supported here; send one of {list(allowed)}.",
-        content_type=mime[:64],
-    )
+    if not blobs:
+        return header, -1
+    return header + b"".join(blobs), len(header)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -40,14 +42,29 @@ def predict_remote(
     if not records:
         raise UsageError("No records to send. Fix: pass --json '{...}' or --file rows.json.")
     headers = {"x-api-key": api_key} if api_key else {}
+    with _translated(url, protocol):
+        if protocol in ("rest", "mlflow", "v2"):
+            return _http(records, protocol, url.rstrip("/"), model, headers, timeout)
+        if protocol == "grpc":
+            return _grpc(records, url, model, timeout)
+        if protocol == "ws":
+            return asyncio.run(_ws(records, url, headers, timeout))
+        return asyncio.run(_mqtt(records, url, timeout, mqtt_request_topic, mqtt_reply_prefix))
+
+
+_TRANSPORT_MODULES = ("httpx", "httpcore", "websockets", "aiomqtt", "paho")
+
+
+@contextmanager
+def _translated(url: str, protocol: str) -> Iterator[None]:
+    """The transport libraries' errors (refused, timed out, closed) as :class:`RemoteError`."""
     try:
-        return _send(
-            records, protocol, url, model, headers, timeout, mqtt_request_topic, mqtt_reply_prefix
-        )
+        yield
     except FlywheelError:
         raise
-    except Exception as exc:  # the transport libraries' errors, translated at the boundary
-        if not _transport_error(exc):
+    except Exception as exc:
+        transport = isinstance(exc, OSError | TimeoutError)
+        if not (transport or type(exc).__module__.startswith(_TRANSPORT_MODULES)):
             raise
         raise RemoteError(
             f"Could not get an answer from {url} over {protocol}: "
@@ -56,34 +73,6 @@ def predict_remote(
             url=url,
             protocol=protocol,
         ) from exc
-
-
-_TRANSPORT_MODULES = ("httpx", "httpcore", "websockets", "aiomqtt", "paho")
-
-
-def _transport_error(exc: BaseException) -> bool:
-    return isinstance(exc, OSError | TimeoutError) or type(exc).__module__.startswith(
-        _TRANSPORT_MODULES
-    )
-
-
-def _send(
-    records: list[dict[str, Any]],
-    protocol: str,
-    url: str,
-    model: str,
-    headers: dict[str, str],
-    timeout: float,
-    mqtt_request_topic: str,
-    mqtt_reply_prefix: str,
-) -> dict[str, Any]:
-    if protocol in ("rest", "mlflow", "v2"):
-        return _http(records, protocol, url.rstrip("/"), model, headers, timeout)
-    if protocol == "grpc":
-        return _grpc(records, url, model, timeout)
-    if protocol == "ws":
-        return asyncio.run(_ws(records, url, headers, timeout))
-    return asyncio.run(_mqtt(records, url, timeout, mqtt_request_topic, mqtt_reply_prefix))
 
 
 def _http(

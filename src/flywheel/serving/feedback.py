@@ -10,11 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
+from flywheel.serving import _wire as wire
+from flywheel.serving._api import ErrorBody
 from flywheel.serving.auth import credential, key_ok
 from flywheel.serving.config import ServingConfig
-from flywheel.serving.errors import Unauthorized
+from flywheel.serving.errors import InvalidInput, PayloadTooLarge, Unauthorized
 
 __all__ = ["FeedbackItem", "FeedbackRequest", "FeedbackResponse", "add_feedback_routes"]
 
@@ -41,22 +44,67 @@ def _check_key(request: Request, config: ServingConfig) -> None:
         raise Unauthorized("A valid API key is required (X-API-Key or Authorization: Bearer).")
 
 
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """pydantic's JSON schema with its ``$defs`` resolved in place (an OpenAPI body has none)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: walk(v) for k, v in node.items()}
+        return [walk(v) for v in node] if isinstance(node, list) else node
+
+    return walk(schema)  # type: ignore[no-any-return]
+
+
+async def _payload(request: Request, config: ServingConfig) -> FeedbackRequest:
+    """The body under the rules of every route with a body: content type, content coding, size
+    limit, and one JSON reader (orjson, as the prediction routes)."""
+    wire.media_type(request.headers.get("content-type", ""), (wire.JSON,))
+    limit, chunks, size = config.max_body_bytes, [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(
+                f"The body exceeds {limit} bytes (serving.max_body_bytes).", limit=limit
+            )
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "")
+    data = wire.parse_json(wire.decode_content(body, encoding, limit) if encoding else body)
+    try:
+        return FeedbackRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidInput(
+            f"Invalid feedback: {where}: {first['msg']}.", field=where, rule=first["type"]
+        ) from None
+
+
 def add_feedback_routes(api: FastAPI, log: Any, config: ServingConfig) -> None:
     """Mount ``POST /v1/feedback`` on the FastAPI app, backed by the prediction log."""
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorBody} for code in (400, 401, 413, 415, 422, 500, 503)
+    }
+    body = _inline(FeedbackRequest.model_json_schema())
 
     @api.post(
         "/v1/feedback",
         response_model=FeedbackResponse,
+        responses=errors,
         tags=["feedback"],
         summary="Attach ground-truth labels to earlier predictions by request id",
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}}
+        },
     )
-    def feedback(payload: FeedbackRequest, request: Request) -> FeedbackResponse:
-        # A plain `def`: FastAPI runs it in a worker thread, off the event loop, because
-        # the log's feedback call does blocking database I/O.
+    async def feedback(request: Request) -> FeedbackResponse:
         _check_key(request, config)
-        unknown = [
-            item.request_id
-            for item in payload.items
-            if not log.feedback(item.request_id, item.label)
-        ]
+        payload = await _payload(request, config)
+        # The log's feedback call does blocking database I/O: off the event loop.
+        unknown = await run_in_threadpool(
+            lambda: [i.request_id for i in payload.items if not log.feedback(i.request_id, i.label)]
+        )
         return FeedbackResponse(accepted=len(payload.items) - len(unknown), unknown=unknown)

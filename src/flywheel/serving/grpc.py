@@ -9,7 +9,8 @@ shape ``[n]`` or ``[n, 1]``; numeric features in any numeric datatype, categoric
 ``BYTES``), or as one 2-D tensor ``[n, n_features]`` in the model's feature order (any name
 that is not a feature name; numeric datatypes for all-numeric models, ``BYTES`` for any
 model). Data comes as typed ``contents`` or as ``raw_input_contents`` (little-endian, row-major;
-``BYTES`` elements each prefixed by a 4-byte little-endian length). The answer holds ``label``
+``BYTES`` elements each prefixed by a 4-byte little-endian length). These tensor rules live in
+:mod:`flywheel.serving._tensors`, shared with the v2 REST route. The answer holds ``label``
 ``[n]`` and, for classifiers, ``probabilities`` ``[n, k]`` (FP32, columns in class order), raw
 when the request was raw (as tritonclient sends) and typed otherwise.
 
@@ -24,8 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import struct
 import time
 import uuid
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ import numpy as np
 
 import flywheel
 from flywheel.errors import ConfigError, FlywheelError
+from flywheel.serving import _tensors as tensors
 from flywheel.serving._proto import grpc_predict_v2_pb2 as pb
 from flywheel.serving._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from flywheel.serving.auth import credential, key_ok
@@ -43,7 +43,6 @@ from flywheel.serving.errors import (
     InternalError,
     InvalidInput,
     ModelNotFound,
-    TooManyRows,
     Unauthorized,
 )
 from flywheel.serving.types import PredictRequest, PredictResponse
@@ -69,20 +68,20 @@ DEFAULT_GRPC_PORT = 8081  # KServe's gRPC port; REST stays on 8080
 EXTENSIONS: tuple[str, ...] = ()  # none of the protocol's optional extensions is offered
 PLATFORM = "onnxruntime"
 
-# Numeric datatypes -> little-endian numpy dtypes (raw contents) and their typed field.
-_NUMERIC: dict[str, tuple[str, str]] = {
-    "BOOL": ("?", "bool_contents"),
-    "INT8": ("<i1", "int_contents"),
-    "INT16": ("<i2", "int_contents"),
-    "INT32": ("<i4", "int_contents"),
-    "INT64": ("<i8", "int64_contents"),
-    "UINT8": ("<u1", "uint_contents"),
-    "UINT16": ("<u2", "uint_contents"),
-    "UINT32": ("<u4", "uint_contents"),
-    "UINT64": ("<u8", "uint64_contents"),
-    "FP16": ("<f2", ""),  # no typed field in the protocol: raw only
-    "FP32": ("<f4", "fp32_contents"),
-    "FP64": ("<f8", "fp64_contents"),
+# The typed contents field of each datatype (FP16 has none in the protocol: raw only).
+_TYPED_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 _ORT_TYPES = {
     "tensor(float)": "FP32",
@@ -92,8 +91,6 @@ _ORT_TYPES = {
     "tensor(string)": "BYTES",
     "tensor(bool)": "BOOL",
 }
-_LENGTH = struct.Struct("<I")
-
 _CODES: dict[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
@@ -118,106 +115,6 @@ def grpc_code(exc: FlywheelError) -> grpc.StatusCode:
 # --------------------------------------------------------------------------- request
 
 
-def _bad(name: str, message: str, rule: str) -> InvalidInput:
-    return InvalidInput(f"Input {name!r} {message}", field=name, rule=rule)
-
-
-def _shape(tensor: Any) -> tuple[int, ...]:
-    shape = tuple(tensor.shape)
-    if shape and min(shape) < 0:
-        raise _bad(tensor.name[:64], f"has shape {list(shape)}; dimensions must be >= 0.", "shape")
-    return shape
-
-
-def _split_bytes(buf: bytes, count: int, name: str) -> list[bytes]:
-    """Raw BYTES contents: ``count`` elements, each a 4-byte LE length then the bytes.
-    (A loop by necessity: elements have their own lengths.)"""
-    out: list[bytes] = []
-    pos, end = 0, len(buf)
-    unpack = _LENGTH.unpack_from
-    for _ in range(count):
-        if pos + 4 > end:
-            break
-        (size,) = unpack(buf, pos)
-        pos += 4
-        if pos + size > end:
-            break
-        out.append(buf[pos : pos + size])
-        pos += size
-    if len(out) != count or pos != end:
-        raise _bad(
-            name,
-            f"has raw BYTES contents that do not hold {count} length-prefixed "
-            "elements (each a 4-byte little-endian length, then the bytes).",
-            "raw",
-        )
-    return out
-
-
-def _text(items: Sequence[bytes], name: str) -> np.ndarray:
-    try:
-        return np.array([b.decode() for b in items], dtype=object)
-    except UnicodeDecodeError as exc:
-        raise _bad(name, "holds BYTES that are not UTF-8 text.", "utf8") from exc
-
-
-def _tensor_values(tensor: Any, raw: bytes | None, count: int) -> np.ndarray:
-    """One input tensor's ``count`` values as a flat array (numbers, or str objects)."""
-    name, datatype = tensor.name[:64], tensor.datatype
-    if datatype == "BYTES":
-        if raw is not None:
-            return _text(_split_bytes(raw, count, name), name)
-        items = tensor.contents.bytes_contents
-        if len(items) != count:
-            raise _bad(
-                name,
-                f"has shape {list(tensor.shape)} ({count} values) but "
-                f"bytes_contents holds {len(items)}.",
-                "shape",
-            )
-        return _text(items, name)
-    spec = _NUMERIC.get(datatype)
-    if spec is None:
-        raise _bad(
-            name, f"has datatype {datatype[:16]!r}; use one of {[*_NUMERIC, 'BYTES']}.", "datatype"
-        )
-    dtype, field = spec
-    if raw is not None:
-        size = np.dtype(dtype).itemsize
-        if len(raw) != count * size:
-            raise _bad(
-                name,
-                f"has shape {list(tensor.shape)} ({count} {datatype} values, "
-                f"{count * size} bytes) but its raw contents hold {len(raw)} bytes.",
-                "shape",
-            )
-        return np.frombuffer(raw, dtype=dtype)
-    if not field:
-        raise _bad(
-            name,
-            f"is {datatype}, which has no typed contents field: send it in raw_input_contents.",
-            "datatype",
-        )
-    values = getattr(tensor.contents, field)
-    if len(values) != count:
-        raise _bad(
-            name,
-            f"has shape {list(tensor.shape)} ({count} values) but {field} holds {len(values)}.",
-            "shape",
-        )
-    return np.array(values, dtype=dtype)
-
-
-def _check_rows(rows: int, limit: int) -> None:
-    if rows > limit:  # before decoding anything: refuse big requests cheaply
-        raise TooManyRows(
-            f"The request has {rows} rows; the limit is {limit} "
-            "(serving.max_rows_per_request). Split it into smaller requests.",
-            rows=rows,
-            limit=limit,
-        )
-
-
 def _raw_for(request: Any) -> list[bytes | None]:
     inputs, raw = request.inputs, request.raw_input_contents
     if not raw:
@@ -231,7 +128,7 @@ def _raw_for(request: Any) -> list[bytes | None]:
         )
     for tensor in inputs:
         if tensor.HasField("contents"):
-            raise _bad(
+            raise tensors.bad(
                 tensor.name[:64],
                 "has typed contents while the request uses "
                 "raw_input_contents; use one or the other for every input.",
@@ -240,57 +137,20 @@ def _raw_for(request: Any) -> list[bytes | None]:
     return list(raw)
 
 
-def _numeric_text(values: np.ndarray, name: str) -> np.ndarray:
-    """A numeric feature given as BYTES text (2-D BYTES tensors): '' means missing."""
-    try:
-        return values.astype(str).astype(np.float64)
-    except ValueError:
-        pass
-    out = np.empty(len(values), dtype=np.float64)
-    for row, text in enumerate(values):
-        try:
-            out[row] = float(text) if text.strip() else math.nan
-        except ValueError:
-            raise InvalidInput(
-                f"Field {name!r} (row {row}) must be a number (or empty); the "
-                "BYTES value is not one.",
-                field=name,
-                row=row,
-                rule="type",
-            ) from None
+def _tensor(tensor: Any, raw: bytes | None) -> tensors.Tensor:
+    """A protobuf input tensor as the shared :class:`~flywheel.serving._tensors.Tensor`."""
+    name, datatype = tensor.name[:64], tensor.datatype
+    out = tensors.Tensor(name, datatype, tuple(tensor.shape), raw=raw, typed=True)
+    if raw is None and datatype in tensors.DATATYPES:
+        field = _TYPED_FIELD.get(datatype)
+        if field is None:
+            raise tensors.bad(
+                name,
+                f"is {datatype}, which has no typed contents field: send it in raw_input_contents.",
+                "datatype",
+            )
+        out.data, out.source = getattr(tensor.contents, field), field
     return out
-
-
-def _matrix_columns(
-    tensor: Any, raw: bytes | None, schema: InputSchema, limit: int
-) -> dict[str, Any]:
-    name, width = tensor.name[:64], len(schema.names)
-    shape = _shape(tensor)
-    if len(shape) != 2 or shape[1] != width:
-        raise _bad(
-            name,
-            f"has shape {list(shape)}; a single input tensor must be "
-            f"[n, {width}] with the features in model order {list(schema.names[:50])} "
-            "(or send one tensor per feature, named after it).",
-            "shape",
-        )
-    _check_rows(shape[0], limit)
-    if tensor.datatype != "BYTES" and not all(schema.numeric):
-        categorical = [n for n, num in zip(schema.names, schema.numeric, strict=True) if not num]
-        raise _bad(
-            name,
-            f"is {tensor.datatype[:16]}, but the model has categorical features "
-            f"{categorical[:10]}: send a BYTES matrix, or one tensor per feature.",
-            "datatype",
-        )
-    matrix = _tensor_values(tensor, raw, shape[0] * width).reshape(shape[0], width)
-    columns: dict[str, Any] = {}
-    for i, (feature, numeric) in enumerate(zip(schema.names, schema.numeric, strict=True)):
-        column = matrix[:, i]
-        if numeric and column.dtype == object:
-            column = _numeric_text(column, feature)
-        columns[feature] = column
-    return columns
 
 
 def decode_infer_request(
@@ -298,92 +158,34 @@ def decode_infer_request(
 ) -> dict[str, Any]:
     """A ``ModelInferRequest``'s inputs -> ``{feature: 1-D array}`` for ``PredictRequest``.
 
-    Checks shapes, datatypes and contents; the core then checks the values (and names the
-    field and row of a bad one). Raises :class:`InvalidInput` / :class:`TooManyRows`."""
-    inputs = request.inputs
-    if not inputs:
-        raise InvalidInput(
-            f"The request has no inputs; send one tensor per feature {list(schema.names[:50])}.",
-            field="inputs",
-            rule="required",
-        )
+    Checks shapes, datatypes and contents (the rules of :mod:`flywheel.serving._tensors`, shared
+    with the v2 REST route); the core then checks the values (and names the field and row of a
+    bad one). Raises :class:`InvalidInput` / :class:`TooManyRows`."""
     raw = _raw_for(request)
-    known = set(schema.names)
-    if len(inputs) == 1 and inputs[0].name not in known:
-        return _matrix_columns(inputs[0], raw[0], schema, max_rows)
-    numeric = dict(zip(schema.names, schema.numeric, strict=True))
-    columns: dict[str, Any] = {}
-    for tensor, data in zip(inputs, raw, strict=True):
-        name = tensor.name
-        if name in columns:
-            raise _bad(name[:64], "is sent twice; send each feature once.", "duplicate")
-        shape = _shape(tensor)
-        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
-            raise _bad(
-                name[:64],
-                f"has shape {list(shape)}; a feature tensor must be [n] or [n, 1].",
-                "shape",
-            )
-        _check_rows(shape[0], max_rows)
-        if numeric.get(name) and tensor.datatype == "BYTES":
-            raise _bad(
-                name[:64],
-                "is a numeric feature but was sent as BYTES; send FP32 (or FP64, INT32, INT64).",
-                "datatype",
-            )
-        columns[name] = _tensor_values(tensor, data, shape[0])
-    return columns
+    inputs = [_tensor(t, r) for t, r in zip(request.inputs, raw, strict=True)]
+    return tensors.to_columns(inputs, schema, max_rows)
 
 
 def requested_outputs(request: Any, model: LoadedModel) -> tuple[str, ...]:
     """The outputs to answer (all when none is named); unknown names are an error."""
-    available = tuple(model.output_names)
-    if not request.outputs:
-        return available
-    wanted = []
-    for i, out in enumerate(request.outputs):
-        if out.name not in available:
-            raise InvalidInput(
-                f"outputs[{i}] asks for {out.name[:64]!r}; model {model.name!r} has outputs "
-                f"{list(available)}.",
-                field=f"outputs[{i}]",
-                rule="unknown",
-            )
-        wanted.append(out.name)
-    return tuple(wanted)
+    names = [out.name for out in request.outputs]
+    return tensors.pick_outputs(names, tuple(model.output_names), model.name)
 
 
 # --------------------------------------------------------------------------- response
 
 
-def _datatype(values: np.ndarray) -> str:
-    kind, size = values.dtype.kind, values.dtype.itemsize
-    if kind == "f":
-        return "FP64" if size == 8 else "FP32"
-    if kind in "iu":
-        return f"{'U' if kind == 'u' else ''}INT{size * 8}"
-    return "BOOL" if kind == "b" else "BYTES"
-
-
-def _as_bytes(values: np.ndarray) -> list[bytes]:
-    return [v if isinstance(v, bytes) else str(v).encode() for v in values.reshape(-1)]
-
-
 def _output(name: str, values: np.ndarray, raw: list[bytes] | None) -> Any:
-    datatype = _datatype(values)
+    datatype = tensors.datatype_of(values)
     tensor = pb.ModelInferResponse.InferOutputTensor(
         name=name, datatype=datatype, shape=values.shape
     )
-    if datatype == "BYTES":
-        items = _as_bytes(values)
-        if raw is None:
-            tensor.contents.bytes_contents.extend(items)
-        else:
-            raw.append(b"".join(_LENGTH.pack(len(b)) + b for b in items))
-    elif raw is not None:
-        raw.append(values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes())
+    if raw is not None:
+        raw.append(tensors.raw_bytes(values))
+    elif datatype == "BYTES":
+        tensor.contents.bytes_contents.extend(tensors.as_bytes(values))
     else:
-        field = _NUMERIC[datatype][1]
+        field = _TYPED_FIELD.get(datatype, "fp32_contents")  # FP16 has no typed field
         getattr(tensor.contents, field).extend(values.reshape(-1).tolist())
     return tensor
 

@@ -13,7 +13,9 @@ Two layers in one ASGI app (see docs/serving.md):
 Error shapes: native routes and admin answer ``FlywheelError.to_dict()``
 (``{"error": {"kind", "message", "details"}}``); ``/invocations`` answers MLflow's
 ``{"error_code", "message"}``; ``/v2`` answers ``{"error": "..."}``. No answer carries a
-stack trace.
+stack trace. Every route with a body follows one content-type rule
+(:func:`flywheel.serving._wire.media_type`) and one content-coding rule
+(:func:`~flywheel.serving._wire.decode_content`).
 """
 
 from __future__ import annotations
@@ -48,27 +50,40 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _JSON = b"application/json"
+_BINARY = b"application/octet-stream"
 _TEXT = b"text/plain; charset=utf-8"
-_MLFLOW_CODES = {
+_MLFLOW_CODES = {  # MLflow's error codes (mlflow.protos.databricks_pb2.ErrorCode)
     400: "BAD_REQUEST",
     401: "UNAUTHENTICATED",
     404: "RESOURCE_DOES_NOT_EXIST",
-    413: "BAD_REQUEST",
+    413: "RESOURCE_LIMIT_EXCEEDED",
     415: "BAD_REQUEST",
     422: "BAD_REQUEST",
     503: "TEMPORARILY_UNAVAILABLE",
 }
+# Body types each hot route takes (the rule itself: wire.media_type).
+V1_TYPES = (wire.JSON, *sorted(wire.ARROW_TYPES), *sorted(wire.PARQUET_TYPES))
+MLFLOW_TYPES = (wire.JSON, wire.CSV, *sorted(wire.PARQUET_TYPES))
+V2_TYPES = (wire.JSON, wire.BINARY)
 
 
 class _Disconnected(Exception):
     pass
 
 
-class _Answer(Exception):
-    """A finished non-JSON-error answer (used for MLflow's text/plain 415s)."""
+class _Head:
+    """What the hot routes read from the request headers, in one pass."""
 
-    def __init__(self, status: int, body: bytes, ctype: bytes) -> None:
-        self.status, self.body, self.ctype = status, body, ctype
+    __slots__ = ("cred", "ctype", "encoding", "header_length", "length", "rid")
+
+    def __init__(self) -> None:
+        self.ctype, self.encoding = "", ""
+        self.length = self.header_length = -1  # -1: no such header
+        self.rid: str | None = None
+        self.cred: bytes | None = None
+
+
+Work = Callable[[str, bytes, "_Head"], Awaitable["bytes | tuple[bytes, int]"]]
 
 
 class RestFront:
@@ -139,30 +154,41 @@ class RestFront:
 
     @staticmethod
     async def _reply(
-        send: Send, status: int, body: bytes, ctype: bytes = _JSON, request_id: str | None = None
+        send: Send,
+        status: int,
+        body: bytes,
+        ctype: bytes = _JSON,
+        request_id: str | None = None,
+        header_length: int = -1,
     ) -> None:
         headers = [(b"content-type", ctype), (b"content-length", b"%d" % len(body))]
         if request_id is not None:
             headers.append((b"x-request-id", request_id.encode()))
+        if header_length >= 0:  # the v2 binary tensor data extension
+            headers.append((b"inference-header-content-length", b"%d" % header_length))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    def _headers(self, scope: Scope) -> tuple[str, int, str | None, bytes | None]:
-        """(content type, content length or -1, request id, credential) in one pass."""
-        ctype, length, rid, cred = "", -1, None, None
+    @staticmethod
+    def _headers(scope: Scope) -> _Head:
+        head = _Head()
         for key, value in scope["headers"]:
             if key == b"content-type":
-                ctype = value.decode("latin-1")
+                head.ctype = value.decode("latin-1")
             elif key == b"content-length":
-                length = int(value) if value.isdigit() else -1
+                head.length = int(value) if value.isdigit() else -1
             elif key == b"x-request-id":
                 if 0 < len(value) <= 128 and value.isascii():
-                    rid = value.decode()
+                    head.rid = value.decode()
             elif key == b"x-api-key":
-                cred = value
+                head.cred = value
             elif key == b"authorization" and value[:7].lower() == b"bearer ":
-                cred = value[7:]
-        return ctype, length, rid, cred
+                head.cred = value[7:]
+            elif key == b"content-encoding":
+                head.encoding = value.decode("latin-1")
+            elif key == b"inference-header-content-length":  # -2: not a length (refused)
+                head.header_length = int(value) if value.isdigit() else -2
+        return head
 
     async def _body(self, receive: Receive, length: int) -> bytes:
         limit = self.config.max_body_bytes
@@ -205,86 +231,77 @@ class RestFront:
         send: Send,
         protocol: str,
         route: str,
-        work: Callable[[str, bytes, str], Awaitable[bytes]],
+        accepted: tuple[str, ...],
+        work: Work,
         error: Callable[[FlywheelError], tuple[int, bytes]],
     ) -> None:
-        """Shared request cycle: headers, auth, body, work, errors, metrics."""
+        """Shared request cycle: headers, auth, content type, body, work, errors, metrics.
+        ``work(mime, body, head)`` answers JSON bytes, or (body, JSON header length) for the
+        v2 binary tensor data extension."""
         start = time.perf_counter()
-        ctype, length, rid, cred = self._headers(scope)
-        rid = rid or new_request_id()
-        status, answer_type = 200, _JSON
+        status, answer_type, header_length, rid = 200, _JSON, -1, None
         try:
-            self._check_key(cred)
-            body = await self._body(receive, length)
-            answer = await work(ctype, body, rid)
+            head = self._headers(scope)
+            rid = head.rid = head.rid or new_request_id()
+            self._check_key(head.cred)
+            mime = wire.media_type(head.ctype, accepted)
+            body = await self._body(receive, head.length)
+            if head.encoding:
+                body = wire.decode_content(body, head.encoding, self.config.max_body_bytes)
+            done = await work(mime, body, head)
+            if isinstance(done, tuple):
+                answer, header_length = done
+                answer_type = _BINARY if header_length >= 0 else _JSON
+            else:
+                answer = done
         except _Disconnected:
             return
-        except _Answer as done:
-            status, answer, answer_type = done.status, done.body, done.ctype
         except FlywheelError as exc:
             status, answer = error(exc)
             self.metrics.error(protocol, exc.kind)
         except Exception:
+            rid = rid or new_request_id()
             log.exception("unhandled error", extra={"request_id": rid, "route": route})
             status, answer = error(InternalError(rid))
             self.metrics.error(protocol, "internal")
-        await self._reply(send, status, answer, answer_type, rid)
+        await self._reply(send, status, answer, answer_type, rid, header_length)
         self.metrics.request(protocol, route, status, time.perf_counter() - start)
 
     # ------------------------------------------------------------------ native
     async def _v1_predict(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "rest", "/v1/predict", self._v1_work, _native_error)
+        await self._serve(
+            scope, receive, send, "rest", "/v1/predict", V1_TYPES, self._v1_work, _native_error
+        )
 
-    async def _v1_work(self, ctype: str, body: bytes, rid: str) -> bytes:
-        mime = ctype.split(";", 1)[0].strip().lower()
-        if mime in ("application/json", ""):
+    async def _v1_work(self, mime: str, body: bytes, head: _Head) -> bytes:
+        rid = head.rid
+        if mime == wire.JSON:
             request = wire.native_request(wire.parse_json(body), rid)
-        elif mime in wire.ARROW_TYPES or mime in wire.PARQUET_TYPES:
-            table = wire.read_arrow(body, mime)
-            request = wire.native_request({"columns": table}, rid)
-        else:
-            raise wire.unsupported(
-                mime, ["application/json", *sorted(wire.ARROW_TYPES), *sorted(wire.PARQUET_TYPES)]
-            )
+        else:  # Arrow IPC or Parquet
+            request = wire.native_request({"columns": wire.read_arrow(body, mime)}, rid)
         return wire.encode_native(await self.predictor.predict(request))
 
     # ------------------------------------------------------------------ MLflow
     async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._serve(
-            scope, receive, send, "mlflow", "/invocations", self._mlflow_work, _mlflow_error
+            scope,
+            receive,
+            send,
+            "mlflow",
+            "/invocations",
+            MLFLOW_TYPES,
+            self._mlflow_work,
+            _mlflow_error,
         )
 
-    async def _mlflow_work(self, ctype: str, body: bytes, rid: str) -> bytes:
-        parts = [p.strip() for p in ctype.split(";")]
-        mime, params = parts[0].lower(), dict(p.partition("=")[::2] for p in parts[1:] if p)
-        if params.get("charset", "utf-8").lower() != "utf-8":
-            raise _Answer(415, b"The scoring server only supports UTF-8", _TEXT)
-        if set(params) - {"charset"}:
-            raise _Answer(
-                415,
-                b"Unrecognized content type parameters: "
-                + ", ".join(sorted(set(params) - {"charset"})).encode()[:200],
-                _TEXT,
-            )
-        schema = self.predictor.model().schema
-        if mime == "application/json":
-            request = wire.mlflow_request(wire.parse_json(body), schema)
-        elif mime == "text/csv":
-            request = wire.native_request({"columns": wire.read_csv(body)}, rid, "mlflow")
-            request.extra_fields = "ignore"
-        elif mime in wire.PARQUET_TYPES:
-            request = wire.native_request({"columns": wire.read_arrow(body, mime)}, rid, "mlflow")
-            request.extra_fields = "ignore"
+    async def _mlflow_work(self, mime: str, body: bytes, head: _Head) -> bytes:
+        rid = head.rid
+        if mime == wire.JSON:
+            request = wire.mlflow_request(wire.parse_json(body), self.predictor.model().schema)
         else:
-            raise _Answer(
-                415,
-                (
-                    "This predictor only supports the following content types: Types: "
-                    f"['text/csv', 'application/json', 'application/vnd.apache.parquet']. "
-                    f"Got '{ctype[:64]}'."
-                ).encode(),
-                _TEXT,
-            )
+            table = wire.read_csv(body) if mime == wire.CSV else wire.read_arrow(body, mime)
+            request = wire.native_request({"columns": table}, rid, "mlflow")
+            request.extra_fields = "ignore"
         request.request_id = rid
         response = await self.predictor.predict(request)
         return orjson.dumps({"predictions": json_array(response.labels)}, option=wire.JSON_OPTS)
@@ -300,14 +317,21 @@ class RestFront:
             await self.fallback(scope, receive, send)
             return
 
-        async def work(ctype: str, body: bytes, rid: str) -> bytes:
+        async def work(mime: str, body: bytes, head: _Head) -> tuple[bytes, int]:
             model = self.predictor.model(name)
-            request = wire.v2_request(wire.parse_json(body), model.schema)
+            request, outputs = wire.v2_request(
+                body,
+                head.header_length,
+                model.schema,
+                model.output_names,
+                name,
+                self.config.max_rows_per_request,
+            )
             request.model, request.version = name, version
-            request.request_id = request.request_id or rid
-            return wire.encode_v2(await self.predictor.predict(request))
+            request.request_id = request.request_id or head.rid
+            return wire.encode_v2(await self.predictor.predict(request), outputs)
 
-        await self._serve(scope, receive, send, "v2", "/v2/models/infer", work, _v2_error)
+        await self._serve(scope, receive, send, "v2", "/v2/models/infer", V2_TYPES, work, _v2_error)
 
     # ------------------------------------------------------------------ cheap GETs
     async def _ping(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -332,9 +356,12 @@ def _native_error(exc: FlywheelError) -> tuple[int, bytes]:
 
 
 def _mlflow_error(exc: FlywheelError) -> tuple[int, bytes]:
-    """MLflow answers 400 for any input it cannot score (schema errors included)."""
+    """MLflow answers 400 for any input it cannot score (schema errors included); a body or a
+    request over a limit says so in its code."""
     status = 400 if exc.status == 422 else exc.status
     code = _MLFLOW_CODES.get(status, "INTERNAL_ERROR")
+    if exc.kind in ("payload_too_large", "too_many_rows"):
+        code = "RESOURCE_LIMIT_EXCEEDED"
     return status, orjson.dumps({"error_code": code, "message": exc.message})
 
 

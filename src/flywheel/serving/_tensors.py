@@ -1,0 +1,292 @@
+"""Open Inference Protocol (v2) tensors <-> feature columns: the rules the v2 REST route (JSON and
+the binary tensor data extension) and the gRPC service share, so both decode a request alike.
+
+A front reads its wire format into :class:`Tensor` objects (name, datatype, shape, and either
+``raw`` little-endian bytes or ``data`` values) and calls :func:`to_columns`; the predictor core
+then checks every value and names the field and row of a bad one. Rules:
+
+- one tensor per feature, named after it, shape ``[n]`` or ``[n, 1]``; numeric features in a
+  numeric datatype, categorical ones in any (``BYTES`` as a rule); or one 2-D tensor
+  ``[n, n_features]`` (any name that is not a feature name) with the features in model order,
+  ``BYTES`` for any model, a numeric datatype for an all-numeric one;
+- a tensor holds exactly ``prod(shape)`` values; raw data is row-major little-endian, a
+  ``BYTES`` element a 4-byte little-endian length and then its bytes (UTF-8 text here);
+- a numeric feature inside a ``BYTES`` matrix is read from its text ('' is missing).
+
+Protocol-specific checks (gRPC's typed-vs-raw contents, the REST binary header) stay in the fronts.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from flywheel.serving.errors import InvalidInput, TooManyRows
+
+if TYPE_CHECKING:
+    from flywheel.serving.decode import InputSchema
+
+__all__ = [
+    "DATATYPES",
+    "NUMERIC",
+    "Tensor",
+    "bad",
+    "check_rows",
+    "datatype_of",
+    "pick_outputs",
+    "raw_bytes",
+    "to_columns",
+]
+
+# Numeric datatypes -> little-endian numpy dtypes (raw data).
+NUMERIC: dict[str, str] = {
+    "BOOL": "?",
+    "INT8": "<i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "UINT8": "<u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
+DATATYPES: tuple[str, ...] = (*NUMERIC, "BYTES")
+_KNOWN = frozenset(DATATYPES)
+_LENGTH = struct.Struct("<I")
+
+
+@dataclass(slots=True)
+class Tensor:
+    """One input tensor as a front read it. ``raw``: little-endian bytes (gRPC
+    ``raw_input_contents``, REST binary data); else ``data``: its values, flat. ``typed``: the
+    values are of the datatype (gRPC typed contents; read into numpy); JSON values are not
+    (they go to the core as they are, which checks each). ``source`` names ``data`` in errors."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: Sequence[Any] | None = None
+    raw: bytes | None = None
+    typed: bool = False
+    source: str = "data"
+
+
+def bad(name: str, message: str, rule: str) -> InvalidInput:
+    return InvalidInput(f"Input {name!r} {message}", field=name, rule=rule)
+
+
+def check_rows(rows: int, limit: int) -> None:
+    if rows > limit:  # before decoding anything: refuse big requests cheaply
+        raise TooManyRows(
+            f"The request has {rows} rows; the limit is {limit} "
+            "(serving.max_rows_per_request). Split it into smaller requests.",
+            rows=rows,
+            limit=limit,
+        )
+
+
+def _shape(tensor: Tensor) -> tuple[int, ...]:
+    if tensor.shape and min(tensor.shape) < 0:
+        raise bad(tensor.name, f"has shape {list(tensor.shape)}; dimensions must be >= 0.", "shape")
+    return tensor.shape
+
+
+def _split_bytes(buf: bytes, count: int, name: str) -> list[bytes]:
+    """Raw BYTES data: ``count`` elements, each a 4-byte LE length then the bytes.
+    (A loop by necessity: elements have their own lengths.)"""
+    out: list[bytes] = []
+    pos, end = 0, len(buf)
+    unpack = _LENGTH.unpack_from
+    for _ in range(count):
+        if pos + 4 > end:
+            break
+        (size,) = unpack(buf, pos)
+        pos += 4
+        if pos + size > end:
+            break
+        out.append(buf[pos : pos + size])
+        pos += size
+    if len(out) != count or pos != end:
+        raise bad(
+            name,
+            f"has raw BYTES data that does not hold {count} length-prefixed "
+            "elements (each a 4-byte little-endian length, then the bytes).",
+            "raw",
+        )
+    return out
+
+
+def _text(items: Sequence[bytes], name: str) -> np.ndarray:
+    try:
+        return np.array([b.decode() for b in items], dtype=object)
+    except UnicodeDecodeError as exc:
+        raise bad(name, "holds BYTES that are not UTF-8 text.", "utf8") from exc
+
+
+def _values(tensor: Tensor, count: int) -> Any:
+    """The tensor's ``count`` values, flat: a numpy array (raw or typed data) or the JSON list."""
+    name, datatype, raw = tensor.name, tensor.datatype, tensor.raw
+    if datatype not in _KNOWN:
+        raise bad(
+            name, f"has datatype {datatype[:16]!r}; use one of {list(DATATYPES)}.", "datatype"
+        )
+    if raw is not None:
+        if datatype == "BYTES":
+            return _text(_split_bytes(raw, count, name), name)
+        size = np.dtype(NUMERIC[datatype]).itemsize
+        if len(raw) != count * size:
+            raise bad(
+                name,
+                f"has shape {list(tensor.shape)} ({count} {datatype} values, "
+                f"{count * size} bytes) but its raw data holds {len(raw)} bytes.",
+                "shape",
+            )
+        return np.frombuffer(raw, dtype=NUMERIC[datatype])
+    data = tensor.data if tensor.data is not None else ()
+    if len(data) != count:
+        raise bad(
+            name,
+            f"has shape {list(tensor.shape)} ({count} values) but {tensor.source} holds {len(data)}.",
+            "shape",
+        )
+    if not tensor.typed:
+        return data
+    if datatype == "BYTES":
+        return _text(data, name)
+    return np.array(data, dtype=NUMERIC[datatype])
+
+
+def _numeric_text(values: Any, name: str) -> Any:
+    """A numeric feature inside a BYTES matrix: text is read as a number ('' is missing); JSON
+    numbers and nulls go to the core as they are."""
+    if isinstance(values, np.ndarray):
+        try:
+            return values.astype(str).astype(np.float64)
+        except ValueError:
+            pass
+    out: list[Any] = []
+    for row, value in enumerate(values):
+        if not isinstance(value, str):
+            out.append(value)
+            continue
+        try:
+            out.append(float(value) if value.strip() else math.nan)
+        except ValueError:
+            raise InvalidInput(
+                f"Field {name!r} (row {row}) must be a number (or empty); the "
+                "BYTES value is not one.",
+                field=name,
+                row=row,
+                rule="type",
+            ) from None
+    return np.array(out, dtype=np.float64) if isinstance(values, np.ndarray) else out
+
+
+def _matrix_columns(tensor: Tensor, schema: InputSchema, limit: int) -> dict[str, Any]:
+    name, width = tensor.name, len(schema.names)
+    shape = _shape(tensor)
+    if len(shape) != 2 or shape[1] != width:
+        raise bad(
+            name,
+            f"has shape {list(shape)}; a single input tensor must be "
+            f"[n, {width}] with the features in model order {list(schema.names[:50])} "
+            "(or send one tensor per feature, named after it).",
+            "shape",
+        )
+    check_rows(shape[0], limit)
+    if tensor.datatype != "BYTES" and not all(schema.numeric):
+        categorical = [n for n, num in zip(schema.names, schema.numeric, strict=True) if not num]
+        raise bad(
+            name,
+            f"is {tensor.datatype[:16]}, but the model has categorical features "
+            f"{categorical[:10]}: send a BYTES matrix, or one tensor per feature.",
+            "datatype",
+        )
+    flat = _values(tensor, shape[0] * width)
+    columns: dict[str, Any] = {}
+    for i, (feature, numeric) in enumerate(zip(schema.names, schema.numeric, strict=True)):
+        column = flat[i::width]
+        if numeric and tensor.datatype == "BYTES":
+            column = _numeric_text(column, feature)
+        columns[feature] = column
+    return columns
+
+
+def to_columns(tensors: Sequence[Tensor], schema: InputSchema, max_rows: int) -> dict[str, Any]:
+    """Input tensors -> ``{feature: flat values}`` for ``PredictRequest(columns=...)``.
+
+    Checks names, shapes, datatypes and value counts; the core then checks the values.
+    Raises :class:`InvalidInput` / :class:`TooManyRows`."""
+    if not tensors:
+        raise InvalidInput(
+            f"The request has no inputs; send one tensor per feature {list(schema.names[:50])}.",
+            field="inputs",
+            rule="required",
+        )
+    numeric = dict(zip(schema.names, schema.numeric, strict=True))
+    if len(tensors) == 1 and tensors[0].name not in numeric:
+        return _matrix_columns(tensors[0], schema, max_rows)
+    columns: dict[str, Any] = {}
+    for tensor in tensors:
+        name = tensor.name
+        if name in columns:
+            raise bad(name, "is sent twice; send each feature once.", "duplicate")
+        shape = _shape(tensor)
+        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+            raise bad(
+                name, f"has shape {list(shape)}; a feature tensor must be [n] or [n, 1].", "shape"
+            )
+        check_rows(shape[0], max_rows)
+        if numeric.get(name) and tensor.datatype == "BYTES":
+            raise bad(
+                name,
+                "is a numeric feature but was sent as BYTES; send FP32 (or FP64, INT32, INT64).",
+                "datatype",
+            )
+        columns[name] = _values(tensor, shape[0])
+    return columns
+
+
+def pick_outputs(names: Sequence[str], available: Sequence[str], model: str) -> tuple[str, ...]:
+    """The outputs to answer, in request order and once each (all when none is named)."""
+    if not names:
+        return tuple(available)
+    for i, name in enumerate(names):
+        if name not in available:
+            raise InvalidInput(
+                f"outputs[{i}] asks for {name[:64]!r}; model {model!r} has outputs {list(available)}.",
+                field=f"outputs[{i}]",
+                rule="unknown",
+            )
+    return tuple(dict.fromkeys(names))
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def datatype_of(values: np.ndarray) -> str:
+    kind, size = values.dtype.kind, values.dtype.itemsize
+    if kind == "f":
+        return {2: "FP16", 8: "FP64"}.get(size, "FP32")
+    if kind in "iu":
+        return f"{'U' if kind == 'u' else ''}INT{size * 8}"
+    return "BOOL" if kind == "b" else "BYTES"
+
+
+def as_bytes(values: np.ndarray) -> list[bytes]:
+    return [v if isinstance(v, bytes) else str(v).encode() for v in values.reshape(-1)]
+
+
+def raw_bytes(values: np.ndarray) -> bytes:
+    """A tensor's raw data: little-endian, row-major; BYTES elements length-prefixed."""
+    if datatype_of(values) == "BYTES":
+        return b"".join(_LENGTH.pack(len(b)) + b for b in as_bytes(values))
+    return np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes()
