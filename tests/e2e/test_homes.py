@@ -50,12 +50,35 @@ def _serve_and_ask(cwd: Path, env: dict[str, str]) -> dict[str, object]:
         answer: dict[str, object] = json.loads(
             flywheel(cwd, "predict", "--file", rows, "--url", url, env=env).stdout
         )
+        answer["triton_http"] = _ask_with_tritonclient(f"127.0.0.1:{port}")
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "Traceback" not in out + err
     return answer
+
+
+def _ask_with_tritonclient(address: str) -> list[int]:
+    """The official Open Inference Protocol client at its defaults (binary tensor data)."""
+    import numpy as np
+    import tritonclient.http as thttp
+
+    records = json.loads((EXAMPLES / "customers.json").read_text())
+    client = thttp.InferenceServerClient(address)
+    inputs = []
+    for meta in client.get_model_metadata("churn")["inputs"]:
+        values = [r[meta["name"]] for r in records]
+        if meta["datatype"] == "BYTES":
+            array = np.array([v.encode() for v in values], dtype=object).reshape(-1, 1)
+        else:
+            array = np.array([np.nan if v is None else v for v in values], np.float32)
+            array = array.reshape(-1, 1)
+        tensor = thttp.InferInput(meta["name"], list(array.shape), meta["datatype"])
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    result = client.infer("churn", inputs)
+    return [int(v) for v in result.as_numpy("label").reshape(-1)]
 
 
 @pytest.mark.parametrize("kind", ["default", "relative", "absolute"])
@@ -85,4 +108,5 @@ def test_loop_retrain_and_serve_on_every_kind_of_home(kind: str, tmp_path: Path)
 
     answer = _serve_and_ask(cwd, env)
     assert answer["version"] == "1" and len(answer["predictions"]) == 3  # type: ignore[arg-type]
+    assert answer["triton_http"] == answer["predictions"]
     assert any((expected / "models" / "churn").rglob("model.onnx"))  # the serving cache
