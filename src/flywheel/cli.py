@@ -1,7 +1,8 @@
 """The `flywheel` command line. Thin: parse, build Settings, call a capability, print with rich.
 
 Domain errors (:class:`flywheel.errors.FlywheelError`) become one clean red message and the
-error's exit code; nothing prints a traceback unless ``FLYWHEEL_LOG_LEVEL=DEBUG``.
+error's exit code (nothing prints a traceback unless ``FLYWHEEL_LOG_LEVEL=DEBUG``); any other
+error is a bug: one line, the traceback in a crash log, exit 70 (:func:`main`, docs/cli.md).
 """
 
 from __future__ import annotations
@@ -761,9 +762,9 @@ def _internal_error(exc: BaseException) -> int:
     """Write the traceback to a crash log; tell the user what failed and where it is."""
     import traceback
 
-    where = _innermost_frame(exc)
-    log_path = _write_crash_log(exc)
     command = " ".join(["flywheel", *sys.argv[1:]])
+    where = _innermost_frame(exc)
+    log_path = _write_crash_log(exc, command)
     err_console.print(
         f"[red]error[/] (internal): `{command}` failed unexpectedly: "
         f"{type(exc).__name__}: {exc}{where}. This is a bug in flywheel; the full traceback "
@@ -793,7 +794,7 @@ def _innermost_frame(exc: BaseException) -> str:
     return f" (at {short}:{frame.lineno})"
 
 
-def _write_crash_log(exc: BaseException) -> Path | None:
+def _write_crash_log(exc: BaseException, command: str) -> Path | None:
     """The traceback under ``<home>/logs/`` (or the temp folder if home is unusable)."""
     import tempfile
     import traceback
@@ -804,7 +805,7 @@ def _write_crash_log(exc: BaseException) -> Path | None:
     name = f"crash-{stamp}-{os.getpid()}.log"
     text = (
         f"flywheel {__version__}, Python {sys.version.split()[0]}\n"
-        f"command: {' '.join(['flywheel', *sys.argv[1:]])}\n"
+        f"command: {command}\n"
         f"cwd: {Path.cwd()}\n\n" + "".join(traceback.format_exception(exc))
     )
     folders = [Path(tempfile.gettempdir()) / "flywheel-logs"]

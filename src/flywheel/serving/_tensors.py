@@ -35,6 +35,7 @@ __all__ = [
     "DATATYPES",
     "NUMERIC",
     "Tensor",
+    "as_bytes",
     "bad",
     "check_rows",
     "datatype_of",

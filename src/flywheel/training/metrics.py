@@ -24,6 +24,7 @@ from flywheel.training.metric_names import (
     HIGHER_IS_BETTER,
     LOWER_IS_BETTER,
     REGRESSION_METRICS,
+    THRESHOLD_METRICS,
 )
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
 
 log = logging.getLogger("flywheel.training")
 
-_LABEL_METRICS = ("f1", "precision", "recall", "accuracy")  # defined without probabilities
 # Rows whose probabilities sum to one within this are renormalised by as_probabilities
 # (float32 rounding is ~1e-7 per class); anything further off is left for sklearn to flag.
 _SUM_SLACK = 1e-4
@@ -88,26 +88,15 @@ def _pr_auc(y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None, k: int) -
     )
 
 
-def _f1(y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None, k: int) -> float:
-    if k == 2:
-        return float(skm.f1_score(y, pred, pos_label=1, zero_division=0.0))
-    return float(skm.f1_score(y, pred, average="macro", labels=list(range(k)), zero_division=0.0))
+def _per_label(fn: Callable[..., float]) -> _Metric:
+    """An F1-like sklearn score: of the positive class (binary), else the macro mean."""
 
+    def metric(y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None, k: int) -> float:
+        if k == 2:
+            return float(fn(y, pred, pos_label=1, zero_division=0.0))
+        return float(fn(y, pred, average="macro", labels=list(range(k)), zero_division=0.0))
 
-def _precision(y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None, k: int) -> float:
-    if k == 2:
-        return float(skm.precision_score(y, pred, pos_label=1, zero_division=0.0))
-    return float(
-        skm.precision_score(y, pred, average="macro", labels=list(range(k)), zero_division=0.0)
-    )
-
-
-def _recall(y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None, k: int) -> float:
-    if k == 2:
-        return float(skm.recall_score(y, pred, pos_label=1, zero_division=0.0))
-    return float(
-        skm.recall_score(y, pred, average="macro", labels=list(range(k)), zero_division=0.0)
-    )
+    return metric
 
 
 def _brier(y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None, k: int) -> float:
@@ -120,9 +109,9 @@ def _brier(y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None, k: int) ->
 _CLASSIFICATION: dict[str, _Metric] = {
     "roc_auc": _roc_auc,
     "pr_auc": _pr_auc,
-    "f1": _f1,
-    "precision": _precision,
-    "recall": _recall,
+    "f1": _per_label(skm.f1_score),
+    "precision": _per_label(skm.precision_score),
+    "recall": _per_label(skm.recall_score),
     "accuracy": lambda y, pred, proba, k: float(skm.accuracy_score(y, pred)),
     "log_loss": lambda y, pred, proba, k: float(skm.log_loss(y, proba, labels=list(range(k)))),
     "brier": _brier,
@@ -152,7 +141,7 @@ def score(
     y = np.asarray(y_true)
     out: dict[str, float] = {}
     for name, fn in table.items():
-        if task == "classification" and proba is None and name not in _LABEL_METRICS:
+        if task == "classification" and proba is None and name not in THRESHOLD_METRICS:
             continue
         try:
             value = fn(y, np.asarray(pred), proba, n_classes)

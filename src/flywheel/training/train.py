@@ -155,6 +155,7 @@ class _Job:
     specs: list[FeatureSpec]
     classes: list[Any] | None = None
     threshold: ThresholdChoice | None = None  # binary classification, once chosen
+    inputs_sha256: str = ""  # once the params are final (see _inputs_sha256)
 
 
 # ---------------------------------------------------------------- progress and timing
@@ -529,7 +530,7 @@ def train(
     with timed(timings, "fit"):
         pipeline = _fit(job, hyperparams, X, y)
     log.info("fitted %s on %d rows in %.2fs", job.params.family, len(X), timings["fit"])
-    inputs_sha = _inputs_sha256(job, hyperparams)
+    job.inputs_sha256 = _inputs_sha256(job, hyperparams)
     with timed(timings, "tracking"):
         run_id, model_uri = _track(
             job, pipeline, X, hyperparams, cv_metrics, timings, outcome, holdout_sha
@@ -549,7 +550,7 @@ def train(
         timings=timings,
         best_trial=_best_trial(outcome),
         threshold=job.threshold,
-        inputs_sha256=inputs_sha,
+        inputs_sha256=job.inputs_sha256,
         pipeline=pipeline,
         meta=_meta(job, holdout_sha),
     )
@@ -783,9 +784,7 @@ def _run_params(
     return params
 
 
-def _run_tags(
-    job: _Job, hyperparams: dict[str, Any], holdout_sha: str, outcome: SearchOutcome | None
-) -> dict[str, str]:
+def _run_tags(job: _Job, holdout_sha: str, outcome: SearchOutcome | None) -> dict[str, str]:
     m = job.manifest
     tags = {
         TAG["snapshot_id"]: m.id,
@@ -797,7 +796,7 @@ def _run_tags(
         TAG["family"]: job.params.family,
         TAG["package_version"]: flywheel.__version__,
         HOLDOUT_TAG: holdout_sha,
-        INPUTS_TAG: _inputs_sha256(job, hyperparams),
+        INPUTS_TAG: job.inputs_sha256,
     }
     if job.threshold is not None:
         tags[TAG["threshold"]] = repr(job.threshold.value)
@@ -847,7 +846,7 @@ def _track(
         with mlflow.start_run(
             experiment_id=experiment_id,
             run_name=f"{job.manifest.dataset}-{job.params.family}",
-            tags=_run_tags(job, hyperparams, holdout_sha, outcome),
+            tags=_run_tags(job, holdout_sha, outcome),
         ) as run:
             run_id = run.info.run_id
             client = MlflowClient()
