@@ -204,6 +204,79 @@ def test_bad_rules_name_the_key(
     assert key in info.value.message and str(path) in info.value.message
 
 
+def _load_edited(contract: Contract, tmp_path: Path, old: str, new: str) -> tuple[Path, int]:
+    """Save, replace ``old`` with ``new`` once, and return the path and the edit's line."""
+    path = tmp_path / "churn.yaml"
+    save_contract(contract, path)
+    text = path.read_text()
+    assert old in text
+    line = text[: text.index(old)].count("\n") + 1
+    path.write_text(text.replace(old, new, 1))
+    return path, line
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "rule", "line_offset"),
+    [
+        # an unknown key, at the top level and in a column
+        (
+            "allow_extra_columns: false",
+            "allow_extra_colums: false",
+            "(top level).allow_extra_colums",
+            "is not a known key",
+            0,
+        ),
+        (
+            "plan:\n    dtype: string",
+            "plan:\n    dtype: string\n    colour: red",
+            "columns.plan.colour",
+            "is not a known key",
+            2,
+        ),
+        # a wrong type
+        ("nullable: true", "nullable: 'no'", "columns.age.nullable", "must be true or false", 0),
+        ("max: 140", "max: '140'", "columns.age.max", "must be a number for a int column", 0),
+        ("dataset: churn", "dataset: [churn]", "dataset", "must be a non-empty string", 0),
+        # a bad range: min above max (the key is min, on its own line)
+        (
+            "min: 14\n    max: 140",
+            "min: 150\n    max: 140",
+            "columns.age.min",
+            "must not exceed max (140)",
+            0,
+        ),
+    ],
+)
+def test_bad_files_name_the_key_the_rule_and_the_line(
+    contract: Contract, tmp_path: Path, old: str, new: str, key: str, rule: str, line_offset: int
+) -> None:
+    path, line = _load_edited(contract, tmp_path, old, new)
+    with pytest.raises(ConfigError) as info:
+        load_contract(path)
+    expected = line + line_offset
+    assert info.value.details["key"] == key
+    assert info.value.details["line"] == expected
+    assert info.value.exit_code == 2
+    assert info.value.message.startswith(f"contract {path}, line {expected}: {key} {rule}")
+    assert path.read_text().splitlines()[expected - 1].strip().startswith(key.rsplit(".", 1)[-1])
+
+
+def test_every_problem_in_a_file_is_listed_first_by_line(
+    contract: Contract, tmp_path: Path
+) -> None:
+    path, line = _load_edited(contract, tmp_path, "max: 140", "max: lots")
+    text = path.read_text().replace("dtype: bool", "dtype: boolean", 1)
+    path.write_text(text.replace("target: churned", "target: [churned]"))
+    with pytest.raises(ConfigError) as info:
+        load_contract(path)
+    problems = info.value.details["problems"]
+    assert [p["key"] for p in problems] == ["target", "columns.age.max", "columns.vip.dtype"]
+    assert problems[1]["line"] == line
+    assert [p["line"] for p in problems] == sorted(p["line"] for p in problems)
+    assert info.value.details["key"] == "target"
+    assert "also: columns.age.max (line" in info.value.message
+
+
 def test_malformed_yaml_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "churn.yaml"
     path.write_text("dataset: churn\ncolumns: {age: [dtype: int\n")
