@@ -37,32 +37,33 @@ EXPERIMENT = "mlflow-by-hand"
 def _train(settings: Settings, snapshot_id: str, folds: int) -> dict[str, Any]:
     """flywheel's training steps without its tracking: the fitted pipeline and what the
     MLflow part logs, with the same timings as ``TrainResult.timings``."""
-    from flywheel.training import train as T
+    from flywheel.training import fit, prepare
     from flywheel.training.params import TrainParams
+    from flywheel.workspace import Workspace
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    manifest, df = T._load_snapshot(settings, snapshot_id)
-    job = T._resolve(settings, manifest, df, TrainParams(family="hist_gb", cv_folds=folds))
-    labelled = T._labelled(df, job.target)
-    X, y, _ = T._training_part(job, labelled)
-    y_all = T.encode_target(labelled[job.target], job.task, job.classes)
-    _, holdout_idx = T._split(y_all, job.task, job.params.test_size, job.seed)
-    holdout = labelled.iloc[holdout_idx].reset_index(drop=True)
+    ws = Workspace(settings)
+    manifest = ws.snapshot(snapshot_id)
+    df = prepare.load_snapshot(ws, manifest)
+    params = TrainParams(family="hist_gb", cv_folds=folds)
+    job = prepare.resolve_job(manifest, df, params, seed=settings.seed)
+    part = prepare.prepare(job, df)
     t1 = time.perf_counter()
-    cv = T.cross_validate(job, {}, X, y, n_folds=folds)
-    threshold = cv.pop(T.THRESHOLD_KEY, None)  # chosen on the out-of-fold predictions
+    cv = fit.cross_validate(job, {}, part.X, part.y, n_folds=folds)
+    threshold = cv.pop(fit.THRESHOLD_KEY, None)  # chosen on the out-of-fold predictions
     t2 = time.perf_counter()
-    pipeline = T._fit(job, {}, X, y)
+    pipeline = fit.fit_pipeline(job, {}, part.X, part.y)
     t3 = time.perf_counter()
     timings.update(load=t1 - t0, cv=t2 - t1, fit=t3 - t2)
+    holdout = part.holdout
     return {
         "job": job,
-        "X": X,
+        "X": part.X,
         "pipeline": pipeline,
         "cv": cv,
         "holdout": holdout,
-        "y_holdout": y_all[holdout_idx],
+        "y_holdout": prepare.encode_target(holdout[job.target], job.task, job.classes),
         "threshold": threshold,
         "timings": timings,
     }
@@ -70,13 +71,13 @@ def _train(settings: Settings, snapshot_id: str, folds: int) -> dict[str, Any]:
 
 def _holdout_metrics(trained: dict[str, Any]) -> tuple[dict[str, float], float]:
     """Holdout scores (evaluation's own work, not overhead) and the seconds they took."""
+    from flywheel.training import fit, prepare
     from flywheel.training import metrics as M
-    from flywheel.training import train as T
 
     start = time.perf_counter()
     job = trained["job"]
-    Xh = T._features(trained["holdout"], job.specs)
-    pred, proba = T.predict(trained["pipeline"], Xh, job.task, threshold=trained["threshold"])
+    Xh = prepare.features(trained["holdout"], job.specs)
+    pred, proba = fit.predict(trained["pipeline"], Xh, job.task, threshold=trained["threshold"])
     scores = M.score(job.task, trained["y_holdout"], pred, proba, n_classes=len(job.classes or []))
     return {f"holdout_{k}": v for k, v in scores.items()}, time.perf_counter() - start
 

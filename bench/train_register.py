@@ -75,21 +75,24 @@ def _one_round(settings: Any, snapshot_id: str, folds: int) -> dict[str, float]:
     start = time.perf_counter()
     # inside the clock: in a new process these imports (ONNX, matplotlib, flywheel's
     # registry; MLflow and skops come later, inside tracking) are part of the overhead
-    from flywheel.registry.models import register
+    from flywheel.registry.register import register
     from flywheel.training.evaluate import evaluate
     from flywheel.training.gates import check_gates, record_gates
     from flywheel.training.params import TrainParams
     from flywheel.training.train import train
+    from flywheel.workspace import Workspace
 
+    ws = Workspace(settings)  # as the CLI builds it: nothing opened until used
     t_train = time.perf_counter()
-    result = train(settings, snapshot_id, TrainParams(family="hist_gb", cv_folds=folds))
+    result = train(ws, snapshot_id, TrainParams(family="hist_gb", cv_folds=folds))
     t_eval = time.perf_counter()
-    evaluation = evaluate(settings, result)
+    evaluation = evaluate(ws, result)
     report = check_gates(settings.gates, evaluation)
     t_gates = time.perf_counter()
-    record_gates(settings, result.run_id, report)
+    record_gates(ws, result.run_id, report)
     t_reg = time.perf_counter()
-    registered = register(settings, result, evaluation=evaluation, gate_report=report)
+    registered = register(ws, result, evaluation=evaluation, gate_report=report)
+    ws.close()
     end = time.perf_counter()
     t = result.timings
     eval_tracking = evaluation.timings.get("tracking", 0.0)

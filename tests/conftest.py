@@ -1,4 +1,5 @@
-"""Shared fixtures: every test gets a clean FLYWHEEL_* environment and its own home folder."""
+"""Shared fixtures: every test gets a clean FLYWHEEL_* environment and its own home folder;
+``ws`` is the workspace built from those settings, as the CLI and the pipelines build it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from flywheel.config import Settings, load_settings
+from flywheel.workspace import Workspace
 
 
 @pytest.fixture(autouse=True)
@@ -25,3 +27,10 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None
 def settings(tmp_path: Path) -> Settings:
     """Embedded-default settings rooted in a per-test folder."""
     return load_settings(home=tmp_path / "fw")
+
+
+@pytest.fixture
+def ws(settings: Settings) -> Iterator[Workspace]:
+    """The workspace of ``settings`` (closed after the test)."""
+    with Workspace(settings) as workspace:
+        yield workspace

@@ -1,36 +1,23 @@
-"""MLflow set-up shared by training and the registry: :func:`configure_mlflow` (URI and
-experiment, for a new training run), :func:`use_tracking` (URI only, for existing runs and
-models) and :func:`log_model` (``Model.log`` without MLflow's serving-input check).
+"""MLflow helpers shared by training and the registry: the tag names written on runs and
+versions (:data:`TAG`), :func:`git_commit`, and :func:`log_model` (``Model.log`` without
+MLflow's serving-input check).
 
-MLflow 3 creates its SQLite schema on first use, and several processes creating a fresh
-database at once fail on migrations; the first creation is serialised with a file lock.
+The MLflow client, the experiment and the scoped tracking URI the fluent API needs come
+from the :class:`~flywheel.workspace.Workspace` (``ws.client``, ``ws.experiment_id``,
+``with ws.tracking():``); nothing here sets MLflow's process-global tracking URI.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
-
-from flywheel.config import Settings
-from flywheel.errors import RegistryError
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
-__all__ = [
-    "TAG",
-    "configure_mlflow",
-    "git_commit",
-    "log_model",
-    "use_tracking",
-]
+__all__ = ["TAG", "git_commit", "log_model"]
 
 log = logging.getLogger("flywheel.tracking")
 
@@ -52,74 +39,6 @@ TAG = {
     "threshold_objective": "flywheel.threshold_objective",
     "inputs_sha256": "flywheel.inputs_sha256",
 }
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def configure_mlflow(settings: Settings) -> str:
-    """Point MLflow at the configured tracking URI and experiment; returns the experiment id."""
-    uri = _point_at(settings)
-    try:
-        if uri.startswith("sqlite:///"):
-            db = Path(uri.removeprefix("sqlite:///"))
-            with _file_lock(db.with_name(db.name + ".lock")):
-                return _ensure_experiment(settings)
-        return _ensure_experiment(settings)
-    except Exception as exc:  # MLflow raises many types; translate at the boundary
-        if isinstance(exc, RegistryError):
-            raise
-        raise RegistryError(
-            f"Cannot use the MLflow tracking store {uri!r}: {exc}. "
-            "Check tracking.uri (FLYWHEEL_TRACKING__URI) and that the server is up.",
-            uri=uri,
-        ) from exc
-
-
-def use_tracking(settings: Settings) -> None:
-    """Point MLflow at the configured tracking URI, for work on runs and models that exist
-    already (evaluation records, gate reports, the registry). Unlike
-    :func:`configure_mlflow` it does not look the experiment up (two store round trips);
-    a SQLite tracking database that does not exist yet is created the locked way."""
-    uri = settings.tracking.uri or ""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        configure_mlflow(settings)
-    else:
-        _point_at(settings)
-
-
-def _point_at(settings: Settings) -> str:
-    """Set MLflow's tracking URI (and its quiet defaults); returns the URI."""
-    import mlflow
-
-    uri = settings.tracking.uri or ""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-    mlflow.set_tracking_uri(uri)
-    return uri
-
-
-def _ensure_experiment(settings: Settings) -> str:
-    import mlflow
-
-    name = settings.tracking.experiment
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is None:
-        exp_id = mlflow.create_experiment(
-            name, artifact_location=settings.tracking.artifact_location
-        )
-    else:
-        exp_id = exp.experiment_id
-    mlflow.set_experiment(experiment_id=exp_id)
-    return str(exp_id)
 
 
 def git_commit() -> str | None:

@@ -17,6 +17,7 @@ from flywheel.data.snapshots import ingest
 from flywheel.training.params import SearchParams, TrainParams
 from flywheel.training.search import storage_url
 from flywheel.training.train import train
+from flywheel.workspace import Workspace
 
 pytestmark = pytest.mark.integration
 
@@ -93,9 +94,9 @@ def test_two_train_calls_join_the_same_study(
     params = TrainParams(
         hyperparams={"max_iter": 15}, cv_folds=2, search=SearchParams(trials=5, space=space)
     )
-    first = train(settings, snapshot_id, params, trials=2, storage=pg_url)
+    first = train(Workspace(settings), snapshot_id, params, trials=2, storage=pg_url)
     settings.training.optuna_storage = pg_url  # the second worker finds it in the settings
-    second = train(settings, snapshot_id, params, trials=2)
+    second = train(Workspace(settings), snapshot_id, params, trials=2)
     assert first.best_trial is not None and second.best_trial is not None
     assert first.best_trial["study"] == second.best_trial["study"]
     assert (first.best_trial["trials_total"], second.best_trial["trials_total"]) == (2, 4)

@@ -14,8 +14,10 @@ import pytest
 from flywheel.config import load_settings
 from flywheel.data.snapshots import read_snapshot
 from flywheel.pipelines.steps import run_loop
-from flywheel.registry.models import list_versions, load_champion
+from flywheel.registry.aliases import list_versions
+from flywheel.registry.artifacts import load_champion
 from flywheel.training.params import TrainParams
+from flywheel.workspace import Workspace
 from tests.integration.conftest import MlflowServer, S3Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -33,7 +35,8 @@ def test_loop_on_postgres_s3_and_mlflow_server(
         # A small world for speed: this test is about the services, not model quality.
         gates={"min_metrics": {"roc_auc": 0.6}, "max_slice_gap": {"roc_auc": 0.5}},
     )
-    result = run_loop(settings, days=200, customers=1200, params=TrainParams(cv_folds=2))
+    ws = Workspace(settings)
+    result = run_loop(ws, days=200, customers=1200, params=TrainParams(cv_folds=2))
 
     assert result.outcome.version == "1"
     assert result.outcome.promoted
@@ -48,8 +51,8 @@ def test_loop_on_postgres_s3_and_mlflow_server(
     assert any(k.startswith("mlartifacts/") and k.endswith("model.onnx") for k in keys)
     assert len(read_snapshot(settings, result.snapshot_id)) > 1000
     # The registry answers through the MLflow server, and the champion's ONNX verifies.
-    versions = list_versions(settings)
+    versions = list_versions(ws)
     assert [v.version for v in versions] == ["1"]
     assert "champion" in versions[0].aliases
-    champion = load_champion(settings)
+    champion = load_champion(ws)
     assert champion is not None and champion.version == "1"

@@ -12,13 +12,14 @@ import pytest
 from flywheel.config import GateSettings, Settings, load_settings
 from flywheel.data.snapshots import ingest
 from flywheel.errors import ConfigError
-from flywheel.tracking import TAG, configure_mlflow
+from flywheel.tracking import TAG
 from flywheel.training.evaluate import ChampionModel, Evaluation, evaluate, score_slices
 from flywheel.training.features import prepare_frame
 from flywheel.training.gates import GateReport, check_gates, record_gates
 from flywheel.training.metrics import higher_is_better, score
 from flywheel.training.params import TrainParams
 from flywheel.training.train import TrainResult, load_pipeline, train
+from flywheel.workspace import Workspace
 
 # ---------------------------------------------------------------- metrics
 
@@ -230,20 +231,23 @@ PARAMS = TrainParams(
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, str, TrainResult]]:
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace, str, TrainResult]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FLYWHEEL_CONFIG", "/nonexistent/flywheel.yaml")
         settings = load_settings(home=tmp_path_factory.mktemp("eval") / "fw")
         snapshot_id = _snapshot(settings, _churn(1500), "y")
-        yield settings, snapshot_id, train(settings, snapshot_id, PARAMS)
+        with Workspace(settings) as ws:
+            yield ws, snapshot_id, train(ws, snapshot_id, PARAMS)
 
 
 @pytest.mark.slow
-def test_evaluate_scores_the_holdout_and_records_it(run: tuple[Settings, str, TrainResult]) -> None:
+def test_evaluate_scores_the_holdout_and_records_it(
+    run: tuple[Workspace, str, TrainResult],
+) -> None:
     import mlflow
 
-    settings, _, result = run
-    pipeline = load_pipeline(settings, result.run_id)
+    ws, _, result = run
+    pipeline = load_pipeline(ws, result.run_id)
 
     def same_model(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         proba = pipeline.predict_proba(prepare_frame(frame, result.feature_specs))
@@ -252,7 +256,7 @@ def test_evaluate_scores_the_holdout_and_records_it(run: tuple[Settings, str, Tr
     assert result.threshold is not None
     threshold = result.threshold.value
     champion = ChampionModel("7", same_model, threshold=threshold)
-    ev = evaluate(settings, result.run_id, champion=champion)
+    ev = evaluate(ws, result.run_id, champion=champion)
     assert ev.primary_metric == "roc_auc" and ev.rows == 300
     assert set(ev.metrics) == {
         "roc_auc",
@@ -281,8 +285,7 @@ def test_evaluate_scores_the_holdout_and_records_it(run: tuple[Settings, str, Tr
         "plots/importance.png",
     }
 
-    configure_mlflow(settings)
-    client = mlflow.MlflowClient()
+    client = ws.client
     logged = client.get_run(result.run_id).data.metrics
     assert logged["holdout_roc_auc"] == pytest.approx(ev.metrics["roc_auc"])
     assert logged["champion_roc_auc"] == pytest.approx(ev.metrics["roc_auc"])
@@ -292,17 +295,40 @@ def test_evaluate_scores_the_holdout_and_records_it(run: tuple[Settings, str, Tr
     stored = mlflow.artifacts.load_dict(f"{uri}/evaluation.json")
     assert stored["slice_gaps"] == ev.slice_gaps
 
-    report = check_gates(settings.gates, ev)
+    report = check_gates(ws.settings.gates, ev)
     assert any(r.gate == "vs_champion" and r.passed for r in report.results)
-    record_gates(settings, result.run_id, report)
+    record_gates(ws, result.run_id, report)
     run_data = client.get_run(result.run_id).data
     assert run_data.tags[TAG["gates"]] == ("passed" if report.passed else "failed")
     assert mlflow.artifacts.load_dict(f"{uri}/gate_report.json") == report.to_dict()
 
 
 @pytest.mark.slow
-def test_a_worse_champion_and_a_broken_one(run: tuple[Settings, str, TrainResult]) -> None:
-    settings, _, result = run
+def test_a_fresh_result_is_evaluated_on_the_holdout_training_holds(
+    run: tuple[Workspace, str, TrainResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after training, evaluation neither downloads the pipeline nor re-reads and
+    re-splits the snapshot: it scores the holdout the TrainResult holds, which is exactly
+    the holdout a run id re-derives."""
+    from flywheel.training import evaluate as evaluation
+
+    ws, _, result = run
+    by_id = evaluate(ws, result.run_id)  # re-derived from the snapshot, pipeline downloaded
+    assert result.holdout is not None and len(result.holdout) == by_id.rows == 300
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("evaluation re-read what training holds")
+
+    for name in ("load_holdout", "load_pipeline", "load_training_meta"):
+        monkeypatch.setattr(evaluation, name, refuse)
+    held = evaluate(ws, result)
+    assert held.metrics == by_id.metrics and held.slices == by_id.slices
+    assert held.rows == by_id.rows
+
+
+@pytest.mark.slow
+def test_a_worse_champion_and_a_broken_one(run: tuple[Workspace, str, TrainResult]) -> None:
+    ws, _, result = run
     rng = np.random.default_rng(0)
 
     def coin(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -310,7 +336,7 @@ def test_a_worse_champion_and_a_broken_one(run: tuple[Settings, str, TrainResult
         return (p > 0.5).astype(int), np.c_[1 - p, p]
 
     better = check_gates(
-        settings.gates, evaluate(settings, result.run_id, champion=ChampionModel("1", coin))
+        ws.settings.gates, evaluate(ws, result.run_id, champion=ChampionModel("1", coin))
     )
     (vs,) = [r for r in better.results if r.gate == "vs_champion"]
     assert vs.passed
@@ -318,31 +344,31 @@ def test_a_worse_champion_and_a_broken_one(run: tuple[Settings, str, TrainResult
     def broken(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         raise KeyError("tenure")
 
-    ev = evaluate(settings, result.run_id, champion=ChampionModel("2", broken))
+    ev = evaluate(ws, result.run_id, champion=ChampionModel("2", broken))
     assert ev.champion_metrics is None and "KeyError" in (ev.champion_error or "")
-    assert not check_gates(settings.gates, ev).passed
+    assert not check_gates(ws.settings.gates, ev).passed
 
 
 @pytest.mark.slow
 def test_same_snapshot_params_and_seed_reproduce_the_holdout_metrics(
-    run: tuple[Settings, str, TrainResult],
+    run: tuple[Workspace, str, TrainResult],
 ) -> None:
-    settings, snapshot_id, first = run
-    second = train(settings, snapshot_id, PARAMS)
+    ws, snapshot_id, first = run
+    second = train(ws, snapshot_id, PARAMS)
     assert second.run_id != first.run_id
     assert second.cv_metrics == first.cv_metrics
-    assert evaluate(settings, second.run_id).metrics == evaluate(settings, first.run_id).metrics
+    assert evaluate(ws, second.run_id).metrics == evaluate(ws, first.run_id).metrics
 
 
 @pytest.mark.slow
-def test_evaluate_a_regression_run(settings: Settings) -> None:
+def test_evaluate_a_regression_run(ws: Workspace) -> None:
     df = _churn(600).drop(columns=["y"])
     df["spend"] = (
         df.tenure_months * 2.5 + df.tickets_90d * 4 + np.random.default_rng(3).normal(0, 5, len(df))
     )
-    snapshot_id = _snapshot(settings, df, "spend")
-    result = train(settings, snapshot_id, PARAMS.model_copy(update={"cv_folds": 0}))
-    ev = evaluate(settings, result.run_id)
+    snapshot_id = _snapshot(ws.settings, df, "spend")
+    result = train(ws, snapshot_id, PARAMS.model_copy(update={"cv_folds": 0}))
+    ev = evaluate(ws, result.run_id)
     assert ev.task == "regression" and ev.primary_metric == "rmse"
     assert set(ev.metrics) == {"rmse", "mae", "r2"} and ev.metrics["r2"] > 0.5
     assert set(ev.plots) == {
@@ -350,7 +376,7 @@ def test_evaluate_a_regression_run(settings: Settings) -> None:
         "plots/residuals.png",
         "plots/importance.png",
     }
-    report = check_gates(settings.gates, ev)  # default gates: r2 >= 0.10, no roc_auc gate
+    report = check_gates(ws.settings.gates, ev)  # default gates: r2 >= 0.10, no roc_auc gate
     assert [r.metric for r in report.results if r.gate == "min_metric"] == ["r2"]
 
 
@@ -362,29 +388,28 @@ def test_champion_is_compared_only_on_rows_it_did_not_train_on(tmp_path: object)
     from flywheel.training.train import training_keys
 
     settings = load_settings(home=tmp_path / "fw")  # type: ignore[operator]
+    ws = Workspace(settings)
     first = _churn(1500)
-    a = train(settings, _snapshot(settings, first, "y"), PARAMS)
+    a = train(ws, _snapshot(ws.settings, first, "y"), PARAMS)
     newer = pd.concat([first, _churn(1000, seed=1).assign(customer_id=np.arange(1500, 2500))])
-    b = train(settings, _snapshot(settings, newer, "y"), PARAMS)
-    pipeline = load_pipeline(settings, a.run_id)
+    b = train(ws, _snapshot(ws.settings, newer, "y"), PARAMS)
+    pipeline = load_pipeline(ws, a.run_id)
 
     def champion_predict(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         proba = pipeline.predict_proba(prepare_frame(frame, a.feature_specs))
         return proba.argmax(axis=1), proba
 
-    ev = evaluate(
-        settings, b.run_id, champion=ChampionModel("1", champion_predict, run_id=a.run_id)
-    )
-    seen_by_a = set(training_keys(settings, a.run_id)["customer_id"].astype(str))  # type: ignore[index]
+    ev = evaluate(ws, b.run_id, champion=ChampionModel("1", champion_predict, run_id=a.run_id))
+    seen_by_a = set(training_keys(ws, a.run_id)["customer_id"].astype(str))  # type: ignore[index]
     from flywheel.training.train import load_holdout
 
-    holdout_ids = load_holdout(settings, b.run_id)[0]["customer_id"].astype(str)
+    holdout_ids = load_holdout(ws, b.run_id)[0]["customer_id"].astype(str)
     expected_seen = int(holdout_ids.isin(seen_by_a).sum())
     assert expected_seen > 0
     assert ev.champion_seen_rows == expected_seen
     assert ev.comparison_rows == ev.rows - expected_seen
     assert ev.comparison_metrics is not None and ev.comparison_metrics != ev.metrics
-    gate = next(r for r in check_gates(settings.gates, ev).results if r.gate == "vs_champion")
+    gate = next(r for r in check_gates(ws.settings.gates, ev).results if r.gate == "vs_champion")
     assert f"on the {ev.comparison_rows} holdout rows the champion did not train on" in gate.detail
     assert gate.value == pytest.approx(ev.comparison_metrics["roc_auc"])
 
@@ -398,15 +423,16 @@ def test_labels_are_made_at_each_models_own_threshold(tmp_path: object) -> None:
     from flywheel.training.train import encode_target, load_holdout
 
     settings = load_settings(home=tmp_path / "fw")  # type: ignore[operator]
+    ws = Workspace(settings)
     fixed = ThresholdParams(objective="fixed", value=0.25)
     result = train(
-        settings,
-        _snapshot(settings, _churn(1500), "y"),
+        ws,
+        _snapshot(ws.settings, _churn(1500), "y"),
         PARAMS.model_copy(update={"threshold": fixed}),
     )
     assert result.pipeline is not None
     pipeline = result.pipeline
-    X_raw, y_raw = load_holdout(settings, result.run_id)
+    X_raw, y_raw = load_holdout(ws, result.run_id)
     y = encode_target(y_raw, "classification", [0, 1])
     p = pipeline.predict_proba(prepare_frame(X_raw, result.feature_specs))[:, 1]
 
@@ -414,7 +440,7 @@ def test_labels_are_made_at_each_models_own_threshold(tmp_path: object) -> None:
         proba = pipeline.predict_proba(prepare_frame(frame, result.feature_specs))
         return proba.argmax(axis=1), proba
 
-    ev = evaluate(settings, result, champion=ChampionModel("1", same_model, threshold=0.7))
+    ev = evaluate(ws, result, champion=ChampionModel("1", same_model, threshold=0.7))
     at = {t: skm.f1_score(y, (p >= t).astype(int)) for t in (float(np.float32(0.25)), 0.5, 0.7)}
     assert len({round(v, 6) for v in at.values()}) == 3  # the thresholds matter on this data
     assert ev.threshold == float(np.float32(0.25))
@@ -440,9 +466,10 @@ def test_multiclass_champion_with_float32_probabilities_does_not_warn(tmp_path: 
     from flywheel.training.train import load_holdout
 
     settings = load_settings(home=tmp_path / "fw")  # type: ignore[operator]
+    ws = Workspace(settings)
     df = _churn(900)
     df["plan"] = np.digitize(df.tickets_90d + df.tenure_months / 20, [2.5, 4.5])  # 3 classes
-    result = train(settings, _snapshot(settings, df.drop(columns=["y"]), "plan"), PARAMS)
+    result = train(ws, _snapshot(ws.settings, df.drop(columns=["y"]), "plan"), PARAMS)
     assert result.classes == [0, 1, 2] and result.threshold is None  # multiclass: argmax
     assert result.pipeline is not None
     session = make_session(
@@ -452,7 +479,7 @@ def test_multiclass_champion_with_float32_probabilities_does_not_warn(tmp_path: 
     def onnx_champion(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
         return onnx_predict(session, frame, result.feature_specs, task="classification")
 
-    X_raw, y_raw = load_holdout(settings, result.run_id)
+    X_raw, y_raw = load_holdout(ws, result.run_id)
     _, proba = onnx_champion(X_raw)
     assert proba is not None and proba.dtype == np.float32
     with pytest.warns(UserWarning, match="do not sum to one"):  # the precondition
@@ -460,7 +487,7 @@ def test_multiclass_champion_with_float32_probabilities_does_not_warn(tmp_path: 
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ev = evaluate(settings, result, champion=ChampionModel("1", onnx_champion))
+        ev = evaluate(ws, result, champion=ChampionModel("1", onnx_champion))
     sums = [str(w.message) for w in caught if "do not sum to one" in str(w.message)]
     assert sums == []
     assert ev.champion_error is None and ev.champion_metrics is not None

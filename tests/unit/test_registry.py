@@ -12,12 +12,13 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 
-from flywheel.config import Settings, load_settings
+from flywheel.config import load_settings
 from flywheel.data.snapshots import ingest
 from flywheel.errors import GateFailed, NotFound, ParityError, RegistryError
-from flywheel.registry import models as registry
+from flywheel.registry import register as registration
+from flywheel.registry.aliases import approve, history, list_versions, promote, rollback
+from flywheel.registry.artifacts import fetch_model_artifacts, load_champion
 from flywheel.registry.audit import AuditLog
 from flywheel.registry.onnx_export import export_onnx, make_session
 from flywheel.training.evaluate import Evaluation
@@ -25,11 +26,12 @@ from flywheel.training.features import build_pipeline, prepare_frame
 from flywheel.training.gates import GateReport, GateResult
 from flywheel.training.params import TrainParams
 from flywheel.training.train import TrainResult, load_holdout, train
+from flywheel.workspace import Workspace
 
 
 @dataclass
 class World:
-    settings: Settings
+    ws: Workspace
     result: TrainResult
     evaluation: Evaluation
     gates: GateReport
@@ -81,14 +83,15 @@ def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def world(settings: Settings, tmp_path: Path, migrated_mlflow_db: Path) -> World:
+def world(ws: Workspace, tmp_path: Path, migrated_mlflow_db: Path) -> World:
+    settings = ws.settings
     settings.home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(migrated_mlflow_db, settings.home / "mlflow.db")
     path = tmp_path / "churn.parquet"
     _churn_frame().to_parquet(path)
     manifest = ingest(settings, file=path, target="churned").manifest
     params = TrainParams(family="hist_gb", hyperparams={"max_iter": 20}, cv_folds=0)
-    result = train(settings, manifest.id, params)
+    result = train(ws, manifest.id, params)
     evaluation = Evaluation(
         run_id=result.run_id,
         task=result.task,
@@ -96,26 +99,26 @@ def world(settings: Settings, tmp_path: Path, migrated_mlflow_db: Path) -> World
         metrics={"roc_auc": 0.81, "log_loss": 0.52},
         slice_gaps={"region": {"roc_auc": 0.05}, "contract_type": {"roc_auc": 0.12}},
     )
-    return World(settings, result, evaluation, _gates(True))
+    return World(ws, result, evaluation, _gates(True))
 
 
-def _register(w: World) -> registry.RegisteredVersion:
-    return registry.register(w.settings, w.result, evaluation=w.evaluation, gate_report=w.gates)
+def _register(w: World) -> registration.RegisteredVersion:
+    return registration.register(w.ws, w.result, evaluation=w.evaluation, gate_report=w.gates)
 
 
-def _champion(settings: Settings) -> str | None:
-    aliases = MlflowClient().get_registered_model(settings.registry.model_name).aliases
+def _champion(ws: Workspace) -> str | None:
+    aliases = ws.client.get_registered_model(ws.settings.registry.model_name).aliases
     version = aliases.get("champion")
     return None if version is None else str(version)
 
 
-def _as(settings: Settings, user: str, **registry_settings: object) -> Settings:
-    return load_settings(home=settings.home, user=user, registry=registry_settings)
+def _as(ws: Workspace, user: str, **registry_settings: object) -> Workspace:
+    return Workspace(load_settings(home=ws.settings.home, user=user, registry=registry_settings))
 
 
 def test_register_writes_version_alias_tags_card_and_audit(world: World) -> None:
     reg = _register(world)
-    client = MlflowClient()
+    client = world.ws.client
     mv = client.get_model_version("churn", reg.version)
     assert reg.version == "1" and reg.aliases == ["challenger"]
     assert client.get_registered_model("churn").aliases == {"challenger": 1}
@@ -132,7 +135,7 @@ def test_register_writes_version_alias_tags_card_and_audit(world: World) -> None
     metrics = client.get_run(world.result.run_id).data.metrics
     assert metrics["onnx_parity_rows_over_tolerance"] == 0.0
 
-    art = registry.fetch_model_artifacts(world.settings, "challenger")
+    art = fetch_model_artifacts(world.ws, "challenger")
     assert hashlib.sha256(art.model_path.read_bytes()).hexdigest() == reg.onnx_sha256
     assert art.version == "1" and art.task == "classification" and art.classes == [0, 1]
     assert [s.name for s in art.feature_specs] == [s.name for s in world.result.feature_specs]
@@ -157,8 +160,8 @@ def test_register_writes_version_alias_tags_card_and_audit(world: World) -> None
         assert text in card, text
     assert card.index("contract_type | roc_auc") < card.index("region | roc_auc")
 
-    (entry,) = registry.history(world.settings)
-    assert (entry.action, entry.to_version, entry.who) == ("register", "1", world.settings.user)
+    (entry,) = history(world.ws)
+    assert (entry.action, entry.to_version, entry.who) == ("register", "1", world.ws.settings.user)
 
 
 def test_registered_onnx_model_loads_through_mlflow(world: World) -> None:
@@ -172,9 +175,11 @@ def test_registered_onnx_model_loads_through_mlflow(world: World) -> None:
 
     reg = _register(world)
     uri = f"models:/churn/{reg.version}"
-    proto = mlflow.onnx.load_model(uri)
+    with world.ws.tracking():  # MLflow's loaders resolve models:/ with the global URI
+        proto = mlflow.onnx.load_model(uri)
+        folder = Path(mlflow.artifacts.download_artifacts(uri))
+        loaded = mlflow.pyfunc.load_model(uri)  # MLflow's ONNX loader builds its session
     assert hashlib.sha256(proto.SerializeToString()).hexdigest() == reg.onnx_sha256
-    folder = Path(mlflow.artifacts.download_artifacts(uri))
     assert hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest() == reg.onnx_sha256
     flavor = Model.load(str(folder)).flavors["onnx"]
     assert flavor["providers"] == ["CPUExecutionProvider"]
@@ -194,7 +199,6 @@ def test_registered_onnx_model_loads_through_mlflow(world: World) -> None:
         .reshape(-1, 1)
         for c in example
     }
-    loaded = mlflow.pyfunc.load_model(uri)  # MLflow's ONNX loader builds its session
     assert loaded.metadata.get_input_schema().input_names() == list(example.columns)
     labels = make_session(proto.SerializeToString()).run(None, feeds)[0]
     assert len(labels) == len(example)
@@ -209,19 +213,19 @@ def test_register_reuses_what_training_and_evaluation_hold(
     from flywheel.training.evaluate import evaluate
 
     reloaded = _register(world).parity  # world.evaluation holds no predictions: loads back
-    evaluation = evaluate(world.settings, world.result)
+    evaluation = evaluate(world.ws, world.result)
     assert evaluation.holdout is not None and "holdout" not in evaluation.to_dict()
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("registration loaded what it already had")
 
-    monkeypatch.setattr(registry, "load_pipeline", refuse)
-    monkeypatch.setattr(registry, "load_holdout", refuse)
-    reg = registry.register(
-        world.settings, world.result, evaluation=evaluation, gate_report=world.gates
+    monkeypatch.setattr(registration, "load_pipeline", refuse)
+    monkeypatch.setattr(registration, "load_holdout", refuse)
+    reg = registration.register(
+        world.ws, world.result, evaluation=evaluation, gate_report=world.gates
     )
     assert reg.parity == reloaded and reg.parity.rows == 60
-    client = MlflowClient()
+    client = world.ws.client
     mv = client.get_model_version("churn", reg.version)
     assert mv.tags["flywheel.onnx_sha256"] == reg.onnx_sha256
     model_id = mv.source.removeprefix("models:/")
@@ -238,25 +242,25 @@ def test_failed_gate_raises_and_leaves_the_registry_unchanged(world: World) -> N
     with pytest.raises(GateFailed, match=r"1 quality gate\(s\): max_slice_gap\(roc_auc\)") as exc:
         _register(world)
     assert exc.value.details["failed"][0]["gate"] == "max_slice_gap"
-    assert registry.list_versions(world.settings) == []
-    assert registry.history(world.settings) == []
+    assert list_versions(world.ws) == []
+    assert history(world.ws) == []
 
 
 def test_parity_failure_registers_nothing(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fault injection: the export returns a different model's ONNX graph."""
-    frame, y = load_holdout(world.settings, world.result.run_id)
+    frame, y = load_holdout(world.ws, world.result.run_id)
     specs = world.result.feature_specs
     other = build_pipeline(
         specs, task="classification", family="logreg", hyperparams={}, ratios=[], seed=0
     ).fit(prepare_frame(frame, specs), 1 - y.to_numpy())
     wrong = export_onnx(other, specs, task="classification")
-    monkeypatch.setattr(registry, "export_onnx", lambda *a, **k: wrong)
+    monkeypatch.setattr(registration, "export_onnx", lambda *a, **k: wrong)
     with pytest.raises(ParityError, match="Nothing was registered") as exc:
         _register(world)
     assert exc.value.details["parity"]["rows_over_tolerance"] > 0
-    assert registry.list_versions(world.settings) == []
-    assert registry.history(world.settings) == []
-    metrics = MlflowClient().get_run(world.result.run_id).data.metrics
+    assert list_versions(world.ws) == []
+    assert history(world.ws) == []
+    metrics = world.ws.client.get_run(world.result.run_id).data.metrics
     assert metrics["onnx_parity_max_abs_diff"] > 1e-4
 
 
@@ -272,28 +276,28 @@ def test_failure_after_the_version_exists_undoes_it(
     with pytest.raises(RegistryError, match="audit database is down"):
         _register(world)
     monkeypatch.undo()
-    assert [v.version for v in registry.list_versions(world.settings)] == ["1"]
-    assert MlflowClient().get_registered_model("churn").aliases == {"challenger": 1}
-    assert [e.to_version for e in registry.history(world.settings)] == ["1"]
+    assert [v.version for v in list_versions(world.ws)] == ["1"]
+    assert world.ws.client.get_registered_model("churn").aliases == {"challenger": 1}
+    assert [e.to_version for e in history(world.ws)] == ["1"]
 
 
 def test_promote_and_rollback_twice_walk_back_like_a_stack(world: World) -> None:
-    s = world.settings
+    s = world.ws
     versions = [_register(world).version for _ in range(3)]
     assert versions == ["1", "2", "3"]
-    assert registry.load_champion(s) is None
+    assert load_champion(s) is None
     for v in versions:
-        out = registry.promote(s, v, reason=f"ship {v}")
+        out = promote(s, v, reason=f"ship {v}")
         assert not out.pending and _champion(s) == v
-    assert registry.rollback(s, reason="bad").entry.to_version == "2"
+    assert rollback(s, reason="bad").entry.to_version == "2"
     assert _champion(s) == "2"
-    second = registry.rollback(s, reason="still bad")
+    second = rollback(s, reason="still bad")
     assert (second.entry.from_version, second.entry.to_version) == ("2", "1")
     assert _champion(s) == "1"
     with pytest.raises(RegistryError, match="Nothing to roll back to"):
-        registry.rollback(s, reason="again")
+        rollback(s, reason="again")
     assert _champion(s) == "1"
-    actions = [(e.action, e.from_version, e.to_version) for e in registry.history(s)]
+    actions = [(e.action, e.from_version, e.to_version) for e in history(s)]
     assert actions[3:] == [
         ("promote", None, "1"),
         ("promote", "1", "2"),
@@ -301,66 +305,68 @@ def test_promote_and_rollback_twice_walk_back_like_a_stack(world: World) -> None
         ("rollback", "3", "2"),
         ("rollback", "2", "1"),
     ]
-    assert AuditLog(s.registry.audit_url or "").verify() == []
-    infos = {v.version: v.aliases for v in registry.list_versions(s)}
+    assert s.audit.verify() == []
+    infos = {v.version: v.aliases for v in list_versions(s)}
     assert infos == {"1": ["champion"], "2": [], "3": ["challenger"]}
 
 
 def test_approval_needs_a_second_person(world: World) -> None:
-    alice = _as(world.settings, "alice", require_approval=True)
-    bob = _as(world.settings, "bob", require_approval=True)
+    alice = _as(world.ws, "alice", require_approval=True)
+    bob = _as(world.ws, "bob", require_approval=True)
     version = _register(world).version
     with pytest.raises(RegistryError, match="No pending promotion"):
-        registry.approve(bob, version, reason="lgtm")
-    out = registry.promote(alice, version, reason="better auc")
+        approve(bob, version, reason="lgtm")
+    out = promote(alice, version, reason="better auc")
     assert out.pending and out.entry.action == "promote_requested"
-    assert MlflowClient().get_registered_model("churn").aliases.get("champion") is None
-    assert MlflowClient().get_model_version("churn", version).tags["flywheel.approval"] == "pending"
+    assert world.ws.client.get_registered_model("churn").aliases.get("champion") is None
+    assert (
+        world.ws.client.get_model_version("churn", version).tags["flywheel.approval"] == "pending"
+    )
     with pytest.raises(RegistryError, match="already waiting for approval"):
-        registry.promote(alice, version, reason="again")
+        promote(alice, version, reason="again")
     with pytest.raises(RegistryError, match="four-eyes"):
-        registry.approve(alice, version, reason="self-approval")
-    approved = registry.approve(bob, version, reason="lgtm")
+        approve(alice, version, reason="self-approval")
+    approved = approve(bob, version, reason="lgtm")
     assert (approved.entry.action, approved.entry.who) == ("approve", "bob")
     assert approved.extra["requested_by"] == "alice"
-    assert _champion(world.settings) == version
+    assert _champion(world.ws) == version
     with pytest.raises(RegistryError, match="No pending promotion"):
-        registry.approve(bob, version, reason="twice")
+        approve(bob, version, reason="twice")
 
 
 def test_bad_requests_name_the_problem(world: World) -> None:
-    s = world.settings
+    s = world.ws
     with pytest.raises(NotFound, match=r"existing versions: none"):
-        registry.promote(s, "7", reason="x")
+        promote(s, "7", reason="x")
     _register(world)
     message = r"Model 'churn' has no version '7'; existing versions: \['1'\]"
     with pytest.raises(NotFound, match=message):
-        registry.promote(s, "7", reason="x")
+        promote(s, "7", reason="x")
     with pytest.raises(RegistryError, match="--reason"):
-        registry.promote(s, "1", reason="  ")
+        promote(s, "1", reason="  ")
     with pytest.raises(NotFound, match="no version with alias 'champion'"):
-        registry.fetch_model_artifacts(s, "champion")
-    registry.promote(s, "1", reason="ok")
+        fetch_model_artifacts(s, "champion")
+    promote(s, "1", reason="ok")
     with pytest.raises(RegistryError, match="already the champion"):
-        registry.promote(s, "1", reason="ok")
+        promote(s, "1", reason="ok")
 
 
 def test_tampered_onnx_artifact_is_refused(world: World) -> None:
-    s = world.settings
+    s = world.ws
     reg = _register(world)
-    registry.promote(s, reg.version, reason="ship")
-    champion = registry.load_champion(s)
+    promote(s, reg.version, reason="ship")
+    champion = load_champion(s)
     assert champion is not None and champion.version == "1"
     frame, _ = load_holdout(s, world.result.run_id)
     labels, proba = champion.predict(frame.head(5))
     assert labels.shape == (5,) and proba is not None and proba.shape == (5, 2)
 
-    client = MlflowClient()
+    client = world.ws.client
     model_id = client.get_model_version("churn", "1").source.removeprefix("models:/")
     stored = Path(client.get_logged_model(model_id).artifact_location) / "model.onnx"
     stored.write_bytes(stored.read_bytes() + b"\x00")
     with pytest.raises(RegistryError, match="changed after registration"):
-        registry.load_champion(s)
+        load_champion(s)
 
 
 def test_concurrent_fetches_of_one_version_all_get_a_whole_checked_copy(world: World) -> None:
@@ -369,12 +375,12 @@ def test_concurrent_fetches_of_one_version_all_get_a_whole_checked_copy(world: W
     from concurrent.futures import ThreadPoolExecutor
 
     reg = _register(world)
-    target = world.settings.home / "models" / "churn" / reg.version
+    target = world.ws.settings.home / "models" / "churn" / reg.version
     target.mkdir(parents=True)
     (target / "model.onnx").write_bytes(b"a stale, broken copy")
 
     def fetch(_: int) -> str:
-        art = registry.fetch_model_artifacts(world.settings, reg.version)
+        art = fetch_model_artifacts(world.ws, reg.version)
         return hashlib.sha256(art.model_path.read_bytes()).hexdigest()
 
     with ThreadPoolExecutor(8) as pool:
@@ -391,22 +397,22 @@ def test_version_carries_its_threshold_and_serves_labels_at_it(world: World) -> 
     """The threshold chosen at training is in the version's tags, specs, card and ONNX
     graph: the serving core's labels are the positive class where p >= threshold."""
     from flywheel.registry.onnx_export import onnx_feeds
-    from flywheel.serving.models import load_model
+    from flywheel.serving.loading import load_model
 
     reg = _register(world)
     choice = world.result.threshold
     assert choice is not None and choice.source == "validation_split"  # cv_folds=0
-    tags = MlflowClient().get_model_version("churn", reg.version).tags
+    tags = world.ws.client.get_model_version("churn", reg.version).tags
     assert float(tags["flywheel.threshold"]) == choice.value
     assert tags["flywheel.threshold_objective"] == "f1"
     assert tags["flywheel.inputs_sha256"] == world.result.inputs_sha256
     assert "## Decision threshold" in reg.card_markdown
     assert f">= **{choice.value:.4g}**" in reg.card_markdown
 
-    art = registry.fetch_model_artifacts(world.settings, reg.version)
+    art = fetch_model_artifacts(world.ws, reg.version)
     assert art.threshold == choice.value
     served = load_model(art.model_path, art.feature_specs, art.onnx_sha256)
-    X, _ = load_holdout(world.settings, world.result.run_id)
+    X, _ = load_holdout(world.ws, world.result.run_id)
     feeds = onnx_feeds(X, art.feature_specs)
     labels, _ = served.run([feeds[s.name] for s in art.feature_specs])
     assert world.result.pipeline is not None
@@ -415,8 +421,8 @@ def test_version_carries_its_threshold_and_serves_labels_at_it(world: World) -> 
     assert np.array_equal(labels, expected)
     assert reg.parity.label_mismatches == 0
 
-    registry.promote(world.settings, reg.version, reason="first")
-    champion = registry.load_champion(world.settings)
+    promote(world.ws, reg.version, reason="first")
+    champion = load_champion(world.ws)
     assert champion is not None and champion.threshold == choice.value
 
 
@@ -426,20 +432,20 @@ def test_same_inputs_give_the_same_onnx_bytes_and_other_params_do_not(world: Wor
     another inputs hash, graph name and file."""
     first = _register(world)
     params = TrainParams(family="hist_gb", hyperparams={"max_iter": 20}, cv_folds=0)
-    again = train(world.settings, world.result.snapshot_id, params)
+    again = train(world.ws, world.result.snapshot_id, params)
     assert again.run_id != world.result.run_id
     assert again.inputs_sha256 == world.result.inputs_sha256
-    second = registry.register(
-        world.settings, again, evaluation=world.evaluation, gate_report=world.gates
+    second = registration.register(
+        world.ws, again, evaluation=world.evaluation, gate_report=world.gates
     )
     assert (second.version, second.onnx_sha256) == ("2", first.onnx_sha256)
 
-    other = train(world.settings, world.result.snapshot_id, params.model_copy(update={"seed": 7}))
+    other = train(world.ws, world.result.snapshot_id, params.model_copy(update={"seed": 7}))
     assert other.inputs_sha256 != world.result.inputs_sha256
-    third = registry.register(
-        world.settings, other, evaluation=world.evaluation, gate_report=world.gates
+    third = registration.register(
+        world.ws, other, evaluation=world.evaluation, gate_report=world.gates
     )
     assert third.onnx_sha256 != first.onnx_sha256
-    art = registry.fetch_model_artifacts(world.settings, third.version)
+    art = fetch_model_artifacts(world.ws, third.version)
     graph_name = onnx.load(str(art.model_path)).graph.name
     assert graph_name == f"churn-{other.inputs_sha256[:16]}"

@@ -15,7 +15,7 @@ from flywheel import __version__
 from flywheel.config import Settings, load_settings
 from flywheel.data.snapshots import ingest
 from flywheel.errors import ContractViolation, NotFound, TrainingError
-from flywheel.tracking import TAG, configure_mlflow
+from flywheel.tracking import TAG
 from flywheel.training.features import FeatureSpec, RatioFeature, prepare_frame
 from flywheel.training.params import SearchParams, ThresholdParams, TrainParams
 from flywheel.training.train import (
@@ -27,6 +27,7 @@ from flywheel.training.train import (
     train,
     trusted_types,
 )
+from flywheel.workspace import Workspace
 
 
 def churn_frame(n: int = 1200, seed: int = 0) -> pd.DataFrame:
@@ -64,13 +65,14 @@ PARAMS = TrainParams(
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, TrainResult]]:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace, TrainResult]]:
     """One classification run shared by the tests that only read it."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FLYWHEEL_CONFIG", "/nonexistent/flywheel.yaml")
         settings = load_settings(home=tmp_path_factory.mktemp("train") / "fw")
         snapshot_id = make_snapshot(settings, churn_frame())
-        yield settings, train(settings, snapshot_id, PARAMS)
+        with Workspace(settings) as ws:
+            yield ws, train(ws, snapshot_id, PARAMS)
 
 
 # ---------------------------------------------------------------- fast: pure functions
@@ -102,49 +104,49 @@ def test_trusted_types_refuses_foreign_types() -> None:
 # ---------------------------------------------------------------- errors before any fitting
 
 
-def test_unknown_snapshot_is_not_found(settings: Settings) -> None:
+def test_unknown_snapshot_is_not_found(ws: Workspace) -> None:
     with pytest.raises(NotFound):
-        train(settings, "snap-0000000000000000", PARAMS)
+        train(ws, "snap-0000000000000000", PARAMS)
 
 
-def test_target_must_exist(settings: Settings) -> None:
-    snapshot_id = make_snapshot(settings, churn_frame(200))
+def test_target_must_exist(ws: Workspace) -> None:
+    snapshot_id = make_snapshot(ws.settings, churn_frame(200))
     with pytest.raises(TrainingError, match=r"Target column 'nope' is not in snapshot"):
-        train(settings, snapshot_id, PARAMS.model_copy(update={"target": "nope"}))
+        train(ws, snapshot_id, PARAMS.model_copy(update={"target": "nope"}))
 
 
-def test_family_must_fit_the_inferred_task(settings: Settings) -> None:
+def test_family_must_fit_the_inferred_task(ws: Workspace) -> None:
     df = churn_frame(200).assign(spend=lambda d: d.monthly_fee * 3.7)
-    snapshot_id = make_snapshot(settings, df, target="spend")
+    snapshot_id = make_snapshot(ws.settings, df, target="spend")
     with pytest.raises(TrainingError, match=r"'logreg' cannot do regression"):
-        train(settings, snapshot_id, PARAMS.model_copy(update={"family": "logreg"}))
+        train(ws, snapshot_id, PARAMS.model_copy(update={"family": "logreg"}))
 
 
-def test_drop_columns_must_exist(settings: Settings) -> None:
-    snapshot_id = make_snapshot(settings, churn_frame(200))
+def test_drop_columns_must_exist(ws: Workspace) -> None:
+    snapshot_id = make_snapshot(ws.settings, churn_frame(200))
     with pytest.raises(TrainingError, match=r"drop_columns .* \['ghost'\]"):
-        train(settings, snapshot_id, PARAMS.model_copy(update={"drop_columns": ["ghost"]}))
+        train(ws, snapshot_id, PARAMS.model_copy(update={"drop_columns": ["ghost"]}))
 
 
-def test_search_without_space_is_refused(settings: Settings) -> None:
-    snapshot_id = make_snapshot(settings, churn_frame(200))
+def test_search_without_space_is_refused(ws: Workspace) -> None:
+    snapshot_id = make_snapshot(ws.settings, churn_frame(200))
     with pytest.raises(TrainingError, match=r"search.space is empty"):
-        train(settings, snapshot_id, PARAMS, trials=2)
+        train(ws, snapshot_id, PARAMS, trials=2)
 
 
-def test_snapshot_must_pass_the_current_contract(settings: Settings) -> None:
-    snapshot_id = make_snapshot(settings, churn_frame(200))
-    contract = settings.contracts_dir / "t.yaml"
+def test_snapshot_must_pass_the_current_contract(ws: Workspace) -> None:
+    snapshot_id = make_snapshot(ws.settings, churn_frame(200))
+    contract = ws.settings.contracts_dir / "t.yaml"
     contract.write_text(contract.read_text().replace("tenure_months:", "tenure_months_x:"))
     with pytest.raises(ContractViolation):
-        train(settings, snapshot_id, PARAMS)
+        train(ws, snapshot_id, PARAMS)
 
 
 # ---------------------------------------------------------------- one shared run
 
 
 @pytest.mark.slow
-def test_result_describes_the_run(trained: tuple[Settings, TrainResult]) -> None:
+def test_result_describes_the_run(trained: tuple[Workspace, TrainResult]) -> None:
     _, result = trained
     assert (result.task, result.target, result.family) == ("classification", "y", "hist_gb")
     assert result.classes == [0, 1]
@@ -159,48 +161,47 @@ def test_result_describes_the_run(trained: tuple[Settings, TrainResult]) -> None
 
 
 @pytest.mark.slow
-def test_run_holds_params_tags_and_artifacts(trained: tuple[Settings, TrainResult]) -> None:
+def test_run_holds_params_tags_and_artifacts(trained: tuple[Workspace, TrainResult]) -> None:
     import mlflow
 
-    settings, result = trained
-    configure_mlflow(settings)
-    run = mlflow.MlflowClient().get_run(result.run_id)
+    ws, result = trained
+    run = ws.client.get_run(result.run_id)
     tags, params = run.data.tags, run.data.params
     assert tags[TAG["snapshot_id"]] == result.snapshot_id
     assert len(tags[TAG["snapshot_sha256"]]) == 64
     assert tags[TAG["dataset"]] == "t" and tags[TAG["task"]] == "classification"
     assert tags[TAG["contract_version"]] and tags[TAG["package_version"]] == __version__
     assert params["family"] == "hist_gb" and params["max_iter"] == "25"
-    assert params["seed"] == str(settings.seed) and params["cv_folds"] == "2"
+    assert params["seed"] == str(ws.settings.seed) and params["cv_folds"] == "2"
     assert "roc_auc_cv_mean" in run.data.metrics and "fit_time_s" in run.data.metrics
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
+    artifacts = {a.path for a in ws.client.list_artifacts(result.run_id)}
     assert {"params.yaml", "feature_specs.json", "training.json"} <= artifacts
     specs = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/feature_specs.json")
     assert {"name": "region", "kind": "categorical"} in specs
 
 
 @pytest.mark.slow
-def test_holdout_is_stratified_and_rederived(trained: tuple[Settings, TrainResult]) -> None:
-    settings, result = trained
-    X, y = load_holdout(settings, result.run_id)
+def test_holdout_is_stratified_and_rederived(trained: tuple[Workspace, TrainResult]) -> None:
+    ws, result = trained
+    X, y = load_holdout(ws, result.run_id)
     full = churn_frame()
     assert len(X) == 240 and "y" not in X.columns and "region" in X.columns
     assert abs(y.mean() - full.y.mean()) < 0.01  # stratified: same churn rate
-    X2, y2 = load_holdout(settings, result.run_id)
+    X2, y2 = load_holdout(ws, result.run_id)
     pd.testing.assert_frame_equal(X, X2)
     pd.testing.assert_series_equal(y, y2)
-    meta = load_training_meta(settings, result.run_id)
-    assert meta.test_size == 0.2 and meta.seed == settings.seed
+    meta = load_training_meta(ws, result.run_id)
+    assert meta.test_size == 0.2 and meta.seed == ws.settings.seed
 
 
 @pytest.mark.slow
-def test_logged_pipeline_loads_and_predicts(trained: tuple[Settings, TrainResult]) -> None:
+def test_logged_pipeline_loads_and_predicts(trained: tuple[Workspace, TrainResult]) -> None:
     import mlflow.pyfunc
     import mlflow.sklearn
 
-    settings, result = trained
-    pipeline = load_pipeline(settings, result.run_id)
-    X, _ = load_holdout(settings, result.run_id)
+    ws, result = trained
+    pipeline = load_pipeline(ws, result.run_id)
+    X, _ = load_holdout(ws, result.run_id)
     frame = prepare_frame(X, result.feature_specs)
     proba = pipeline.predict_proba(frame)
     assert proba.shape == (len(X), 2)
@@ -210,31 +211,31 @@ def test_logged_pipeline_loads_and_predicts(trained: tuple[Settings, TrainResult
     assert result.pipeline is not None
     expected = result.pipeline.predict_proba(frame)
     assert np.array_equal(proba, expected)
-    assert np.array_equal(
-        mlflow.sklearn.load_model(result.model_uri).predict_proba(frame), expected
-    )
+    with ws.tracking():  # MLflow's own loaders resolve models:/ URIs with the global URI
+        sklearn_copy = mlflow.sklearn.load_model(result.model_uri)
+        pyfunc = mlflow.pyfunc.load_model(result.model_uri)
+        logged = mlflow.get_logged_model(result.model_uri.removeprefix("models:/"))
+    assert np.array_equal(sklearn_copy.predict_proba(frame), expected)
     # the MLflow copy labels at the run's decision threshold, as the ONNX graph does
     assert result.threshold is not None
     at_threshold = (expected[:, 1] >= result.threshold.value).astype(int)
-    pyfunc = mlflow.pyfunc.load_model(result.model_uri)
     assert np.array_equal(pyfunc.predict(frame), at_threshold)
-    assert np.array_equal(mlflow.sklearn.load_model(result.model_uri).predict(frame), at_threshold)
+    assert np.array_equal(sklearn_copy.predict(frame), at_threshold)
     assert pyfunc.metadata.get_input_schema().input_names() == [
         s.name for s in result.feature_specs
     ]
     assert pyfunc.metadata.saved_input_example_info["artifact_path"] == "input_example.json"
-    logged = mlflow.get_logged_model(result.model_uri.removeprefix("models:/"))
     assert logged.source_run_id == result.run_id
     assert {m.key for m in logged.metrics or []} >= {"roc_auc_cv_mean", "fit_time_s"}
 
 
 @pytest.mark.slow
-def test_search_runs_trials_and_keeps_the_best(settings: Settings) -> None:
-    snapshot_id = make_snapshot(settings, churn_frame(600))
+def test_search_runs_trials_and_keeps_the_best(ws: Workspace) -> None:
+    snapshot_id = make_snapshot(ws.settings, churn_frame(600))
     space = {"max_leaf_nodes": {"type": "int", "low": 4, "high": 16}}
     params = PARAMS.model_copy(update={"search": SearchParams(trials=3, space=space)})
     seen: list[tuple[str, int, int]] = []
-    result = train(settings, snapshot_id, params, progress=lambda *a: seen.append(a))
+    result = train(ws, snapshot_id, params, progress=lambda *a: seen.append(a))
     assert result.best_trial is not None
     assert result.best_trial["trials_run"] == 3
     assert result.hyperparams["max_leaf_nodes"] == result.best_trial["params"]["max_leaf_nodes"]
@@ -248,27 +249,26 @@ def test_search_runs_trials_and_keeps_the_best(settings: Settings) -> None:
 
 
 @pytest.mark.slow
-def test_regression_with_progress_and_no_cv(settings: Settings) -> None:
+def test_regression_with_progress_and_no_cv(ws: Workspace) -> None:
     df = churn_frame(500).assign(spend=lambda d: d.monthly_fee * 3.7 + d.tickets_90d)
-    snapshot_id = make_snapshot(settings, df.drop(columns=["y"]), target="spend")
+    snapshot_id = make_snapshot(ws.settings, df.drop(columns=["y"]), target="spend")
     params = PARAMS.model_copy(update={"cv_folds": 0})
-    result = train(settings, snapshot_id, params)
+    result = train(ws, snapshot_id, params)
     assert result.task == "regression" and result.classes is None
     assert result.cv_metrics == {}
     params = PARAMS.model_copy(update={"cv_folds": 3})
     seen: list[tuple[str, int, int]] = []
-    result = train(settings, snapshot_id, params, progress=lambda *a: seen.append(a))
+    result = train(ws, snapshot_id, params, progress=lambda *a: seen.append(a))
     assert seen == [("cv", 1, 3), ("cv", 2, 3), ("cv", 3, 3)]
     assert {"rmse_cv_mean", "r2_cv_mean", "mae_cv_std"} <= set(result.cv_metrics)
 
 
 @pytest.mark.slow
-def test_training_json_records_the_split(trained: tuple[Settings, TrainResult]) -> None:
+def test_training_json_records_the_split(trained: tuple[Workspace, TrainResult]) -> None:
     import mlflow
 
-    settings, result = trained
-    configure_mlflow(settings)
-    run = mlflow.MlflowClient().get_run(result.run_id)
+    ws, result = trained
+    run = ws.client.get_run(result.run_id)
     meta = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/training.json")
     assert meta["snapshot_id"] == result.snapshot_id and meta["classes"] == [0, 1]
     assert len(meta["holdout_sha256"]) == 16
@@ -276,9 +276,9 @@ def test_training_json_records_the_split(trained: tuple[Settings, TrainResult]) 
 
 
 @pytest.mark.slow
-def test_missing_run_is_not_found(settings: Settings) -> None:
+def test_missing_run_is_not_found(ws: Workspace) -> None:
     with pytest.raises(NotFound, match=r"run 'abc' does not exist"):
-        load_holdout(settings, "abc")
+        load_holdout(ws, "abc")
 
 
 # ---------------------------------------------------------------- threshold and class weight
@@ -286,24 +286,23 @@ def test_missing_run_is_not_found(settings: Settings) -> None:
 
 @pytest.mark.slow
 def test_threshold_is_chosen_on_out_of_fold_training_predictions(
-    trained: tuple[Settings, TrainResult],
+    trained: tuple[Workspace, TrainResult],
 ) -> None:
     """Chosen on every training row's out-of-fold prediction (never the holdout), and
     recorded in training.json, threshold.json, the run's params, metrics and tags."""
     import mlflow
 
-    settings, result = trained
+    ws, result = trained
     choice = result.threshold
     assert choice is not None and (choice.objective, choice.source) == ("f1", "cv_out_of_fold")
-    configure_mlflow(settings)
-    run = mlflow.MlflowClient().get_run(result.run_id)
+    run = ws.client.get_run(result.run_id)
     assert choice.rows == int(run.data.params["train_rows"]) == 960  # 1200 minus the holdout
     assert choice.value == float(np.float32(choice.value))
     assert run.data.metrics["decision_threshold"] == choice.value
     assert run.data.params["threshold_objective"] == "f1"
     assert run.data.params["threshold_source"] == "cv_out_of_fold"
     assert float(run.data.tags[TAG["threshold"]]) == choice.value
-    assert load_training_meta(settings, result.run_id).threshold == choice.value
+    assert load_training_meta(ws, result.run_id).threshold == choice.value
     stored = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/threshold.json")
     assert stored["value"] == choice.value and stored["validation"]["f1"] == choice.validation["f1"]
     # the CV label metrics are scored at the threshold: pooled out-of-fold F1 is what it maximised
@@ -312,9 +311,9 @@ def test_threshold_is_chosen_on_out_of_fold_training_predictions(
 
 
 @pytest.mark.slow
-def test_without_cv_the_threshold_comes_from_an_inner_split(settings: Settings) -> None:
-    snapshot_id = make_snapshot(settings, churn_frame())
-    result = train(settings, snapshot_id, PARAMS.model_copy(update={"cv_folds": 0}))
+def test_without_cv_the_threshold_comes_from_an_inner_split(ws: Workspace) -> None:
+    snapshot_id = make_snapshot(ws.settings, churn_frame())
+    result = train(ws, snapshot_id, PARAMS.model_copy(update={"cv_folds": 0}))
     assert result.cv_metrics == {}
     assert result.threshold is not None and result.threshold.source == "validation_split"
     assert result.threshold.rows == 192  # 20% (threshold.validation_size) of 960 rows
@@ -323,37 +322,37 @@ def test_without_cv_the_threshold_comes_from_an_inner_split(settings: Settings) 
 
 @pytest.mark.slow
 def test_fixed_threshold_and_balanced_class_weight(
-    settings: Settings, trained: tuple[Settings, TrainResult]
+    ws: Workspace, trained: tuple[Workspace, TrainResult]
 ) -> None:
-    snapshot_id = make_snapshot(settings, churn_frame())
+    snapshot_id = make_snapshot(ws.settings, churn_frame())
     params = PARAMS.model_copy(
         update={
             "class_weight": "balanced",
             "threshold": ThresholdParams(objective="fixed", value=0.3),
         }
     )
-    result = train(settings, snapshot_id, params)
+    result = train(ws, snapshot_id, params)
     assert result.threshold is not None
     assert (result.threshold.value, result.threshold.source) == (float(np.float32(0.3)), "fixed")
     assert result.pipeline is not None and trained[1].pipeline is not None
     assert result.pipeline.steps[-1][1].class_weight == "balanced"
     # reweighting the rarer class raises its predicted probability on the same rows
-    X, _ = load_holdout(settings, result.run_id)
+    X, _ = load_holdout(ws, result.run_id)
     frame = prepare_frame(X, result.feature_specs)
     weighted = result.pipeline.predict_proba(frame)[:, 1].mean()
     plain = trained[1].pipeline.predict_proba(frame)[:, 1].mean()
     assert weighted > plain + 0.02
 
 
-def test_threshold_and_class_weight_refuse_the_wrong_target(settings: Settings) -> None:
+def test_threshold_and_class_weight_refuse_the_wrong_target(ws: Workspace) -> None:
     df = churn_frame(300)
     df["plan"] = np.random.default_rng(1).integers(0, 3, len(df))  # three classes
-    multiclass = make_snapshot(settings, df.drop(columns=["y"]), target="plan")
+    multiclass = make_snapshot(ws.settings, df.drop(columns=["y"]), target="plan")
     with pytest.raises(TrainingError, match=r"threshold applies to binary classification only"):
         fixed = ThresholdParams(objective="fixed", value=0.3)
-        train(settings, multiclass, PARAMS.model_copy(update={"threshold": fixed}))
-    other = load_settings(home=settings.home.parent / "fw2")  # another dataset contract
+        train(ws, multiclass, PARAMS.model_copy(update={"threshold": fixed}))
+    other = load_settings(home=ws.settings.home.parent / "fw2")  # another dataset contract
     spend = churn_frame(300).assign(spend=lambda d: d.monthly_fee * 3.7)
     regression = make_snapshot(other, spend.drop(columns=["y"]), target="spend")
     with pytest.raises(TrainingError, match=r"class_weight applies to classification"):
-        train(other, regression, PARAMS.model_copy(update={"class_weight": "balanced"}))
+        train(Workspace(other), regression, PARAMS.model_copy(update={"class_weight": "balanced"}))

@@ -1,7 +1,9 @@
 """The loop's steps wired together: train → evaluate → gates → register, and the full run.
 
 Each step is a plain typed function from another package; this module only sequences them,
-so the CLI, an orchestrator or a test can call the same thing.
+so the CLI, an orchestrator or a test can call the same thing with one
+:class:`~flywheel.workspace.Workspace`. The snapshot is resolved once and carried as its
+manifest; evaluation and registration use what training holds in memory.
 """
 
 from __future__ import annotations
@@ -10,14 +12,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from flywheel.config import Settings
 from flywheel.errors import GateFailed
 from flywheel.training.evaluate import Evaluation
 from flywheel.training.gates import GateReport
 from flywheel.training.params import TrainParams
-from flywheel.training.train import TrainResult
+from flywheel.training.train import Progress, TrainResult
+from flywheel.workspace import Workspace
+
+if TYPE_CHECKING:
+    from flywheel.data.snapshots import Manifest
 
 __all__ = ["LoopResult", "TrainOutcome", "run_loop", "train_evaluate_register"]
 
@@ -50,35 +55,36 @@ class LoopResult:
 
 
 def train_evaluate_register(
-    settings: Settings,
-    snapshot_id: str,
+    ws: Workspace,
+    snapshot: str | Manifest,
     params: TrainParams,
     *,
     trials: int | None = None,
     storage: str | None = None,
     register: bool = True,
     on_step: StepHook = _noop,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> TrainOutcome:
-    """Train on a snapshot, score against the champion, apply gates, register if they pass.
+    """Train on a snapshot (an id, or the manifest already resolved), score against the
+    champion, apply gates, register if they pass.
 
-    ``progress`` (a ``(phase, done, total)`` callback or a rich ``Progress``) shows the
-    training's folds and trials. Raises :class:`GateFailed` (after recording the gate report on the run) when a gate fails;
-    the registry is then unchanged.
+    ``progress`` is a ``(phase, done, total)`` callback for the training's folds and trials.
+    Raises :class:`GateFailed` (after recording the gate report on the run) when a gate
+    fails; the registry is then unchanged.
     """
-    from flywheel.registry.models import load_champion
-    from flywheel.registry.models import register as register_version
+    from flywheel.registry.artifacts import load_champion
+    from flywheel.registry.register import register as register_version
     from flywheel.training.evaluate import evaluate
     from flywheel.training.gates import check_gates, record_gates
     from flywheel.training.train import train
 
     on_step("train")
-    result = train(settings, snapshot_id, params, trials=trials, storage=storage, progress=progress)
+    result = train(ws, snapshot, params, trials=trials, storage=storage, progress=progress)
     on_step("evaluate")
-    champion = load_champion(settings)
-    evaluation = evaluate(settings, result, champion=champion)
-    report = check_gates(settings.gates, evaluation)
-    record_gates(settings, result.run_id, report)
+    champion = load_champion(ws)
+    evaluation = evaluate(ws, result, champion=champion)
+    report = check_gates(ws.settings.gates, evaluation)
+    record_gates(ws, result.run_id, report)
     outcome = TrainOutcome(result=result, evaluation=evaluation, gates=report)
     if not report.passed:
         raise GateFailed(
@@ -89,24 +95,24 @@ def train_evaluate_register(
         )
     if register:
         on_step("register")
-        registered = register_version(settings, result, evaluation=evaluation, gate_report=report)
+        registered = register_version(ws, result, evaluation=evaluation, gate_report=report)
         outcome.version = registered.version
         outcome.card_path = _write_card(
-            settings, registered.name, registered.version, registered.card_markdown
+            ws, registered.name, registered.version, registered.card_markdown
         )
     return outcome
 
 
-def _write_card(settings: Settings, name: str, version: str, markdown: str) -> Path:
+def _write_card(ws: Workspace, name: str, version: str, markdown: str) -> Path:
     """A local copy of the model card for people (the canonical one is in MLflow)."""
-    path = settings.home / "cards" / f"{name}-v{version}.md"
+    path = ws.settings.home / "cards" / f"{name}-v{version}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(markdown, encoding="utf-8")
     return path
 
 
 def run_loop(
-    settings: Settings,
+    ws: Workspace,
     *,
     days: int | None = None,
     customers: int = 5000,
@@ -114,7 +120,7 @@ def run_loop(
     trials: int | None = None,
     promote_first: bool = True,
     on_step: StepHook = _noop,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> LoopResult:
     """simulate → ingest → validate → train → evaluate → gates → register (→ first champion).
 
@@ -122,9 +128,11 @@ def run_loop(
     (that many more days are appended). Ingest is incremental from the last snapshot.
     """
     from flywheel.data.snapshots import ingest
-    from flywheel.registry.models import load_champion, promote
+    from flywheel.registry.aliases import promote
+    from flywheel.registry.artifacts import load_champion
     from flywheel.simulate import simulate, world_exists
 
+    settings = ws.settings
     simulated = 0
     if days is not None or not world_exists(settings):
         on_step("simulate")
@@ -135,17 +143,17 @@ def run_loop(
     ingested = ingest(settings)
     on_step("validate")  # ingest validated the snapshot against its contract before commit
     outcome = train_evaluate_register(
-        settings,
-        ingested.manifest.id,
+        ws,
+        ingested.manifest,  # carried: not resolved again
         params or TrainParams(),
         trials=trials,
         on_step=on_step,
         progress=progress,
     )
     result = LoopResult(ingested.manifest.id, ingested.created, outcome, simulated)
-    if outcome.version and promote_first and load_champion(settings) is None:
+    if outcome.version and promote_first and load_champion(ws) is None:
         on_step("promote")
-        done = promote(settings, outcome.version, reason="bootstrap: first model to pass the gates")
+        done = promote(ws, outcome.version, reason="bootstrap: first model to pass the gates")
         outcome.promoted = not done.pending
         result.notes.append(
             "promotion is waiting for approval"

@@ -26,13 +26,8 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from flywheel.errors import RegistryError
-from flywheel.training.features import (
-    EncodedXGBClassifier,
-    FeatureSpec,
-    RatioFeatures,
-    Task,
-    prepare_frame,
-)
+from flywheel.training import families
+from flywheel.training.features import FeatureSpec, RatioFeatures, Task, prepare_frame
 
 __all__ = [
     "TARGET_OPSET",
@@ -99,14 +94,12 @@ def _ratio_convert(scope: Any, operator: Any, container: Any) -> None:
 
 
 def register_converters(model: Any) -> None:
-    """Teach skl2onnx RatioFeatures, and LightGBM or XGBoost when ``model`` (the pipeline's
-    final estimator) is one: their converters import the boosting library and onnxmltools,
-    which an export of any other family does not need. Each registration runs once per
-    process."""
+    """Teach skl2onnx RatioFeatures, and run the ONNX hook of the model family whose types
+    ``model`` (the pipeline's final estimator) is made of (LightGBM's and XGBoost's register
+    onnxmltools' converters, which import the boosting library: an export of any other
+    family does not). Each registration runs once per process."""
     _register_ratio()
-    libraries = {cls.__module__.partition(".")[0] for cls in type(model).__mro__}
-    for library in sorted(libraries & {"lightgbm", "xgboost"}):
-        _register_booster(library)
+    families.prepare_onnx(model)
 
 
 @cache
@@ -115,43 +108,6 @@ def _register_ratio() -> None:
 
     update_registered_converter(
         RatioFeatures, "FlywheelRatioFeatures", _ratio_shape, _ratio_convert
-    )
-
-
-@cache
-def _register_booster(library: str) -> None:
-    """onnxmltools' converter for the library's classifier and regressor (xgboost's
-    classifier is flywheel's label-encoding subclass)."""
-    from skl2onnx import update_registered_converter
-    from skl2onnx.common.shape_calculator import (
-        calculate_linear_classifier_output_shapes,
-        calculate_linear_regressor_output_shapes,
-    )
-
-    classifier: Any
-    regressor: Any
-    if library == "lightgbm":
-        from lightgbm import LGBMClassifier as classifier
-        from lightgbm import LGBMRegressor as regressor
-        from onnxmltools.convert.lightgbm.operator_converters.LightGbm import (
-            convert_lightgbm as convert,
-        )
-
-        aliases = ("LgbmClassifier", "LgbmRegressor")
-    else:
-        from onnxmltools.convert.xgboost.operator_converters.XGBoost import (
-            convert_xgboost as convert,
-        )
-        from xgboost import XGBRegressor as regressor
-
-        classifier = EncodedXGBClassifier
-        aliases = ("XGBoostXGBClassifier", "XGBoostXGBRegressor")
-    zipmap = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
-    update_registered_converter(
-        classifier, aliases[0], calculate_linear_classifier_output_shapes, convert, options=zipmap
-    )
-    update_registered_converter(
-        regressor, aliases[1], calculate_linear_regressor_output_shapes, convert
     )
 
 

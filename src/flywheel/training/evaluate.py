@@ -1,7 +1,8 @@
 """Holdout metrics, slices, champion comparison, plots.
 
-Evaluation re-derives the run's holdout from its snapshot (:func:`load_holdout`), scores the
-run's pipeline and, when given, the current champion on exactly those rows, and records the
+Evaluation takes the run's holdout from the training result that holds it (or, for a run
+made elsewhere, re-derives it from its snapshot: :func:`load_holdout`), scores the run's
+pipeline and, when given, the current champion on exactly those rows, and records the
 result on the same MLflow run: metrics ``holdout_<metric>`` and ``champion_<metric>``, the
 artifact ``evaluation.json`` (slices, gaps, champion) and PNG plots under ``plots/``.
 A binary classifier's labels (and so f1, precision, recall, accuracy) are made at its own
@@ -18,29 +19,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from flywheel._timing import timed
-from flywheel.config import Settings
 from flywheel.errors import FlywheelError, RegistryError
-from flywheel.tracking import use_tracking
 from flywheel.training.features import Task, prepare_frame
+from flywheel.training.fit import predict
 from flywheel.training.metrics import all_metrics, as_probabilities, primary_metric, score
+from flywheel.training.prepare import TrainingMeta, encode_target
+from flywheel.training.runs import load_holdout, load_pipeline, load_training_meta, training_keys
 from flywheel.training.threshold import apply_threshold
-from flywheel.training.train import (
-    TrainingMeta,
-    TrainResult,
-    encode_target,
-    load_holdout,
-    load_pipeline,
-    load_training_meta,
-    predict,
-    training_keys,
-)
+from flywheel.training.train import TrainResult
+
+if TYPE_CHECKING:
+    from flywheel.workspace import Workspace
 
 __all__ = [
     "MIN_SLICE_ROWS",
@@ -122,24 +118,28 @@ class Evaluation:
 
 
 def evaluate(
-    settings: Settings, run: str | TrainResult, *, champion: ChampionModel | None = None
+    ws: Workspace, run: str | TrainResult, *, champion: ChampionModel | None = None
 ) -> Evaluation:
     """Score the run's pipeline (and the champion) on the run's holdout; record it on the run.
 
-    ``run`` is a run id, or the :class:`TrainResult` just returned by ``train`` (its in-memory
-    pipeline is then used instead of downloading the logged one).
+    ``run`` is a run id, or the :class:`TrainResult` just returned by ``train``: its
+    in-memory pipeline and holdout are then used instead of downloading the logged pipeline
+    and re-deriving the holdout from the snapshot.
     """
     if isinstance(run, str):
-        run_id, meta, pipeline = run, None, None
+        run_id, meta, pipeline, held = run, None, None, None
     else:
-        run_id, meta, pipeline = run.run_id, run.meta, run.pipeline
+        run_id, meta, pipeline, held = run.run_id, run.meta, run.pipeline, run.holdout
     timings: dict[str, float] = {}
     with timed(timings, "tracking"):  # MLflow reads, when this process does not hold them
         if meta is None:
-            meta = load_training_meta(settings, run_id)
+            meta = load_training_meta(ws, run_id)
         if pipeline is None:
-            pipeline = load_pipeline(settings, run_id)
-    X_raw, y_raw = load_holdout(settings, run_id, meta=meta)
+            pipeline = load_pipeline(ws, run_id)
+    if held is not None:
+        X_raw, y_raw = held.drop(columns=[meta.target]), held[meta.target]
+    else:
+        X_raw, y_raw = load_holdout(ws, run_id, meta=meta)
     y = encode_target(y_raw, meta.task, meta.classes)
     X = prepare_frame(X_raw[[s.name for s in meta.feature_specs]], meta.feature_specs)
     pred, proba = predict(pipeline, X, meta.task, threshold=meta.threshold)
@@ -155,19 +155,19 @@ def evaluate(
         holdout=HoldoutPredictions(frame=X, labels=pred, proba=proba),
         timings=timings,
     )
-    for column in settings.training.slice_columns:
+    for column in ws.settings.training.slice_columns:
         if column in X_raw.columns:
             done, skipped = score_slices(meta.task, X_raw[column], y, pred, proba, n_classes=k)
             ev.slices[column], ev.skipped_slices[column] = done, skipped
             ev.slice_gaps[column] = _gaps(meta.task, done)
     if champion is not None:
-        unseen = _unseen_by(settings, champion, X_raw)
+        unseen = _unseen_by(ws, champion, X_raw)
         _score_champion(ev, champion, X_raw[unseen].reset_index(drop=True), y[unseen], meta)
         ev.champion_seen_rows = int((~unseen).sum())
         ev.comparison_rows = int(unseen.sum())
         part = None if proba is None else proba[unseen]
         ev.comparison_metrics = score(meta.task, y[unseen], pred[unseen], part, n_classes=k)
-    ev.plots = _plot_and_record(settings, ev, pipeline, X, y, pred, proba, meta)
+    ev.plots = _plot_and_record(ws, ev, pipeline, X, y, pred, proba, meta)
     log.info("run %s holdout %s", run_id, {k: round(v, 4) for k, v in ev.metrics.items()})
     return ev
 
@@ -225,13 +225,13 @@ def _champion_labels(labels: np.ndarray, classes: list[Any] | None) -> np.ndarra
     return np.asarray(labels).astype("int64")
 
 
-def _unseen_by(settings: Settings, champion: ChampionModel, X_raw: pd.DataFrame) -> np.ndarray:
+def _unseen_by(ws: Workspace, champion: ChampionModel, X_raw: pd.DataFrame) -> np.ndarray:
     """Mask of holdout rows the champion did not train on (all rows when that is unknown)."""
     everything = np.ones(len(X_raw), dtype=bool)
     if champion.run_id is None:
         return everything
     try:
-        seen = training_keys(settings, champion.run_id)
+        seen = training_keys(ws, champion.run_id)
     except FlywheelError as exc:  # e.g. its snapshot is gone: compare on everything, say so
         log.warning("cannot tell which rows champion %s trained on: %s", champion.version, exc)
         return everything
@@ -325,7 +325,7 @@ def _draw(
 
 
 def _plot_and_record(
-    settings: Settings,
+    ws: Workspace,
     ev: Evaluation,
     pipeline: Pipeline,
     X: pd.DataFrame,
@@ -334,11 +334,10 @@ def _plot_and_record(
     proba: np.ndarray | None,
     meta: TrainingMeta,
 ) -> list[str]:
-    from mlflow import MlflowClient
     from mlflow.entities import Metric
 
     with timed(ev.timings, "tracking"):
-        use_tracking(settings)
+        client = ws.client
     with tempfile.TemporaryDirectory(prefix="flywheel-eval-") as tmp:
         files = _draw(Path(tmp), ev, pipeline, X, y, pred, proba, meta)
         ev.plots = [f"plots/{f.name}" for f in files]
@@ -347,7 +346,6 @@ def _plot_and_record(
         values.update({f"champion_{k}": v for k, v in (ev.champion_metrics or {}).items()})
         try:
             with timed(ev.timings, "tracking"):
-                client = MlflowClient()
                 metrics = [Metric(k, v, now, 0) for k, v in values.items()]
                 client.log_batch(ev.run_id, metrics=metrics)
                 client.log_dict(ev.run_id, ev.to_dict(), "evaluation.json")

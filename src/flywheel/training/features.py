@@ -10,44 +10,42 @@ The pipeline is ``Pipeline([("features", ColumnTransformer), ("model", estimator
 takes the frame :func:`prepare_frame` returns. The ColumnTransformer has up to three
 branches, each selecting columns *by name* (so the ONNX graph keeps one input per feature):
 
-- ``numeric``: SimpleImputer(median) [+ StandardScaler for ``logreg``/``linear``];
+- ``numeric``: SimpleImputer(median) [+ StandardScaler for a family declared ``scaled``,
+  i.e. ``logreg``/``linear``];
 - ``ratio``: :class:`RatioFeatures` on the numerator/denominator columns, then the same
   imputer [+ scaler] (a ratio is NaN when either side is);
 - ``categorical``: OneHotEncoder(handle_unknown="ignore", dtype=float32).
 
 Every intermediate output is float32, so trees see exactly what ONNX Runtime sees.
+
+The estimator comes from a model family (:mod:`flywheel.training.families`, one module per
+family, imported on first use): this module imports neither LightGBM nor XGBoost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import (
-    HistGradientBoostingClassifier,
-    HistGradientBoostingRegressor,
-    RandomForestClassifier,
-    RandomForestRegressor,
-)
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import LabelEncoder, OneHotEncoder, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
-from xgboost import XGBClassifier
 
 from flywheel.errors import DataError, TrainingError
+from flywheel.schema import FeatureSpec
+from flywheel.training import families
+from flywheel.training.families import Family, Task
 
 __all__ = [
     "CLASSIFICATION_FAMILIES",
     "CLASS_WEIGHT_FAMILIES",
     "REGRESSION_FAMILIES",
-    "EncodedXGBClassifier",
     "FeatureSpec",
     "RatioFeature",
     "RatioFeatures",
@@ -59,24 +57,58 @@ __all__ = [
     "ratio_values",
 ]
 
-Task = Literal["classification", "regression"]
 
-CLASSIFICATION_FAMILIES = ("logreg", "random_forest", "hist_gb", "lightgbm", "xgboost")
-REGRESSION_FAMILIES = ("linear", "random_forest", "hist_gb", "lightgbm", "xgboost")
+class _FamilyNames(Sequence[str]):
+    """The names of the registered families that pass ``rule``, read from the registry at
+    every use, so a family registered after this module was imported is included.
+
+    ``name in view`` loads only that family's declaration (a :class:`ConfigError` names a
+    registered module that cannot be read); iterating loads them all (cheap: declarations
+    import no estimator library) and leaves out, with a warning, one whose module is broken.
+    """
+
+    def __init__(self, rule: Callable[[Family], bool]) -> None:
+        self._rule = rule
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in families.declared() if self._rule(f))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and families.known(name) and self._rule(families.get(name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[str, ...]: ...
+    def __getitem__(self, index: int | slice) -> str | tuple[str, ...]:
+        return self._names()[index]
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+CLASSIFICATION_FAMILIES = _FamilyNames(lambda f: "classification" in f.tasks)
+REGRESSION_FAMILIES = _FamilyNames(lambda f: "regression" in f.tasks)
 # Classifier families whose estimator takes ``class_weight`` (XGBClassifier does not).
-CLASS_WEIGHT_FAMILIES = ("logreg", "random_forest", "hist_gb", "lightgbm")
-
-# Families whose inputs get a StandardScaler; trees never do (a float32 scaler in front of a
-# tree moves rows across split thresholds in ONNX).
-_SCALED_FAMILIES = frozenset({"logreg", "linear"})
-# Kept small: the machines running training are shared.
-_N_JOBS = 1
+CLASS_WEIGHT_FAMILIES = _FamilyNames(lambda f: f.class_weight and "classification" in f.tasks)
 
 
-@dataclass(frozen=True)
-class FeatureSpec:
-    name: str
-    kind: Literal["numeric", "categorical"]
+if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name from here
+
+    def __getattr__(name: str) -> Any:
+        """``EncodedXGBClassifier`` moved to the xgboost family; models saved before name
+        it here, so skops still finds it (importing XGBoost only when asked for)."""
+        if name == "EncodedXGBClassifier":
+            from flywheel.training.families._xgboost_classifier import EncodedXGBClassifier
+
+            return EncodedXGBClassifier
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -233,68 +265,7 @@ class RatioFeatures(TransformerMixin, BaseEstimator):
         return np.asarray([r.name for r in self.ratios], dtype=object)
 
 
-class EncodedXGBClassifier(XGBClassifier):  # type: ignore[misc]
-    """XGBClassifier that takes any class labels (xgboost itself wants 0..k-1).
-
-    ``classes_`` are the original labels, so ``predict`` and the ONNX ``label`` output give
-    them back. xgboost's sklearn API has no such option, hence this thin subclass.
-    """
-
-    def fit(self, X: Any, y: Any, **kwargs: Any) -> EncodedXGBClassifier:
-        encoder = LabelEncoder().fit(y)
-        super().fit(X, encoder.transform(y), **kwargs)
-        self.label_encoder_ = encoder
-        return self
-
-    @property
-    def classes_(self) -> np.ndarray:
-        if not hasattr(self, "label_encoder_"):  # inside xgboost's own fit: the codes
-            return np.arange(self.n_classes_)
-        return np.asarray(self.label_encoder_.classes_)
-
-    def predict(self, X: Any, **kwargs: Any) -> np.ndarray:
-        codes = np.asarray(super().predict(X, **kwargs)).astype(np.int64)
-        return np.asarray(self.label_encoder_.inverse_transform(codes))
-
-
 # --------------------------------------------------------------------------- pipeline
-
-
-def _lightgbm(name: str, **settings: Any) -> BaseEstimator:
-    """A LightGBM estimator; LightGBM is imported only when its family is asked for."""
-    import lightgbm
-
-    return getattr(lightgbm, name)(**settings)
-
-
-def _classifiers(seed: int) -> dict[str, Callable[[], BaseEstimator]]:
-    return {
-        "logreg": lambda: LogisticRegression(max_iter=1000, random_state=seed),
-        "random_forest": lambda: RandomForestClassifier(random_state=seed, n_jobs=_N_JOBS),
-        "hist_gb": lambda: HistGradientBoostingClassifier(random_state=seed),
-        "lightgbm": lambda: _lightgbm(
-            "LGBMClassifier", random_state=seed, n_jobs=_N_JOBS, verbose=-1
-        ),
-        "xgboost": lambda: EncodedXGBClassifier(
-            random_state=seed, n_jobs=_N_JOBS, tree_method="hist", verbosity=0
-        ),
-    }
-
-
-def _regressors(seed: int) -> dict[str, Callable[[], BaseEstimator]]:
-    from xgboost import XGBRegressor
-
-    return {
-        "linear": lambda: Ridge(random_state=seed),
-        "random_forest": lambda: RandomForestRegressor(random_state=seed, n_jobs=_N_JOBS),
-        "hist_gb": lambda: HistGradientBoostingRegressor(random_state=seed),
-        "lightgbm": lambda: _lightgbm(
-            "LGBMRegressor", random_state=seed, n_jobs=_N_JOBS, verbose=-1
-        ),
-        "xgboost": lambda: XGBRegressor(
-            random_state=seed, n_jobs=_N_JOBS, tree_method="hist", verbosity=0
-        ),
-    }
 
 
 def _make_estimator(
@@ -304,14 +275,14 @@ def _make_estimator(
         raise TrainingError(
             f"Unknown task {task!r}. Use 'classification' or 'regression'.", task=task
         )
-    factories = _classifiers(seed) if task == "classification" else _regressors(seed)
-    if family not in factories:
+    valid = CLASSIFICATION_FAMILIES if task == "classification" else REGRESSION_FAMILIES
+    if family not in valid:
         raise TrainingError(
-            f"Unknown model family {family!r} for {task}. Valid families: {', '.join(factories)}.",
+            f"Unknown model family {family!r} for {task}. Valid families: {', '.join(valid)}.",
             family=family,
-            valid=list(factories),
+            valid=list(valid),
         )
-    estimator = factories[family]()
+    estimator = families.get(family).make(task, seed)
     known = estimator.get_params()
     unknown = sorted(set(hyperparams) - set(known))
     if unknown:
@@ -404,7 +375,7 @@ def build_pipeline(
         raise TrainingError("No feature specs given. Pass at least one FeatureSpec.")
     estimator = _make_estimator(task, family, hyperparams, seed, class_weight)
     _check_ratios(specs, ratios)
-    features = build_features(specs, ratios=ratios, scaled=family in _SCALED_FAMILIES)
+    features = build_features(specs, ratios=ratios, scaled=families.get(family).scaled)
     return Pipeline([("features", features), ("model", estimator)])
 
 

@@ -11,13 +11,16 @@ import json
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flywheel.config import GateSettings, Settings
+from flywheel.config import GateSettings
 from flywheel.errors import FlywheelError, RegistryError
-from flywheel.tracking import TAG, use_tracking
+from flywheel.tracking import TAG
 from flywheel.training.evaluate import Evaluation
 from flywheel.training.metrics import higher_is_better
+
+if TYPE_CHECKING:
+    from flywheel.workspace import Workspace
 
 __all__ = ["GateReport", "GateResult", "check_gates", "record_gates"]
 
@@ -168,13 +171,10 @@ def check_gates(gates: GateSettings, evaluation: Evaluation) -> GateReport:
     return report
 
 
-def record_gates(settings: Settings, run_id: str, report: GateReport) -> None:
+def record_gates(ws: Workspace, run_id: str, report: GateReport) -> None:
     """Log ``gate_report.json`` and the tag ``flywheel.gates`` = passed|failed on the run."""
-    from mlflow import MlflowClient
-
-    use_tracking(settings)
     try:
-        client = MlflowClient()
+        client = ws.client
         client.log_text(run_id, json.dumps(report.to_dict(), indent=2), "gate_report.json")
         client.set_tag(run_id, TAG["gates"], "passed" if report.passed else "failed")
     except FlywheelError:

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from flywheel.errors import ConfigError, NotFound
+from flywheel.training import families
 from flywheel.training.features import (
     CLASS_WEIGHT_FAMILIES,
     CLASSIFICATION_FAMILIES,
@@ -250,9 +251,13 @@ class TrainParams(BaseModel):
     @field_validator("family")
     @classmethod
     def _family(cls, v: str) -> str:
-        families = sorted(set(CLASSIFICATION_FAMILIES) | set(REGRESSION_FAMILIES))
-        if v not in families:
-            raise ValueError(f"family must be one of {', '.join(families)}, got {v!r}")
+        if not families.known(v):
+            known = ", ".join(sorted(families.names()))
+            raise ValueError(f"family must be one of {known}, got {v!r}")
+        try:
+            families.get(v)  # a registered family whose module cannot be read
+        except ConfigError as exc:
+            raise ValueError(exc.message) from exc
         return v
 
     @field_validator("hyperparams")
