@@ -19,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-from flywheel.serving.predlog import PredictionLog, PredictionRecord, open_prediction_log
+from flywheel.predlog import PredictionLog, PredictionRecord, open_prediction_log
 
 FEATURES = {
     "tenure": [14],

@@ -7,7 +7,7 @@ import time
 import psycopg
 import pytest
 
-from flywheel.serving.predlog import PredictionLog, PredictionRecord, open_prediction_log
+from flywheel.predlog import PredictionLog, PredictionRecord, open_prediction_log
 from tests.unit.predlog_helpers import append_from_threads
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -118,3 +118,89 @@ def test_column_rows_read_back_named_and_through_the_view(pg_url: str) -> None:
 
     with open_prediction_log(pg_url, flush_interval_s=0.02) as plog:
         check_columns_rows_read_back_named(plog, view_rows)
+
+
+def test_client_ids_never_key_rows_and_labels_match_either_id(pg_url: str) -> None:
+    from tests.unit.predlog_helpers import check_client_ids_and_feedback_matching
+
+    with open_prediction_log(pg_url, flush_interval_s=0.01) as plog:
+        check_client_ids_and_feedback_matching(plog)
+
+
+def test_the_read_api_streams_typed_arrow_batches(pg_url: str) -> None:
+    from tests.unit.predlog_helpers import check_reads, fill_for_reads
+
+    with open_prediction_log(pg_url, flush_interval_s=0.01) as plog:
+        fill_for_reads(plog)
+        check_reads(pg_url, plog)
+
+
+def test_commit_rows_resolve_once_committed(pg_url: str) -> None:
+    import asyncio
+
+    plog = open_prediction_log(pg_url, durability="commit", flush_interval_s=30)
+    rows = [
+        (f"r{i}", 1.0, "m" if i != 3 else "bad\x00", "1", "rest", "[[1]]", "{}", 0.5, None)
+        for i in range(6)
+    ]
+
+    async def main() -> list[bool]:
+        return list(await asyncio.gather(*(plog.commit_row(r) for r in rows)))
+
+    try:
+        assert asyncio.run(main()) == [True, True, True, False, True, True]  # NUL: refused
+        with psycopg.connect(pg_url) as conn:
+            ids = {r[0] for r in conn.execute("SELECT request_id FROM prediction_log")}
+        assert ids == {"r0", "r1", "r2", "r4", "r5"}
+    finally:
+        plog.close()
+
+
+def test_an_older_postgres_log_is_migrated_when_opened(pg_url: str) -> None:
+    with psycopg.connect(pg_url) as conn:
+        conn.execute(
+            """CREATE TABLE prediction_log (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, request_id text NOT NULL,
+                ts double precision NOT NULL, model text NOT NULL, version text NOT NULL,
+                protocol text NOT NULL, inputs json NOT NULL, outputs json NOT NULL,
+                latency_ms double precision NOT NULL)"""
+        )
+        conn.execute(
+            "CREATE UNIQUE INDEX prediction_log_request ON prediction_log "
+            "(request_id, model, version)"
+        )
+        conn.execute(
+            """CREATE TABLE prediction_inputs (model text NOT NULL, version text NOT NULL,
+                names json NOT NULL, PRIMARY KEY (model, version))"""
+        )
+        conn.execute(
+            """CREATE VIEW prediction_log_named AS SELECT p.id, p.request_id, p.ts, p.model,
+                p.version, p.protocol, p.inputs, p.outputs, p.latency_ms FROM prediction_log p"""
+        )
+        conn.execute(
+            "INSERT INTO prediction_log (request_id, ts, model, version, protocol, inputs, "
+            "outputs, latency_ms) VALUES ('a', 1, 'churn', '1', 'rest', '{}', '{}', 0.5)"
+        )
+    with open_prediction_log(pg_url, flush_interval_s=0.01) as plog:
+        plog.append(rec("b", inputs={"x": [1]}))
+        plog.append(PredictionRecord("c", 2.0, "churn", "2", "v2", {}, {}, 0.1, "theirs"))
+        plog.append(PredictionRecord("a", 3.0, "churn", "2", "v2", {}, {}, 0.1))  # a's id
+        plog.flush()
+        assert plog.stats()["duplicates"] == 1
+        assert plog.feedback("theirs", 1)
+        assert {r["request_id"]: r["client_id"] for r in plog.read()} == {
+            "a": None,
+            "b": None,
+            "c": "theirs",
+        }
+    with psycopg.connect(pg_url) as conn:
+        indexes = dict(
+            conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'prediction_log'"
+            ).fetchall()
+        )
+        view = conn.execute("SELECT client_id FROM prediction_log_named WHERE request_id = 'c'")
+        assert view.fetchone() == ("theirs",)
+    assert "prediction_log_request" not in indexes
+    assert "(request_id)" in indexes["prediction_log_request_id"]
+    assert "WHERE (client_id IS NOT NULL)" in indexes["prediction_log_client"]

@@ -11,16 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import flywheel.serving.predlog as predlog_module
+import flywheel.predlog as predlog_module
 from flywheel.errors import ConfigError, DataError, FlywheelError
-from flywheel.serving.predlog import (
+from flywheel.predlog import (
     PredictionLog,
     PredictionLogError,
     PredictionRecord,
+    Row,
     encode_json,
     open_prediction_log,
 )
-from flywheel.serving.predlog_sql import SqliteStore
+from flywheel.predlog.sqlite import SqliteStore
 from tests.unit.predlog_helpers import append_from_threads
 
 pytestmark = pytest.mark.timeout(60)
@@ -69,6 +70,8 @@ def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
 
 def test_public_api() -> None:
     assert sorted(predlog_module.__all__) == [
+        "Durability",
+        "LabelResult",
         "PredictionLog",
         "PredictionLogError",
         "PredictionRecord",
@@ -108,6 +111,7 @@ def test_records_survive_close_and_reopen(url: str) -> None:
         assert rows[0]["outputs"] == {"labels": [1]}
         assert rows[0] | {"inputs": None, "outputs": None} == {
             "request_id": "a",
+            "client_id": None,
             "ts": 100.0,
             "model": "churn",
             "version": "1",
@@ -243,14 +247,17 @@ def test_late_feedback_after_reopen_and_latest_label_wins(url: str) -> None:
         reopened.close()
 
 
-def test_one_request_logged_per_model_version_and_duplicates_counted(plog: PredictionLog) -> None:
+def test_the_server_id_is_the_key_and_duplicates_are_counted(plog: PredictionLog) -> None:
     plog.append(rec("a", version="1"))
-    plog.append(rec("a", version="2"))  # shadow / A-B: same request, two versions
-    plog.append(rec("a", version="2"))  # true duplicate
+    plog.append(rec("a", version="2"))  # the same server id again: a duplicate (a retry)
+    plog.append(rec("b", version="2"))
     plog.flush()
     assert plog.written() == 2 and plog.stats()["duplicates"] == 1
     assert plog.feedback("a", 1)
-    assert [(r["version"], r["label"]) for r in plog.read()] == [("1", 1), ("2", 1)]
+    assert [(r["request_id"], r["version"], r["label"]) for r in plog.read()] == [
+        ("a", "1", 1),
+        ("b", "2", None),
+    ]
 
 
 def test_read_filters(plog: PredictionLog) -> None:
@@ -370,7 +377,7 @@ def test_object_arrays_from_grpc_are_stored_as_json_lists(tmp_path: Path) -> Non
     """gRPC hands the core numpy columns, strings as object arrays; they log as plain JSON."""
     import numpy as np
 
-    from flywheel.serving.predlog import PredictionLog, PredictionRecord
+    from flywheel.predlog import PredictionLog, PredictionRecord
 
     plog = PredictionLog(f"sqlite:///{tmp_path}/p.db")
     plog.start()
@@ -388,7 +395,17 @@ def test_sqlite_batch_larger_than_one_insert_keeps_every_row(tmp_path: Path) -> 
     store = SqliteStore(str(tmp_path / "p.db"))
 
     def row(rid: str, i: int) -> tuple[object, ...]:
-        return (rid, float(i), "churn", "1", "rest", f'{{"x": [{i}]}}', '{"labels": [0]}', 0.5)
+        return (
+            rid,
+            float(i),
+            "churn",
+            "1",
+            "rest",
+            f'{{"x": [{i}]}}',
+            '{"labels": [0]}',
+            0.5,
+            None,
+        )
 
     rows = [row(f"r{i}", i) for i in range(601)]  # more than two statements' worth
     try:
@@ -418,7 +435,7 @@ def test_append_encodes_the_record_when_called(plog: PredictionLog) -> None:
     assert row["inputs"] == {"x": [1.0]} and row["outputs"] == {"labels": [0]}
 
 
-def encoded(r: PredictionRecord) -> tuple[str, float, str, str, str, str, str, float]:
+def encoded(r: PredictionRecord) -> Row:
     rid = r.request_id
     return (
         rid,
@@ -429,6 +446,7 @@ def encoded(r: PredictionRecord) -> tuple[str, float, str, str, str, str, str, f
         encode_json(r.inputs, rid, "inputs"),
         encode_json(r.outputs, rid, "outputs"),
         r.latency_ms,
+        r.client_id,
     )
 
 
