@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 
-.PHONY: demo test test-unit test-integration lint typecheck lock bench clean install install-dev
+.PHONY: demo test test-unit test-integration lint typecheck lock bench clean install install-dev install-serve
 
 demo: install            ## install (pinned) and run the loop on embedded defaults
 	$(BIN)/flywheel run
@@ -45,9 +45,17 @@ $(VENV)/.dev: requirements/dev.lock pyproject.toml | $(UV)
 install: $(VENV)/.main
 install-dev: $(VENV)/.dev
 
-lock: | $(UV)            ## re-resolve the pinned lock files from pyproject.toml
-	$(UV) pip compile pyproject.toml -p 3.11 -o requirements/main.lock
-	$(UV) pip compile pyproject.toml --extra dev -p 3.11 -o requirements/dev.lock
+# The serving-only install (what the serve image carries): `make install-serve VENV=.venv-serve`
+$(VENV)/.serve: requirements/serve.lock pyproject.toml | $(UV)
+	$(UV) pip install -q --compile-bytecode -p $(BIN)/python -r requirements/serve.lock
+	$(UV) pip install -q -p $(BIN)/python --no-deps -e .
+	touch $@
+install-serve: $(VENV)/.serve
+
+lock: | $(UV)            ## re-resolve the pinned lock files from pyproject.toml (keeps pins)
+	$(UV) pip compile -q pyproject.toml --extra all -p 3.11 -o requirements/main.lock
+	$(UV) pip compile -q pyproject.toml --extra serve -p 3.11 -o requirements/serve.lock
+	$(UV) pip compile -q pyproject.toml --extra dev -p 3.11 -o requirements/dev.lock
 
 bench: install-dev
 	$(BIN)/python -m bench.ingest

@@ -37,8 +37,8 @@ def _free_port() -> int:
 def serve(port: int, model_json: Path) -> None:
     from flywheel.serving.config import ServedModel, ServingConfig
     from flywheel.serving.grpc import serve_grpc
-    from flywheel.serving.models import ModelFiles, StaticSource
     from flywheel.serving.predictor import Predictor
+    from flywheel.serving.sources import ModelFiles, StaticSource
     from flywheel.training.features import FeatureSpec
 
     spec = json.loads(model_json.read_text())

@@ -29,9 +29,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from flywheel.serving.config import ServedModel, ServingConfig
-from flywheel.serving.models import StaticSource
 from flywheel.serving.mqtt import MqttAdapter
 from flywheel.serving.predictor import Predictor
+from flywheel.serving.sources import StaticSource
 
 _COUNTER = itertools.count()
 

@@ -21,9 +21,9 @@ import signal
 from typing import Any
 
 from flywheel.config import load_settings
+from flywheel.predlog import open_prediction_log
 from flywheel.serving.config import ServingConfig
 from flywheel.serving.predictor import Predictor
-from flywheel.serving.predlog import open_prediction_log
 
 
 async def _until_sigterm(main: Any) -> None:
@@ -67,12 +67,12 @@ def main() -> None:
     parser.add_argument("--topic-root", default="flywheel-bench")
     parser.add_argument("--predlog", required=True, help="prediction log URL")
     args = parser.parse_args()
-    settings = load_settings(serving={"prediction_log_url": args.predlog})
+    settings = load_settings(serving={"prediction_log_url": args.predlog, "grpc_port": None})
     config = ServingConfig.from_settings(settings, host="127.0.0.1", port=args.port or 8080)
     if not (args.grpc_port or args.mqtt):
-        from flywheel.serving.server import Fronts, serve_all
+        from flywheel.serving.server import serve_all
 
-        serve_all(settings, config, Fronts())  # REST only; flushes the log on SIGTERM
+        serve_all(settings, config)  # REST only; flushes the log on SIGTERM
         return
     import uvloop
 

@@ -1,4 +1,5 @@
-"""The `flywheel` command line. Thin: parse, build Settings, call a capability, print with rich.
+"""The `flywheel` command line. Thin: parse, build the workspace (:class:`Workspace`, from
+Settings), call a capability, print with rich.
 
 Domain errors (:class:`flywheel.errors.FlywheelError`) become one clean red message and the
 error's exit code (nothing prints a traceback unless ``FLYWHEEL_LOG_LEVEL=DEBUG``); any other
@@ -11,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -33,6 +34,7 @@ from flywheel.errors import (
     NotFound,
     UsageError,
 )
+from flywheel.workspace import Workspace
 
 __all__ = ["app", "main"]
 
@@ -63,11 +65,16 @@ INTERNAL_ERROR = 70  # sysexits' EX_SOFTWARE: a bug in flywheel, never the user'
 INTERRUPTED = 130
 
 
+def _workspace() -> Workspace:
+    """The command's workspace, built once from the settings (closed by :func:`main`)."""
+    if "workspace" not in _state:
+        _state["workspace"] = Workspace(load_settings())
+    ws: Workspace = _state["workspace"]
+    return ws
+
+
 def _settings() -> Settings:
-    if "settings" not in _state:
-        _state["settings"] = load_settings()
-    settings: Settings = _state["settings"]
-    return settings
+    return _workspace().settings
 
 
 def _print_version(value: bool) -> None:
@@ -99,7 +106,7 @@ def _root(
                 f"Config file {str(config)!r} does not exist. Fix: pass an existing file."
             )
         os.environ["FLYWHEEL_CONFIG"] = str(config)
-    _state.clear()
+    _close_workspace()
     settings = _settings()
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "botocore", "optuna"):
@@ -111,9 +118,10 @@ def _root(
 
 
 @contextmanager
-def _progress() -> Iterator[Any]:
-    """A rich progress display with one line per step; yields ``(on_step(name), display)``:
-    the display is also handed to training for its folds and trials."""
+def _progress() -> Iterator[tuple[Callable[[str], None], Callable[[str, int, int], None]]]:
+    """A rich progress display with one line per step; yields ``(on_step(name),
+    report(phase, done, total))``: ``report`` is the plain callback training takes for its
+    folds and trials, drawn as bars on the same display."""
     with Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
@@ -123,6 +131,7 @@ def _progress() -> Iterator[Any]:
     ) as progress:
         tasks: dict[str, Any] = {}
         current: list[str] = []
+        bars: dict[str, Any] = {}
 
         def on_step(name: str) -> None:
             if current:
@@ -131,7 +140,12 @@ def _progress() -> Iterator[Any]:
                 tasks[name] = progress.add_task(name, total=None)
             current.append(name)
 
-        yield on_step, progress
+        def report(phase: str, done: int, total: int) -> None:
+            if phase not in bars:
+                bars[phase] = progress.add_task(phase, total=total)
+            progress.update(bars[phase], completed=done, total=total)
+
+        yield on_step, report
         if current:
             progress.update(tasks[current[-1]], completed=1, total=1)
 
@@ -287,9 +301,7 @@ def data_show(
     """Show a snapshot's manifest (schema, source, lineage, content hash)."""
     from dataclasses import asdict
 
-    from flywheel.data.snapshots import get_snapshot
-
-    manifest = asdict(get_snapshot(_settings(), snapshot_id))
+    manifest = asdict(_workspace().snapshot(snapshot_id))
     if as_json:
         _emit_json(manifest)
         return
@@ -353,31 +365,21 @@ def train(
     from flywheel.pipelines.steps import train_evaluate_register
     from flywheel.training.params import load_params
 
-    s = _settings()
-    snap = snapshot or _latest_snapshot_id(s, dataset)
-    train_params = load_params(params or s.training.params_file)
-    with _progress() as (on_step, display):
+    ws = _workspace()
+    manifest = ws.snapshot(snapshot, dataset=dataset)  # resolved once, carried from here on
+    train_params = load_params(params or ws.settings.training.params_file)
+    with _progress() as (on_step, report):
         outcome = train_evaluate_register(
-            s,
-            snap,
+            ws,
+            manifest,
             train_params,
             trials=trials,
             storage=storage,
             register=register,
             on_step=on_step,
-            progress=display,
+            progress=report,
         )
-    _print_outcome(s, outcome)
-
-
-def _latest_snapshot_id(s: Settings, dataset: str | None) -> str:
-    from flywheel.data.snapshots import latest_snapshot
-
-    name = dataset or s.source.dataset
-    latest = latest_snapshot(s, name)
-    if latest is None:
-        raise NotFound(f"Dataset {name!r} has no snapshot yet. Fix: run `flywheel ingest` first.")
-    return latest.id
+    _print_outcome(ws.settings, outcome)
 
 
 def _print_outcome(s: Settings, outcome: Any) -> None:
@@ -415,14 +417,14 @@ def evaluate(
     run_id: Annotated[str, typer.Argument(help="MLflow run id of a training run.")],
 ) -> None:
     """Evaluate a training run on its holdout, against the champion, and apply the gates."""
-    from flywheel.registry.models import load_champion
+    from flywheel.registry.artifacts import load_champion
     from flywheel.training.evaluate import evaluate as run_evaluate
     from flywheel.training.gates import check_gates, record_gates
 
-    s = _settings()
-    ev = run_evaluate(s, run_id, champion=load_champion(s))
-    report = check_gates(s.gates, ev)
-    record_gates(s, run_id, report)
+    ws = _workspace()
+    ev = run_evaluate(ws, run_id, champion=load_champion(ws))
+    report = check_gates(ws.settings.gates, ev)
+    record_gates(ws, run_id, report)
     _emit_json(
         {
             "metrics": ev.metrics,
@@ -442,9 +444,9 @@ def promote(
     reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")],
 ) -> None:
     """Move the `champion` alias to VERSION (or request approval when configured)."""
-    from flywheel.registry.models import promote as do_promote
+    from flywheel.registry.aliases import promote as do_promote
 
-    out = do_promote(_settings(), version, reason=reason)
+    out = do_promote(_workspace(), version, reason=reason)
     if out.pending:
         console.print(
             f"[yellow]pending[/]: promotion of version {version} waits for `flywheel approve {version}`"
@@ -461,9 +463,9 @@ def approve(
     reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")],
 ) -> None:
     """Approve a pending promotion (the approver must differ from the requester)."""
-    from flywheel.registry.models import approve as do_approve
+    from flywheel.registry.aliases import approve as do_approve
 
-    out = do_approve(_settings(), version, reason=reason)
+    out = do_approve(_workspace(), version, reason=reason)
     console.print(
         f"[green]approved[/]: champion → version {version} (was {out.entry.from_version or 'none'})"
     )
@@ -472,9 +474,9 @@ def approve(
 @app.command()
 def rollback(reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")]) -> None:
     """Return `champion` to the previous champion."""
-    from flywheel.registry.models import rollback as do_rollback
+    from flywheel.registry.aliases import rollback as do_rollback
 
-    out = do_rollback(_settings(), reason=reason)
+    out = do_rollback(_workspace(), reason=reason)
     console.print(
         f"[green]rolled back[/]: champion {out.entry.from_version} → {out.entry.to_version}"
     )
@@ -491,11 +493,10 @@ def registry_history(
     """The audit log: who changed what, when, from, to, and why."""
     from dataclasses import asdict
 
-    from flywheel.registry.audit import AuditLog
-    from flywheel.registry.models import history
+    from flywheel.registry.aliases import history
 
-    s = _settings()
-    entries = history(s)
+    ws = _workspace()
+    entries = history(ws)
     if as_json:
         _emit_json([asdict(e) for e in entries])
     else:
@@ -506,7 +507,7 @@ def registry_history(
             )
         console.print(table)
     if verify:
-        problems = AuditLog(s.registry.audit_url or "").verify()
+        problems = ws.audit.verify()
         if problems:
             for p in problems:
                 err_console.print(f"[red]tampered[/]: {p}", highlight=False)
@@ -514,14 +515,55 @@ def registry_history(
         (err_console if as_json else console).print("[green]audit chain intact[/]")
 
 
+@registry_app.command("export")
+def registry_export(
+    ref: Annotated[
+        str,
+        typer.Argument(
+            help="NAME[@ALIAS] or NAME/VERSION (a bare @ALIAS or VERSION: registry.model_name)."
+        ),
+    ] = "@champion",
+    out: Annotated[
+        Path, typer.Option(help="A new (or empty) folder to write the model to.")
+    ] = Path("model"),
+) -> None:
+    """Write a registered version to a folder `flywheel serve --model-dir` serves without the
+    registry (the MLflow model, its ONNX file sha-checked, and flywheel-model.json)."""
+    from flywheel.registry.export import export_model_dir
+
+    ws = _workspace()
+    name, version_ref = _split_model_ref(ref, ws.settings.registry.model_name)
+    bundle = export_model_dir(ws, name, version_ref, out)
+    console.print(
+        f"[green]exported[/] {bundle['name']} v{bundle['version']} → {out.resolve()} "
+        f"(onnx sha256 {bundle['onnx_sha256'][:16]}…); serve it with "
+        f"`flywheel serve --model-dir {out}`"
+    )
+
+
+def _split_model_ref(ref: str, default_name: str) -> tuple[str, str]:
+    """``NAME@ALIAS`` / ``NAME/VERSION`` / ``@ALIAS`` / ``VERSION`` -> (name, alias or version)."""
+    if "@" in ref:
+        name, _, version_ref = ref.partition("@")
+    elif "/" in ref:
+        name, _, version_ref = ref.partition("/")
+    elif ref.isdigit():
+        name, version_ref = "", ref
+    else:
+        name, version_ref = ref, "champion"
+    if not version_ref:
+        raise UsageError(f"{ref!r} names no alias or version; e.g. churn@champion.", field="ref")
+    return name or default_name, version_ref
+
+
 @registry_app.command("list")
 def registry_list(as_json: Annotated[bool, _JSON_OPTION] = False) -> None:
     """Model versions with aliases and key tags."""
     from dataclasses import asdict
 
-    from flywheel.registry.models import list_versions
+    from flywheel.registry.aliases import list_versions
 
-    versions = list_versions(_settings())
+    versions = list_versions(_workspace())
     if as_json:
         _emit_json([asdict(v) for v in versions])
         return
@@ -562,6 +604,13 @@ def serve(
     model_ref: Annotated[
         str, typer.Option(help="Alias or version of the registered model to serve.")
     ] = "champion",
+    model_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Serve a folder written by `flywheel registry export` instead of the "
+            "registry (no MLflow needed: what a serving image bakes in).",
+        ),
+    ] = None,
     max_batch_rows: Annotated[int | None, typer.Option(help="Rows per micro-batch.")] = None,
     max_wait_ms: Annotated[
         float | None, typer.Option(help="Extra batching linger under load (ms).")
@@ -570,39 +619,39 @@ def serve(
         int | None,
         typer.Option(help="Event-loop turns a batch waits under load (0: none)."),
     ] = None,
-    workers: Annotated[
-        int | None, typer.Option(help="Worker processes (each loads its own model copy).")
-    ] = None,
 ) -> None:
     """Serve the registered model over REST, MLflow /invocations, Open Inference v2 (REST +
     gRPC), WebSocket and MQTT, from one process."""
     from flywheel.serving.config import ServedModel, ServingConfig
-    from flywheel.serving.server import Fronts, serve_all
+    from flywheel.serving.fronts import build_fronts
+    from flywheel.serving.server import serve_all
 
     s = _settings()
+    overrides = {"host": host, "port": port, "mqtt_url": mqtt_url, "grpc_port": grpc_port}
+    serving: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+    if no_grpc:
+        serving["grpc_port"] = None
+    s = s.model_copy(update={"serving": s.serving.model_copy(update=serving)})
+    sources = None
+    name, ref = s.registry.model_name, model_ref
+    if model_dir is not None:
+        from flywheel.serving.sources import ModelDirSource
+
+        bundle = ModelDirSource(model_dir)
+        name, ref = bundle.name, bundle.files.version
+        sources = {name: bundle}
     config = ServingConfig.from_settings(
         s,
-        host=host,
-        port=port,
         max_batch_rows=max_batch_rows,
         max_wait_ms=max_wait_ms,
         gather_turns=gather_turns,
-        workers=workers,
-        models=(ServedModel(s.registry.model_name, ref=model_ref),),
-    )
-    fronts = Fronts(
-        grpc_port=None
-        if no_grpc
-        else (grpc_port if grpc_port is not None else s.serving.grpc_port),
-        mqtt_url=mqtt_url or s.serving.mqtt_url,
+        models=(ServedModel(name, ref=ref),),
     )
     doors = [f"REST http://{config.host}:{config.port} (+ ws /v1/stream)"]
-    if fronts.grpc_port is not None:
-        doors.append(f"gRPC {config.host}:{fronts.grpc_port}")
-    if fronts.mqtt_url:
-        doors.append(f"MQTT {mask_url(fronts.mqtt_url)} {s.serving.mqtt_request_topic}")
-    err_console.print(f"serving {s.registry.model_name}@{model_ref}: " + "; ".join(doors))
-    serve_all(s, config, fronts)
+    doors += [front.describe() for front in build_fronts(s)]  # also checks their settings
+    where = f"{model_dir} (v{ref})" if model_dir is not None else f"{name}@{ref}"
+    err_console.print(f"serving {where}: " + "; ".join(doors))
+    serve_all(s, config, sources=sources)
 
 
 @app.command()
@@ -697,17 +746,18 @@ def run(
     from flywheel.pipelines.steps import run_loop
     from flywheel.training.params import load_params
 
-    s = _settings()
+    ws = _workspace()
+    s = ws.settings
     train_params = load_params(params or s.training.params_file)
-    with _progress() as (on_step, display):
+    with _progress() as (on_step, report):
         result = run_loop(
-            s,
+            ws,
             days=days,
             customers=customers,
             params=train_params,
             trials=trials,
             on_step=on_step,
-            progress=display,
+            progress=report,
         )
     _print_outcome(s, result.outcome)
     for note in result.notes:
@@ -753,9 +803,21 @@ def main() -> None:
             code = exc.exit_code
     except Exception as exc:
         code = _internal_error(exc)
+    _close_workspace()
     if code == INTERRUPTED:  # Ctrl-C (typer turns KeyboardInterrupt into Exit(130))
         err_console.print("aborted")
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _close_workspace() -> None:
+    """Close what the command's workspace opened (prediction log, audit connections)."""
+    ws = _state.pop("workspace", None)
+    if ws is None:
+        return
+    try:
+        ws.close()
+    except Exception:  # the command's own outcome is what the user needs to see
+        logging.getLogger("flywheel.cli").warning("closing the workspace failed", exc_info=True)
 
 
 def _internal_error(exc: BaseException) -> int:
@@ -800,7 +862,8 @@ def _write_crash_log(exc: BaseException, command: str) -> Path | None:
     import traceback
     from datetime import datetime
 
-    settings = _state.get("settings")
+    ws = _state.get("workspace")
+    settings = ws.settings if ws is not None else None
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
     name = f"crash-{stamp}-{os.getpid()}.log"
     text = (

@@ -178,7 +178,6 @@ class ServingSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Bind address (loopback unless told otherwise).")
     port: int = Field(8080, ge=0, le=65535, description="REST + WebSocket port.")
     grpc_port: int | None = Field(8081, ge=0, le=65535, description="gRPC port (unset: no gRPC).")
-    workers: int = Field(1, ge=1, description="uvicorn workers (each loads its own models).")
     max_batch_rows: int = Field(256, ge=1, description="Rows per micro-batch.")
     max_wait_ms: float = Field(
         0.0,
@@ -201,6 +200,11 @@ class ServingSettings(BaseModel):
     api_key: SecretStr | None = Field(
         None, description="If set, prediction routes need it (X-API-Key or Bearer)."
     )
+    labels_key: SecretStr | None = Field(
+        None,
+        description="Key of POST /v1/feedback (X-API-Key or Bearer) whenever any auth is on "
+        "(api_key or admin_token); prediction keys are refused there.",
+    )
     access_log: bool = Field(False, description="uvicorn's per-request access log (costly).")
     log_json: bool = Field(True, description="Structured JSON log lines with request ids.")
     prediction_log_url: str | None = Field(
@@ -209,6 +213,11 @@ class ServingSettings(BaseModel):
     )
     prediction_log_on_full: Literal["block", "drop"] = Field(
         "block", description="When the log falls behind: backpressure (block) or counted drops."
+    )
+    prediction_log_durability: Literal["async", "commit"] = Field(
+        "async",
+        description="async: answer, then log the row ~0.1 s later (kill -9 loses that window); "
+        "commit: an answer waits for its row's group commit.",
     )
     mqtt_url: str | None = Field(
         None, description="MQTT broker URL (mqtt://host:1883); unset: MQTT off."
@@ -222,6 +231,11 @@ class ServingSettings(BaseModel):
     )
     mqtt_client_id: str = Field(
         "flywheel-serving", description="MQTT client id (unique per replica)."
+    )
+    fronts: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="More front doors by name, each with its own settings block "
+        "(flywheel.serving.fronts); e.g. {line: {factory: 'pkg.mod:front', port: 9000}}.",
     )
 
     @field_validator("prediction_log_url")
@@ -323,7 +337,7 @@ class Settings(BaseSettings):
         return _mask(self.model_dump(mode="json"))
 
 
-_SECRET_KEYS = re.compile(r"(token|secret|password|passwd|api_key|access_key)", re.I)
+_SECRET_KEYS = re.compile(r"(token|secret|password|passwd|api_key|access_key|labels_key)", re.I)
 
 
 def mask_url(url: str) -> str:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,3 +77,70 @@ def cli(tmp_path: Path) -> Cli:
         return proc
 
     return run
+
+
+def start_serve(
+    args: list[str], cwd: Path, port: int, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Start ``args`` (a `flywheel serve` command line) as a user would and wait until the
+    REST port says ready (two minutes at most)."""
+    import httpx
+
+    proc = subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=newcomer_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "server not ready in time"
+        time.sleep(0.2)
+
+
+def stop_serve(proc: subprocess.Popen[str]) -> str:
+    """SIGINT (Ctrl-C), as a user stops it: it must exit 0 without a traceback; returns
+    its stderr."""
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in out + err, err
+    return err
+
+
+def triton_labels(address: str, records: list[dict[str, Any]], *, grpc: bool = False) -> list[int]:
+    """Ask with the official Open Inference Protocol client at its defaults (tritonclient's
+    HTTP client sends binary tensor data; ``grpc``: its gRPC client) for model ``churn``."""
+    import numpy as np
+
+    if grpc:
+        import tritonclient.grpc as client_lib
+
+        client: Any = client_lib.InferenceServerClient(address)
+        inputs_meta = client.get_model_metadata("churn", as_json=True)["inputs"]
+    else:
+        import tritonclient.http as client_lib  # type: ignore[no-redef]
+
+        client = client_lib.InferenceServerClient(address)
+        inputs_meta = client.get_model_metadata("churn")["inputs"]
+    inputs = []
+    for meta in inputs_meta:
+        values = [r[meta["name"]] for r in records]
+        if meta["datatype"] == "BYTES":
+            array = np.array([v.encode() for v in values], dtype=object).reshape(-1, 1)
+        else:
+            array = np.array([np.nan if v is None else v for v in values], np.float32)
+            array = array.reshape(-1, 1)
+        tensor = client_lib.InferInput(meta["name"], list(array.shape), meta["datatype"])
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    result = client.infer("churn", inputs)
+    return [int(v) for v in result.as_numpy("label").reshape(-1)]

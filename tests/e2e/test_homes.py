@@ -6,16 +6,12 @@ in a fresh folder."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
-from tests.e2e.conftest import FLYWHEEL_BIN, flywheel, newcomer_env
+from tests.e2e.conftest import FLYWHEEL_BIN, flywheel, start_serve, stop_serve, triton_labels
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -26,59 +22,19 @@ LOOSE_GATES = {"min_metrics": {"roc_auc": 0.6}, "max_slice_gap": {"roc_auc": 0.5
 
 def _serve_and_ask(cwd: Path, env: dict[str, str]) -> dict[str, object]:
     port, grpc_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [FLYWHEEL_BIN, "serve", "--port", str(port), "--grpc-port", str(grpc_port)],
-        cwd=cwd,
-        env=newcomer_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    cmd = [FLYWHEEL_BIN, "serve", "--port", str(port), "--grpc-port", str(grpc_port)]
+    proc = start_serve(cmd, cwd, port, env)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.communicate()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server not ready in time"
-            time.sleep(0.3)
         url = f"http://127.0.0.1:{port}"
         rows = str(EXAMPLES / "customers.json")
         answer: dict[str, object] = json.loads(
             flywheel(cwd, "predict", "--file", rows, "--url", url, env=env).stdout
         )
-        answer["triton_http"] = _ask_with_tritonclient(f"127.0.0.1:{port}")
+        records = json.loads((EXAMPLES / "customers.json").read_text())
+        answer["triton_http"] = triton_labels(f"127.0.0.1:{port}", records)
     finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    assert "Traceback" not in out + err
+        stop_serve(proc)
     return answer
-
-
-def _ask_with_tritonclient(address: str) -> list[int]:
-    """The official Open Inference Protocol client at its defaults (binary tensor data)."""
-    import numpy as np
-    import tritonclient.http as thttp
-
-    records = json.loads((EXAMPLES / "customers.json").read_text())
-    client = thttp.InferenceServerClient(address)
-    inputs = []
-    for meta in client.get_model_metadata("churn")["inputs"]:
-        values = [r[meta["name"]] for r in records]
-        if meta["datatype"] == "BYTES":
-            array = np.array([v.encode() for v in values], dtype=object).reshape(-1, 1)
-        else:
-            array = np.array([np.nan if v is None else v for v in values], np.float32)
-            array = array.reshape(-1, 1)
-        tensor = thttp.InferInput(meta["name"], list(array.shape), meta["datatype"])
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    result = client.infer("churn", inputs)
-    return [int(v) for v in result.as_numpy("label").reshape(-1)]
 
 
 @pytest.mark.parametrize("kind", ["default", "relative", "absolute"])

@@ -76,6 +76,7 @@ def test_every_protocol_answers_the_same_and_the_log_matches(cli: Cli, tmp_path:
         FLYWHEEL_HOME=str(home),
         FLYWHEEL_CONFIG=str(tmp_path / "none.yaml"),
         FLYWHEEL_ADMIN_TOKEN="e2e-token",
+        FLYWHEEL_SERVING__LABELS_KEY="e2e-labels",  # auth is on: feedback takes its own key
         FLYWHEEL_SERVING__MQTT_CLIENT_ID=f"fw-e2e-{port}",
         **topics,
     )
@@ -128,14 +129,16 @@ def test_every_protocol_answers_the_same_and_the_log_matches(cli: Cli, tmp_path:
             ):
                 assert mine == pytest.approx(theirs, abs=1e-6)
 
+        labels = {
+            "items": [
+                {"request_id": answers["rest"]["request_id"], "label": 1},
+                {"request_id": "never-seen", "label": 0},
+            ]
+        }
+        bearer = {"authorization": "Bearer e2e-token"}  # the admin token is no labels key
+        assert httpx.post(f"{base}/v1/feedback", json=labels, headers=bearer).status_code == 403
         fb = httpx.post(
-            f"{base}/v1/feedback",
-            json={
-                "items": [
-                    {"request_id": answers["rest"]["request_id"], "label": 1},
-                    {"request_id": "never-seen", "label": 0},
-                ]
-            },
+            f"{base}/v1/feedback", json=labels, headers={"x-api-key": "e2e-labels"}
         ).json()
         assert fb == {"accepted": 1, "unknown": ["never-seen"]}
         assert httpx.post(f"{base}/admin/reload").status_code == 401

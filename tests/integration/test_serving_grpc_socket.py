@@ -16,8 +16,8 @@ from tritonclient.utils import InferenceServerException
 
 from flywheel.serving.config import ServedModel, ServingConfig
 from flywheel.serving.grpc import create_grpc_server
-from flywheel.serving.models import StaticSource
 from flywheel.serving.predictor import Predictor
+from flywheel.serving.sources import StaticSource
 from flywheel.serving.types import PredictRequest, PredictResponse
 from tests.unit.serving_models import build, frame
 

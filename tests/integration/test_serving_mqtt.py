@@ -27,9 +27,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from flywheel.serving.config import ServedModel, ServingConfig
-from flywheel.serving.models import ModelFiles, StaticSource
 from flywheel.serving.mqtt import MqttAdapter
 from flywheel.serving.predictor import Predictor
+from flywheel.serving.sources import ModelFiles, StaticSource
 from tests.unit.serving_models import build, rows
 
 pytestmark = pytest.mark.integration

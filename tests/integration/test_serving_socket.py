@@ -12,9 +12,9 @@ import pytest
 
 from flywheel.config import Settings
 from flywheel.serving.config import ServedModel, ServingConfig
-from flywheel.serving.models import RegistrySource, StaticSource
 from flywheel.serving.predictor import Predictor
 from flywheel.serving.rest import create_app
+from flywheel.serving.sources import RegistrySource, StaticSource
 from tests.integration.conftest import uvicorn_in_thread
 from tests.unit.serving_models import build, rows
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from flywheel.registry.onnx_export import export_onnx
-from flywheel.serving.models import ModelFiles
+from flywheel.serving.sources import ModelFiles
 from flywheel.training.features import FeatureSpec, build_pipeline, prepare_frame
 
 SPECS = [
@@ -50,6 +50,8 @@ def build(
     params = {"max_iter": 200} if family == "logreg" else {"n_estimators": 5, "max_depth": 3}
     if family == "linear":
         params = {}
+    elif family == "hist_gb":
+        params = {"max_iter": 5, "max_depth": 3}
     pipe = build_pipeline(SPECS, task=task, family=family, hyperparams=params, ratios=[], seed=seed)
     pipe.fit(prepare_frame(df, SPECS), y)
     data = export_onnx(pipe, SPECS, task=task)

@@ -35,7 +35,14 @@ def test_core_modules_declare_their_public_api() -> None:
         "flywheel.simulate",
         "flywheel.training.features",
         "flywheel.training.train",
-        "flywheel.registry.models",
+        "flywheel.training.prepare",
+        "flywheel.training.fit",
+        "flywheel.training.track",
+        "flywheel.training.runs",
+        "flywheel.registry.register",
+        "flywheel.registry.aliases",
+        "flywheel.registry.artifacts",
+        "flywheel.workspace",
         "flywheel.registry.onnx_export",
     ):
         assert getattr(importlib.import_module(name), "__all__", None), f"{name} has no __all__"
@@ -55,7 +62,8 @@ def test_serving_and_registry_imports_leave_plotting_and_tracking_out() -> None:
     """A serving process loads neither matplotlib (evaluation plots) nor MLflow/skops/skl2onnx
     on import: they cost seconds of cold start and memory, and load only when used."""
     code = (
-        "import sys, flywheel.serving.server, flywheel.serving.rest, flywheel.registry.models; "
+        "import sys, flywheel.serving.server, flywheel.serving.rest, flywheel.registry.register; "
+        "import flywheel.registry.aliases, flywheel.registry.artifacts, flywheel.workspace; "
         "heavy = ('matplotlib', 'sklearn.inspection', 'mlflow', 'skops', 'skl2onnx'); "
         "print(','.join(m for m in heavy if m in sys.modules))"
     )

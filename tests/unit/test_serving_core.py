@@ -23,8 +23,9 @@ from flywheel.serving.errors import (
     ModelNotReady,
     TooManyRows,
 )
-from flywheel.serving.models import ModelFiles, StaticSource, load_model
+from flywheel.serving.loading import load_model
 from flywheel.serving.predictor import Predictor
+from flywheel.serving.sources import ModelFiles, StaticSource
 from flywheel.serving.types import PredictRequest
 from tests.unit.serving_models import SPECS, build, rows
 
@@ -380,7 +381,7 @@ def test_sink_gets_one_record_per_answer(files: dict[str, ModelFiles]) -> None:
 def test_a_prediction_log_gets_the_encoded_row(
     files: dict[str, ModelFiles], tmp_path: Path
 ) -> None:
-    from flywheel.serving.predlog import open_prediction_log
+    from flywheel.predlog import open_prediction_log
 
     plog = open_prediction_log(f"sqlite:///{tmp_path}/p.db", flush_interval_s=0.01)
 
@@ -410,7 +411,7 @@ def test_a_prediction_log_gets_the_encoded_row(
 def test_a_log_that_cannot_register_names_gets_named_inputs(
     files: dict[str, ModelFiles], tmp_path: Path
 ) -> None:
-    from flywheel.serving.predlog import PredictionLog
+    from flywheel.predlog import PredictionLog
 
     class NoNames(PredictionLog):
         def register_inputs(self, model: str, version: str, names: Any) -> bool:

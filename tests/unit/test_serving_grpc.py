@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,11 +19,11 @@ import pytest
 
 from flywheel.errors import ConfigError, FlywheelError, NotFound, RegistryError
 from flywheel.registry.onnx_export import export_onnx
+from flywheel.schema import InputSchema
 from flywheel.serving import grpc as fgrpc
 from flywheel.serving._proto import grpc_predict_v2_pb2 as pb
 from flywheel.serving._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from flywheel.serving.config import ServedModel, ServingConfig
-from flywheel.serving.decode import InputSchema
 from flywheel.serving.errors import (
     BadRequest,
     InvalidInput,
@@ -32,14 +33,23 @@ from flywheel.serving.errors import (
     TooManyRows,
     Unauthorized,
 )
-from flywheel.serving.models import ModelFiles, StaticSource
 from flywheel.serving.predictor import Predictor
+from flywheel.serving.sources import ModelFiles, StaticSource
 from flywheel.serving.types import PredictRequest
 from flywheel.training.features import FeatureSpec, build_pipeline, prepare_frame
 from tests.unit.serving_models import SPECS, build, frame
 
 NUMERIC_SPECS = [FeatureSpec("tenure", "numeric"), FeatureSpec("charges", "numeric")]
 MIXED = InputSchema(tuple(SPECS))
+
+
+def limit_rows(n: int) -> Any:
+    """The core's row check (serving.max_rows_per_request = n): the one the fronts call."""
+    config = ServingConfig(models=(ServedModel("x"),), max_rows_per_request=n)
+    return Predictor(config, {"x": StaticSource({}, {})}).check_rows
+
+
+no_limit = limit_rows(10_000)
 Code = grpc.StatusCode
 
 
@@ -229,8 +239,8 @@ def test_wire_schema_matches_tritonclient() -> None:
 
 def test_decode_typed_and_raw_give_the_same_columns() -> None:
     df = frame(4, seed=5)
-    typed = fgrpc.decode_infer_request(typed_request(df), MIXED)
-    raw = fgrpc.decode_infer_request(raw_request(df, dtype="FP32"), MIXED)
+    typed = fgrpc.decode_infer_request(typed_request(df), MIXED, no_limit)
+    raw = fgrpc.decode_infer_request(raw_request(df, dtype="FP32"), MIXED, no_limit)
     for name in ("tenure", "charges"):
         np.testing.assert_array_equal(typed[name], raw[name])
         assert raw[name].dtype == np.float32
@@ -242,13 +252,13 @@ def test_decode_matrix_numeric_and_bytes() -> None:
     request = pb.ModelInferRequest(model_name="numeric")
     request.inputs.add(name="input", datatype="FP32", shape=[2, 2])
     request.raw_input_contents.append(np.array([[1, 2], [3, 4]], "<f4").tobytes())
-    columns = fgrpc.decode_infer_request(request, numeric)
+    columns = fgrpc.decode_infer_request(request, numeric, no_limit)
     assert columns["tenure"].tolist() == [1, 3] and columns["charges"].tolist() == [2, 4]
 
     request = pb.ModelInferRequest(model_name="churn")
     t = request.inputs.add(name="rows", datatype="BYTES", shape=[2, 3])
     t.contents.bytes_contents.extend([b"12", b"70.5", b"pro", b"", b"1e2", b"max"])
-    columns = fgrpc.decode_infer_request(request, MIXED)
+    columns = fgrpc.decode_infer_request(request, MIXED, no_limit)
     assert columns["tenure"][0] == 12 and np.isnan(columns["tenure"][1])
     assert columns["charges"].tolist() == [70.5, 100.0]
     assert list(columns["plan"]) == ["pro", "max"]
@@ -287,7 +297,7 @@ def _shaped(
 )
 def test_decode_errors_name_the_field(request_: Any, field: str, words: str) -> None:
     with pytest.raises(InvalidInput) as info:
-        fgrpc.decode_infer_request(request_, MIXED)
+        fgrpc.decode_infer_request(request_, MIXED, no_limit)
     assert info.value.details["field"] == field
     assert words in info.value.message
 
@@ -296,17 +306,17 @@ def test_decode_request_level_errors() -> None:
     request = raw_request(frame(2))
     request.inputs[0].contents.fp32_contents.append(1.0)
     with pytest.raises(InvalidInput, match="typed contents while"):
-        fgrpc.decode_infer_request(request, MIXED)
+        fgrpc.decode_infer_request(request, MIXED, no_limit)
     request = raw_request(frame(2))
     del request.raw_input_contents[-1]
     with pytest.raises(InvalidInput, match="2 entries but there are 3 inputs"):
-        fgrpc.decode_infer_request(request, MIXED)
+        fgrpc.decode_infer_request(request, MIXED, no_limit)
     request = typed_request(frame(2))
     request.inputs.append(request.inputs[0])
     with pytest.raises(InvalidInput, match="sent twice"):
-        fgrpc.decode_infer_request(request, MIXED)
+        fgrpc.decode_infer_request(request, MIXED, no_limit)
     with pytest.raises(TooManyRows):
-        fgrpc.decode_infer_request(typed_request(frame(5)), MIXED, max_rows=4)
+        fgrpc.decode_infer_request(typed_request(frame(5)), MIXED, limit_rows(4))
 
 
 @pytest.mark.parametrize(
@@ -472,6 +482,7 @@ def test_internal_errors_hide_the_cause(
     files: dict[str, ModelFiles], caplog: pytest.LogCaptureFixture
 ) -> None:
     predictor = predictor_for(files)
+    ids: list[str] = []
 
     async def boom(request: PredictRequest) -> Any:
         raise RuntimeError("secret detail")
@@ -480,12 +491,18 @@ def test_internal_errors_hide_the_cause(
         predictor.predict = boom  # type: ignore[method-assign]
         err = await rpc_error(stub.ModelInfer(typed_request(frame(2), id="rid-9")))
         assert err.code() is Code.INTERNAL
-        assert err.details() == "Internal error; see the server log for request rid-9."
+        found = re.fullmatch(
+            r"Internal error; see the server log for request ([0-9a-f]{24})\.", err.details()
+        )
+        assert found, err.details()  # the server's id, which the log line carries
+        ids.append(found.group(1))
         assert trailing(err)["flywheel-error-kind"] == "internal"
 
     with caplog.at_level("ERROR", logger="flywheel.serving"):
         run(predictor, check)
     assert "secret detail" in caplog.text  # in the log, never in the answer
+    logged = next(r for r in caplog.records if getattr(r, "request_id", None) == ids[0])
+    assert logged.client_id == "rid-9"  # type: ignore[attr-defined]
     assert predictor.metrics.errors[("grpc", "internal")] == 1
     assert predictor.metrics.requests[("grpc", "ModelInfer", "500")] == 1
 
@@ -512,7 +529,8 @@ def test_api_key_size_limit_log_and_metrics(files: dict[str, ModelFiles]) -> Non
         answer = await stub.ModelInfer(
             typed_request(frame(2), id="logged"), metadata=(("authorization", "Bearer k3y"),)
         )
-        assert answer.id == "logged"
+        assert answer.id == "logged"  # the client's id echoed; the server's beside it
+        assert len(answer.parameters["request_id"].string_param) == 24
         err = await rpc_error(
             stub.ModelInfer(typed_request(frame(300)), metadata=(("x-api-key", "k3y"),))
         )
@@ -520,7 +538,8 @@ def test_api_key_size_limit_log_and_metrics(files: dict[str, ModelFiles]) -> Non
         assert (await stub.ServerReady(pb.ServerReadyRequest())).ready  # health needs no key
 
     run(predictor, check)
-    assert [(r.request_id, r.protocol) for r in sink.records] == [("logged", "grpc")]
+    assert [r.protocol for r in sink.records] == ["grpc"]
+    assert len(sink.records[0].request_id) == 24  # the server's id keys the log, not "logged"
     assert predictor.metrics.requests[("grpc", "ModelInfer", "200")] == 1
     assert predictor.metrics.requests[("grpc", "ModelInfer", "401")] == 2
 
@@ -563,6 +582,8 @@ def test_port_in_use_is_a_config_error(files: dict[str, ModelFiles]) -> None:
 def test_public_api() -> None:
     assert set(fgrpc.__all__) == {
         "DEFAULT_GRPC_PORT",
+        "GrpcFront",
+        "grpc_front",
         "InferenceServicer",
         "create_grpc_server",
         "decode_infer_request",

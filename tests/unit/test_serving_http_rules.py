@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import tritonclient.http as thttp
 
+from flywheel.predlog import PredictionLog, open_prediction_log
 from flywheel.serving.config import ServedModel, ServingConfig
-from flywheel.serving.models import ModelFiles, StaticSource
 from flywheel.serving.predictor import Predictor
-from flywheel.serving.predlog import PredictionLog, open_prediction_log
 from flywheel.serving.rest import create_app
+from flywheel.serving.sources import ModelFiles, StaticSource
 from tests.unit.serving_models import build, frame, rows
 
 Check = Callable[[httpx.AsyncClient], Awaitable[None]]
@@ -126,7 +126,8 @@ def test_one_content_type_rule_refuses_alike(
             assert answer.json()["error_code"] == "BAD_REQUEST"
 
     try:
-        serve(files, check, sink=plog, admin_token="t0ken")
+        # the same token as admin token and labels key: every route here accepts it
+        serve(files, check, sink=plog, admin_token="t0ken", labels_key="t0ken")
     finally:
         plog.close()
 

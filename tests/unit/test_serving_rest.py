@@ -16,9 +16,9 @@ import pytest
 
 from flywheel.serving.config import ServedModel, ServingConfig
 from flywheel.serving.logs import JsonFormatter
-from flywheel.serving.models import ModelFiles, StaticSource
 from flywheel.serving.predictor import Predictor
 from flywheel.serving.rest import RestFront, create_app
+from flywheel.serving.sources import ModelFiles, StaticSource
 from tests.unit.serving_models import build, rows
 
 Check = Callable[[httpx.AsyncClient], Awaitable[None]]
@@ -101,11 +101,15 @@ def test_v1_predict_json_shapes(files: dict[str, ModelFiles]) -> None:
         )
         assert many.status_code == 200
         body = many.json()
-        assert (body["model"], body["version"], body["request_id"]) == ("churn", "1", "abc-1")
-        assert many.headers["x-request-id"] == "abc-1"
+        assert (body["model"], body["version"], body["client_id"]) == ("churn", "1", "abc-1")
+        assert many.headers["x-request-id"] == "abc-1"  # the client's id is echoed...
+        assert len(body["request_id"]) == 24 and body["request_id"] != "abc-1"  # ...not the key
         assert len(body["predictions"]) == 3 and len(body["probabilities"][0]) == 2
         assert body["classes"] == [0, 1]
-        single = (await c.post("/v1/predict", json=data[0])).json()
+        answer = await c.post("/v1/predict", json=data[0])
+        single = answer.json()
+        assert "client_id" not in single  # none sent: the header echoes the server's id
+        assert answer.headers["x-request-id"] == single["request_id"] != body["request_id"]
         assert single["probabilities"][0] == body["probabilities"][0]
         columns = {k: [r[k] for r in data] for k in data[0]}
         by_col = (await c.post("/v1/predict", json={"columns": columns})).json()

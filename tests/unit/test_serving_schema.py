@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
+from flywheel.predlog import open_prediction_log
 from flywheel.serving.config import ServedModel, ServingConfig
-from flywheel.serving.models import StaticSource
 from flywheel.serving.predictor import Predictor
-from flywheel.serving.predlog import open_prediction_log
 from flywheel.serving.rest import RestFront, create_app
+from flywheel.serving.sources import StaticSource
 from tests.unit.serving_models import SPECS, build
 
 CONFIG = {
@@ -54,7 +54,9 @@ def app(tmp_path: Path) -> Iterator[RestFront]:
     tmp = tmp_path
     plog = open_prediction_log(f"sqlite:///{tmp}/predictions.db")
     predictor = Predictor(
-        ServingConfig(models=(ServedModel("churn"),), poll_interval_s=0.0, admin_token="t"),
+        # No auth: /v1/feedback is open (with any auth on it takes the labels key only, tested
+        # in test_serving_auth.py), so positive feedback cases reach the log.
+        ServingConfig(models=(ServedModel("churn"),), poll_interval_s=0.0),
         {"churn": StaticSource({"1": build(tmp, family="logreg")}, {"champion": "1"})},
         sink=plog,
     )

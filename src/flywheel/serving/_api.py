@@ -18,13 +18,12 @@ import flywheel
 from flywheel.errors import FlywheelError
 from flywheel.serving import _tensors as tensors
 from flywheel.serving import _wire as wire
-from flywheel.serving.config import ServingConfig
+from flywheel.serving.config import ServingConfig, secret_bytes
 from flywheel.serving.errors import (
     BadRequest,
     Forbidden,
     InternalError,
     InvalidInput,
-    ModelNotFound,
     ModelNotReady,
     Unauthorized,
 )
@@ -59,16 +58,16 @@ class V1Records(BaseModel):
     version: str | int | None = Field(None, description="Must equal the served version if given.")
 
 
-class V1Columns(BaseModel):
-    columns: dict[str, list[Any]] = Field(description="{feature: [values, one per row]}.")
-    model: str | None = None
-    version: str | int | None = None
-
-
 class V1Response(BaseModel):
     model: str
     version: str
-    request_id: str
+    request_id: str = Field(
+        description="The server's id for this request (the prediction log's key; "
+        "POST /v1/feedback takes it)."
+    )
+    client_id: str | None = Field(
+        None, description="The X-Request-ID the client sent, when it sent one (echoed)."
+    )
     predictions: list[Any] = Field(description="Class labels, or values for regression.")
     probabilities: list[list[float]] | None = Field(None, description="[rows][classes].")
     classes: list[Any] | None = None
@@ -261,7 +260,7 @@ def json_body(request: Request) -> None:
 
 
 def _admin_guard(config: ServingConfig) -> Any:
-    token = config.admin_token.encode() if config.admin_token else None
+    token = secret_bytes(config.admin_token)
 
     def check(authorization: str | None = Header(None)) -> None:
         if token is None:
@@ -577,43 +576,6 @@ def _typed_v2(schema: dict[str, Any], predictor: Predictor, record: dict[str, An
                     param["schema"] = {"type": "string", "enum": served[param["name"]]}
 
 
-def _v2_metadata(predictor: Predictor, name: str, version: str | None) -> dict[str, Any]:
-    model = predictor.model(name)
-    if version is not None and version != model.version:
-        raise ModelNotFound(
-            f"Model {name!r} version {version[:32]!r} is not served (serving {model.version}).",
-            model=name,
-        )
-    outputs = [
-        {
-            "name": "label",
-            "datatype": "BYTES"
-            if model.classes and isinstance(model.classes[0], str)
-            else ("INT64" if model.task == "classification" else "FP32"),
-            "shape": [-1],
-        }
-    ]
-    if model.task == "classification":
-        outputs.append(
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(model.classes or [])]}
-        )
-    return {
-        "name": name,
-        "versions": [model.version],
-        "platform": "onnxruntime",
-        "inputs": [
-            {
-                "name": s.name,
-                "datatype": "FP32" if s.kind == "numeric" else "BYTES",
-                "shape": [-1, 1],
-            }
-            for s in model.schema.specs
-        ],
-        "outputs": outputs,
-        "parameters": {"task": model.task, "classes": model.classes, "sha256": model.sha256},
-    }
-
-
 def _metadata_routes(api: FastAPI, predictor: Predictor) -> None:
     @api.get("/version", tags=["mlflow"], summary="Server version")
     async def version() -> str:
@@ -633,7 +595,7 @@ def _metadata_routes(api: FastAPI, predictor: Predictor) -> None:
 
     @api.get("/v2/models/{name}", tags=["v2"], responses=_V2_ERRORS, summary="Model metadata")
     async def model_metadata(name: str) -> dict[str, Any]:
-        return _v2_metadata(predictor, name, None)
+        return predictor.metadata(name, None)
 
     @api.get(
         "/v2/models/{name}/versions/{version}",
@@ -642,11 +604,11 @@ def _metadata_routes(api: FastAPI, predictor: Predictor) -> None:
         summary="Model version metadata",
     )
     async def version_metadata(name: str, version: str) -> dict[str, Any]:
-        return _v2_metadata(predictor, name, version)
+        return predictor.metadata(name, version)
 
     async def _ready(name: str, version: str | None) -> JSONResponse:
         try:
-            _v2_metadata(predictor, name, version)
+            predictor.metadata(name, version)
         except ModelNotReady:
             return JSONResponse({"name": name, "ready": False}, status_code=503)
         return JSONResponse({"name": name, "ready": True})

@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
+from flywheel.schema import InputSchema
 from flywheel.serving import _tensors as tensors
-from flywheel.serving.decode import InputSchema
 from flywheel.serving.errors import (
     BadRequest,
     InvalidInput,
@@ -143,8 +143,15 @@ def parse_json(body: bytes) -> Any:
 # --------------------------------------------------------------------------- native /v1
 
 
-def native_request(data: Any, request_id: str | None, protocol: str = "rest") -> PredictRequest:
-    """``{"records": [...]}``, ``{"columns": {...}}``, a single record object, or a list."""
+def native_request(
+    data: Any,
+    protocol: str = "rest",
+    *,
+    request_id: str | None = None,
+    client_id: str | None = None,
+) -> PredictRequest:
+    """``{"records": [...]}``, ``{"columns": {...}}``, a single record object, or a list.
+    ``request_id``/``client_id``: the front's :class:`~flywheel.serving.cycle.Call` ids."""
     if isinstance(data, dict):
         model, version = data.get("model"), data.get("version")
         if "records" in data and "columns" in data:
@@ -168,6 +175,7 @@ def native_request(data: Any, request_id: str | None, protocol: str = "rest") ->
                 model=model,
                 version=version,
                 request_id=request_id,
+                client_id=client_id,
                 protocol=protocol,
             )
         if "columns" in data:
@@ -176,13 +184,18 @@ def native_request(data: Any, request_id: str | None, protocol: str = "rest") ->
                 model=model,
                 version=version,
                 request_id=request_id,
+                client_id=client_id,
                 protocol=protocol,
             )
-        return PredictRequest(records=[data], request_id=request_id, protocol=protocol)
-    if isinstance(data, list):
-        return PredictRequest(records=data, request_id=request_id, protocol=protocol)
-    raise BadRequest(
-        'The body must be a JSON object: {"records": [...]} or one record.', rule="shape"
+        rows: Any = [data]
+    elif isinstance(data, list):
+        rows = data
+    else:
+        raise BadRequest(
+            'The body must be a JSON object: {"records": [...]} or one record.', rule="shape"
+        )
+    return PredictRequest(
+        records=rows, request_id=request_id, client_id=client_id, protocol=protocol
     )
 
 
@@ -462,7 +475,7 @@ def v2_request(
     schema: InputSchema,
     outputs: Sequence[str],
     model: str,
-    max_rows: int,
+    check_rows: tensors.RowCheck,
 ) -> tuple[PredictRequest, V2Outputs]:
     """An OIP v2 infer body -> the core request and the outputs to answer.
 
@@ -482,8 +495,8 @@ def v2_request(
     default_binary = bool(_flag(params, "binary_data_output", "parameters"))
     inputs = _v2_inputs(data.get("inputs"), binary)
     wanted = _v2_outputs(data.get("outputs"), default_binary, outputs, model)
-    columns = tensors.to_columns(inputs, schema, max_rows)
-    return PredictRequest(columns=columns, request_id=rid, protocol="v2"), wanted
+    columns = tensors.to_columns(inputs, schema, check_rows)
+    return PredictRequest(columns=columns, client_id=rid, protocol="v2"), wanted
 
 
 def encode_v2(response: PredictResponse, outputs: V2Outputs) -> tuple[bytes, int]:
@@ -510,7 +523,8 @@ def encode_v2(response: PredictResponse, outputs: V2Outputs) -> tuple[bytes, int
         {
             "model_name": response.model,
             "model_version": response.version,
-            "id": response.request_id,
+            "id": response.client_id or response.request_id,
+            "parameters": {"request_id": response.request_id},
             "outputs": described,
         },
         option=JSON_OPTS,

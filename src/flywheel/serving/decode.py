@@ -19,42 +19,19 @@ Errors name the field, the row and the rule, and never echo the payload.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from operator import itemgetter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from flywheel.schema import InputSchema
 from flywheel.serving.errors import BadRequest, InvalidInput
-from flywheel.training.features import FeatureSpec
 
 __all__ = ["Decoded", "InputSchema", "decode_arrow", "decode_columns", "decode_records"]
 
 F32_MAX = float(np.finfo(np.float32).max)
 _NAN = float("nan")
-
-
-@dataclass(frozen=True, slots=True)
-class InputSchema:
-    """A model's inputs in ONNX order: names, kinds, and a name -> position index."""
-
-    specs: tuple[FeatureSpec, ...]
-    names: tuple[str, ...] = ()
-    numeric: tuple[bool, ...] = ()
-    values_of: Callable[[Mapping[str, Any]], tuple[Any, ...]] = field(
-        init=False, repr=False, compare=False, default=tuple
-    )
-    kinds: tuple[tuple[bool, str], ...] = field(init=False, repr=False, compare=False, default=())
-
-    def __post_init__(self) -> None:
-        names = tuple(s.name for s in self.specs)
-        object.__setattr__(self, "names", names)
-        object.__setattr__(self, "numeric", tuple(s.kind == "numeric" for s in self.specs))
-        # a record's values in input order, as a tuple even for one feature
-        getter = itemgetter(*names) if len(names) > 1 else _one(names)
-        object.__setattr__(self, "values_of", getter)
-        object.__setattr__(self, "kinds", tuple(zip(self.numeric, names, strict=True)))
 
 
 @dataclass(slots=True)
@@ -63,13 +40,6 @@ class Decoded:
 
     columns: list[Any]
     rows: int
-
-
-def _one(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
-    def values_of(record: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(record[n] for n in names)
-
-    return values_of
 
 
 def _type_name(value: Any) -> str:

@@ -1,8 +1,16 @@
 """``POST /v1/feedback``: attach ground-truth labels to logged predictions by request id.
 
 Labels may arrive days after the prediction; they are stored beside the prediction log
-(:meth:`flywheel.serving.predlog.PredictionLog.feedback_many`), never rewriting it. This is
-the input of performance monitoring.
+(:meth:`flywheel.predlog.PredictionLog.label`), never rewriting it. This is the input of
+performance monitoring. An id is the server's ``request_id`` from the answer, or the id the
+client sent (``X-Request-ID``, v2/gRPC ``id``) when exactly one logged prediction carries it;
+anything else is answered as unknown (:mod:`flywheel.predlog.feedback`).
+
+Labels can poison monitoring, so the route takes its own credential: whenever any auth is
+configured (``serving.api_key``, the admin token, or ``serving.labels_key``), it needs the
+labels key (``X-API-Key`` or ``Authorization: Bearer``): no key is 401, any other key
+(a prediction key included) is 403, and with no labels key configured it is closed (403).
+With no auth configured at all it stays open, as the prediction routes are.
 """
 
 from __future__ import annotations
@@ -16,15 +24,19 @@ from starlette.concurrency import run_in_threadpool
 from flywheel.serving import _wire as wire
 from flywheel.serving._api import ErrorBody
 from flywheel.serving.auth import credential, key_ok
-from flywheel.serving.config import ServingConfig
-from flywheel.serving.errors import InvalidInput, PayloadTooLarge, Unauthorized
+from flywheel.serving.config import ServingConfig, secret_bytes
+from flywheel.serving.errors import Forbidden, InvalidInput, PayloadTooLarge, Unauthorized
 
 __all__ = ["FeedbackItem", "FeedbackRequest", "FeedbackResponse", "add_feedback_routes"]
 
 
 class FeedbackItem(BaseModel):
     request_id: str = Field(
-        ..., min_length=1, max_length=200, description="From the prediction's answer."
+        ...,
+        min_length=1,
+        max_length=200,
+        description="The request_id of the prediction's answer (the server's id), or the id "
+        "the client sent with it when exactly one prediction carries that id.",
     )
     label: Any = Field(..., description="The ground truth (class label or value).")
 
@@ -35,13 +47,34 @@ class FeedbackRequest(BaseModel):
 
 class FeedbackResponse(BaseModel):
     accepted: int = Field(..., description="Labels stored.")
-    unknown: list[str] = Field(..., description="Request ids with no logged prediction.")
+    unknown: list[str] = Field(
+        ...,
+        description="Ids that name no logged prediction (or a client id several carry), once each.",
+    )
 
 
 def _check_key(request: Request, config: ServingConfig) -> None:
-    key = config.api_key.encode() if config.api_key else None
-    if not key_ok(credential(request.headers.raw), key):
-        raise Unauthorized("A valid API key is required (X-API-Key or Authorization: Bearer).")
+    """The labels key rule (module docstring)."""
+    labels_key = secret_bytes(config.labels_key)
+    if not (secret_bytes(config.api_key) or secret_bytes(config.admin_token) or labels_key):
+        return  # no auth configured at all: open, as the prediction routes are
+    if not labels_key:
+        raise Forbidden(
+            "Feedback is closed: serving auth is on and no labels key is set. Set "
+            "FLYWHEEL_SERVING__LABELS_KEY and send it as 'X-API-Key: <key>' or "
+            "'Authorization: Bearer <key>'."
+        )
+    given = credential(request.headers.raw)
+    if given is None:
+        raise Unauthorized(
+            "POST /v1/feedback needs the labels key (serving.labels_key): send "
+            "'X-API-Key: <key>' or 'Authorization: Bearer <key>'."
+        )
+    if not key_ok(given, labels_key):
+        raise Forbidden(
+            "This key does not open /v1/feedback: labels need the labels key "
+            "(serving.labels_key); prediction keys are refused here."
+        )
 
 
 def _inline(schema: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +119,7 @@ async def _payload(request: Request, config: ServingConfig) -> FeedbackRequest:
 def add_feedback_routes(api: FastAPI, log: Any, config: ServingConfig) -> None:
     """Mount ``POST /v1/feedback`` on the FastAPI app, backed by the prediction log."""
     errors: dict[int | str, dict[str, Any]] = {
-        code: {"model": ErrorBody} for code in (400, 401, 413, 415, 422, 500, 503)
+        code: {"model": ErrorBody} for code in (400, 401, 403, 413, 415, 422, 500, 503)
     }
     body = _inline(FeedbackRequest.model_json_schema())
 
@@ -103,8 +136,8 @@ def add_feedback_routes(api: FastAPI, log: Any, config: ServingConfig) -> None:
     async def feedback(request: Request) -> FeedbackResponse:
         _check_key(request, config)
         payload = await _payload(request, config)
-        # The log's feedback call does blocking database I/O: off the event loop.
-        unknown = await run_in_threadpool(
-            lambda: [i.request_id for i in payload.items if not log.feedback(i.request_id, i.label)]
+        # The log's label call does blocking database I/O: off the event loop.
+        result = await run_in_threadpool(
+            log.label, [(i.request_id, i.label) for i in payload.items]
         )
-        return FeedbackResponse(accepted=len(payload.items) - len(unknown), unknown=unknown)
+        return FeedbackResponse(accepted=result.accepted, unknown=result.unknown)

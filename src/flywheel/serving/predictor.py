@@ -22,27 +22,28 @@ single attribute assignment on the event loop makes it current. A request binds 
 it started with, so it finishes on that version; nobody sees a half-loaded model. Every
 served model (name) is one ONNX Runtime session in this process, shared by all requests.
 
-Prediction log: when a ``sink`` is given, each answered request becomes one record passed
-to ``sink.append(record)`` (must not block). The record is a
-:class:`flywheel.serving.predlog.PredictionRecord`; ``inputs``/``outputs`` hold the validated
-columns and raw output arrays (not copied: the sink serialises them off the hot path). A
-sink with ``append_row`` (the :class:`~flywheel.serving.predlog.PredictionLog`) gets the
-encoded row instead, built here in one step (~3% less server CPU per ``/v1/predict``
-request at 64 connections than the record and its encoding layers); when it also took the
-version's input names at load (``register_inputs``), the row's inputs are the columns in
-input order, a JSON array (~6% less again, a third less log on disk).
+Prediction log: when a ``sink`` is given, each answered request becomes one log row keyed
+by the server's request id, with the client's id beside it. A
+:class:`~flywheel.serving.types.PredictionSink` (the :class:`flywheel.predlog.PredictionLog`)
+gets the encoded row, built here in one step (~3% less server CPU per ``/v1/predict``
+request at 64 connections than a record and its encoding layers) through ``append_row``,
+or, when the sink is ``durable``, through ``commit_row``, whose future ``predict`` awaits
+before it returns (an answer is released only once its row is committed; not committed:
+:class:`~flywheel.predlog.PredictionLogError`, 503). When the log took the version's input
+names at load (``register_inputs``), the row's inputs are the columns in input order, a
+JSON array (~6% less CPU again, a third less log on disk). A sink with only ``append`` (a
+:class:`~flywheel.serving.types.RecordSink`) gets a
+:class:`flywheel.predlog.PredictionRecord` whose ``inputs``/``outputs`` hold the validated
+columns and raw output arrays (not copied).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import itertools
 import logging
-import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -50,8 +51,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flywheel.errors import FlywheelError
+from flywheel.predlog import PredictionLogError, PredictionRecord, encode_json
 from flywheel.serving.batching import BatchStats, assemble
 from flywheel.serving.config import ServedModel, ServingConfig
+from flywheel.serving.cycle import Calls, new_request_id
 from flywheel.serving.decode import Decoded, decode_arrow, decode_columns, decode_records
 from flywheel.serving.errors import (
     BadRequest,
@@ -60,26 +63,18 @@ from flywheel.serving.errors import (
     ModelNotReady,
     TooManyRows,
 )
+from flywheel.serving.loading import LoadedModel, load_model
 from flywheel.serving.metrics import ServingMetrics
-from flywheel.serving.models import LoadedModel, ModelSource, RegistrySource, load_model
-from flywheel.serving.predlog import PredictionRecord, encode_json
+from flywheel.serving.sources import ModelSource, RegistrySource
 from flywheel.serving.types import PredictionSink, PredictRequest, PredictResponse
 
 if TYPE_CHECKING:
     from flywheel.config import Settings
+    from flywheel.workspace import Workspace
 
-__all__ = ["PredictRequest", "PredictResponse", "Predictor"]
+__all__ = ["PredictRequest", "PredictResponse", "Predictor", "new_request_id"]
 
 log = logging.getLogger("flywheel.serving")
-
-# Request ids: a random per-process prefix + a counter (unique across replicas, ~10x cheaper
-# than uuid4 on the hot path).
-_ID_PREFIX = os.urandom(6).hex()
-_ID_COUNTER = itertools.count(1)
-
-
-def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
 
 
 @dataclass
@@ -113,19 +108,23 @@ class Predictor:
         self.metrics = metrics or ServingMetrics()
         self.metrics.models = self._model_info
         self.metrics.sink = sink
+        self.calls = Calls(self.metrics, config.api_key)  # the request cycle every front runs
         self._slots = {name: _Slot(m, sources[name]) for name, m in served.items()}
         self.default_model = next(iter(self._slots))
         self._poller: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, config: ServingConfig | None = None, **kwargs: Any
+        cls, settings: Settings | Workspace, config: ServingConfig | None = None, **kwargs: Any
     ) -> Predictor:
-        """Models from the MLflow registry that ``settings`` points at."""
-        config = config or ServingConfig.from_settings(settings)
-        models = config.models or (ServedModel(settings.registry.model_name),)
-        sources = {m.name: RegistrySource(settings, m.registered_name or m.name) for m in models}
-        return cls(dataclasses.replace(config, models=models), sources, **kwargs)
+        """Models from the MLflow registry of ``settings`` (or a workspace built from them)."""
+        from flywheel.workspace import Workspace
+
+        ws = Workspace.of(settings)
+        config = config or ServingConfig.from_settings(ws.settings)
+        models = config.models or (ServedModel(ws.settings.registry.model_name),)
+        sources = {m.name: RegistrySource(ws, m.registered_name or m.name) for m in models}
+        return cls(config.model_copy(update={"models": models}), sources, **kwargs)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -161,17 +160,34 @@ class Predictor:
     def ready(self) -> bool:
         return all(slot.model is not None for slot in self._slots.values())
 
-    def model(self, name: str | None = None) -> LoadedModel:
-        """The model currently serving ``name`` (raises ModelNotFound/ModelNotReady)."""
+    def model(self, name: str | None = None, version: str | None = None) -> LoadedModel:
+        """The model currently serving ``name`` (None: the default model). ``version``, when
+        given, must be the version being served. Raises ModelNotFound / ModelNotReady: the
+        one place every protocol's "which model, which version" is decided."""
         slot = self._slot(name)
-        if slot.model is None:
+        model = slot.model
+        if model is None:
             raise ModelNotReady(
                 f"Model {slot.served.name!r} is not loaded yet"
                 + (f" ({slot.last_error})" if slot.last_error else "")
                 + ". Retry shortly.",
                 model=slot.served.name,
             )
-        return slot.model
+        if version and str(version) != model.version:
+            raise ModelNotFound(
+                f"Model {model.name!r} version {str(version)[:32]!r} is not served; "
+                f"this server serves version {model.version}. Pin it with POST /admin/pin.",
+                model=model.name,
+                version=str(version)[:32],
+            )
+        return model
+
+    def metadata(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
+        """The model's Open Inference metadata, protocol-free: ``name``, ``versions``,
+        ``platform``, and ``inputs``/``outputs`` as ``{name, datatype, shape}`` with the
+        datatypes read from the ONNX session (REST and gRPC both render this one dict)."""
+        model = self.model(name, version)
+        return model.metadata(name or model.name)
 
     def names(self) -> list[str]:
         return list(self._slots)
@@ -277,11 +293,16 @@ class Predictor:
         and ~6% less server CPU per request at 64 connections. Any failure keeps named
         objects."""
         sink = self.sink
-        register = getattr(sink, "register_inputs", None)
-        if register is None or getattr(sink, "append_row", None) is None:
+        if sink is None or not _takes_rows(sink):
             return
         try:
-            if register(model.name, model.version, model.schema.names):
+            if sink.register_inputs(
+                model.name,
+                model.version,
+                model.schema.names,
+                numeric=model.schema.numeric,
+                classes=model.classes,
+            ):
                 model.columns_logged_to = sink
         except Exception as exc:  # the log is optional for serving: keep named inputs
             log.warning(
@@ -303,18 +324,19 @@ class Predictor:
                 raise BadRequest("Send rows as records or as columns, not both.")
             if not isinstance(request.records, (list, tuple)):
                 raise BadRequest("records must be a list of objects.", field="records")
-            self._check_rows(len(request.records))  # before decoding: no work on huge bodies
+            self.check_rows(len(request.records))  # before decoding: no work on huge bodies
             return decode_records(request.records, model.schema, extra=request.extra_fields)
         if request.columns is None:
             raise BadRequest("The request holds no rows: send records or columns.")
         if hasattr(request.columns, "column_names"):  # a pyarrow.Table
-            self._check_rows(request.columns.num_rows)  # type: ignore[attr-defined]
+            self.check_rows(request.columns.num_rows)  # type: ignore[attr-defined]
             return decode_arrow(request.columns, model.schema, extra=request.extra_fields)
         decoded = decode_columns(request.columns, model.schema, extra=request.extra_fields)
-        self._check_rows(decoded.rows)
+        self.check_rows(decoded.rows)
         return decoded
 
-    def _check_rows(self, rows: int) -> None:
+    def check_rows(self, rows: int) -> None:
+        """Raise TooManyRows past ``serving.max_rows_per_request`` (every protocol)."""
         limit = self.config.max_rows_per_request
         if rows > limit:
             raise TooManyRows(
@@ -327,14 +349,7 @@ class Predictor:
     async def predict(self, request: PredictRequest) -> PredictResponse:
         """Score the request's rows; see the module docstring."""
         start = time.perf_counter()
-        model = self.model(request.model)
-        if request.version is not None and str(request.version) != model.version:
-            raise ModelNotFound(
-                f"Model {model.name!r} version {str(request.version)[:32]!r} is not served; "
-                f"this server serves version {model.version}. Pin it with POST /admin/pin.",
-                model=model.name,
-                version=str(request.version)[:32],
-            )
+        model = self.model(request.model, request.version)
         decoded = self.decode(request, model)
         if decoded.rows == 0:
             raise InvalidInput("The request holds no rows; send at least one.", rule="rows")
@@ -348,9 +363,17 @@ class Predictor:
             proba,
             model.classes,
             (time.perf_counter() - start) * 1000.0,
+            request.client_id,
         )
         if self.sink is not None:
-            self._log(request, model, decoded, response)
+            committed = self._log(request, model, decoded, response)
+            if committed is not None and not await committed:
+                raise PredictionLogError(
+                    f"The answer to request {response.request_id} is withheld: its prediction "
+                    "log row could not be committed (serving.prediction_log_durability is "
+                    "commit). Retry; the server log says why the log is failing.",
+                    request_id=response.request_id,
+                )
         return response
 
     def _log(
@@ -359,42 +382,69 @@ class Predictor:
         model: LoadedModel,
         decoded: Decoded,
         response: PredictResponse,
-    ) -> None:
+    ) -> Awaitable[bool] | None:
+        """Log the answered request; returns the commit future a durable sink gives (the
+        caller awaits it), else None. In the async mode a failure is logged, never raised:
+        the answer was computed and is sent."""
         sink = self.sink
         rid = response.request_id
+        client = getattr(response, "client_id", None)  # the id the client sent, if any
+        named = model.columns_logged_to is not sink  # else: names registered, columns logged
+        rows = not named or _takes_rows(sink)
+        durable = rows and sink.durable  # type: ignore[union-attr]
         try:
             outputs = {"labels": response.labels, "probabilities": response.probabilities}
-            if model.columns_logged_to is sink:  # names registered: columns in input order
-                inputs: Any = decoded.columns
-                append_row = sink.append_row  # type: ignore[union-attr]
-            else:
+            inputs: Any = decoded.columns
+            if named:
                 inputs = dict(zip(model.schema.names, decoded.columns, strict=True))
-                append_row = getattr(sink, "append_row", None)
-            if append_row is None:  # any other sink gets the record
-                sink.append(  # type: ignore[union-attr]
-                    PredictionRecord(
-                        rid,
-                        time.time(),
-                        model.name,
-                        model.version,
-                        request.protocol,
-                        inputs,
-                        outputs,
-                        response.latency_ms,
-                    )
-                )
-                return
-            append_row(
-                (
+            if not rows:  # a record sink (append only) gets the record, raw arrays
+                record = PredictionRecord(
                     rid,
                     time.time(),
                     model.name,
                     model.version,
                     request.protocol,
-                    encode_json(inputs, rid, "inputs"),
-                    encode_json(outputs, rid, "outputs"),
+                    inputs,
+                    outputs,
                     response.latency_ms,
+                    client,
                 )
+                sink.append(record)  # type: ignore[union-attr]
+                return None
+            log_sink: PredictionSink = sink  # type: ignore[assignment]
+            row = (
+                rid,
+                time.time(),
+                model.name,
+                model.version,
+                request.protocol,
+                encode_json(inputs, rid, "inputs"),
+                encode_json(outputs, rid, "outputs"),
+                response.latency_ms,
+                client,
             )
-        except Exception:  # the log must never fail a request that was answered
+            if durable:
+                return log_sink.commit_row(row)
+            log_sink.append_row(row)
+        except Exception as exc:
+            if durable:  # the answer may not leave unlogged
+                raise PredictionLogError(
+                    f"The answer to request {rid} is withheld: its prediction log row could "
+                    f"not be queued ({type(exc).__name__}: {exc}).",
+                    request_id=rid,
+                ) from exc
             log.exception("prediction log append failed (request %s)", rid)
+        return None
+
+
+_ROW_SINKS: dict[type, bool] = {}
+
+
+def _takes_rows(sink: object) -> bool:
+    """Whether ``sink`` is a whole :class:`PredictionSink` (encoded rows, commit futures,
+    input names) rather than a record sink; decided once per sink class."""
+    kind = type(sink)
+    found = _ROW_SINKS.get(kind)
+    if found is None:
+        found = _ROW_SINKS[kind] = isinstance(sink, PredictionSink)
+    return found

@@ -20,9 +20,9 @@ stack trace. Every route with a body follows one content-type rule
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -30,11 +30,11 @@ import orjson
 
 from flywheel.errors import FlywheelError
 from flywheel.serving import _wire as wire
-from flywheel.serving.auth import key_ok
-from flywheel.serving.config import ServingConfig
-from flywheel.serving.errors import InternalError, PayloadTooLarge, Unauthorized
+from flywheel.serving.config import ServingConfig, secret_bytes
+from flywheel.serving.cycle import Call, clean_client_id
+from flywheel.serving.errors import PayloadTooLarge
 from flywheel.serving.metrics import CONTENT_TYPE as METRICS_TYPE
-from flywheel.serving.predictor import Predictor, new_request_id
+from flywheel.serving.predictor import Predictor
 from flywheel.serving.types import json_array
 
 if TYPE_CHECKING:
@@ -79,23 +79,30 @@ class _Head:
     def __init__(self) -> None:
         self.ctype, self.encoding = "", ""
         self.length = self.header_length = -1  # -1: no such header
-        self.rid: str | None = None
+        self.rid: bytes | None = None  # the client's X-Request-ID (cleaned by the cycle)
         self.cred: bytes | None = None
 
 
-Work = Callable[[str, bytes, "_Head"], Awaitable["bytes | tuple[bytes, int]"]]
+Work = Callable[[str, bytes, "_Head", Call], Awaitable["bytes | tuple[bytes, int]"]]
 
 
 class RestFront:
     """The raw-ASGI front; unknown routes fall through to ``fallback`` (the FastAPI app)."""
 
-    def __init__(self, predictor: Predictor, config: ServingConfig, fallback: Any) -> None:
+    def __init__(
+        self, predictor: Predictor, config: ServingConfig, fallback: Callable[[], Any]
+    ) -> None:
+        """``fallback`` builds the FastAPI app; it is built off the hot path (FastAPI's
+        import alone is ~0.3 s of a ~1 s cold start): in a thread once the models are
+        loaded, or on the first request that needs it, whichever comes first."""
         self.predictor = predictor
         self.config = config
         self.metrics = predictor.metrics
-        self.fallback = fallback
+        self._build_fallback = fallback
+        self._fallback: Any = None
+        self._fallback_lock = asyncio.Lock()
+        self._warming: asyncio.Task[Any] | None = None
         self.startup_error: BaseException | None = None  # why the lifespan start-up failed
-        self._api_key = config.api_key.encode() if config.api_key else None
         self._exact: dict[tuple[str, str], Callable[..., Awaitable[None]]] = {
             ("POST", "/v1/predict"): self._v1_predict,
             ("POST", "/invocations"): self._invocations,
@@ -127,9 +134,25 @@ class RestFront:
         elif kind == "websocket" and scope["path"] == "/v1/stream":
             from flywheel.serving.ws import stream_endpoint
 
-            await stream_endpoint(scope, receive, send, self.predictor, api_key=self.config.api_key)
+            key = secret_bytes(self.config.api_key)
+            await stream_endpoint(
+                scope, receive, send, self.predictor, api_key=key.decode() if key else None
+            )
             return
         await self.fallback(scope, receive, send)
+
+    async def fallback(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Everything the raw front does not answer: the FastAPI app."""
+        app = self._fallback or await self._api()
+        await app(scope, receive, send)
+
+    async def _api(self) -> Any:
+        async with self._fallback_lock:
+            if self._fallback is None:
+                self._fallback = await asyncio.to_thread(self._build_fallback)
+                gc.collect()
+                gc.freeze()
+        return self._fallback
 
     # ------------------------------------------------------------------ plumbing
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -147,6 +170,7 @@ class RestFront:
                 gc.collect()
                 gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
+                self._warming = asyncio.create_task(self._api())
             elif message["type"] == "lifespan.shutdown":
                 await self.predictor.close()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -160,10 +184,13 @@ class RestFront:
         ctype: bytes = _JSON,
         request_id: str | None = None,
         header_length: int = -1,
+        error_kind: str | None = None,
     ) -> None:
         headers = [(b"content-type", ctype), (b"content-length", b"%d" % len(body))]
         if request_id is not None:
             headers.append((b"x-request-id", request_id.encode()))
+        if error_kind is not None:  # the same kind on every protocol (gRPC: trailing metadata)
+            headers.append((b"flywheel-error-kind", error_kind.encode()))
         if header_length >= 0:  # the v2 binary tensor data extension
             headers.append((b"inference-header-content-length", b"%d" % header_length))
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -178,8 +205,7 @@ class RestFront:
             elif key == b"content-length":
                 head.length = int(value) if value.isdigit() else -1
             elif key == b"x-request-id":
-                if 0 < len(value) <= 128 and value.isascii():
-                    head.rid = value.decode()
+                head.rid = value
             elif key == b"x-api-key":
                 head.cred = value
             elif key == b"authorization" and value[:7].lower() == b"bearer ":
@@ -217,13 +243,6 @@ class RestFront:
             size += len(chunk)
             chunks.append(chunk)
 
-    def _check_key(self, cred: bytes | None) -> None:
-        if not key_ok(cred, self._api_key):
-            raise Unauthorized(
-                "A valid API key is required: send 'X-API-Key: <key>' or "
-                "'Authorization: Bearer <key>'."
-            )
-
     async def _serve(
         self,
         scope: Scope,
@@ -235,20 +254,23 @@ class RestFront:
         work: Work,
         error: Callable[[FlywheelError], tuple[int, bytes]],
     ) -> None:
-        """Shared request cycle: headers, auth, content type, body, work, errors, metrics.
-        ``work(mime, body, head)`` answers JSON bytes, or (body, JSON header length) for the
-        v2 binary tensor data extension."""
-        start = time.perf_counter()
-        status, answer_type, header_length, rid = 200, _JSON, -1, None
+        """The HTTP half of the request cycle (:mod:`flywheel.serving.cycle` does id, auth,
+        error mapping and metrics for every protocol): headers, content type, body, work.
+        ``work(mime, body, head, call)`` answers JSON bytes, or (body, JSON header length)
+        for the v2 binary tensor data extension. ``X-Request-ID`` echoes the client's id
+        when it sent one, else the server's."""
+        calls = self.predictor.calls
+        head = self._headers(scope)
+        call = calls.begin(protocol, route, head.rid)
+        status, answer_type, header_length, kind = 200, _JSON, -1, None
         try:
-            head = self._headers(scope)
-            rid = head.rid = head.rid or new_request_id()
-            self._check_key(head.cred)
+            if calls.auth_required:
+                calls.authorize(head.cred)
             mime = wire.media_type(head.ctype, accepted)
             body = await self._body(receive, head.length)
             if head.encoding:
                 body = wire.decode_content(body, head.encoding, self.config.max_body_bytes)
-            done = await work(mime, body, head)
+            done = await work(mime, body, head, call)
             if isinstance(done, tuple):
                 answer, header_length = done
                 answer_type = _BINARY if header_length >= 0 else _JSON
@@ -256,16 +278,12 @@ class RestFront:
                 answer = done
         except _Disconnected:
             return
-        except FlywheelError as exc:
-            status, answer = error(exc)
-            self.metrics.error(protocol, exc.kind)
-        except Exception:
-            rid = rid or new_request_id()
-            log.exception("unhandled error", extra={"request_id": rid, "route": route})
-            status, answer = error(InternalError(rid))
-            self.metrics.error(protocol, "internal")
-        await self._reply(send, status, answer, answer_type, rid, header_length)
-        self.metrics.request(protocol, route, status, time.perf_counter() - start)
+        except Exception as exc:
+            failure = calls.failed(call, exc)
+            status, answer = error(failure)
+            kind = failure.kind
+        await self._reply(send, status, answer, answer_type, call.echo_id, header_length, kind)
+        calls.end(call, status)
 
     # ------------------------------------------------------------------ native
     async def _v1_predict(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -273,12 +291,13 @@ class RestFront:
             scope, receive, send, "rest", "/v1/predict", V1_TYPES, self._v1_work, _native_error
         )
 
-    async def _v1_work(self, mime: str, body: bytes, head: _Head) -> bytes:
-        rid = head.rid
-        if mime == wire.JSON:
-            request = wire.native_request(wire.parse_json(body), rid)
-        else:  # Arrow IPC or Parquet
-            request = wire.native_request({"columns": wire.read_arrow(body, mime)}, rid)
+    async def _v1_work(self, mime: str, body: bytes, head: _Head, call: Call) -> bytes:
+        data = (
+            wire.parse_json(body)
+            if mime == wire.JSON
+            else {"columns": wire.read_arrow(body, mime)}  # Arrow IPC or Parquet
+        )
+        request = wire.native_request(data, request_id=call.request_id, client_id=call.client_id)
         return wire.encode_native(await self.predictor.predict(request))
 
     # ------------------------------------------------------------------ MLflow
@@ -294,15 +313,14 @@ class RestFront:
             _mlflow_error,
         )
 
-    async def _mlflow_work(self, mime: str, body: bytes, head: _Head) -> bytes:
-        rid = head.rid
+    async def _mlflow_work(self, mime: str, body: bytes, head: _Head, call: Call) -> bytes:
         if mime == wire.JSON:
             request = wire.mlflow_request(wire.parse_json(body), self.predictor.model().schema)
         else:
             table = wire.read_csv(body) if mime == wire.CSV else wire.read_arrow(body, mime)
-            request = wire.native_request({"columns": table}, rid, "mlflow")
+            request = wire.native_request({"columns": table}, "mlflow")
             request.extra_fields = "ignore"
-        request.request_id = rid
+        request.request_id, request.client_id = call.request_id, call.client_id
         response = await self.predictor.predict(request)
         return orjson.dumps({"predictions": json_array(response.labels)}, option=wire.JSON_OPTS)
 
@@ -317,18 +335,20 @@ class RestFront:
             await self.fallback(scope, receive, send)
             return
 
-        async def work(mime: str, body: bytes, head: _Head) -> tuple[bytes, int]:
-            model = self.predictor.model(name)
+        async def work(mime: str, body: bytes, head: _Head, call: Call) -> tuple[bytes, int]:
+            model = self.predictor.model(name, version)
             request, outputs = wire.v2_request(
                 body,
                 head.header_length,
                 model.schema,
                 model.output_names,
                 name,
-                self.config.max_rows_per_request,
+                self.predictor.check_rows,
             )
             request.model, request.version = name, version
-            request.request_id = request.request_id or head.rid
+            request.request_id = call.request_id
+            # the body's id first (echoed as the answer's "id", as the protocol asks)
+            request.client_id = clean_client_id(request.client_id) or call.client_id
             return wire.encode_v2(await self.predictor.predict(request), outputs)
 
         await self._serve(scope, receive, send, "v2", "/v2/models/infer", V2_TYPES, work, _v2_error)
@@ -381,8 +401,6 @@ def create_app(
 ) -> RestFront:
     """The ASGI app: the raw front over the FastAPI app. Builds a registry-backed
     :class:`Predictor` from ``settings`` when none is given."""
-    from flywheel.serving._api import build_api
-
     if predictor is None:
         if settings is None:
             from flywheel.config import load_settings
@@ -391,12 +409,19 @@ def create_app(
         config = config or ServingConfig.from_settings(settings)
         predictor = Predictor.from_settings(settings, config, sink=sink)
     config = config or predictor.config
-    api = build_api(predictor, config)
-    if sink is not None and hasattr(sink, "feedback"):
-        from flywheel.serving.feedback import add_feedback_routes
+    served = predictor
 
-        add_feedback_routes(api, sink, config)
-    return RestFront(predictor, config, api)
+    def build() -> Any:
+        from flywheel.serving._api import build_api
+
+        api = build_api(served, config)
+        if sink is not None and hasattr(sink, "feedback"):
+            from flywheel.serving.feedback import add_feedback_routes
+
+            add_feedback_routes(api, sink, config)
+        return api
+
+    return RestFront(predictor, config, build)
 
 
 def app_from_env() -> RestFront:

@@ -1,4 +1,5 @@
-"""One process, every front door: REST (+ the WebSocket stream), gRPC and MQTT.
+"""One process, every front door: REST (+ the WebSocket stream), gRPC, MQTT and any front
+registered by name (:mod:`flywheel.serving.fronts`).
 
 All of them share one :class:`~flywheel.serving.predictor.Predictor` (one ONNX Runtime
 session per served model) and one prediction log, on one uvloop event loop:
@@ -6,7 +7,8 @@ session per served model) and one prediction log, on one uvloop event loop:
 - uvicorn serves the ASGI app (raw front + FastAPI); its lifespan loads the models;
 - the gRPC ``inference.GRPCInferenceService`` listens beside it (ModelReady is false until
   the models are loaded);
-- the MQTT adapter connects once the models are ready, when ``serving.mqtt_url`` is set.
+- the MQTT adapter connects once the models are ready, when ``serving.mqtt_url`` is set;
+- every other front named in ``serving.fronts`` starts beside them.
 
 A clean shutdown (SIGINT/SIGTERM) stops accepting on every front, closes the predictor and
 flushes everything queued for the prediction log.
@@ -17,46 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flywheel.config import Settings
 from flywheel.serving.config import ServingConfig
 
-__all__ = ["Fronts", "run_server", "serve_all"]
+__all__ = ["run_server", "serve_all"]
 
 log = logging.getLogger("flywheel.serving")
-
-
-@dataclass(frozen=True)
-class Fronts:
-    """Which front doors run beside REST (always on)."""
-
-    grpc_port: int | None = None
-    mqtt_url: str | None = None
-
-
-def _open_log(settings: Settings) -> Any:
-    from flywheel.serving.predlog import open_prediction_log
-
-    return open_prediction_log(
-        settings.serving.prediction_log_url or "", on_full=settings.serving.prediction_log_on_full
-    )
-
-
-def _mqtt_adapter(settings: Settings, predictor: Any, url: str) -> Any:
-    from flywheel.serving.mqtt import MqttAdapter
-
-    sv = settings.serving
-    return MqttAdapter(
-        predictor,
-        url,
-        request_topic=sv.mqtt_request_topic,
-        error_topic=sv.mqtt_error_topic,
-        reply_prefix=sv.mqtt_reply_prefix,
-        client_id=sv.mqtt_client_id,
-    )
 
 
 def _server_class() -> Any:
@@ -98,20 +69,29 @@ async def _when_ready(predictor: Any, then: Callable[[], Any]) -> Any:
 async def run_server(
     settings: Settings,
     config: ServingConfig,
-    fronts: Fronts,
     *,
     on_started: Callable[[], None] | None = None,
+    sources: Mapping[str, Any] | None = None,
 ) -> None:
-    """Serve until the process is told to stop (uvicorn handles SIGINT/SIGTERM)."""
+    """Serve until the process is told to stop (uvicorn handles SIGINT/SIGTERM): REST (and
+    the WebSocket stream) on ``config``'s port, and every front ``settings`` turns on
+    (:func:`flywheel.serving.fronts.build_fronts`: gRPC, MQTT, any registered one).
+    ``sources``: ``{served name: ModelSource}`` (default: the registry ``settings`` names)."""
     import uvicorn
 
+    from flywheel.serving.fronts import build_fronts
     from flywheel.serving.predictor import Predictor
     from flywheel.serving.rest import create_app
+    from flywheel.workspace import Workspace
 
-    plog = _open_log(settings)
-    predictor = Predictor.from_settings(settings, config, sink=plog)
-    # Built before anything listens so a bad MQTT URL fails at start-up.
-    mqtt = _mqtt_adapter(settings, predictor, fronts.mqtt_url) if fronts.mqtt_url else None
+    fronts = build_fronts(settings)  # before anything listens: bad settings fail here
+    ws = Workspace(settings)  # the registry client, the prediction log: built once, here
+    plog = ws.predlog
+    predictor = (
+        Predictor(config, sources, sink=plog)
+        if sources
+        else Predictor.from_settings(ws, config, sink=plog)
+    )
     app = create_app(predictor, config=config, sink=plog)
     server = _server_class()(
         uvicorn.Config(
@@ -125,21 +105,21 @@ async def run_server(
             timeout_keep_alive=30,
         )
     )
-    grpc_server = None
-    if fronts.grpc_port is not None:
-        from flywheel.serving.grpc import create_grpc_server
-
-        grpc_server = create_grpc_server(predictor, config.host, fronts.grpc_port)
-        await grpc_server.start()
-    tasks = [asyncio.create_task(_when_ready(predictor, mqtt.run))] if mqtt else []
-    if on_started is not None:
-        tasks.append(asyncio.create_task(_when_ready(predictor, _call_async(on_started))))
+    started: list[Any] = []
+    tasks: list[asyncio.Task[Any]] = []
     try:
-        await server.serve()
-    except SystemExit:  # uvicorn exits when the start-up failed: raise why, not its code
-        raise app.startup_error or RuntimeError("the server's start-up failed") from None
+        for front in fronts:
+            await front.start(predictor)
+            started.append(front)
+        if on_started is not None:
+            tasks.append(asyncio.create_task(_when_ready(predictor, _call_async(on_started))))
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn exits when the start-up failed: raise why, not its code
+            raise app.startup_error or RuntimeError("the server's start-up failed") from None
     finally:
-        await _shutdown(grpc_server, mqtt, tasks, predictor, plog)
+        await _shutdown(started, tasks, predictor, plog)
+        ws.close()  # the log is flushed and closed already; the rest of the workspace now
 
 
 def _call_async(fn: Callable[[], None]) -> Callable[[], Any]:
@@ -150,12 +130,13 @@ def _call_async(fn: Callable[[], None]) -> Callable[[], Any]:
 
 
 async def _shutdown(
-    grpc_server: Any, mqtt: Any, tasks: list[asyncio.Task[Any]], predictor: Any, plog: Any
+    fronts: list[Any], tasks: list[asyncio.Task[Any]], predictor: Any, plog: Any
 ) -> None:
-    if grpc_server is not None:
-        await grpc_server.stop(grace=5.0)
-    if mqtt is not None:
-        await mqtt.close()
+    for front in reversed(fronts):
+        try:
+            await front.close()
+        except Exception:  # one front failing to close must not keep the log unflushed
+            log.exception("closing the %s front failed", getattr(front, "name", front))
     for task in tasks:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -169,9 +150,9 @@ async def _shutdown(
 def serve_all(
     settings: Settings,
     config: ServingConfig,
-    fronts: Fronts,
     *,
     on_started: Callable[[], None] | None = None,
+    sources: Mapping[str, Any] | None = None,
 ) -> None:
     """Run :func:`run_server` on uvloop (the fastest loop here) until interrupted."""
     import uvloop
@@ -179,11 +160,4 @@ def serve_all(
     from flywheel.serving.logs import configure_logging
 
     configure_logging(settings.log_level, json_lines=config.log_json)
-    if config.workers > 1:
-        log.warning(
-            "serving.workers=%d: one process serves every model; scale with replicas "
-            "(Kubernetes) or `uvicorn flywheel.serving.rest:app_from_env --factory "
-            "--workers N` (REST only, one model copy per worker)",
-            config.workers,
-        )
-    uvloop.run(run_server(settings, config, fronts, on_started=on_started))
+    uvloop.run(run_server(settings, config, on_started=on_started, sources=sources))

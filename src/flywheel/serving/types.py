@@ -6,7 +6,7 @@ adapters translate to :class:`PredictRequest` and from :class:`PredictResponse`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -16,6 +16,7 @@ __all__ = [
     "PredictRequest",
     "PredictResponse",
     "PredictionSink",
+    "RecordSink",
     "json_array",
 ]
 
@@ -25,13 +26,16 @@ class PredictRequest:
     """One request: rows as ``records`` (a list of ``{feature: value}``) *or* ``columns``
     (``{feature: list | 1-D array}``, all the same length). ``model`` is a served model
     name (None: the default model); ``version``, when set, must be the version being served.
+    ``request_id`` is the server's id for the request (fronts take it from their
+    :class:`flywheel.serving.cycle.Call`); ``client_id`` the one the client sent.
     """
 
     records: Sequence[Mapping[str, Any]] | None = None
     columns: Mapping[str, Any] | None = None
     model: str | None = None
     version: str | None = None
-    request_id: str | None = None
+    request_id: str | None = None  # the server's id (a front's Call); None: the core makes one
+    client_id: str | None = None  # the id the client sent, kept beside it and echoed back
     protocol: str = "python"
     extra_fields: str = "forbid"  # or "ignore": drop columns the model does not take
 
@@ -52,6 +56,7 @@ class PredictResponse:
     probabilities: np.ndarray | None
     classes: list[Any] | None
     latency_ms: float = 0.0
+    client_id: str | None = None  # the id the client sent (echoed back; never a key)
 
     @property
     def rows(self) -> int:
@@ -72,6 +77,8 @@ class PredictResponse:
             "request_id": self.request_id,
             "predictions": json_array(self.labels),
         }
+        if self.client_id is not None:
+            out["client_id"] = self.client_id
         if self.probabilities is not None:
             out["probabilities"] = self.probabilities
             out["classes"] = self.classes
@@ -84,7 +91,39 @@ def json_array(values: np.ndarray) -> Any:
 
 
 @runtime_checkable
-class PredictionSink(Protocol):
-    """Where answered requests go. ``append`` must not block (queue and return)."""
+class RecordSink(Protocol):
+    """The least a sink takes: one :class:`flywheel.predlog.PredictionRecord` per answered
+    request (raw arrays, not copied), through ``append``, which must not block."""
 
-    def append(self, record: Any) -> None: ...
+    def append(self, record: Any) -> Any: ...
+
+
+@runtime_checkable
+class PredictionSink(RecordSink, Protocol):
+    """A prediction log: everything the predictor calls on it
+    (:class:`flywheel.predlog.PredictionLog` is one). Rows are
+    :data:`flywheel.predlog.Row` tuples the predictor encoded.
+
+    - ``durable``: True when every answer must wait for its row's commit;
+    - ``append_row(row)``: queue a row, never block for I/O (False: dropped, counted);
+    - ``commit_row(row)``: queue a row, on the event loop; the awaitable resolves True once
+      the row is committed, False when it could not be (the predictor then answers 503);
+    - ``register_inputs(model, version, names, numeric=, classes=)``: at load (in a worker
+      thread), the version's input names in column order, which are numeric, and a
+      classifier's classes; True lets rows carry the inputs as a JSON array of columns.
+
+    A sink with only ``append`` (a :class:`RecordSink`) gets records instead of rows."""
+
+    durable: bool
+
+    def append_row(self, row: tuple[Any, ...]) -> bool: ...
+    def commit_row(self, row: tuple[Any, ...]) -> Awaitable[bool]: ...
+    def register_inputs(
+        self,
+        model: str,
+        version: str,
+        names: Sequence[str],
+        *,
+        numeric: Sequence[bool] | None = None,
+        classes: Sequence[Any] | None = None,
+    ) -> bool: ...

@@ -30,17 +30,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from flywheel.errors import FlywheelError
 from flywheel.serving.auth import credential, key_ok
-from flywheel.serving.errors import InternalError, InvalidInput
+from flywheel.serving.errors import InvalidInput
 from flywheel.serving.predictor import Predictor
 from flywheel.serving.types import PredictRequest, PredictResponse
 
@@ -128,11 +125,9 @@ class _Stream:
         self.max_rows = max_rows
         self.in_flight = 0
         self.closed = False
-        self.conn_id = uuid.uuid4().hex[:12]
         self._room = asyncio.Condition()
         self._send_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._seq = 0
 
     # ------------------------------------------------------------------ reading
     async def wait_below_bound(self) -> None:
@@ -234,45 +229,33 @@ class _Stream:
                 self.in_flight -= len(items)
                 self._room.notify_all()
 
-    def _count(self, status: int, started: float, kind: str | None = None) -> None:
-        """Requests, latency and errors in the same series as the other protocols."""
-        metrics = getattr(self.predictor, "metrics", None)
-        if metrics is None:
-            return
-        if kind is not None:
-            metrics.error("ws", kind)
-        metrics.request("ws", "/v1/stream", status, time.perf_counter() - started)
-
     async def _predict(
         self, items: list[_Item], model: str | None, version: str | None
     ) -> list[dict[str, Any]]:
-        self._seq += 1
+        calls = self.predictor.calls
+        call = calls.begin("ws", "/v1/stream", str(items[0].id) if len(items) == 1 else None)
         request = PredictRequest(
             records=[i.record for i in items],
             model=model,
             version=version,
-            request_id=f"ws-{self.conn_id}-{self._seq}",
+            request_id=call.request_id,
+            client_id=call.client_id,
             protocol="ws",
         )
-        started = time.perf_counter()
         try:
             response = await self.predictor.predict(request)
-            self._count(200, started)
         except InvalidInput as exc:
-            self._count(exc.status, started, exc.kind)
+            calls.end(call, calls.failed(call, exc).status)
             if len(items) == 1:
                 return [_error(items[0].id, exc.kind, exc.message, exc.details)]
             # One bad record fails the whole call: rescore singly so each id gets its verdict.
             singles = await asyncio.gather(*(self._predict([i], model, version) for i in items))
             return [frame for frames in singles for frame in frames]
-        except FlywheelError as exc:
-            self._count(exc.status, started, exc.kind)
-            return [_error(i.id, exc.kind, exc.message, exc.details) for i in items]
-        except Exception:  # never let one request kill the connection; no stack trace out
-            log.exception("websocket scoring failed (request %s)", request.request_id)
-            err = InternalError(request.request_id)
-            self._count(err.status, started, err.kind)
-            return [_error(i.id, err.kind, err.message) for i in items]
+        except Exception as exc:  # never let one request kill the connection; no stack trace out
+            error = calls.failed(call, exc)
+            calls.end(call, error.status)
+            return [_error(i.id, error.kind, error.message, error.details) for i in items]
+        calls.end(call, 200)
         return _answers(items, response)
 
     # ------------------------------------------------------------------ writing
@@ -308,6 +291,7 @@ def _answers(items: list[_Item], response: PredictResponse) -> list[dict[str, An
         if proba is not None:
             answer["classes"] = response.classes
         answer["model"], answer["version"] = response.model, response.version
+        answer["request_id"] = response.request_id  # the server's id (for /v1/feedback)
         out.append(answer)
     return out
 

@@ -1,4 +1,4 @@
-"""Loading ONNX models for serving, and where they come from (the registry, or files).
+"""Loading ONNX models for serving (where they come from: :mod:`flywheel.serving.sources`).
 
 Serving never unpickles: a model is an ONNX file whose sha256 must equal the one recorded
 at registration (tag ``flywheel.onnx_sha256``). The bytes are hashed and then handed to
@@ -10,36 +10,36 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from flywheel.errors import NotFound, RegistryError
+from flywheel.errors import RegistryError
+from flywheel.schema import FeatureSpec, InputSchema
 from flywheel.serving.batching import BatchStats, MicroBatcher, ScoredFn
-from flywheel.serving.decode import InputSchema
 from flywheel.serving.errors import IntegrityError
-from flywheel.training.features import FeatureSpec
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-    from flywheel.config import Settings
 
-__all__ = [
-    "LoadedModel",
-    "ModelFiles",
-    "ModelSource",
-    "RegistrySource",
-    "StaticSource",
-    "load_model",
-]
+__all__ = ["ORT_DATATYPES", "PLATFORM", "LoadedModel", "load_model"]
 
 log = logging.getLogger("flywheel.serving")
 _META = "flywheel."
+PLATFORM = "onnxruntime"
+# ONNX Runtime tensor types -> Open Inference datatypes
+ORT_DATATYPES = {
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(int64)": "INT64",
+    "tensor(int32)": "INT32",
+    "tensor(string)": "BYTES",
+    "tensor(bool)": "BOOL",
+}
 
 
 @dataclass
@@ -99,6 +99,39 @@ class LoadedModel:
             "sha256": self.sha256,
             "inputs": [{"name": s.name, "kind": s.kind} for s in self.schema.specs],
             "outputs": self.output_names,
+        }
+
+    def metadata(self, name: str | None = None) -> dict[str, Any]:
+        """Open Inference model metadata, protocol-free (REST renders it as JSON, gRPC as a
+        ``ModelMetadataResponse``): inputs are ``[-1, 1]`` per feature, outputs' datatypes
+        come from the ONNX session, so every protocol reports the same ones."""
+        ort_types = {o.name: o.type for o in self.session.get_outputs()}
+        outputs = []
+        for out in self.output_names:
+            shape = [-1]
+            if out == "probabilities":
+                shape = [-1, len(self.classes) if self.classes else -1]
+            outputs.append(
+                {
+                    "name": out,
+                    "datatype": ORT_DATATYPES.get(ort_types.get(out, ""), "FP32"),
+                    "shape": shape,
+                }
+            )
+        return {
+            "name": name or self.name,
+            "versions": [self.version],
+            "platform": PLATFORM,
+            "inputs": [
+                {
+                    "name": s.name,
+                    "datatype": "FP32" if s.kind == "numeric" else "BYTES",
+                    "shape": [-1, 1],
+                }
+                for s in self.schema.specs
+            ],
+            "outputs": outputs,
+            "parameters": {"task": self.task, "classes": self.classes, "sha256": self.sha256},
         }
 
 
@@ -209,93 +242,3 @@ def load_model(
         session=session,
         output_names=wanted,
     )
-
-
-# --------------------------------------------------------------------------- sources
-
-
-@dataclass(frozen=True)
-class ModelFiles:
-    """What a source hands over: the fields of ``registry.models.ModelArtifacts`` we use."""
-
-    version: str
-    model_path: Path
-    feature_specs: list[FeatureSpec]
-    task: str
-    classes: list[Any] | None
-    onnx_sha256: str
-
-
-class ModelSource(Protocol):
-    """Where a served model's versions come from. Both methods block (run in a thread)."""
-
-    def resolve(self, ref: str) -> str:
-        """The version ``ref`` (a version number or an alias) points at now."""
-        ...
-
-    def fetch(self, version: str) -> Any:
-        """Local files of ``version``: an object with :class:`ModelFiles`' attributes."""
-        ...
-
-
-class RegistrySource:
-    """Versions of ``registered_name`` in the MLflow registry configured by ``settings``."""
-
-    def __init__(self, settings: Settings, registered_name: str | None = None) -> None:
-        self.name = registered_name or settings.registry.model_name
-        self.settings = settings.model_copy(
-            update={"registry": settings.registry.model_copy(update={"model_name": self.name})}
-        )
-
-    def resolve(self, ref: str) -> str:
-        if str(ref).isdigit():
-            return str(ref)
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
-
-        try:
-            client = MlflowClient(tracking_uri=self.settings.tracking.uri)
-            aliases = client.get_registered_model(self.name).aliases or {}
-        except MlflowException as exc:
-            cls = NotFound if exc.error_code == "RESOURCE_DOES_NOT_EXIST" else RegistryError
-            raise cls(f"Cannot resolve {self.name}@{ref}: {exc.message}", model=self.name) from exc
-        if ref not in aliases:
-            raise NotFound(
-                f"Model {self.name!r} has no alias {ref!r} (aliases: {sorted(aliases)}). "
-                "Promote a version first (`flywheel promote`).",
-                model=self.name,
-                ref=ref,
-            )
-        return str(aliases[ref])
-
-    def fetch(self, version: str) -> Any:
-        from flywheel.registry.models import fetch_model_artifacts
-
-        return fetch_model_artifacts(self.settings, version)
-
-
-class StaticSource:
-    """Versions held in memory (tests, files on disk): ``{version: ModelFiles}`` plus
-    ``{alias: version}``; :meth:`set_alias` moves an alias as ``flywheel promote`` would."""
-
-    def __init__(self, versions: dict[str, ModelFiles], aliases: dict[str, str] | None = None):
-        self.versions = dict(versions)
-        self.aliases = dict(aliases or {})
-        self._lock = threading.Lock()
-
-    def set_alias(self, alias: str, version: str) -> None:
-        with self._lock:
-            self.aliases[alias] = version
-
-    def resolve(self, ref: str) -> str:
-        with self._lock:
-            version = ref if ref in self.versions else self.aliases.get(ref)
-        if version is None:
-            raise NotFound(f"No version or alias {ref!r}.", ref=ref)
-        return version
-
-    def fetch(self, version: str) -> ModelFiles:
-        try:
-            return self.versions[version]
-        except KeyError:
-            raise NotFound(f"No version {version!r}.", version=version) from None
