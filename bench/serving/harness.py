@@ -280,8 +280,8 @@ def flywheel_argv(port: int, args: argparse.Namespace, work: Path) -> list[str]:
         )
         entry = "cli" if probe.returncode == 0 and "--port" in probe.stdout else "launcher"
     args.entry_used = entry
-    if entry == "cli":
-        return [PY, "-m", "flywheel", "serve", "--port", str(port)]
+    if entry == "cli":  # gRPC is measured in its own process: no second listener on 8081
+        return [PY, "-m", "flywheel", "serve", "--port", str(port), "--no-grpc"]
     return [
         PY,
         "-m",
@@ -392,11 +392,13 @@ def _predlog_db(work: Path, home: Path) -> Path | None:
 
 
 def _rows(db_path: Path, prefix: str | None = None) -> tuple[int, int]:
-    """(rows, distinct request ids), all or those whose request id starts with prefix."""
+    """(rows, distinct client ids), all or those whose client id (the X-Request-ID sent;
+    the log's key is the server's own id) starts with prefix."""
     with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
-        where, params = ("WHERE request_id LIKE ?", (prefix + "%",)) if prefix else ("", ())
+        where, params = ("WHERE client_id LIKE ?", (prefix + "%",)) if prefix else ("", ())
+        column = "client_id" if prefix else "request_id"
         rows, distinct = db.execute(
-            f"SELECT COUNT(*), COUNT(DISTINCT request_id) FROM prediction_log {where}", params
+            f"SELECT COUNT(*), COUNT(DISTINCT {column}) FROM prediction_log {where}", params
         ).fetchone()
     return int(rows), int(distinct)
 

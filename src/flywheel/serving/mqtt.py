@@ -37,28 +37,41 @@ import socket
 import ssl
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import Properties, VariableByteIntegers, writeBytes
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from flywheel.errors import ConfigError, FlywheelError
+from flywheel.errors import ConfigError
 from flywheel.serving._wire import native_request
-from flywheel.serving.errors import BadRequest, InternalError
+from flywheel.serving.cycle import clean_client_id
+from flywheel.serving.errors import BadRequest
 from flywheel.serving.predictor import Predictor
 
-__all__ = ["MqttAdapter", "MqttEndpoint", "parse_mqtt_url", "reply_topic_for"]
+if TYPE_CHECKING:
+    from flywheel.config import Settings
+
+__all__ = [
+    "MqttAdapter",
+    "MqttEndpoint",
+    "MqttFront",
+    "mqtt_front",
+    "parse_mqtt_url",
+    "reply_topic_for",
+]
 
 log = logging.getLogger("flywheel.serving.mqtt")
 
 _SCHEMES = {"mqtt": (1883, False), "tcp": (1883, False), "mqtts": (8883, True), "ssl": (8883, True)}
 _MAX_ID_CHARS = 128
+_READ_BYTES = 65536  # one read from the broker's socket takes up to this much
 
 
 # --------------------------------------------------------------------------- config
@@ -161,16 +174,162 @@ def reply_topic_for(topic: str, request_filter: str, reply_prefix: str) -> str:
 # --------------------------------------------------------------------------- plumbing
 
 
+class _ReadBuffer:
+    """The broker socket, its reads buffered. paho reads every packet's fixed header one byte
+    per ``recv()`` (three system calls for a small PUBLISH or PUBACK); this takes what has
+    arrived in one call and hands paho its bytes from memory. ``pending()`` counts them, so
+    aiomqtt's reader (which drains ``pending()``, as for TLS) reads every buffered packet
+    before it waits on the socket again. Everything else goes to the socket."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._pos >= len(self._buf):
+            data = self._sock.recv(_READ_BYTES)  # BlockingIOError etc. reach paho unchanged
+            if len(data) <= size:
+                return bytes(data)
+            self._buf, self._pos = data, 0
+        start = self._pos
+        self._pos = min(start + size, len(self._buf))
+        return self._buf[start : self._pos]
+
+    def pending(self) -> int:
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return len(self._buf) - self._pos + inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _ReplyProperties:
+    """A reply's MQTT 5 properties (Payload Format Indicator, Content Type, Correlation Data),
+    packed with paho's encoders from bytes made once: a paho ``Properties`` is built and
+    packed attribute by attribute at every publish (~20 µs). paho only calls ``pack()``."""
+
+    _HEAD = b""  # the packed Payload Format Indicator and Content Type (set below)
+
+    def __init__(self, correlation: bytes | None) -> None:
+        self.correlation = correlation
+
+    def pack(self) -> bytes:
+        body = self._HEAD
+        if self.correlation is not None:
+            body += _CORRELATION_ID + writeBytes(self.correlation)
+        return bytes(VariableByteIntegers.encode(len(body))) + body
+
+    @staticmethod
+    def reference(correlation: bytes | None) -> Properties:
+        """The same properties as paho builds them (the tests compare both packings)."""
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = "application/json"
+        props.PayloadFormatIndicator = 1
+        if correlation is not None:
+            props.CorrelationData = correlation
+        return props
+
+
+def _packed_head() -> bytes:
+    packed = _ReplyProperties.reference(None).pack()
+    return bytes(packed[len(VariableByteIntegers.encode(len(packed) - 1)) :])
+
+
+_CORRELATION_ID = bytes(
+    VariableByteIntegers.encode(Properties(PacketTypes.PUBLISH).getIdentFromName("CorrelationData"))
+)
+_ReplyProperties._HEAD = _packed_head()
+
+
 class _Client(aiomqtt.Client):
-    """aiomqtt's client, keeping the DUP flag that its Message drops (de-dup needs it)."""
+    """aiomqtt's client with a leaner path for each message (the adapter's hot path):
+
+    - an incoming message keeps the DUP flag that aiomqtt's Message drops (de-dup needs it)
+      and goes straight to ``dispatch`` (the adapter), not through a queue and an async
+      iterator (aiomqtt makes a task and an ``asyncio.wait`` per message);
+    - reads are buffered (:class:`_ReadBuffer`);
+    - writes queued on the event loop are written at the end of the loop turn, instead of
+      registering a writer through ``call_soon_threadsafe`` for every packet (a wake-up and
+      two epoll changes each); only a full socket falls back to a writer;
+    - a reply's PUBACK resolves a plain future (:meth:`publish_acked`), not an Event
+      awaited through ``wait_for`` (a task per publish).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dispatch: Callable[[aiomqtt.Message], None] | None = None
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._flush_due = False
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         m = aiomqtt.Message._from_paho_message(message)
         m.dup = bool(getattr(message, "dup", False))  # type: ignore[attr-defined]
-        try:
+        if self.dispatch is not None:
+            self.dispatch(m)
+            return
+        try:  # not being served (closing): left unacked, the broker redelivers it
             self._queue.put_nowait(m)
         except asyncio.QueueFull:  # unbounded by default; QoS 1 is bounded by Receive Maximum
             log.warning("MQTT incoming queue full; request %s dropped", message.mid)
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if isinstance(sock, socket.socket):  # aiomqtt sets them only on a bare socket
+            for option in self._socket_options:
+                sock.setsockopt(*option)
+        client._sock = _ReadBuffer(sock)  # type: ignore[assignment]
+        super()._on_socket_open(client, userdata, sock)
+
+    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:  # paho's connect, in an executor thread
+            on_loop = False
+        if not on_loop:
+            super()._on_socket_register_write(client, userdata, sock)
+        elif not self._flush_due:
+            self._flush_due = True
+            self._loop.call_soon(self._flush, client, userdata, sock)
+
+    def _flush(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._flush_due = False
+        try:
+            client.loop_write()
+        except Exception as exc:  # as aiomqtt's writer: the connection broke
+            if not self._disconnected.done():
+                self._disconnected.set_exception(exc)
+            return
+        if client.want_write():  # the socket is full: write when it drains
+            super()._on_socket_register_write(client, userdata, sock)
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
+        ack = self._acks.pop(mid, None)
+        if ack is None:
+            super()._on_publish(client, userdata, mid, reason_code, properties)
+        elif not ack.done():
+            ack.set_result(None)
+
+    async def publish_acked(
+        self, topic: str, payload: bytes, qos: int, properties: Any, timeout: float
+    ) -> None:
+        """Publish; for QoS 1 wait (at most ``timeout`` s) until the broker acknowledged it.
+        Raises aiomqtt's MqttError as its ``publish`` does."""
+        info = self._client.publish(topic, payload, qos, False, properties)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if qos == 0 or info.is_published():
+            return
+        ack = self._loop.create_future()
+        self._acks[info.mid] = ack
+        try:
+            async with asyncio.timeout(timeout):
+                await ack
+        except TimeoutError:
+            raise aiomqtt.MqttError("Operation timed out") from None
+        finally:
+            self._acks.pop(info.mid, None)
 
 
 class _AckWindow:
@@ -424,16 +583,37 @@ class MqttAdapter:
         return {"qos": self.qos}
 
     async def _read(self, client: _Client, tasks: set[asyncio.Task[None]]) -> None:
+        """Answer each incoming request in its own task, at most ``max_in_flight`` at once
+        (the rest wait here, in arrival order), until cancelled. The client hands every
+        message over as paho reads it (``dispatch``)."""
         window = _AckWindow(client._client)
-        room = asyncio.Semaphore(self.max_in_flight)
-        async for message in client.messages:
-            await room.acquire()
-            if message.qos > 0:
-                window.received(message.mid)
+        waiting: deque[aiomqtt.Message] = deque()
+
+        def start(message: aiomqtt.Message) -> None:
             task = asyncio.create_task(self._handle(client, window, message))
             tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            task.add_done_callback(lambda _t: room.release())
+            task.add_done_callback(finished)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            if waiting and client.dispatch is not None:
+                start(waiting.popleft())
+
+        def arrived(message: aiomqtt.Message) -> None:
+            if message.qos > 0:
+                window.received(message.mid)  # PUBACKs go in arrival order
+            if len(tasks) < self.max_in_flight:
+                start(message)
+            else:
+                waiting.append(message)
+
+        client.dispatch = arrived
+        while not client._queue.empty():  # what came before the reader (a session's backlog)
+            arrived(client._queue.get_nowait())
+        try:
+            await asyncio.Event().wait()  # the session watches the connection and close()
+        finally:
+            client.dispatch = None  # stop reading: what is not begun stays unacked
 
     # ------------------------------------------------------------------ one request
     async def _handle(self, client: _Client, window: _AckWindow, message: aiomqtt.Message) -> None:
@@ -511,18 +691,12 @@ class MqttAdapter:
             digest.update(part)
         return digest.digest()
 
-    def _count(self, status: int, started: float, kind: str | None = None) -> None:
-        """Requests, latency and errors in the same series as the other protocols."""
-        metrics = getattr(self.predictor, "metrics", None)
-        if metrics is None:
-            return
-        if kind is not None:
-            metrics.error("mqtt", kind)
-        metrics.request("mqtt", "mqtt", status, time.perf_counter() - started)
-
     async def _answer(self, client: _Client, message: aiomqtt.Message, route: _Route) -> None:
         msg_id: Any = None
-        started = time.perf_counter()
+        calls = self.predictor.calls
+        call = calls.begin(
+            "mqtt", "mqtt", route.correlation.hex()[:64] if route.correlation else None
+        )
         try:
             if route.problem is not None:
                 raise BadRequest(route.problem, rule="response_topic")
@@ -535,26 +709,20 @@ class MqttAdapter:
                     rule="json",
                 ) from None
             msg_id = _payload_id(data)
-            rid = (
-                str(msg_id)
-                if msg_id is not None
-                else (route.correlation.hex()[:64] if route.correlation else None)
-            )
-            if isinstance(data, dict) and "id" in data:  # "id" is ours, not a feature
+            if msg_id is not None:  # the payload's id is the client's id ("id" is no feature)
+                call.client_id = clean_client_id(str(msg_id)) or call.client_id
+            if isinstance(data, dict) and "id" in data:
                 data = {k: v for k, v in data.items() if k != "id"}
-            request = native_request(data, rid, protocol="mqtt")
+            request = native_request(
+                data, "mqtt", request_id=call.request_id, client_id=call.client_id
+            )
             response = await self.predictor.predict(request)
-            self._count(200, started)
-        except FlywheelError as exc:
-            self._count(exc.status, started, exc.kind)
-            await self._fail(client, message, route, msg_id, exc.to_dict()["error"])
+        except Exception as exc:  # answered with the error's kind, never a stack trace
+            error = calls.failed(call, exc)
+            calls.end(call, error.status)
+            await self._fail(client, message, route, msg_id, error.to_dict()["error"])
             return
-        except Exception:  # answered with a generic error, no stack trace
-            log.exception("MQTT prediction failed for a request on %s", message.topic)
-            err = InternalError()
-            self._count(err.status, started, err.kind)
-            await self._fail(client, message, route, msg_id, err.to_dict()["error"])
-            return
+        calls.end(call, 200)
         body = response.to_dict()
         if msg_id is not None:
             body = {"id": msg_id, **body}
@@ -586,17 +754,9 @@ class MqttAdapter:
     async def _publish(
         self, client: _Client, topic: str, body: dict[str, Any], correlation: bytes | None
     ) -> None:
-        props = None
-        if self.v5:
-            props = Properties(PacketTypes.PUBLISH)
-            props.ContentType = "application/json"
-            props.PayloadFormatIndicator = 1
-            if correlation is not None:
-                props.CorrelationData = correlation
+        props = _ReplyProperties(correlation) if self.v5 else None
         payload = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-        await client.publish(
-            topic, payload, qos=self.qos, properties=props, timeout=self.publish_timeout_s
-        )
+        await client.publish_acked(topic, payload, self.qos, props, self.publish_timeout_s)
 
 
 def _payload_id(data: Any) -> Any:
@@ -606,3 +766,51 @@ def _payload_id(data: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return None
     return value if not isinstance(value, str) or len(value) <= _MAX_ID_CHARS else None
+
+
+class MqttFront:
+    """The MQTT front (:mod:`flywheel.serving.fronts`): connects once the models are loaded
+    and serves until closed, reconnecting with backoff. The adapter (and so every topic and
+    URL check) is built by the factory, before anything listens."""
+
+    name = "mqtt"
+
+    def __init__(self, url: str, **options: Any) -> None:
+        # built now: a bad URL or topic fails at start-up, not at the first connect
+        self.adapter = MqttAdapter(None, url, **options)  # type: ignore[arg-type]
+        self._task: asyncio.Task[None] | None = None
+
+    def describe(self) -> str:
+        return f"MQTT {self.adapter.endpoint} {self.adapter.request_topic}"
+
+    async def start(self, predictor: Predictor) -> None:
+        self.adapter.predictor = predictor
+        self._task = asyncio.create_task(self._run(predictor), name="flywheel-mqtt")
+
+    async def _run(self, predictor: Predictor) -> None:
+        while not predictor.ready:
+            await asyncio.sleep(0.05)
+        await self.adapter.run()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await self.adapter.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
+def mqtt_front(settings: Settings, block: Any) -> MqttFront | None:
+    """On when ``serving.mqtt_url`` (or the block's ``url``) is set; the block may override
+    any :class:`MqttAdapter` option (``qos``, ``protocol``, ``max_in_flight``, ...)."""
+    sv = settings.serving
+    options = dict(block)
+    url = options.pop("url", sv.mqtt_url)
+    if not url:
+        return None
+    options.setdefault("request_topic", sv.mqtt_request_topic)
+    options.setdefault("error_topic", sv.mqtt_error_topic)
+    options.setdefault("reply_prefix", sv.mqtt_reply_prefix)
+    options.setdefault("client_id", sv.mqtt_client_id)
+    return MqttFront(str(url), **options)
