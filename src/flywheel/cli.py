@@ -648,10 +648,11 @@ def serve(
         models=(ServedModel(name, ref=ref),),
     )
     doors = [f"REST http://{config.host}:{config.port} (+ ws /v1/stream)"]
-    doors += [front.describe() for front in build_fronts(s)]  # also checks their settings
+    fronts = build_fronts(s)  # checks their settings before anything listens
+    doors += [front.describe() for front in fronts]
     where = f"{model_dir} (v{ref})" if model_dir is not None else f"{name}@{ref}"
     err_console.print(f"serving {where}: " + "; ".join(doors))
-    serve_all(s, config, sources=sources)
+    serve_all(s, config, sources=sources, fronts=fronts)
 
 
 @app.command()

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from flywheel.predlog.records import Row
@@ -72,7 +72,68 @@ def settle(pending: Sequence[Pending], failed: set[int] | None = None) -> None:
             loop.call_soon_threadsafe(_resolve, results)
 
 
-class GroupCommit:
+class _Group:
+    """What both committers share: the rows (and their answers' futures) queued on one event
+    loop, and what happens once a group's write succeeded or failed."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        count: Callable[[int, int], None],
+        hand_off: Callable[[list[Row], list[asyncio.Future[bool]]], None],
+    ) -> None:
+        self.loop = loop
+        self._count = count
+        self._hand_off = hand_off
+        self._rows: list[Row] = []
+        self._futures: list[asyncio.Future[bool]] = []
+        self._last_warning = 0.0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, row: Row) -> asyncio.Future[bool]:
+        """Queue ``row`` for the next group (call on the loop)."""
+        future = self.loop.create_future()
+        self._rows.append(row)
+        self._futures.append(future)
+        self._schedule()
+        return future
+
+    def _schedule(self) -> None:
+        raise NotImplementedError
+
+    def _take(self) -> tuple[list[Row], list[asyncio.Future[bool]]]:
+        rows, futures = self._rows, self._futures
+        self._rows, self._futures = [], []
+        return rows, futures
+
+    def _written(self, n: int, new: int, futures: list[asyncio.Future[bool]]) -> None:
+        self._count(n, new)
+        for future in futures:
+            if not future.done():  # cancelled: the client went away
+                future.set_result(True)
+
+    def _failed(self, exc: Exception, rows: list[Row], futures: list[asyncio.Future[bool]]) -> None:
+        """Close the loop's connection and give the group to the writer thread."""
+        self.close()
+        now = time.monotonic()
+        if now - self._last_warning >= _WARN_EVERY_S:
+            self._last_warning = now
+            log.warning(
+                "prediction log: a group commit of %d rows failed on the event loop (%s: %s); "
+                "the writer thread retries them",
+                len(rows),
+                type(exc).__name__,
+                exc,
+            )
+        self._hand_off(rows, futures)
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class GroupCommit(_Group):
     """The rows one event loop queued this turn, committed together at its end.
 
     ``open_store()`` makes the loop's connection (on first use); ``count(n, new)`` records a
@@ -86,34 +147,20 @@ class GroupCommit:
         count: Callable[[int, int], None],
         hand_off: Callable[[list[Row], list[asyncio.Future[bool]]], None],
     ) -> None:
-        self.loop = loop
+        super().__init__(loop, count, hand_off)
         self._open_store = open_store
-        self._count = count
-        self._hand_off = hand_off
         self._store: Store | None = None
-        self._rows: list[Row] = []
-        self._futures: list[asyncio.Future[bool]] = []
         self._scheduled = False
-        self._last_warning = 0.0
 
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def add(self, row: Row) -> asyncio.Future[bool]:
-        """Queue ``row`` for this turn's commit (call on the loop)."""
-        future = self.loop.create_future()
-        self._rows.append(row)
-        self._futures.append(future)
+    def _schedule(self) -> None:
         if not self._scheduled:  # once per turn: the turn's other answers join this group
             self._scheduled = True
             self.loop.call_soon(self.commit)
-        return future
 
     def commit(self) -> None:
         """Write the turn's rows in one transaction and release their answers."""
         self._scheduled = False
-        rows, futures = self._rows, self._futures
-        self._rows, self._futures = [], []
+        rows, futures = self._take()
         if not rows:
             return
         try:
@@ -121,26 +168,9 @@ class GroupCommit:
                 self._store = self._open_store()
             new = self._store.write_predictions(rows)
         except Exception as exc:
-            self.close()
-            self._warn(exc, len(rows))
-            self._hand_off(rows, futures)
+            self._failed(exc, rows, futures)
             return
-        self._count(len(rows), new)
-        for future in futures:
-            if not future.done():  # cancelled: the client went away
-                future.set_result(True)
-
-    def _warn(self, exc: Exception, n: int) -> None:
-        now = time.monotonic()
-        if now - self._last_warning >= _WARN_EVERY_S:
-            self._last_warning = now
-            log.warning(
-                "prediction log: a group commit of %d rows failed on the event loop (%s: %s); "
-                "the writer thread retries them",
-                n,
-                type(exc).__name__,
-                exc,
-            )
+        self._written(len(rows), new, futures)
 
     def close(self) -> None:
         store, self._store = self._store, None
@@ -154,7 +184,7 @@ class AsyncWriter(Protocol):
     def close(self) -> None: ...
 
 
-class AsyncGroupCommit:
+class AsyncGroupCommit(_Group):
     """Group commit through an asyncio database connection: while one group is in flight,
     the next answers gather; one task writes group after group until none is left."""
 
@@ -165,59 +195,26 @@ class AsyncGroupCommit:
         count: Callable[[int, int], None],
         hand_off: Callable[[list[Row], list[asyncio.Future[bool]]], None],
     ) -> None:
-        self.loop = loop
+        super().__init__(loop, count, hand_off)
         self._writer = writer
-        self._count = count
-        self._hand_off = hand_off
-        self._rows: list[Row] = []
-        self._futures: list[asyncio.Future[bool]] = []
         self._task: asyncio.Task[None] | None = None
-        self._last_warning = 0.0
 
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def add(self, row: Row) -> asyncio.Future[bool]:
-        """Queue ``row`` for the next group (call on the loop)."""
-        future = self.loop.create_future()
-        self._rows.append(row)
-        self._futures.append(future)
+    def _schedule(self) -> None:
         if self._task is None:  # starts next turn: this turn's other answers join it
             self._task = self.loop.create_task(self._drain(), name="flywheel-predlog-commit")
-        return future
 
     async def _drain(self) -> None:
         try:
             while self._rows:
-                rows, futures = self._rows, self._futures
-                self._rows, self._futures = [], []
-                await self._commit(rows, futures, self._writer.write(rows))
+                rows, futures = self._take()
+                try:
+                    new = await self._writer.write(rows)
+                except Exception as exc:
+                    self._failed(exc, rows, futures)
+                    continue
+                self._written(len(rows), new, futures)
         finally:
             self._task = None
-
-    async def _commit(
-        self, rows: list[Row], futures: list[asyncio.Future[bool]], write: Awaitable[int]
-    ) -> None:
-        try:
-            new = await write
-        except Exception as exc:
-            self._writer.close()
-            now = time.monotonic()
-            if now - self._last_warning >= _WARN_EVERY_S:
-                self._last_warning = now
-                log.warning(
-                    "prediction log: a group commit of %d rows failed (%s: %s); the writer "
-                    "thread retries them",
-                    len(rows),
-                    type(exc).__name__,
-                    exc,
-                )
-            self._hand_off(rows, futures)
-            return
-        self._count(len(rows), new)
-        for future in futures:
-            if not future.done():
-                future.set_result(True)
 
     def close(self) -> None:
         self._writer.close()

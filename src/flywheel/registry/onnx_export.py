@@ -26,8 +26,9 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from flywheel.errors import RegistryError
+from flywheel.schema import FeatureSpec
 from flywheel.training import families
-from flywheel.training.features import FeatureSpec, RatioFeatures, Task, prepare_frame
+from flywheel.training.features import RatioFeatures, Task, prepare_frame
 
 __all__ = [
     "TARGET_OPSET",

@@ -36,9 +36,10 @@ from flywheel.registry.aliases import CHALLENGER
 from flywheel.registry.audit import AuditEntry
 from flywheel.registry.card import CardContext, render_model_card
 from flywheel.registry.onnx_export import ParityReport, check_parity, export_onnx
+from flywheel.schema import FeatureSpec
 from flywheel.tracking import TAG, git_commit, log_model
 from flywheel.training.evaluate import Evaluation
-from flywheel.training.features import FeatureSpec, prepare_frame
+from flywheel.training.features import prepare_frame
 from flywheel.training.gates import GateReport
 from flywheel.training.runs import load_holdout, load_pipeline
 from flywheel.training.train import TrainResult

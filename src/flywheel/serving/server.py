@@ -72,11 +72,13 @@ async def run_server(
     *,
     on_started: Callable[[], None] | None = None,
     sources: Mapping[str, Any] | None = None,
+    fronts: list[Any] | None = None,
 ) -> None:
     """Serve until the process is told to stop (uvicorn handles SIGINT/SIGTERM): REST (and
     the WebSocket stream) on ``config``'s port, and every front ``settings`` turns on
     (:func:`flywheel.serving.fronts.build_fronts`: gRPC, MQTT, any registered one).
-    ``sources``: ``{served name: ModelSource}`` (default: the registry ``settings`` names)."""
+    ``sources``: ``{served name: ModelSource}`` (default: the registry ``settings`` names);
+    ``fronts``: already built by the caller (default: built here)."""
     import uvicorn
 
     from flywheel.serving.fronts import build_fronts
@@ -84,7 +86,8 @@ async def run_server(
     from flywheel.serving.rest import create_app
     from flywheel.workspace import Workspace
 
-    fronts = build_fronts(settings)  # before anything listens: bad settings fail here
+    if fronts is None:
+        fronts = build_fronts(settings)  # before anything listens: bad settings fail here
     ws = Workspace(settings)  # the registry client, the prediction log: built once, here
     plog = ws.predlog
     predictor = (
@@ -153,6 +156,7 @@ def serve_all(
     *,
     on_started: Callable[[], None] | None = None,
     sources: Mapping[str, Any] | None = None,
+    fronts: list[Any] | None = None,
 ) -> None:
     """Run :func:`run_server` on uvloop (the fastest loop here) until interrupted."""
     import uvloop
@@ -160,4 +164,4 @@ def serve_all(
     from flywheel.serving.logs import configure_logging
 
     configure_logging(settings.log_level, json_lines=config.log_json)
-    uvloop.run(run_server(settings, config, on_started=on_started, sources=sources))
+    uvloop.run(run_server(settings, config, on_started=on_started, sources=sources, fronts=fronts))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flywheel.errors import NotFound, RegistryError
+from flywheel.registry.export import BUNDLE_FILE
 from flywheel.schema import FeatureSpec
 
 if TYPE_CHECKING:
@@ -86,11 +87,9 @@ class ModelDirSource:
     beside the MLflow model): what a serving image bakes in. No registry, no MLflow import;
     the ONNX bytes are still checked against the sha256 the registry recorded."""
 
-    BUNDLE_FILE = "flywheel-model.json"  # flywheel.registry.export.BUNDLE_FILE
-
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder).resolve()
-        bundle = self.folder / self.BUNDLE_FILE
+        bundle = self.folder / BUNDLE_FILE
         try:
             meta = json.loads(bundle.read_text())
             self.name = str(meta["name"])

@@ -19,7 +19,7 @@ from sklearn.model_selection import FixedThresholdClassifier
 from sklearn.pipeline import Pipeline
 
 from flywheel.errors import DataError, NotFound, RegistryError
-from flywheel.training.features import FeatureSpec
+from flywheel.schema import FeatureSpec
 from flywheel.training.prepare import TrainingMeta, frame_sha256, resplit
 from flywheel.training.skops_flavor import trusted_types
 from flywheel.training.track import META_ARTIFACT, MODEL_URI_TAG

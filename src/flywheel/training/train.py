@@ -23,7 +23,8 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from flywheel._timing import timed
-from flywheel.training.features import FeatureSpec, Task
+from flywheel.schema import FeatureSpec
+from flywheel.training.features import Task
 from flywheel.training.fit import (
     THRESHOLD_KEY,
     Progress,
