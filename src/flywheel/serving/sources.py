@@ -52,14 +52,20 @@ class RegistrySource:
     with its explicit tracking URI, is the workspace's)."""
 
     def __init__(self, ws: Workspace | Settings, registered_name: str | None = None) -> None:
+        from flywheel.registry.sqlstore import SqlRegistry
         from flywheel.workspace import Workspace
 
         self.ws = Workspace.of(ws)
         self.name = registered_name or self.ws.settings.registry.model_name
+        # SQL tracking stores: aliases and downloaded versions without importing MLflow
+        self.sql = SqlRegistry(self.ws.tracking_uri, self.ws.settings.home)
 
     def resolve(self, ref: str) -> str:
         if str(ref).isdigit():
             return str(ref)
+        fast = self.sql.alias_version(self.name, ref)
+        if fast is not None:
+            return fast
         from mlflow.exceptions import MlflowException
 
         try:
@@ -77,8 +83,12 @@ class RegistrySource:
         return str(aliases[ref])
 
     def fetch(self, version: str) -> Any:
-        from flywheel.registry.artifacts import fetch_model_artifacts
+        from flywheel.registry.artifacts import ModelArtifacts, fetch_model_artifacts
+        from flywheel.tracking import TAG
 
+        cached = self.sql.cached(self.name, version, TAG["onnx_sha256"], TAG["run_id"])
+        if cached is not None:  # downloaded before and unchanged: no MLflow import
+            return ModelArtifacts(**cached)
         return fetch_model_artifacts(self.ws, version, name=self.name)
 
 
