@@ -56,6 +56,11 @@ registry_app = typer.Typer(help="Model versions and the audit log.", no_args_is_
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(registry_app, name="registry")
+monitor_app = typer.Typer(
+    help="Drift, performance and the label-free estimate of served models.",
+    no_args_is_help=True,
+)
+app.add_typer(monitor_app, name="monitor")
 
 _state: dict[str, Any] = {}
 
@@ -529,31 +534,17 @@ def registry_export(
 ) -> None:
     """Write a registered version to a folder `flywheel serve --model-dir` serves without the
     registry (the MLflow model, its ONNX file sha-checked, and flywheel-model.json)."""
+    from flywheel.registry.artifacts import split_model_ref
     from flywheel.registry.export import export_model_dir
 
     ws = _workspace()
-    name, version_ref = _split_model_ref(ref, ws.settings.registry.model_name)
+    name, version_ref = split_model_ref(ref, ws.settings.registry.model_name)
     bundle = export_model_dir(ws, name, version_ref, out)
     console.print(
         f"[green]exported[/] {bundle['name']} v{bundle['version']} → {out.resolve()} "
         f"(onnx sha256 {bundle['onnx_sha256'][:16]}…); serve it with "
         f"`flywheel serve --model-dir {out}`"
     )
-
-
-def _split_model_ref(ref: str, default_name: str) -> tuple[str, str]:
-    """``NAME@ALIAS`` / ``NAME/VERSION`` / ``@ALIAS`` / ``VERSION`` -> (name, alias or version)."""
-    if "@" in ref:
-        name, _, version_ref = ref.partition("@")
-    elif "/" in ref:
-        name, _, version_ref = ref.partition("/")
-    elif ref.isdigit():
-        name, version_ref = "", ref
-    else:
-        name, version_ref = ref, "champion"
-    if not version_ref:
-        raise UsageError(f"{ref!r} names no alias or version; e.g. churn@champion.", field="ref")
-    return name or default_name, version_ref
 
 
 @registry_app.command("list")
@@ -578,6 +569,185 @@ def registry_list(as_json: Annotated[bool, _JSON_OPTION] = False) -> None:
             v.created_at,
         )
     console.print(table)
+
+
+# ---------------------------------------------------------------- monitor
+_MODEL_REF = typer.Option(
+    "--model",
+    "-m",
+    help="NAME[@ALIAS] or NAME/VERSION (a bare @ALIAS or VERSION: registry.model_name; "
+    "NAME alone: its champion).",
+)
+
+
+def _monitor_progress() -> Any:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+
+@monitor_app.command("check")
+def monitor_check(
+    current: Annotated[
+        list[Path],
+        typer.Option(
+            "--current",
+            help="Parquet or CSV files (or folders of them): `--current A B C`; each file is "
+            "one window, in the order given.",
+        ),
+    ],
+    more: Annotated[
+        list[Path] | None,
+        typer.Argument(help="More current files, after --current.", show_default=False),
+    ] = None,
+    model: Annotated[str, _MODEL_REF] = "@champion",
+    reference: Annotated[
+        str | None,
+        typer.Option(help="holdout (default: the version's evaluation rows) or snapshot:<id>."),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Also write a self-contained HTML report here.")
+    ] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="Each line with every feature's statistics.")
+    ] = False,
+) -> None:
+    """Compare files you have with a model's reference: one JSON line per window (window,
+    rows, alarm, drifted_features, performance when the target column is present, ...).
+    Exit code 0 whatever the verdict; see `alarm` in each line."""
+    from flywheel.monitoring.monitor import check
+
+    ws = _workspace()
+    with _monitor_progress() as bar:
+        task = bar.add_task("monitor check", total=None)
+
+        def progress(phase: str, done: int, total: int) -> None:
+            bar.update(task, description=phase, completed=done, total=total or None)
+
+        paths = [*current, *(more or [])]
+        results = check(ws, model, paths, reference=reference, progress=progress)
+    for r in results:
+        line = r.to_dict()
+        if not full:
+            line["features"] = [f for f in line["features"] if f["drifted"]]
+        sys.stdout.write(json.dumps(line) + "\n")
+    sys.stdout.flush()
+    if report is not None:
+        _write_report(results[0].model if results else model, results, report, ws, model)
+
+
+def _write_report(name: str, results: list[Any], out: Path, ws: Workspace, ref: str) -> None:
+    from flywheel.monitoring.report import render_report
+    from flywheel.monitoring.sources import load_model
+
+    reference = load_model(ws, ref).reference
+    render_report(reference.to_dict(), [r.to_dict(profile=True) for r in results], out)
+    console.print(f"[green]report[/] {out.resolve()}", highlight=False)
+
+
+@monitor_app.command("run")
+def monitor_run(
+    model: Annotated[str, _MODEL_REF] = "@champion",
+    as_json: Annotated[bool, _JSON_OPTION] = False,
+) -> None:
+    """Evaluate the windows of the prediction log that ended since the last run (and refresh
+    recent ones as their labels arrive); store them, audit each decision, post alarms to
+    monitoring.webhook_url, update the server's gauges. Idempotent."""
+    from flywheel.monitoring.monitor import run as run_monitor
+
+    ws = _workspace()
+    with _monitor_progress() as bar:
+        task = bar.add_task("monitor run", total=None)
+
+        def progress(phase: str, done: int, total: int) -> None:
+            bar.update(task, description=phase, completed=done, total=total or None)
+
+        results = run_monitor(ws, model, progress=progress)
+    if as_json:
+        for r in results:
+            sys.stdout.write(json.dumps(r.to_dict()) + "\n")
+        sys.stdout.flush()
+        return
+    if not results:
+        console.print("no window ended since the last run")
+        return
+    _print_windows([r.to_dict() for r in results])
+
+
+def _print_windows(rows: list[dict[str, Any]]) -> None:
+    table = _table("window", "rows", "status", "alarm", "drifted features", "labels")
+    for r in rows:
+        perf = r.get("performance") or {}
+        done = perf.get("label_completeness")
+        table.add_row(
+            r["window"],
+            str(r["rows"]),
+            r["status"],
+            "[red]ALARM[/]" if r["alarm"] else "-",
+            ", ".join(r.get("drifted_features") or []),
+            "" if done is None else f"{done:.0%}",
+        )
+    console.print(table)
+    for r in rows:
+        if r["alarm"]:
+            console.print(f"[red]ALARM[/] {r['window']}: {r['reason']}", highlight=False)
+
+
+@monitor_app.command("report")
+def monitor_report(
+    model: Annotated[str, _MODEL_REF] = "@champion",
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path(
+        "monitoring-report.html"
+    ),
+    every: Annotated[
+        str | None,
+        typer.Option(
+            "--rollup",
+            help="Merge the stored windows into longer ones (e.g. 7d) from their profiles, "
+            "without re-reading rows, and decide those.",
+        ),
+    ] = None,
+) -> None:
+    """A self-contained HTML report of the monitored windows of a version: distributions of
+    the drifted features (reference vs current), drift over time, realised and estimated
+    performance, label completeness."""
+    from flywheel.monitoring.monitor import rollup, settings_of, stored_windows
+    from flywheel.monitoring.report import render_report
+
+    ws = _workspace()
+    reference, windows = stored_windows(ws, model)
+    if every is not None:
+        cfg = settings_of(ws.settings.monitoring, ws.settings.seed)
+        windows = [r.to_dict(profile=True) for r in rollup(reference, windows, every, cfg)]
+    render_report(reference.to_dict(), windows, out)
+    console.print(f"[green]report[/] {out.resolve()} ({len(windows)} windows)", highlight=False)
+
+
+@monitor_app.command("status")
+def monitor_status(as_json: Annotated[bool, _JSON_OPTION] = False) -> None:
+    """The latest decision per monitored model."""
+    from flywheel.monitoring.monitor import status
+
+    latest = status(_workspace())
+    if as_json:
+        _emit_json(
+            {k: {kk: vv for kk, vv in v.items() if kk != "profile"} for k, v in latest.items()}
+        )
+        return
+    if not latest:
+        console.print("nothing monitored yet: run `flywheel monitor run`")
+        return
+    for name, r in latest.items():
+        state = "[red]ALARM[/]" if r["alarm"] else "no alarm"
+        console.print(
+            f"[bold]{name}[/] v{r.get('version')}: {state} — window {r['window']} "
+            f"({r['rows']} rows): {r.get('reason', '')}",
+            highlight=False,
+        )
 
 
 # ---------------------------------------------------------------- serving

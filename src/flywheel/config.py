@@ -253,6 +253,61 @@ class ServingSettings(BaseModel):
         return v
 
 
+class MonitoringSettings(BaseModel):
+    url: str | None = Field(
+        None, description="Monitor state database (windows, decisions); default under home."
+    )
+    every: str = Field(
+        "1d",
+        description="Window length over the prediction log (e.g. 1d, 6h, 7d).",
+        pattern=r"^\d+[smhdw]$",
+    )
+    window_rows: int | None = Field(
+        None, ge=1, description="Windows of this many rows instead of by time (unset: by time)."
+    )
+    min_rows: int = Field(200, ge=1, description="Fewer rows: 'insufficient data', no verdict.")
+    reference: str = Field(
+        "holdout",
+        description="What windows are compared with: holdout (the version's evaluation rows), "
+        "snapshot:<id>, or rolling:<N>d (the last N days of served traffic).",
+        pattern=r"^(holdout|snapshot:\S+|rolling:\d+d)$",
+    )
+    w1_threshold: float = Field(0.1, gt=0, description="Numeric effect threshold (W1 / sigma).")
+    js_threshold: float = Field(0.1, gt=0, le=1, description="Categorical effect threshold (JS).")
+    fdr: float = Field(0.05, gt=0, lt=1, description="Benjamini-Hochberg level across features.")
+    null_draws: int = Field(1000, ge=100, description="Null draws per feature and size bucket.")
+    drift_share: float = Field(
+        0.1, gt=0, le=1, description="Importance-weighted share of drifted features for drift."
+    )
+    persist_k: int = Field(2, ge=1, description="Alarm when k of the last m windows say so.")
+    persist_m: int = Field(3, ge=1, description="... of the last m windows.")
+    cooldown_windows: int = Field(
+        1, ge=0, description="Windows after a version starts that give verdicts but no alarm."
+    )
+    min_label_completeness: float = Field(
+        0.5, ge=0, le=1, description="Realised metrics only above this share of labelled rows."
+    )
+    max_drop: float = Field(
+        0.05,
+        ge=0,
+        description="Performance breach: worse than the reference by more than this "
+        "(absolute for scores, relative for errors).",
+    )
+    estimate_metric: str | None = Field(
+        None, description="Estimated metric that decides (default f1 binary, accuracy multiclass)."
+    )
+    label_horizon_windows: int = Field(
+        30, ge=0, description="monitor run re-reads this many recent windows for late labels."
+    )
+    webhook_url: str | None = Field(None, description="POST a window's alarm here as JSON.")
+    webhook_token: SecretStr | None = Field(None, description="Bearer token for the webhook.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_sql_url(v, "monitoring.url")
+
+
 class Settings(BaseSettings):
     """Effective configuration. Build it with :func:`load_settings`."""
 
@@ -277,6 +332,7 @@ class Settings(BaseSettings):
     gates: GateSettings = Field(default_factory=GateSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -325,6 +381,8 @@ class Settings(BaseSettings):
             self.registry.audit_url = f"sqlite:///{(home / 'audit.db').as_posix()}"
         if self.serving.prediction_log_url is None:
             self.serving.prediction_log_url = f"sqlite:///{(home / 'predictions.db').as_posix()}"
+        if self.monitoring.url is None:
+            self.monitoring.url = f"sqlite:///{(home / 'monitoring.db').as_posix()}"
         return self
 
     @property
@@ -370,6 +428,7 @@ _SQL_URL_FIELDS = (
     ("tracking", "uri"),
     ("registry", "audit_url"),
     ("serving", "prediction_log_url"),
+    ("monitoring", "url"),
 )
 
 

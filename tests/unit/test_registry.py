@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,7 +190,12 @@ def test_registered_onnx_model_loads_through_mlflow(world: World) -> None:
         "extra_files/model_card.md",
         "extra_files/feature_specs.json",
         "extra_files/parity.json",
+        "extra_files/reference.json",  # the monitoring reference of the holdout
     }
+    reference = json.loads((folder / "extra_files" / "reference.json").read_text())
+    assert reference["version"] == reg.version
+    assert reference["source"] == f"holdout of run {reg.run_id}"
+    assert reference["profile"]["rows"] > 0 and reference["metrics"]
     requirements = (folder / "requirements.txt").read_text().splitlines()
     assert requirements[0] == f"mlflow=={mlflow.__version__}"
     assert any(r.startswith("onnxruntime==") for r in requirements)
@@ -449,3 +457,41 @@ def test_same_inputs_give_the_same_onnx_bytes_and_other_params_do_not(world: Wor
     art = fetch_model_artifacts(world.ws, third.version)
     graph_name = onnx.load(str(art.model_path)).graph.name
     assert graph_name == f"churn-{other.inputs_sha256[:16]}"
+
+
+def test_serving_resolves_and_loads_a_downloaded_version_without_importing_mlflow(
+    world: World,
+) -> None:
+    """A SQL tracking store: the alias and a version already downloaded (sha-checked) are
+    read without MLflow's client, in a fresh interpreter; a changed file or an HTTP
+    tracking server fall back to the client."""
+    from flywheel.registry.sqlstore import SqlRegistry
+    from flywheel.tracking import TAG
+
+    reg = _register(world)
+    settings = world.ws.settings
+    sql = SqlRegistry(world.ws.tracking_uri, settings.home)
+    assert sql.alias_version("churn", "challenger") == reg.version
+    assert sql.alias_version("churn", "champion") is None
+    assert sql.cached("churn", reg.version, TAG["onnx_sha256"]) is None  # not downloaded yet
+    fetched = fetch_model_artifacts(world.ws, reg.version)
+    cached = sql.cached("churn", reg.version, TAG["onnx_sha256"], TAG["run_id"])
+    assert cached is not None and cached["onnx_sha256"] == fetched.onnx_sha256 == reg.onnx_sha256
+    assert cached["feature_specs"] == fetched.feature_specs and cached["run_id"] == reg.run_id
+    code = (
+        "import sys\n"
+        "from flywheel.config import load_settings\n"
+        "from flywheel.serving.sources import RegistrySource\n"
+        f"src = RegistrySource(load_settings(home={str(settings.home)!r}))\n"
+        "version = src.resolve('challenger')\n"
+        "files = src.fetch(version)\n"
+        "print(version, files.onnx_sha256, 'mlflow' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLYWHEEL_", "MLFLOW_"))}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout.split()
+    assert out == [reg.version, reg.onnx_sha256, "False"]
+    (fetched.model_path).write_bytes(b"changed")  # a changed file is not trusted
+    assert sql.cached("churn", reg.version, TAG["onnx_sha256"]) is None
+    assert SqlRegistry("http://127.0.0.1:5000", settings.home).alias_version("churn", "x") is None

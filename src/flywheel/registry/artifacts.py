@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from flywheel.training.evaluate import ChampionModel
     from flywheel.training.features import Task
 
-__all__ = ["ModelArtifacts", "fetch_model_artifacts", "load_champion"]
+__all__ = ["ModelArtifacts", "fetch_model_artifacts", "load_champion", "split_model_ref"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,25 @@ class ModelArtifacts:
     aliases: list[str] = field(default_factory=list)
     run_id: str | None = None  # the training run
     threshold: float | None = None  # binary: the decision threshold baked into the graph
+
+
+def split_model_ref(ref: str, default_name: str) -> tuple[str, str]:
+    """``NAME@ALIAS`` / ``NAME/VERSION`` / ``NAME`` (its champion) / ``@ALIAS`` / ``VERSION``
+    -> (name, alias or version)."""
+    from flywheel.errors import UsageError
+
+    ref = ref.strip()
+    if "@" in ref:
+        name, _, version_ref = ref.partition("@")
+    elif "/" in ref:
+        name, _, version_ref = ref.partition("/")
+    elif ref.isdigit():
+        name, version_ref = "", ref
+    else:
+        name, version_ref = ref, CHAMPION
+    if not version_ref:
+        raise UsageError(f"{ref!r} names no alias or version; e.g. churn@champion.", field="ref")
+    return name or default_name, version_ref
 
 
 def _resolve(client: MlflowClient, name: str, ref: str) -> ModelVersion:

@@ -36,7 +36,7 @@ __all__ = ["ACTIONS", "GENESIS_HASH", "AuditEntry", "AuditLog", "entry_hash"]
 
 log = logging.getLogger("flywheel.registry.audit")
 
-ACTIONS = ("register", "promote_requested", "approve", "promote", "rollback")
+ACTIONS = ("register", "promote_requested", "approve", "promote", "rollback", "monitor")
 GENESIS_HASH = "0" * 64
 TABLE = "registry_audit"
 

@@ -145,6 +145,57 @@ def _parity(
     return report, frame
 
 
+def _reference(
+    ws: Workspace,
+    result: TrainResult,
+    evaluation: Evaluation,
+    holdout: pd.DataFrame,
+    onnx_model: bytes,
+) -> str | None:
+    """The monitoring reference of the holdout (as the ONNX model scores it), as JSON; None
+    (logged) when it cannot be built: monitoring then builds it from the run on demand."""
+    from flywheel.monitoring.reference import score_columns
+    from flywheel.monitoring.sources import reference_from_rows
+    from flywheel.registry.onnx_export import make_session, onnx_predict
+
+    try:
+        # the raw holdout rows, as a client sends them (and as a reference built later from
+        # the run is): not the prepared frame parity used
+        if result.holdout is not None and len(result.holdout) == len(holdout):
+            raw, truth = result.holdout, result.holdout[result.target].tolist()
+        else:
+            raw, target = load_holdout(ws, result.run_id)
+            truth = target.tolist()
+        session = make_session(onnx_model)
+        specs, task = result.feature_specs, result.task
+        classes = [str(c) for c in result.classes] if result.classes is not None else None
+
+        def scorer(frame: pd.DataFrame) -> dict[str, Any]:
+            labels, proba = onnx_predict(session, frame, specs, task=task)
+            return score_columns(task, classes, labels, proba)
+
+        ref = reference_from_rows(
+            name=ws.settings.registry.model_name,
+            version=None,
+            task=task,
+            classes=result.classes,
+            threshold=_threshold_value(result),
+            specs=specs,
+            scorer=scorer,
+            frame=raw,
+            truth=truth,
+            source=f"holdout of run {result.run_id}",
+            target=result.target,
+            importance=evaluation.importance,
+        )
+    except Exception:  # monitoring builds it later from the run; registration goes on
+        log.warning(
+            "could not build the monitoring reference of run %s", result.run_id, exc_info=True
+        )
+        return None
+    return json.dumps(ref.to_dict())
+
+
 def _signature(specs: list[FeatureSpec]) -> ModelSignature:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, Schema, TensorSpec
@@ -202,6 +253,7 @@ class _Draft:
     manifest: Manifest | None
     run_tags: dict[str, str]
     experiment_id: str
+    reference: str | None = None  # the monitoring reference profile (JSON), when it could be built
 
 
 def register(
@@ -230,6 +282,8 @@ def register(
             )
         with timed(timings, "parity"):
             parity, holdout = _parity(ws, result, evaluation, pipeline, onnx_model)
+        with timed(timings, "reference"):
+            reference = _reference(ws, result, evaluation, holdout, onnx_model)
         run = client.get_run(result.run_id)
         draft = _Draft(
             result=result,
@@ -242,6 +296,7 @@ def register(
             manifest=_manifest(ws, result),
             run_tags=dict(run.data.tags),
             experiment_id=run.info.experiment_id,
+            reference=reference,
         )
         with timed(timings, "publish"):
             registered = _publish(ws, draft)
@@ -290,6 +345,8 @@ def _publish(ws: Workspace, draft: _Draft) -> RegisteredVersion:
     previous_challenger = (aliases or {}).get(CHALLENGER)
     version, logged = _reserve_version(ws, name, draft, exists=aliases is not None)
     model_id = logged.model_id
+    if draft.reference is not None:  # the version number is known now
+        draft.reference = draft.reference.replace('"version": null', f'"version": "{version}"', 1)
     try:
         card = _card(ws, draft, name, version)
         _log_onnx(ws, draft, logged, card)
@@ -381,6 +438,8 @@ def _log_onnx(ws: Workspace, draft: _Draft, logged: LoggedModel, card: str) -> N
             "feature_specs.json": json.dumps(_specs_json(draft.result), indent=2),
             "parity.json": json.dumps(asdict(draft.parity), indent=2),
         }
+        if draft.reference is not None:
+            files["reference.json"] = draft.reference
         for fname, text in files.items():
             (Path(tmp) / fname).write_text(text, encoding="utf-8")
         # No run_id: MLflow would then re-read every metric's history of the run to copy

@@ -82,6 +82,7 @@ async def run_server(
     import uvicorn
 
     from flywheel.serving.fronts import build_fronts
+    from flywheel.serving.monitor_gauges import MonitorGauges
     from flywheel.serving.predictor import Predictor
     from flywheel.serving.rest import create_app
     from flywheel.workspace import Workspace
@@ -95,6 +96,7 @@ async def run_server(
         if sources
         else Predictor.from_settings(ws, config, sink=plog)
     )
+    predictor.metrics.registry.register(MonitorGauges(settings.home / "monitoring" / "latest.json"))
     app = create_app(predictor, config=config, sink=plog)
     server = _server_class()(
         uvicorn.Config(

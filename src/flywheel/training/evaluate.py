@@ -100,6 +100,8 @@ class Evaluation:
     champion_seen_rows: int = 0  # holdout rows left out because the champion trained on them
     threshold: float | None = None  # binary: the run's decision threshold (None: argmax)
     champion_threshold: float | None = None  # the champion's own, when it has one
+    # permutation importance per feature on the holdout (monitoring weighs drift by it)
+    importance: dict[str, float] = field(default_factory=dict)
     # In memory only (not in evaluation.json): lets registration skip re-deriving the holdout.
     holdout: HoldoutPredictions | None = field(
         default=None, repr=False, compare=False, metadata={"record": False}
@@ -318,6 +320,7 @@ def _draw(
         files.append(plots.residuals_plot(y, pred, folder / "residuals.png"))
     imp = _importance(pipeline, X, y, ev.task, len(classes), meta.seed)
     if imp is not None:
+        ev.importance = {str(c): float(v) for c, v in zip(X.columns, imp[0], strict=True)}
         files.append(
             plots.importance_plot(list(X.columns), imp[0], folder / "importance.png", stds=imp[1])
         )
