@@ -102,7 +102,7 @@ BATCH_ROWS = 65_536
 READAHEAD = 2  # batches read ahead by the scanner (pyarrow's default: 16)
 READERS = ("flywheel", "no_prebuffer", "iter_batches")
 READER_LABELS = {
-    "flywheel": "flywheel's own (sources.py: Dataset.to_batches, pyarrow defaults)",
+    "flywheel": "flywheel's own (sources.py: ParquetFile.iter_batches, pre_buffer off)",
     "no_prebuffer": f"Dataset.to_batches, pre_buffer off, read-ahead {READAHEAD}",
     "iter_batches": "ParquetFile.iter_batches, pre_buffer off",
 }
@@ -210,8 +210,8 @@ def size_files(data: Path, rows: int, seed: int, *, same: bool = True) -> dict[s
 
 def current_batches(current: str, reader: str) -> Any:
     """The current file's batches: ``flywheel`` = the monitor's own file reader
-    (``flywheel.monitoring.sources``: ``Dataset.to_batches`` with pyarrow's defaults, what
-    ``flywheel monitor check`` does), ``no_prebuffer`` = ``to_batches`` with Parquet
+    (``flywheel.monitoring.sources``: ``ParquetFile.iter_batches`` without pre-buffering,
+    what ``flywheel monitor check`` does), ``no_prebuffer`` = ``to_batches`` with Parquet
     pre-buffering off and a read-ahead of READAHEAD batches, ``iter_batches`` =
     ``ParquetFile.iter_batches`` with pre-buffering off (synchronous: nothing read ahead).
     Pre-buffering keeps every row group read until the reader closes (apache/arrow#39808)."""

@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from tests.e2e.conftest import FLYWHEEL_BIN, flywheel, start_serve, stop_serve
@@ -549,3 +550,36 @@ def test_a_version_without_a_stored_reference_gets_one_from_its_holdout(
     assert after[0]["drifted_features"] == before[0]["drifted_features"]
     for a, b in zip(after[0]["features"], before[0]["features"], strict=True):
         assert a["feature"] == b["feature"] and a["value"] == pytest.approx(b["value"], rel=1e-9)
+
+
+def test_a_rolling_reference_is_the_served_traffic_before_the_window(
+    base: Path, worlds: dict[str, World]
+) -> None:
+    """`monitoring.reference: rolling:Nd`: the drift reference is the version's served traffic
+    of the N days before the window (here: the three pre-drift months, logged minutes ago),
+    and the price rise drifts against it; a first run, with nothing served before, keeps the
+    holdout."""
+    from flywheel.config import load_settings
+    from flywheel.monitoring.decide import MonitorSettings, evaluate_window
+    from flywheel.monitoring.monitor import _drift_reference
+    from flywheel.monitoring.sources import load_model, log_batches
+    from flywheel.monitoring.window import count_window
+    from flywheel.workspace import Workspace
+
+    world = worlds["price_rise"]
+    url = f"sqlite:///{base / 'price_rise-predictions.db'}"
+    ws = Workspace(load_settings(home=base / ".flywheel"))
+    try:
+        model = load_model(ws, "@champion")
+        logged = pa.concat_tables(list(log_batches(url, model, None, None)))
+        n = len(next(iter(world.months.values())))
+        micros = logged.column("ts").cast(pa.int64()).to_numpy()
+        november = float(micros[3 * n]) / 1e6  # the 4th month's first row
+        assert _drift_reference(ws, model, "rolling:1d", None, url) is model.reference
+        rolling = _drift_reference(ws, model, "rolling:1d", november, url)
+        assert rolling.rows == 3 * n and rolling.source.startswith("served traffic")
+        window = count_window(rolling, [logged.slice(3 * n, n)])
+        result = evaluate_window(rolling, window, "2025-11", MonitorSettings())
+        assert "monthly_charges" in result.drifted_features, result.reason
+    finally:
+        ws.close()

@@ -459,12 +459,11 @@ def test_same_inputs_give_the_same_onnx_bytes_and_other_params_do_not(world: Wor
     assert graph_name == f"churn-{other.inputs_sha256[:16]}"
 
 
-def test_serving_resolves_and_loads_a_downloaded_version_without_importing_mlflow(
-    world: World,
-) -> None:
-    """A SQL tracking store: the alias and a version already downloaded (sha-checked) are
-    read without MLflow's client, in a fresh interpreter; a changed file or an HTTP
-    tracking server fall back to the client."""
+def test_serving_resolves_and_loads_a_version_without_importing_mlflow(world: World) -> None:
+    """A SQL tracking store with a local artifact store (the embedded default): in a fresh
+    interpreter the alias is resolved and the version copied into place and sha-checked
+    without MLflow's client; a changed file is not trusted, and an HTTP tracking server
+    falls back to the client."""
     from flywheel.registry.sqlstore import SqlRegistry
     from flywheel.tracking import TAG
 
@@ -473,11 +472,7 @@ def test_serving_resolves_and_loads_a_downloaded_version_without_importing_mlflo
     sql = SqlRegistry(world.ws.tracking_uri, settings.home)
     assert sql.alias_version("churn", "challenger") == reg.version
     assert sql.alias_version("churn", "champion") is None
-    assert sql.cached("churn", reg.version, TAG["onnx_sha256"]) is None  # not downloaded yet
-    fetched = fetch_model_artifacts(world.ws, reg.version)
-    cached = sql.cached("churn", reg.version, TAG["onnx_sha256"], TAG["run_id"])
-    assert cached is not None and cached["onnx_sha256"] == fetched.onnx_sha256 == reg.onnx_sha256
-    assert cached["feature_specs"] == fetched.feature_specs and cached["run_id"] == reg.run_id
+    assert sql.cached("churn", reg.version, TAG["onnx_sha256"]) is None  # not copied yet
     code = (
         "import sys\n"
         "from flywheel.config import load_settings\n"
@@ -492,6 +487,10 @@ def test_serving_resolves_and_loads_a_downloaded_version_without_importing_mlflo
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     ).stdout.split()
     assert out == [reg.version, reg.onnx_sha256, "False"]
-    (fetched.model_path).write_bytes(b"changed")  # a changed file is not trusted
+    cached = sql.cached("churn", reg.version, TAG["onnx_sha256"], TAG["run_id"])
+    fetched = fetch_model_artifacts(world.ws, reg.version)  # MLflow's client: the same files
+    assert cached is not None and cached["onnx_sha256"] == fetched.onnx_sha256 == reg.onnx_sha256
+    assert cached["feature_specs"] == fetched.feature_specs and cached["run_id"] == reg.run_id
+    fetched.model_path.write_bytes(b"changed")  # a changed file is not trusted
     assert sql.cached("churn", reg.version, TAG["onnx_sha256"]) is None
     assert SqlRegistry("http://127.0.0.1:5000", settings.home).alias_version("churn", "x") is None

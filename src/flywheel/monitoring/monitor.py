@@ -277,7 +277,10 @@ def _drift_reference(
             ws, f"{model.artifacts.name}/{model.artifacts.version}", reference=configured
         ).reference
     days = int(configured.removeprefix("rolling:").removesuffix("d"))
-    end = start if start is not None else time.time()
+    if start is None:  # the first run: no served traffic before its first window
+        log.info("rolling reference: first run, so the holdout is the reference")
+        return model.reference
+    end = start
     lo = end - days * 86400
     tables = list(log_batches(url, model, lo, end))
     rows = sum(t.num_rows for t in tables)

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +73,35 @@ class SqlRegistry:
             (name, int(version)),
         )
         return {str(k): str(v) for k, v in rows} if rows else None
+
+    def local_copy(self, name: str, version: str) -> bool:
+        """Copy a version's files into ``<home>/models/<name>/<version>`` when the registry
+        stores them in a local folder (the embedded default): a private copy renamed into
+        place, as MLflow's download would be. False when they live elsewhere (S3, a proxied
+        server) or anything fails: MLflow's client downloads them then."""
+        rows = self._rows(
+            "SELECT storage_location FROM model_versions WHERE name = ? AND version = ?",
+            (name, int(version)),
+        )
+        if not rows or not rows[0][0]:
+            return False
+        where = str(rows[0][0]).removeprefix("file://")
+        source = Path(where)
+        if not source.is_absolute() or not (source / "model.onnx").is_file():
+            return False
+        target = self.home / "models" / name / str(version)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+            try:
+                os.rename(tmp, target)
+            except OSError:  # another process put it there first: theirs is checked later
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError as exc:
+            log.debug("local copy of %s v%s failed (%s); using MLflow's client", name, version, exc)
+            return False
+        return True
 
     def cached(
         self, name: str, version: str, sha_tag: str, run_tag: str = ""

@@ -86,8 +86,11 @@ class RegistrySource:
         from flywheel.registry.artifacts import ModelArtifacts, fetch_model_artifacts
         from flywheel.tracking import TAG
 
-        cached = self.sql.cached(self.name, version, TAG["onnx_sha256"], TAG["run_id"])
-        if cached is not None:  # downloaded before and unchanged: no MLflow import
+        tags = (TAG["onnx_sha256"], TAG["run_id"])
+        cached = self.sql.cached(self.name, version, *tags)
+        if cached is None and self.sql.local_copy(self.name, version):  # a local artifact store
+            cached = self.sql.cached(self.name, version, *tags)
+        if cached is not None:  # sha-checked, without importing MLflow
             return ModelArtifacts(**cached)
         return fetch_model_artifacts(self.ws, version, name=self.name)
 
