@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+from bench.monitoring_null import CATEGORIES, SPECS, _zipf
 
 from flywheel.monitoring.decide import MonitorSettings, decide, evaluate_window
 from flywheel.monitoring.drift import DriftSettings, assess
@@ -32,27 +33,7 @@ WINDOWS = 200
 # 15/200 (56/800 = 7.0% over four seeds), nearly all from cat10k; the test below pins that.
 MAX_FALSE_ALARMS = 17
 
-SPECS = [
-    FeatureSpec("normal", "numeric"),
-    FeatureSpec("lognormal", "numeric"),
-    FeatureSpec("counts", "numeric"),
-    FeatureSpec("with_missing", "numeric"),
-    FeatureSpec("cat5", "categorical"),
-    FeatureSpec("cat100", "categorical"),
-    FeatureSpec("cat10k", "categorical"),
-]
-
-
-def _zipf(k: int, s: float) -> np.ndarray:
-    p = 1.0 / np.arange(1, k + 1) ** s
-    return p / p.sum()
-
-
-CATEGORIES = {
-    "cat5": (np.array([0.4, 0.25, 0.15, 0.12, 0.08]), pa.array([f"l{i}" for i in range(5)])),
-    "cat100": (_zipf(100, 1.1), pa.array([f"c{i}" for i in range(100)])),
-    "cat10k": (_zipf(10_000, 1.0), pa.array([f"i{i}" for i in range(10_000)])),
-}
+# the same null world as bench.monitoring_null (its full table goes up to 1M-row windows)
 
 
 def _rows(rng: np.random.Generator, n: int, labels: bool = False) -> pa.Table:
