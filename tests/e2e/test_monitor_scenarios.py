@@ -583,3 +583,31 @@ def test_a_rolling_reference_is_the_served_traffic_before_the_window(
         assert "monthly_charges" in result.drifted_features, result.reason
     finally:
         ws.close()
+
+
+def test_a_named_snapshot_can_be_the_reference(base: Path, worlds: dict[str, World]) -> None:
+    """`--reference snapshot:<id>`: the snapshot's rows, scored by the model, are the
+    reference (its target gives the reference metrics)."""
+    world = worlds["new_contract"]
+    frame = next(iter(world.months.values()))
+    path = base / "snapshot-ref.parquet"
+    frame.to_parquet(path, index=False)
+    snapshots = json.loads(flywheel(base, "data", "list", "--json").stdout)
+    snap = snapshots[0]["id"]
+    out = flywheel(
+        base, "monitor", "check", "--reference", f"snapshot:{snap}", "--current", str(path)
+    )
+    (line,) = _json_lines(out.stdout)
+    assert line["reference"] == f"snapshot {snap}"
+    assert line["status"] == "ok" and line["performance"]["reference"]["roc_auc"] > 0.5
+    bad = flywheel(
+        base,
+        "monitor",
+        "check",
+        "--reference",
+        "snapshot:snap-nope",
+        "--current",
+        str(path),
+        code=3,
+    )
+    assert "snap-nope" in bad.stdout + bad.stderr
