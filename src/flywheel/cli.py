@@ -619,7 +619,8 @@ def monitor_check(
     """Compare files you have with a model's reference: one JSON line per window (window,
     rows, alarm, drifted_features, performance when the target column is present, ...).
     Exit code 0 whatever the verdict; see `alarm` in each line."""
-    from flywheel.monitoring.monitor import check
+    from flywheel.monitoring.monitor import check_model, file_reference
+    from flywheel.monitoring.sources import load_model
 
     ws = _workspace()
     with _monitor_progress() as bar:
@@ -628,8 +629,10 @@ def monitor_check(
         def progress(phase: str, done: int, total: int) -> None:
             bar.update(task, description=phase, completed=done, total=total or None)
 
+        chosen = reference or file_reference(ws.settings.monitoring.reference)
+        loaded = load_model(ws, model, reference=chosen)
         paths = [*current, *(more or [])]
-        results = check(ws, model, paths, reference=reference, progress=progress)
+        results = check_model(ws, loaded, paths, progress=progress)
     for r in results:
         line = r.to_dict()
         if not full:
@@ -637,16 +640,11 @@ def monitor_check(
         sys.stdout.write(json.dumps(line) + "\n")
     sys.stdout.flush()
     if report is not None:
-        _write_report(results[0].model if results else model, results, report, ws, model)
+        from flywheel.monitoring.report import render_report
 
-
-def _write_report(name: str, results: list[Any], out: Path, ws: Workspace, ref: str) -> None:
-    from flywheel.monitoring.report import render_report
-    from flywheel.monitoring.sources import load_model
-
-    reference = load_model(ws, ref).reference
-    render_report(reference.to_dict(), [r.to_dict(profile=True) for r in results], out)
-    console.print(f"[green]report[/] {out.resolve()}", highlight=False)
+        windows = [r.to_dict(profile=True) for r in results]
+        render_report(loaded.reference.to_dict(), windows, report)
+        console.print(f"[green]report[/] {report.resolve()}", highlight=False)
 
 
 @monitor_app.command("run")

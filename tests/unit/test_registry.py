@@ -489,8 +489,9 @@ def test_serving_resolves_and_loads_a_version_without_importing_mlflow(world: Wo
     assert out == [reg.version, reg.onnx_sha256, "False"]
     cached = sql.cached("churn", reg.version, TAG["onnx_sha256"], TAG["run_id"])
     fetched = fetch_model_artifacts(world.ws, reg.version)  # MLflow's client: the same files
-    assert cached is not None and cached["onnx_sha256"] == fetched.onnx_sha256 == reg.onnx_sha256
-    assert cached["feature_specs"] == fetched.feature_specs and cached["run_id"] == reg.run_id
+    assert cached is not None and cached.onnx_sha256 == fetched.onnx_sha256 == reg.onnx_sha256
+    assert cached.feature_specs == fetched.feature_specs and cached.run_id == reg.run_id
+    assert cached.threshold == fetched.threshold and cached.classes == fetched.classes
     fetched.model_path.write_bytes(b"changed")  # a changed file is not trusted
     assert sql.cached("churn", reg.version, TAG["onnx_sha256"]) is None
     assert SqlRegistry("http://127.0.0.1:5000", settings.home).alias_version("churn", "x") is None

@@ -4,6 +4,7 @@ file and a logged window with the same rows give the same result object."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -25,7 +26,16 @@ from flywheel.monitoring.window import WindowCounter
 if TYPE_CHECKING:
     from flywheel.workspace import Workspace
 
-__all__ = ["check", "run", "settings_of", "status"]
+__all__ = [
+    "check",
+    "check_model",
+    "file_reference",
+    "rollup",
+    "run",
+    "settings_of",
+    "status",
+    "stored_windows",
+]
 
 log = logging.getLogger("flywheel.monitoring")
 
@@ -67,9 +77,22 @@ def check(
     """Each file (or each file of a folder) as one window, in order; decisions with
     persistence across them (no cooldown unless given)."""
     m = ws.settings.monitoring
-    model = load_model(ws, model_ref, reference=reference or _file_reference(m.reference))
-    cfg = settings_of(m, ws.settings.seed)
-    cfg = MonitorSettings(**{**cfg.__dict__, "cooldown": cooldown})
+    model = load_model(ws, model_ref, reference=reference or file_reference(m.reference))
+    return check_model(ws, model, paths, cooldown=cooldown, progress=progress)
+
+
+def check_model(
+    ws: Workspace,
+    model: Model,
+    paths: Sequence[Path],
+    *,
+    cooldown: int = 0,
+    progress: Progress = _quiet,
+) -> list[WindowResult]:
+    """:func:`check` with the model (and its reference) already loaded."""
+    cfg = dataclasses.replace(
+        settings_of(ws.settings.monitoring, ws.settings.seed), cooldown=cooldown
+    )
     results = []
     windows = list(file_windows(model, paths))
     for i, (name, batches) in enumerate(windows):
@@ -82,7 +105,7 @@ def check(
     return decide(results, cfg)
 
 
-def _file_reference(configured: str) -> str:
+def file_reference(configured: str) -> str:
     # a rolling reference is made of served traffic: files are compared with the holdout
     return "holdout" if configured.startswith("rolling:") else configured
 

@@ -36,7 +36,13 @@ if TYPE_CHECKING:
     from flywheel.training.evaluate import ChampionModel
     from flywheel.training.features import Task
 
-__all__ = ["ModelArtifacts", "fetch_model_artifacts", "load_champion", "split_model_ref"]
+__all__ = [
+    "ModelArtifacts",
+    "fetch_model_artifacts",
+    "load_champion",
+    "read_version_folder",
+    "split_model_ref",
+]
 
 
 @dataclass(frozen=True)
@@ -152,15 +158,36 @@ def _move_into_place(folder: Path, target: Path, expected: str) -> None:
 
 
 def _checked_artifacts(name: str, mv: ModelVersion, local: Path, expected: str) -> ModelArtifacts:
+    return read_version_folder(
+        name,
+        str(mv.version),
+        local,
+        expected=expected,
+        run_id=mv.run_id or mv.tags.get(TAG["run_id"]),
+        aliases=sorted(mv.aliases or []),
+    )
+
+
+def read_version_folder(
+    name: str,
+    version: str,
+    local: Path,
+    *,
+    expected: str,
+    run_id: str | None = None,
+    aliases: list[str] | None = None,
+) -> ModelArtifacts:
+    """A version's files in ``local`` (model.onnx + extra_files), its ONNX bytes checked
+    against the sha256 the registry recorded (:class:`RegistryError` when they differ)."""
     model_path = local / "model.onnx"
     actual = sha256_file(model_path)
     if actual != expected:
         raise RegistryError(
-            f"{name} v{mv.version}: model.onnx has sha256 {actual} but the registry recorded "
+            f"{name} v{version}: model.onnx has sha256 {actual} but the registry recorded "
             f"{expected}; the artifact was changed after registration. Refusing to load it; "
             "re-register the run or restore the artifact store.",
             model=name,
-            version=str(mv.version),
+            version=version,
             expected=expected,
             actual=actual,
         )
@@ -168,7 +195,7 @@ def _checked_artifacts(name: str, mv: ModelVersion, local: Path, expected: str) 
     specs = json.loads(specs_path.read_text(encoding="utf-8"))
     return ModelArtifacts(
         name=name,
-        version=str(mv.version),
+        version=version,
         model_path=model_path,
         card_path=local / "extra_files" / "model_card.md",
         specs_path=specs_path,
@@ -176,8 +203,8 @@ def _checked_artifacts(name: str, mv: ModelVersion, local: Path, expected: str) 
         task=specs["task"],
         classes=specs.get("classes"),
         onnx_sha256=actual,
-        aliases=sorted(mv.aliases or []),
-        run_id=mv.run_id or mv.tags.get(TAG["run_id"]),
+        aliases=aliases or [],
+        run_id=run_id,
         threshold=specs.get("threshold"),
     )
 

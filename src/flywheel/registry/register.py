@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from mlflow.models import ModelSignature
     from sklearn.pipeline import Pipeline
 
+    from flywheel.monitoring.profile import Reference
     from flywheel.workspace import Workspace
 
 __all__ = ["ONNX_NAME", "PARITY_TAGS", "RegisteredVersion", "graph_name", "register"]
@@ -151,8 +152,8 @@ def _reference(
     evaluation: Evaluation,
     holdout: pd.DataFrame,
     onnx_model: bytes,
-) -> str | None:
-    """The monitoring reference of the holdout (as the ONNX model scores it), as JSON; None
+) -> Reference | None:
+    """The monitoring reference of the holdout (as the ONNX model scores it); None
     (logged) when it cannot be built: monitoring then builds it from the run on demand."""
     from flywheel.monitoring.reference import score_columns
     from flywheel.monitoring.sources import reference_from_rows
@@ -193,7 +194,7 @@ def _reference(
             "could not build the monitoring reference of run %s", result.run_id, exc_info=True
         )
         return None
-    return json.dumps(ref.to_dict())
+    return ref
 
 
 def _signature(specs: list[FeatureSpec]) -> ModelSignature:
@@ -253,7 +254,7 @@ class _Draft:
     manifest: Manifest | None
     run_tags: dict[str, str]
     experiment_id: str
-    reference: str | None = None  # the monitoring reference profile (JSON), when it could be built
+    reference: Reference | None = None  # the monitoring reference, when it could be built
 
 
 def register(
@@ -346,7 +347,7 @@ def _publish(ws: Workspace, draft: _Draft) -> RegisteredVersion:
     version, logged = _reserve_version(ws, name, draft, exists=aliases is not None)
     model_id = logged.model_id
     if draft.reference is not None:  # the version number is known now
-        draft.reference = draft.reference.replace('"version": null', f'"version": "{version}"', 1)
+        draft.reference.version = version
     try:
         card = _card(ws, draft, name, version)
         _log_onnx(ws, draft, logged, card)
@@ -439,7 +440,7 @@ def _log_onnx(ws: Workspace, draft: _Draft, logged: LoggedModel, card: str) -> N
             "parity.json": json.dumps(asdict(draft.parity), indent=2),
         }
         if draft.reference is not None:
-            files["reference.json"] = draft.reference
+            files["reference.json"] = json.dumps(draft.reference.to_dict())
         for fname, text in files.items():
             (Path(tmp) / fname).write_text(text, encoding="utf-8")
         # No run_id: MLflow would then re-read every metric's history of the run to copy

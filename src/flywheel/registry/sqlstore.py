@@ -2,16 +2,15 @@
 of a serving process's start).
 
 When ``tracking.uri`` is a SQLite or PostgreSQL database, the serving core resolves an alias
-and reads a version's tags with one query each (stdlib ``sqlite3`` or ``psycopg``), and
-serves a version already downloaded into ``<home>/models/<name>/<version>`` once its
-``model.onnx`` matches the sha256 the registry recorded. Anything else — an HTTP tracking
-server, a version never downloaded, a schema this code does not know — answers None and the
-caller goes through MLflow's client as before. Nothing here writes.
+and reads a version's tags with one query each (stdlib ``sqlite3`` or ``psycopg``), copies a
+version kept in a local artifact folder into ``<home>/models/<name>/<version>`` itself, and
+serves it once its ``model.onnx`` matches the sha256 the registry recorded. Anything else —
+an HTTP tracking server, S3 artifacts, a schema this code does not know — answers None and
+the caller goes through MLflow's client as before. Nothing in MLflow's store is written.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -19,8 +18,6 @@ import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Any
-
-from flywheel.schema import FeatureSpec
 
 __all__ = ["SqlRegistry"]
 
@@ -103,32 +100,19 @@ class SqlRegistry:
             return False
         return True
 
-    def cached(
-        self, name: str, version: str, sha_tag: str, run_tag: str = ""
-    ) -> dict[str, Any] | None:
-        """A downloaded version whose ONNX bytes match the registry's sha256: the fields of
-        ``ModelArtifacts`` (None: not downloaded, or not matching)."""
-        from flywheel.registry._client import sha256_file
+    def cached(self, name: str, version: str, sha_tag: str, run_tag: str = "") -> Any:
+        """A version in ``<home>/models/<name>/<version>`` whose ONNX bytes match the
+        registry's sha256, as ``ModelArtifacts`` (None: not there, or not matching)."""
+        from flywheel.errors import RegistryError
+        from flywheel.registry.artifacts import read_version_folder
 
-        tags = self.tags(name, version)
-        expected = (tags or {}).get(sha_tag)
+        tags = self.tags(name, version) or {}
         folder = self.home / "models" / name / str(version)
-        model, specs_path = folder / "model.onnx", folder / "extra_files" / "feature_specs.json"
-        if not expected or not model.is_file() or not specs_path.is_file():
+        if not tags.get(sha_tag) or not (folder / "model.onnx").is_file():
             return None
-        if sha256_file(model) != expected:
+        try:
+            return read_version_folder(
+                name, str(version), folder, expected=tags[sha_tag], run_id=tags.get(run_tag)
+            )
+        except (RegistryError, OSError, ValueError, KeyError):
             return None  # changed or half-written: MLflow's client downloads it again
-        specs = json.loads(specs_path.read_text(encoding="utf-8"))
-        return {
-            "name": name,
-            "version": str(version),
-            "model_path": model,
-            "card_path": folder / "extra_files" / "model_card.md",
-            "specs_path": specs_path,
-            "feature_specs": [FeatureSpec(f["name"], f["kind"]) for f in specs["features"]],
-            "task": specs["task"],
-            "classes": specs.get("classes"),
-            "onnx_sha256": expected,
-            "threshold": specs.get("threshold"),
-            "run_id": (tags or {}).get(run_tag) or None,
-        }

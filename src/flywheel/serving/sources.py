@@ -83,7 +83,7 @@ class RegistrySource:
         return str(aliases[ref])
 
     def fetch(self, version: str) -> Any:
-        from flywheel.registry.artifacts import ModelArtifacts, fetch_model_artifacts
+        from flywheel.registry.artifacts import fetch_model_artifacts
         from flywheel.tracking import TAG
 
         tags = (TAG["onnx_sha256"], TAG["run_id"])
@@ -91,7 +91,7 @@ class RegistrySource:
         if cached is None and self.sql.local_copy(self.name, version):  # a local artifact store
             cached = self.sql.cached(self.name, version, *tags)
         if cached is not None:  # sha-checked, without importing MLflow
-            return ModelArtifacts(**cached)
+            return cached
         return fetch_model_artifacts(self.ws, version, name=self.name)
 
 
