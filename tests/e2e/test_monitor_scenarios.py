@@ -572,7 +572,9 @@ def test_a_rolling_reference_is_the_served_traffic_before_the_window(
         logged = pa.concat_tables(list(log_batches(url, model, None, None)))
         n = len(next(iter(world.months.values())))
         micros = logged.column("ts").cast(pa.int64()).to_numpy()
-        november = float(micros[3 * n]) / 1e6  # the 4th month's first row
+        # between the 3rd month's last row and the 4th's first: the log keeps ts as REAL
+        # seconds, so the 4th month's own microseconds may round either side of it
+        november = (float(micros[3 * n - 1]) + float(micros[3 * n])) / 2e6
         assert _drift_reference(ws, model, "rolling:1d", None, url) is model.reference
         rolling = _drift_reference(ws, model, "rolling:1d", november, url)
         assert rolling.rows == 3 * n and rolling.source.startswith("served traffic")
