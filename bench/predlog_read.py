@@ -102,6 +102,7 @@ def write(url: str, n: int, seed: int = 0) -> float:
                     encode_json(outputs, rid, "outputs"),
                     1.2,
                     f"client-{j}" if j % 3 == 0 else None,
+                    None,  # role: no rollout
                 )
             )
     plog.flush(timeout=600)

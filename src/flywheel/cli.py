@@ -61,6 +61,10 @@ monitor_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(monitor_app, name="monitor")
+# the rollout commands live in their own module (it imports this one's helpers lazily)
+from flywheel.cli_rollout import rollout_app  # noqa: E402
+
+app.add_typer(rollout_app, name="rollout")
 
 _state: dict[str, Any] = {}
 
@@ -569,6 +573,41 @@ def registry_list(as_json: Annotated[bool, _JSON_OPTION] = False) -> None:
             v.created_at,
         )
     console.print(table)
+
+
+@registry_app.command("dora")
+def registry_dora(
+    since: Annotated[
+        str,
+        typer.Option(help="Start of the period: 30d, 12h or an ISO date (2025-01-31), UTC."),
+    ] = "30d",
+    as_json: Annotated[bool, _JSON_OPTION] = False,
+) -> None:
+    """DORA figures from the audit log: deployment frequency, lead time, change failure rate,
+    time to restore (docs/registry.md#dora-figures)."""
+    from flywheel.registry.dora import dora, format_duration
+
+    report = dora(_workspace(), since)
+    if as_json:
+        _emit_json(report.to_dict())
+        return
+    cfr, median, p90 = report.change_failure_rate, report.lead_time_median_s, report.lead_time_p90_s
+    per_day, days = report.deployments_per_day, format_duration(report.period_days * 86400)
+    table = _table("figure", "value", title=f"{report.model} since {report.since:%Y-%m-%d %H:%M}")
+    for figure, value in (
+        ("deployments", f"{len(report.deployments)} in {days}"),
+        ("per day / per week", f"{per_day:.2f} / {per_day * 7:.2f}"),
+        ("lead time median / p90", f"{format_duration(median)} / {format_duration(p90)}"),
+        ("change failure rate", "-" if cfr is None else f"{cfr:.0%}"),
+        ("rollbacks", str(len(report.restores))),
+        ("time to restore median", format_duration(report.time_to_restore_median_s)),
+        ("rollouts stopped", str(report.rollouts_stopped)),
+    ):
+        table.add_row(figure, value)
+    console.print(table)
+    fallback = [d.version for d in report.deployments if d.lead_time_from == "registration"]
+    if fallback:
+        console.print(f"lead time from the registration (run not found): v{', v'.join(fallback)}")
 
 
 # ---------------------------------------------------------------- monitor

@@ -308,6 +308,31 @@ class MonitoringSettings(BaseModel):
         return None if v is None else _check_sql_url(v, "monitoring.url")
 
 
+class RolloutSettings(BaseModel):
+    poll_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often each server reads the rollout state, writes its counts and "
+        "judges the step (seconds).",
+    )
+    heal: bool = Field(
+        True,
+        description="Roll a newly promoted champion back by itself on a breach (the heal_* "
+        "settings; docs/rollouts.md#self-healing).",
+    )
+    heal_watch_s: float = Field(
+        3600.0, gt=0, description="A champion is watched this long after its promotion."
+    )
+    heal_window_s: float = Field(60.0, gt=0, description="Each health check's window (seconds).")
+    heal_min_requests: int = Field(100, ge=1, description="Requests in a window before judging.")
+    heal_max_error_rate: float = Field(
+        0.05, gt=0, le=1, description="A champion failing more than this share is rolled back."
+    )
+    heal_max_p99_ms: float | None = Field(
+        None, gt=0, description="A champion slower than this p99 is rolled back (unset: off)."
+    )
+
+
 class Settings(BaseSettings):
     """Effective configuration. Build it with :func:`load_settings`."""
 
@@ -333,6 +358,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
 
     @classmethod
     def settings_customise_sources(

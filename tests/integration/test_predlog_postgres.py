@@ -140,7 +140,7 @@ def test_commit_rows_resolve_once_committed(pg_url: str) -> None:
 
     plog = open_prediction_log(pg_url, durability="commit", flush_interval_s=30)
     rows = [
-        (f"r{i}", 1.0, "m" if i != 3 else "bad\x00", "1", "rest", "[[1]]", "{}", 0.5, None)
+        (f"r{i}", 1.0, "m" if i != 3 else "bad\x00", "1", "rest", "[[1]]", "{}", 0.5, None, None)
         for i in range(6)
     ]
 
@@ -202,5 +202,5 @@ def test_an_older_postgres_log_is_migrated_when_opened(pg_url: str) -> None:
         view = conn.execute("SELECT client_id FROM prediction_log_named WHERE request_id = 'c'")
         assert view.fetchone() == ("theirs",)
     assert "prediction_log_request" not in indexes
-    assert "(request_id)" in indexes["prediction_log_request_id"]
+    assert "(request_id, role)" in indexes["prediction_log_request_role"]
     assert "WHERE (client_id IS NOT NULL)" in indexes["prediction_log_client"]

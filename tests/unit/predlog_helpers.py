@@ -50,11 +50,23 @@ def check_columns_rows_read_back_named(plog: PredictionLog, view_rows: Callable[
             encode_json(outputs, "c1", "outputs"),
             0.5,
             None,
+            None,
         )
     )
     plog.append(PredictionRecord("d1", 2.0, "churn", "7", "rest", {"tenure": [4.0]}, {}, 0.5))
     plog.append_row(
-        ("u1", 3.0, "other", "1", "rest", encode_json([[1.0]], "u1", "inputs"), "{}", 0.5, None)
+        (
+            "u1",
+            3.0,
+            "other",
+            "1",
+            "rest",
+            encode_json([[1.0]], "u1", "inputs"),
+            "{}",
+            0.5,
+            None,
+            None,
+        )
     )
     plog.flush()
     by_id = {r["request_id"]: r for r in plog.read()}
@@ -73,7 +85,7 @@ def check_columns_rows_read_back_named(plog: PredictionLog, view_rows: Callable[
 
 
 def _row(rid: str, client: str | None, ts: float = 1.0) -> tuple:
-    return (rid, ts, "churn", "1", "rest", '{"x": [1.0]}', '{"labels": [1]}', 0.5, client)
+    return (rid, ts, "churn", "1", "rest", '{"x": [1.0]}', '{"labels": [1]}', 0.5, client, None)
 
 
 def check_client_ids_and_feedback_matching(plog: PredictionLog) -> None:
@@ -127,7 +139,7 @@ def fill_for_reads(plog: PredictionLog) -> None:
         outputs = {"labels": labels, "probabilities": probas}
         plog.append_row(
             (rid, ts, "churn", "1", "rest", encode_json(columns, rid, "inputs"),
-             encode_json(outputs, rid, "outputs"), 1.5, client)
+             encode_json(outputs, rid, "outputs"), 1.5, client, None)
         )  # fmt: skip
 
     add("r1", 100.0, [[3.0], ["basic"], [7.0]], ["yes"], client="c1")
@@ -161,9 +173,9 @@ def check_reads(url: str, plog: PredictionLog) -> None:
     assert len(batches) == 5  # 14 logged requests of churn, 3 a chunk: streamed
     table = pa.Table.from_batches(batches)
     assert table.schema.names == [
-        "request_id", "row", "client_id", "ts", "model", "version", "protocol", "latency_ms",
-        "tenure", "plan", "input_version", "prediction", "proba_no", "proba_yes", "label",
-        "label_ts",
+        "request_id", "row", "client_id", "ts", "model", "version", "role", "protocol",
+        "latency_ms", "tenure", "plan", "input_version", "prediction", "proba_no", "proba_yes",
+        "label", "label_ts",
     ]  # fmt: skip
     types = {f.name: f.type for f in table.schema}
     assert (types["tenure"], types["plan"], types["input_version"]) == (

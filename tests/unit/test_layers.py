@@ -100,6 +100,7 @@ FORBIDDEN = {
     "training": ["flywheel.serving", "flywheel.predlog"],
     "predlog": ["flywheel.serving", "flywheel.training", "flywheel.data", "flywheel.registry"],
     "monitoring": ["flywheel.serving"],
+    "rollout": ["flywheel.serving", "flywheel.training", "flywheel.data", "flywheel.cli"],
     "serving": ["flywheel.training", "flywheel.data", "flywheel.cli"],
     "schema.py": ["flywheel."],
 }

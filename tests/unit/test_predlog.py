@@ -115,6 +115,7 @@ def test_records_survive_close_and_reopen(url: str) -> None:
             "ts": 100.0,
             "model": "churn",
             "version": "1",
+            "role": None,
             "protocol": "rest",
             "inputs": None,
             "outputs": None,
@@ -405,6 +406,7 @@ def test_sqlite_batch_larger_than_one_insert_keeps_every_row(tmp_path: Path) -> 
             '{"labels": [0]}',
             0.5,
             None,
+            None,
         )
 
     rows = [row(f"r{i}", i) for i in range(601)]  # more than two statements' worth
@@ -447,6 +449,7 @@ def encoded(r: PredictionRecord) -> Row:
         encode_json(r.outputs, rid, "outputs"),
         r.latency_ms,
         r.client_id,
+        r.role,
     )
 
 

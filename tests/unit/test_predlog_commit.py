@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def row(rid: str, model: Any = "churn") -> tuple[Any, ...]:
-    return (rid, 1.0, model, "1", "rest", '{"x": [1.0]}', '{"labels": [1]}', 0.5, None)
+    return (rid, 1.0, model, "1", "rest", '{"x": [1.0]}', '{"labels": [1]}', 0.5, None, None)
 
 
 def on_disk(path: Path) -> set[str]:

@@ -123,7 +123,7 @@ def test_an_older_sqlite_log_is_migrated_when_opened(tmp_path: Path) -> None:
         assert plog.feedback("mine", 1)  # a client id one prediction carries
     indexes = _indexes(path)
     assert "prediction_log_request" not in indexes  # the old (request_id, model, version) key
-    assert "(request_id)" in indexes["prediction_log_request_id"]
+    assert "(request_id, role)" in indexes["prediction_log_request_role"]
     assert "client_id IS NOT NULL" in indexes["prediction_log_client"]
     with sqlite3.connect(path) as conn:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(prediction_inputs)")]

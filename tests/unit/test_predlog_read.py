@@ -33,7 +33,9 @@ def test_a_datetime_range_and_a_regressor(tmp_path: Path) -> None:
         assert plog.register_inputs("ltv", "4", ["age"], numeric=[True])  # no classes
         for i in range(5):
             outputs = encode_json({"labels": [10.5 * i], "probabilities": None}, "x", "o")
-            plog.append_row((f"r{i}", 3600.0 * i, "ltv", "4", "v2", "[[1]]", outputs, 1.0, None))
+            plog.append_row(
+                (f"r{i}", 3600.0 * i, "ltv", "4", "v2", "[[1]]", outputs, 1.0, None, None)
+            )
         plog.flush()
     start = datetime(1970, 1, 1, 1, tzinfo=UTC)
     end = datetime(1970, 1, 1, 3)  # naive: UTC
@@ -66,7 +68,7 @@ def test_labels_take_the_prediction_type_and_odd_ones_become_null(tmp_path: Path
     with open_prediction_log(url, flush_interval_s=0.01) as plog:
         plog.register_inputs("m", "1", ["x"], numeric=[True], classes=[0, 1])
         for i, label in enumerate([1, "0", "abc", 2.5]):
-            row = (f"r{i}", float(i), "m", "1", "rest", "[[1]]", '{"labels":[1]}', 1.0, None)
+            row = (f"r{i}", float(i), "m", "1", "rest", "[[1]]", '{"labels":[1]}', 1.0, None, None)
             plog.append_row(row)
             plog.flush()
             assert plog.feedback(f"r{i}", label)

@@ -11,7 +11,9 @@ Modules: :mod:`~flywheel.predlog.records` (the record, the encoded row, the erro
 :mod:`~flywheel.predlog.stores` with :mod:`~flywheel.predlog.sqlite` and
 :mod:`~flywheel.predlog.postgres` (schema, migration, SQL), :mod:`~flywheel.predlog.feedback`
 (matching labels to predictions), :mod:`~flywheel.predlog.read` (the monitoring reads;
-imports pyarrow and the ADBC drivers when used). See docs/prediction-log.md.
+imports pyarrow and the ADBC drivers when used), :mod:`~flywheel.predlog.outcomes` (per
+rollout arm, counts of the labelled rows; stdlib and orjson only). Rows are keyed by
+(request id, rollout role). See docs/prediction-log.md.
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ _FIXED = frozenset(
         "ts",
         "model",
         "version",
+        "role",
         "protocol",
         "latency_ms",
         "prediction",
@@ -233,6 +234,7 @@ class Plan:
             pa.field("ts", TIMESTAMP),
             pa.field("model", pa.string()),
             pa.field("version", pa.string()),
+            pa.field("role", pa.string()),
             pa.field("protocol", pa.string()),
             pa.field("latency_ms", pa.float64()),
         ]
@@ -464,7 +466,7 @@ def _request_columns(part: pa.Table, req: np.ndarray, counts: np.ndarray) -> dic
     expand = len(req) != part.num_rows
     take = pa.array(req) if expand else None
     out: dict[str, pa.Array] = {}
-    for name in ("request_id", "client_id", "version", "protocol", "latency_ms"):
+    for name in ("request_id", "client_id", "version", "role", "protocol", "latency_ms"):
         column = part.column(name).combine_chunks()
         out[name] = column.take(take) if take is not None else column
     out["ts"] = _stamps(part.column("ts"), req if expand else None)
@@ -505,9 +507,10 @@ def label_batch(chunk: pa.Table) -> pa.RecordBatch:
             text("client_id"),
             text("model"),
             text("version"),
+            text("role"),
             _stamps(chunk.column("ts")),
             text("label"),
             _stamps(chunk.column("received_at")),
         ],
-        names=["request_id", "client_id", "model", "version", "ts", "label", "label_ts"],
+        names=["request_id", "client_id", "model", "version", "role", "ts", "label", "label_ts"],
     )

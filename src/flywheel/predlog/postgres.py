@@ -7,7 +7,7 @@ under an advisory lock, so replicas starting together do not race.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import psycopg
@@ -20,11 +20,13 @@ from flywheel.predlog.stores import (
     KEY_INDEX,
     NAMED_VIEW,
     NAMED_VIEW_SELECT,
-    OLD_KEY_INDEX,
+    OLDER_KEY_INDEXES,
+    ROLE_VALUE,
     SELECT_ROWS,
     TABLE,
     ClientMatch,
     VersionInfo,
+    arm_rows_sql,
     where,
 )
 
@@ -48,8 +50,11 @@ _DDL = (
         inputs json NOT NULL,
         outputs json NOT NULL,
         latency_ms double precision NOT NULL,
-        client_id text)""",
-    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS client_id text",  # an older log
+        client_id text,
+        role text NOT NULL DEFAULT '')""",
+    # An older log. A constant default: no table rewrite, old rows read it as ''.
+    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS client_id text",
+    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS role text NOT NULL DEFAULT ''",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_ts ON {TABLE} (ts)",
     f"""CREATE INDEX IF NOT EXISTS {TABLE}_client ON {TABLE} (client_id)
         WHERE client_id IS NOT NULL""",
@@ -70,7 +75,7 @@ _DDL = (
         PRIMARY KEY (model, version))""",
     f"ALTER TABLE {INPUTS_TABLE} ADD COLUMN IF NOT EXISTS numeric json",
     f"ALTER TABLE {INPUTS_TABLE} ADD COLUMN IF NOT EXISTS classes json",
-    # CREATE OR REPLACE may add columns at the end only: client_id is the view's last.
+    # CREATE OR REPLACE may add columns at the end only: client_id, then role, are last.
     f"CREATE OR REPLACE VIEW {NAMED_VIEW} AS "
     + NAMED_VIEW_SELECT.format(inputs=_NAMED_INPUTS, table=TABLE, inputs_table=INPUTS_TABLE),
 )
@@ -79,22 +84,29 @@ _DDL_LOCK = 0x70_72_65_64
 _STAGE = "prediction_log_stage"
 
 
+def _exists(conn: psycopg.Connection[Any], index: str) -> bool:
+    found = conn.execute("SELECT to_regclass(%s)", (index,)).fetchone()
+    return found is not None and found[0] is not None
+
+
 def _key(conn: psycopg.Connection[Any]) -> None:
-    """``UNIQUE (request_id)``, replacing an older log's (request_id, model, version) key
-    unless older rows share request ids (then the old key stays; logged)."""
-    found = conn.execute("SELECT to_regclass(%s)", (KEY_INDEX,)).fetchone()
-    if found is not None and found[0] is not None:
-        return
-    try:
-        with conn.transaction():  # a savepoint: a failure leaves the DDL transaction usable
-            conn.execute(f"CREATE UNIQUE INDEX {KEY_INDEX} ON {TABLE} (request_id)")
-    except psycopg.errors.UniqueViolation:
-        log.warning(
-            "prediction log: older rows share request ids (one request logged for several "
-            "versions); keeping the (request_id, model, version) key"
-        )
-        return
-    conn.execute(f"DROP INDEX IF EXISTS {OLD_KEY_INDEX}")
+    """``UNIQUE (request_id, role)``, replacing an older log's key unless older rows share
+    request ids (then the old key stays; logged); an older key found beside it (recreated
+    by an older process) is dropped: it would refuse a shadow's row."""
+    if not _exists(conn, KEY_INDEX):
+        try:
+            with conn.transaction():  # a savepoint: a failure leaves the DDL transaction usable
+                conn.execute(f"CREATE UNIQUE INDEX {KEY_INDEX} ON {TABLE} (request_id, role)")
+        except psycopg.errors.UniqueViolation:
+            # Only UNIQUE (request_id, model, version) allows this.
+            log.warning(
+                "prediction log: older rows share request ids (one request logged for several "
+                "versions); keeping the (request_id, model, version) key"
+            )
+            return
+    for older in OLDER_KEY_INDEXES:
+        if _exists(conn, older):
+            conn.execute(f"DROP INDEX {older}")
 
 
 class PostgresStore:
@@ -118,7 +130,7 @@ class PostgresStore:
                 f"""CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (
                     request_id text, ts double precision, model text, version text,
                     protocol text, inputs text, outputs text, latency_ms double precision,
-                    client_id text) ON COMMIT DELETE ROWS"""
+                    client_id text, role text) ON COMMIT DELETE ROWS"""
             )
             self._conn.commit()
         except BaseException:
@@ -135,7 +147,7 @@ class PostgresStore:
             cur.execute(
                 f"""INSERT INTO {TABLE} ({COLS_SQL})
                     SELECT request_id, ts, model, version, protocol, inputs::json, outputs::json,
-                           latency_ms, client_id FROM {_STAGE}
+                           latency_ms, client_id, {ROLE_VALUE.format("role")} FROM {_STAGE}
                     ON CONFLICT DO NOTHING"""
             )
             return int(cur.rowcount)
@@ -192,7 +204,7 @@ class PostgresStore:
 
     def client_matches(self, ids: Sequence[str]) -> dict[str, ClientMatch]:
         cur = self._conn.execute(
-            f"SELECT client_id, min(request_id), count(*) FROM {TABLE} "
+            f"SELECT client_id, min(request_id), count(DISTINCT request_id) FROM {TABLE} "
             "WHERE client_id = ANY(%s) GROUP BY client_id",
             (list(ids),),
         )
@@ -211,6 +223,19 @@ class PostgresStore:
         rows = self._conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
         self._conn.commit()
         return rows
+
+    def arm_rows(
+        self, model: str, since: float, until: float | None, chunk: int = 10_000
+    ) -> Generator[list[tuple[str, str, str, str | None]], None, None]:
+        params = [model, since] + ([] if until is None else [until])
+        # A server-side cursor: the rows stream, never all in memory at once.
+        try:
+            with self._conn.cursor(name="flywheel_arm_rows") as cur:
+                cur.execute(arm_rows_sql("::text", "%s", until), params)  # type: ignore[arg-type]
+                while rows := cur.fetchmany(chunk):
+                    yield rows
+        finally:
+            self._conn.rollback()  # read only: end the cursor's transaction
 
     def count(self) -> int:
         row = self._conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
@@ -237,8 +262,12 @@ class PostgresStore:
 # One statement, one round trip, its own transaction (autocommit): the group commit of the
 # ``commit`` durability, run on the event loop by flywheel.predlog.commit.AsyncGroupCommit.
 _INSERT_GROUP = f"""INSERT INTO {TABLE} ({COLS_SQL})
-    SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[], %s::text[], %s::text[],
-                         %s::text[]::json[], %s::text[]::json[], %s::float8[], %s::text[])
+    SELECT request_id, ts, model, version, protocol, inputs, outputs, latency_ms, client_id,
+           {ROLE_VALUE.format("role")}
+    FROM unnest(%s::text[], %s::float8[], %s::text[], %s::text[], %s::text[],
+                %s::text[]::json[], %s::text[]::json[], %s::float8[], %s::text[], %s::text[])
+        AS r(request_id, ts, model, version, protocol, inputs, outputs, latency_ms, client_id,
+             role)
     ON CONFLICT DO NOTHING"""
 
 

@@ -9,10 +9,14 @@ record batches, streamed, never the whole range in memory.
 
 :func:`predictions` yields one Arrow row per scored row (a request of n rows gives n), with
 ``request_id`` (the server's), ``row`` (its position in the request), ``client_id``, ``ts``
-(timestamp, UTC), ``model``, ``version``, ``protocol``, ``latency_ms``, one column per input
+(timestamp, UTC), ``model``, ``version``, ``role`` (the version's part in a rollout:
+"champion", "challenger" or "shadow"; null when no rollout was active), ``protocol``,
+``latency_ms``, one column per input
 feature (float64 when numeric, string when categorical), ``prediction`` (the label, or the
 value of a regressor), one ``proba_<class>`` float64 column per class of a classifier, and
-``label`` + ``label_ts`` (the latest feedback for the request; null when none). The schema is
+``label`` + ``label_ts`` (the latest feedback for the request; null when none; labels are
+keyed by request id, so a request's label reaches each of its logged rows: the champion's
+and a shadow's alike). The schema is
 fixed before the first batch, from what the serving core registered for the model's
 versions (input names and kinds, classes) and, for rows nothing registered, from the first
 batch read. :func:`labels` yields the labels received in a time range.
@@ -58,22 +62,36 @@ def predictions(
     end: float | datetime | None = None,
     batch_rows: int = 65536,
     with_labels: bool = True,
+    role: str | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """The predictions of ``model`` (and ``version``) logged in ``[start, end)`` (unix
     seconds or datetimes; naive ones are UTC), oldest first, as record batches of the
-    predictions of at most ``batch_rows`` logged requests. ``source`` is the log's URL or a
-    :class:`~flywheel.predlog.writer.PredictionLog` (rows it still queues are not read).
-    ``with_labels=False`` skips the feedback join (``label``/``label_ts`` stay null)."""
+    predictions of at most ``batch_rows`` rows of the log (logged requests). ``source`` is
+    the log's URL or a :class:`~flywheel.predlog.writer.PredictionLog` (rows it still queues
+    are not read).
+    ``with_labels=False`` skips the feedback join (``label``/``label_ts`` stay null).
+    ``role``: only the rows logged in that rollout role ("champion", "challenger",
+    "shadow"; ``""``: those logged with no rollout active); None: every row.
+
+    The label is the request's latest feedback, joined by request id: when a champion and
+    a shadow scored one request, the label reaches both rows."""
     url, lo, hi = _check(source, start, end, batch_rows)
+    if role is not None and not isinstance(role, str):
+        raise DataError(
+            f"role must be a rollout role (champion, challenger, shadow), '' or None; got "
+            f"{role!r}.",
+            field="role",
+        )
     kind, target = parse_url(url)
     known = _registered(url, model, version)
     if kind == "sqlite":
-        query = _sqlite_predictions(model, version, lo, hi)
+        query = _sqlite_predictions(model, version, lo, hi, role)
         raw: Iterator[pa.Table] = _sqlite_chunks(target, query, batch_rows)
         if with_labels:
             raw = _joined(raw, _sqlite_latest_labels(target, query))
     else:
-        raw = _pg_chunks(target, _pg_predictions(model, version, lo, hi, with_labels), batch_rows)
+        sql = _pg_predictions(model, version, lo, hi, with_labels, role)
+        raw = _pg_chunks(target, sql, batch_rows)
     return _decoded(raw, model, known)
 
 
@@ -86,9 +104,11 @@ def labels(
 ) -> Iterator[pa.RecordBatch]:
     """Every label received in ``[start, end)`` (by ``label_ts``, its received time), oldest
     first, for the predictions of ``model`` (None: every model): ``request_id``, ``client_id``,
-    ``model``, ``version``, ``ts`` (the prediction's time), ``label`` (the label's JSON text,
-    as sent: a number, string, or a list for a multi-row request) and ``label_ts``. Several
-    labels for one request are all listed; :func:`predictions` joins the latest."""
+    ``model``, ``version``, ``role`` (null: no rollout), ``ts`` (the prediction's time),
+    ``label`` (the label's JSON text, as sent: a number, string, or a list for a multi-row
+    request) and ``label_ts``. Several labels for one request are all listed;
+    :func:`predictions` joins the latest. A label is listed once per logged row of its
+    request: twice for a request a champion and a shadow both scored (``role`` tells)."""
     url, lo, hi = _check(source, start, end, batch_rows)
     kind, target = parse_url(url)
     _registered(url, model or "", None)  # creates or migrates the schema, like the writer
@@ -97,7 +117,8 @@ def labels(
     clauses += [f"f.received_at < {_lit(hi, mark)}"] if hi is not None else []
     clauses += [f"p.model = {_lit(model, mark)}"] if model is not None else []
     select = (
-        "SELECT f.id, p.request_id, p.client_id, p.model, p.version, p.ts, "
+        "SELECT f.id, p.request_id, p.client_id, p.model, p.version, "
+        "NULLIF(p.role, '') AS role, p.ts, "
         f"f.label{'' if kind == 'sqlite' else '::text'} AS label, f.received_at "
         f"FROM {FEEDBACK_TABLE} f JOIN {TABLE} p ON p.request_id = f.request_id"
     )
@@ -170,7 +191,7 @@ def _lit(value: Any, mark: str | None) -> str:
         return repr(value)
     text = str(value)
     if "\x00" in text:
-        raise DataError("A model or version name cannot hold a NUL byte.", field="model")
+        raise DataError("A model, version or role cannot hold a NUL byte.", field="model")
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -205,29 +226,45 @@ class _Keyset:
 
 
 def _filters(
-    model: str, version: str | None, lo: float | None, hi: float | None, mark: str | None
+    model: str,
+    version: str | None,
+    lo: float | None,
+    hi: float | None,
+    role: str | None,
+    mark: str | None,
 ) -> list[str]:
+    """The WHERE clauses of a predictions read, in the order of their parameters."""
     clauses = [f"p.model = {_lit(model, mark)}"]
     clauses += [f"p.version = {_lit(version, mark)}"] if version is not None else []
     clauses += [f"p.ts >= {_lit(lo, mark)}"] if lo is not None else []
     clauses += [f"p.ts < {_lit(hi, mark)}"] if hi is not None else []
+    clauses += [f"p.role = {_lit(role, mark)}"] if role is not None else []
     return clauses
 
 
+# The row's role as the read API gives it: null when no rollout was active (stored '').
+_ROLE = "NULLIF(p.role, '') AS role"
+
+
 def _sqlite_predictions(
-    model: str, version: str | None, lo: float | None, hi: float | None
+    model: str, version: str | None, lo: float | None, hi: float | None, role: str | None
 ) -> _Keyset:
     select = (
-        "SELECT p.id, p.request_id, p.client_id, p.ts, p.version, p.protocol, p.latency_ms, "
-        f"p.inputs, p.outputs FROM {TABLE} p"
+        f"SELECT p.id, p.request_id, p.client_id, p.ts, p.version, {_ROLE}, p.protocol, "
+        f"p.latency_ms, p.inputs, p.outputs FROM {TABLE} p"
     )
-    params = tuple(v for v in (model, version, lo, hi) if v is not None)
-    clauses = _filters(model, version, lo, hi, "?")
+    params = tuple(v for v in (model, version, lo, hi, role) if v is not None)
+    clauses = _filters(model, version, lo, hi, role, "?")
     return _Keyset(select, clauses, params, ("p.ts", "ts"), ("p.id", "id"))
 
 
 def _pg_predictions(
-    model: str, version: str | None, lo: float | None, hi: float | None, with_labels: bool
+    model: str,
+    version: str | None,
+    lo: float | None,
+    hi: float | None,
+    with_labels: bool,
+    role: str | None,
 ) -> str:
     label = ", f.label::text AS label, f.received_at AS label_ts" if with_labels else ""
     # The latest label per request as one hash-joined set (DISTINCT ON), not a subquery per row.
@@ -238,9 +275,10 @@ def _pg_predictions(
         if with_labels
         else ""
     )
-    where = " AND ".join(_filters(model, version, lo, hi, None))
+    where = " AND ".join(_filters(model, version, lo, hi, role, None))
     return (
-        "SELECT p.request_id, p.client_id, p.ts, p.version, p.protocol, p.latency_ms, "
+        f"SELECT p.request_id, p.client_id, p.ts, p.version, {_ROLE}, p.protocol, "
+        "p.latency_ms, "
         f"p.inputs::text AS inputs, p.outputs::text AS outputs{label} "
         f"FROM {TABLE} p{join} WHERE {where} ORDER BY p.ts, p.id"
     )

@@ -33,9 +33,12 @@ log = logging.getLogger("flywheel.predlog")
 _ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
 _ORJSON_ANY_KEYS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
-# (request_id, ts, model, version, protocol, inputs_json, outputs_json, latency_ms, client_id)
-# request_id is the server's own id (the log's key); client_id the id the client sent, if any.
-Row = tuple[str, float, str, str, str, str, str, float, str | None]
+# (request_id, ts, model, version, protocol, inputs_json, outputs_json, latency_ms, client_id,
+#  role)
+# request_id is the server's own id; client_id the id the client sent, if any; role the
+# version's part in a rollout ("champion", "challenger", "shadow"), None when none is active.
+# (request_id, role) is the log's key: a request scored by a champion and a shadow is 2 rows.
+Row = tuple[str, float, str, str, str, str, str, float, str | None, str | None]
 FeedbackRow = tuple[str, str, float]  # (server request_id, label_json, received_at)
 
 
@@ -58,6 +61,7 @@ class PredictionRecord:
     outputs: Any
     latency_ms: float
     client_id: str | None = None  # the id the client sent (X-Request-ID, v2/gRPC ``id``)
+    role: str | None = None  # "champion" | "challenger" | "shadow"; None: no rollout active
 
 
 def _default(obj: Any) -> Any:
@@ -109,7 +113,7 @@ def _text(value: Any) -> str:
 def encode_record(r: PredictionRecord) -> Row:
     """The row of ``r`` (raises when ``ts`` or ``latency_ms`` is not a number)."""
     rid = _text(r.request_id)
-    client = r.client_id
+    client, role = r.client_id, r.role
     return (
         rid,
         float(r.ts),
@@ -120,4 +124,5 @@ def encode_record(r: PredictionRecord) -> Row:
         encode_json(r.outputs, rid, "outputs"),
         float(r.latency_ms),
         None if client is None else _text(client),
+        None if role is None else _text(role),
     )

@@ -15,8 +15,8 @@ fastest paths each driver has, and SQLAlchemy Core adds ~2x per-row overhead the
 Schema (both databases; created idempotently on connect, older logs migrated)::
 
     prediction_log(id, request_id, ts, model, version, protocol, inputs, outputs,
-                   latency_ms, client_id)
-        UNIQUE (request_id)               -- the server's own id: the key
+                   latency_ms, client_id, role)
+        UNIQUE (request_id, role)         -- the key: one row per request and rollout role
         INDEX (ts)
         INDEX (client_id) WHERE client_id IS NOT NULL
     prediction_feedback(id, request_id, label, received_at)
@@ -26,22 +26,36 @@ Schema (both databases; created idempotently on connect, older logs migrated)::
 
 ``request_id`` is the id the server gave the request; ``client_id`` the id the client sent
 (``X-Request-ID``, the v2/gRPC ``id``), kept beside it and never a key, so a client reusing
-its ids cannot suppress or hide rows. ``inputs`` is a JSON object (name -> values) or, for
-the serving core's rows, a JSON array of columns in the order of the names registered for
-the row's (model, version) in ``prediction_inputs`` (with, for the read API, which inputs
-are numeric and the classifier's classes).
+its ids cannot suppress or hide rows. ``role`` is the version's part in a rollout:
+``champion``, ``challenger`` or ``shadow``, and ``''`` (TEXT NOT NULL DEFAULT '') when no
+rollout is active; it is stored as ``''`` rather than NULL because NULLs are distinct in a
+unique index, and a retried batch of no-rollout rows must still collide. A request a
+champion answers and a shadow scores too is two rows with one ``request_id``; labels are
+keyed by ``request_id`` alone, so a label reaches every row of its request. Rows carry
+``None`` for no role (:data:`~flywheel.predlog.records.Row`); the INSERTs store it as
+``''`` in SQL (``coalesce(role, '')``, or, for a SQLite statement of rows that all have
+None, the column's default), never in Python per row; reads give ``''`` back as NULL. ``inputs`` is a JSON
+object (name -> values) or, for the serving core's rows, a JSON array of columns in the
+order of the names registered for the row's (model, version) in ``prediction_inputs``
+(with, for the read API, which inputs are numeric and the classifier's classes).
 
-Migration (an older log opened by this code): ``client_id``, ``numeric`` and ``classes`` are
-added with ``ALTER TABLE ... ADD COLUMN``, and the old ``UNIQUE (request_id, model,
-version)`` index is replaced by ``UNIQUE (request_id)``; when old rows share a request id
-(one request logged for two versions) the old index is kept, with a warning, which keeps
-every row and still makes retried batches idempotent.
+Migration (an older log opened by this code, in the schema transaction: SQLite's
+``BEGIN IMMEDIATE``, PostgreSQL's advisory lock, so processes opening it together do not
+race): ``client_id``, ``role`` (``''`` for old rows), ``numeric`` and ``classes`` are added
+with ``ALTER TABLE ... ADD COLUMN``; the view is recreated with them (on PostgreSQL new
+columns go at its end); the key becomes ``UNIQUE (request_id, role)``, replacing the
+``UNIQUE (request_id)`` of the logs before roles and the ``UNIQUE (request_id, model,
+version)`` of the logs before client ids. When old rows share a request id (one request
+logged for several versions, before roles) the new key cannot be built: the old index is
+kept, with a warning, which keeps every row and still makes retried batches idempotent.
+An older key an older process recreates after the migration is dropped again at the next
+open, since it would refuse a shadow's row.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -79,10 +93,15 @@ COLUMNS = (
     "outputs",
     "latency_ms",
     "client_id",
+    "role",
 )
 COLS_SQL = ", ".join(COLUMNS)
-KEY_INDEX = f"{TABLE}_request_id"  # UNIQUE (request_id)
-OLD_KEY_INDEX = f"{TABLE}_request"  # UNIQUE (request_id, model, version), before client_id
+KEY_INDEX = f"{TABLE}_request_role"  # UNIQUE (request_id, role)
+# Keys of older logs, replaced by KEY_INDEX: UNIQUE (request_id), before roles, and
+# UNIQUE (request_id, model, version), before client ids.
+OLDER_KEY_INDEXES = (f"{TABLE}_request_id", f"{TABLE}_request")
+# The role of a row as stored ('' for none: see the module docstring), from a bound value.
+ROLE_VALUE = "coalesce({}, '')"
 
 # Latest label per request: the feedback row with the greatest (received_at, id). A correlated
 # subquery (portable, served by the (request_id, received_at) index) rather than a window
@@ -94,12 +113,19 @@ LEFT JOIN {FEEDBACK_TABLE} f ON f.id = (
 
 SELECT_ROWS = f"""
 SELECT p.request_id, p.ts, p.model, p.version, p.protocol, p.inputs{{cast}},
-       p.outputs{{cast}}, p.latency_ms, f.label{{cast}}, f.received_at, p.client_id
+       p.outputs{{cast}}, p.latency_ms, f.label{{cast}}, f.received_at, p.client_id,
+       NULLIF(p.role, '')
 FROM {TABLE} p {LATEST_LABEL}
 """
 
+# Per logged row of a model in a time range: what a rollout's outcomes count (outcomes.py).
+ARM_ROWS = f"""
+SELECT p.version, p.role, p.outputs{{cast}}, f.label{{cast}}
+FROM {TABLE} p {LATEST_LABEL}
+WHERE p.model = {{mark}} AND p.ts >= {{mark}}"""
+
 NAMED_VIEW_SELECT = """SELECT p.id, p.request_id, p.ts, p.model, p.version, p.protocol,
-            {inputs} AS inputs, p.outputs, p.latency_ms, p.client_id
+            {inputs} AS inputs, p.outputs, p.latency_ms, p.client_id, p.role
         FROM {table} p LEFT JOIN {inputs_table} i
             ON i.model = p.model AND i.version = p.version"""
 
@@ -150,6 +176,13 @@ class Store(Protocol):
     def read(
         self, since: float | None, limit: int | None, model: str | None, labelled_only: bool
     ) -> list[tuple[Any, ...]]: ...
+    def arm_rows(
+        self, model: str, since: float, until: float | None, chunk: int = 10_000
+    ) -> Generator[list[tuple[str, str, str, str | None]], None, None]:
+        """The rows of ``model`` logged in ``[since, until)``, in lists of at most ``chunk``:
+        ``(version, role as stored, outputs JSON, latest label JSON or None)``."""
+        ...
+
     def count(self) -> int: ...
     def journal_mode(self) -> str: ...
     def checkpoint(self) -> None:
@@ -175,6 +208,12 @@ def where(
     if labelled_only:
         clauses.append("f.id IS NOT NULL")
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def arm_rows_sql(cast: str, mark: str, until: float | None) -> str:
+    return ARM_ROWS.format(cast=cast, mark=mark) + (
+        f" AND p.ts < {mark}" if until is not None else ""
+    )
 
 
 def chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:

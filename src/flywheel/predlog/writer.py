@@ -65,7 +65,8 @@ Every drop is counted and logged (rate-limited). A batch the database will not t
 transient reason is retried on a fresh connection with exponential backoff (``failures``
 counts attempts); a record the database refuses for its content is isolated by retrying the
 batch one record at a time and counted as ``rejected``. Duplicate server ids are ignored by
-the database and counted as ``duplicates`` (a retried batch is idempotent). Only when
+the database and counted as ``duplicates`` (a retried batch is idempotent): the key is
+(request id, rollout role), so a champion's and a shadow's row of one request are both kept. Only when
 ``close`` times out with the database still down are records given up: counted as ``lost``,
 logged, and ``close`` raises :class:`PredictionLogError`.
 
@@ -658,7 +659,9 @@ class PredictionLog:
             self._counts["written"] += new
             self._counts["duplicates"] += n - new
         if n - new:
-            log.warning("prediction log ignored %d rows whose request id was logged", n - new)
+            log.warning(
+                "prediction log ignored %d rows whose request id (and role) was logged", n - new
+            )
 
     def _reset_writer(self) -> None:
         store, self._writer_store = self._writer_store, None
@@ -734,8 +737,10 @@ class PredictionLog:
         """Written predictions (oldest first) joined with their latest label, as dicts, for
         small reads (monitoring reads Arrow batches: :mod:`flywheel.predlog.read`).
 
-        Each dict: request_id, client_id, ts, model, version, protocol, inputs, outputs,
-        latency_ms, label (None when no feedback yet) and label_ts (its received_at).
+        Each dict: request_id, client_id, ts, model, version, role (the rollout role, None
+        when none was active), protocol, inputs, outputs, latency_ms, label (None when no
+        feedback yet) and label_ts (its received_at). A label is keyed by request id: it
+        joins every row of its request (a champion's and a shadow's alike).
         ``since`` is inclusive. Records still queued are not included: ``flush()`` first."""
         if limit is not None and limit < 0:
             raise DataError(f"limit must be >= 0, got {limit!r}.", limit=limit)
@@ -759,6 +764,7 @@ class PredictionLog:
                 "ts": r[1],
                 "model": r[2],
                 "version": r[3],
+                "role": r[11],
                 "protocol": r[4],
                 "inputs": inputs(r),
                 "outputs": loads(r[6]),

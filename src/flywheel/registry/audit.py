@@ -32,11 +32,28 @@ from sqlalchemy.exc import SQLAlchemyError
 from flywheel.config import mask_url, sqlalchemy_url
 from flywheel.errors import RegistryError
 
-__all__ = ["ACTIONS", "GENESIS_HASH", "AuditEntry", "AuditLog", "entry_hash"]
+__all__ = ["ACTIONS", "GENESIS_HASH", "AuditEntry", "AuditLog", "entry_hash", "make_engine"]
 
 log = logging.getLogger("flywheel.registry.audit")
 
-ACTIONS = ("register", "promote_requested", "approve", "promote", "rollback", "monitor")
+ACTIONS = (
+    "register",
+    "promote_requested",
+    "approve",
+    "promote",
+    "rollback",
+    "monitor",
+    # rollouts (flywheel.rollout): each transition with its evidence in ``reason``
+    "rollout_start",
+    "rollout_step",
+    "rollout_pause",
+    "rollout_resume",
+    "rollout_switch",
+    "rollout_abort",
+    "rollout_rollback",
+    "rollout_promote",
+    "self_heal",
+)
 GENESIS_HASH = "0" * 64
 TABLE = "registry_audit"
 
@@ -83,7 +100,7 @@ class AuditEntry:
     id: int
     at: str  # ISO 8601 UTC
     who: str
-    action: str  # "register" | "promote_requested" | "approve" | "promote" | "rollback"
+    action: str  # one of ACTIONS
     model: str
     from_version: str | None
     to_version: str | None
@@ -103,7 +120,9 @@ def entry_hash(fields: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def _make_engine(url: str) -> Engine:
+def make_engine(url: str) -> Engine:
+    """An engine on the registry's database whose every transaction holds the write lock
+    from its start on SQLite (the rollout store shares it)."""
     if not url.startswith("sqlite"):
         return sa.create_engine(sqlalchemy_url(url), pool_pre_ping=True)
     path = url.removeprefix("sqlite:///")
@@ -131,7 +150,7 @@ class AuditLog:
         self.url = url
         self._pg = not url.startswith("sqlite")
         try:
-            self._engine = _make_engine(url)
+            self._engine = make_engine(url)
             self._create()
         except (SQLAlchemyError, OSError) as exc:
             raise self._error("open", exc) from exc

@@ -71,6 +71,16 @@ class SqlRegistry:
         )
         return {str(k): str(v) for k, v in rows} if rows else None
 
+    def run_started(self, name: str, version: str) -> float | None:
+        """Unix seconds at which the MLflow run that produced the version started (None: the
+        version or its run is gone, or the store cannot be read this way)."""
+        rows = self._rows(
+            "SELECT r.start_time FROM model_versions mv JOIN runs r ON r.run_uuid = mv.run_id "
+            "WHERE mv.name = ? AND mv.version = ?",
+            (name, int(version)),
+        )
+        return float(rows[0][0]) / 1000 if rows and rows[0][0] is not None else None
+
     def local_copy(self, name: str, version: str) -> bool:
         """Copy a version's files into ``<home>/models/<name>/<version>`` when the registry
         stores them in a local folder (the embedded default): a private copy renamed into

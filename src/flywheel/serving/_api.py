@@ -632,6 +632,9 @@ def _admin_routes(api: FastAPI, predictor: Predictor, config: ServingConfig) -> 
     errors: dict[int | str, dict[str, Any]] = {
         c: {"model": ErrorBody} for c in (400, 401, 403, 404, 409, 415, 422, 500)
     }
+    from flywheel.serving._rollout_api import rollout_routes
+
+    rollout_routes(api, predictor, guard, errors)
 
     @api.post(
         "/admin/reload",

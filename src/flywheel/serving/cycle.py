@@ -76,6 +76,7 @@ class Call:
     request_id: str
     client_id: str | None
     started: float
+    version: str | None = None  # the version that answered (set by fronts that echo it)
 
     @property
     def echo_id(self) -> str:

@@ -52,6 +52,7 @@ import numpy as np
 
 from flywheel.errors import FlywheelError
 from flywheel.predlog import PredictionLogError, PredictionRecord, encode_json
+from flywheel.rollout.counters import ArmCounter
 from flywheel.serving.batching import BatchStats, assemble
 from flywheel.serving.config import ServedModel, ServingConfig
 from flywheel.serving.cycle import Calls, new_request_id
@@ -65,6 +66,7 @@ from flywheel.serving.errors import (
 )
 from flywheel.serving.loading import LoadedModel, load_model
 from flywheel.serving.metrics import ServingMetrics
+from flywheel.serving.rollouts import SHADOW_QUEUE, LiveRollout, first_value, scores_of
 from flywheel.serving.sources import ModelSource, RegistrySource
 from flywheel.serving.types import PredictionSink, PredictRequest, PredictResponse
 
@@ -86,6 +88,8 @@ class _Slot:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     stats: BatchStats = field(default_factory=BatchStats)
     last_error: str | None = None
+    rollout: LiveRollout | None = None  # the active rollout's router and challenger
+    health: ArmCounter = field(default_factory=ArmCounter)  # the served version (self-healing)
 
 
 class Predictor:
@@ -112,6 +116,7 @@ class Predictor:
         self._slots = {name: _Slot(m, sources[name]) for name, m in served.items()}
         self.default_model = next(iter(self._slots))
         self._poller: asyncio.Task[None] | None = None
+        self.rollout_agent: Any = None  # the server's RolloutAgent (admin routes use it)
 
     @classmethod
     def from_settings(
@@ -135,6 +140,12 @@ class Predictor:
                 await self.reload(name)
             except FlywheelError as exc:
                 log.error("model %s not loaded: %s", name, exc.message)
+        if self.rollout_agent is not None and self.ready:
+            # route by an active rollout from the first answer (a restart, a new replica)
+            try:
+                await self.rollout_agent.sync(judge=False)
+            except Exception:  # the agent retries every poll; serving starts regardless
+                log.exception("rollout state not applied at start")
         if self.config.poll_interval_s > 0 and self._poller is None:
             self._poller = asyncio.create_task(self._poll(), name="flywheel-registry-poll")
 
@@ -174,6 +185,9 @@ class Predictor:
                 model=slot.served.name,
             )
         if version and str(version) != model.version:
+            rollout = slot.rollout
+            if rollout is not None and str(version) == rollout.challenger.version:
+                return rollout.challenger
             raise ModelNotFound(
                 f"Model {model.name!r} version {str(version)[:32]!r} is not served; "
                 f"this server serves version {model.version}. Pin it with POST /admin/pin.",
@@ -259,6 +273,88 @@ class Predictor:
         except FlywheelError:
             slot.pinned = previous
             raise
+
+    # ------------------------------------------------------------------ rollouts
+    def rollout(self, name: str | None = None) -> LiveRollout | None:
+        """The slot's live rollout (None: every request goes to the served version)."""
+        return self._slot(name).rollout
+
+    @property
+    def route_header(self) -> bytes | None:
+        """The header (lower-case bytes) the default model's rollout routes by, if any: the
+        REST front reads it into ``PredictRequest.route_key``."""
+        live = self._slots[self.default_model].rollout
+        header = live.router.header if live is not None else None
+        return None if header is None else header.encode("latin-1")
+
+    async def apply_rollout(self, name: str | None, state: Any) -> None:
+        """Route ``name`` by ``state`` (a :class:`flywheel.rollout.store.RolloutState`): load
+        and warm its challenger beside the champion first (in a thread), then swap the router
+        in with one assignment. A new step keeps the challenger and starts fresh counters."""
+        from flywheel.rollout.routing import Router
+
+        slot = self._slot(name)
+        current = slot.rollout
+        plan = state.plan
+        router = Router(
+            state.id,
+            state.champion or "",
+            state.challenger,
+            float(state.weight),
+            float(plan.get("mirror", 100.0)) if state.strategy == "shadow" else 0.0,
+            str(plan.get("sticky", "request_id")),
+        )
+        if current is not None and current.id == state.id:
+            if current.revision == state.revision:
+                return
+            if current.step != state.step:  # new step: its own counts
+                for counter in current.counters.values():
+                    counter.reset()
+            current.router, current.revision, current.step = router, state.revision, state.step
+            return
+        if current is not None and current.challenger.version == state.challenger:
+            challenger = current.challenger
+        else:
+            async with slot.lock:
+                challenger = await asyncio.to_thread(self._load, slot, str(state.challenger))
+        live = LiveRollout(
+            state.id,
+            state.revision,
+            state.step,
+            state.strategy,
+            router,
+            challenger,
+            router.salt,
+        )
+        if live.shadow:
+            from concurrent.futures import ThreadPoolExecutor
+
+            live.shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="flywheel-shadow")
+        slot.rollout = live
+        if current is not None:
+            current.close()
+        log.info(
+            "model %s: rollout %s (%s) routes %.4g%% to version %s",
+            slot.served.name,
+            state.id,
+            state.strategy,
+            router.weight,
+            challenger.version,
+        )
+
+    def end_rollout(self, name: str | None, promoted: str | None = None) -> None:
+        """Stop routing: every request goes to the served version again. ``promoted``: the
+        challenger that became champion; it is already warm, so it serves at once."""
+        slot = self._slot(name)
+        live = slot.rollout
+        if live is None:
+            return
+        if promoted is not None and live.challenger.version == str(promoted):
+            slot.model = live.challenger
+            self.metrics.reload(slot.served.name, "loaded")
+        slot.rollout = None
+        live.close()
+        log.info("model %s: rollout %s ended", slot.served.name, live.id)
 
     def _load(self, slot: _Slot, version: str) -> LoadedModel:
         """Fetch, verify, load and warm one version (in a worker thread)."""
@@ -347,13 +443,44 @@ class Predictor:
             )
 
     async def predict(self, request: PredictRequest) -> PredictResponse:
-        """Score the request's rows; see the module docstring."""
+        """Score the request's rows; see the module docstring. During a rollout the slot's
+        router picks the arm (a request naming a version gets that version), the arm's
+        counters see the outcome, and a shadow challenger scores a mirror off the hot path."""
         start = time.perf_counter()
-        model = self.model(request.model, request.version)
-        decoded = self.decode(request, model)
-        if decoded.rows == 0:
-            raise InvalidInput("The request holds no rows; send at least one.", rule="rows")
-        labels, proba = await model.batcher.submit(decoded)
+        slot = self._slot(request.model)
+        rollout = slot.rollout
+        role: str | None = None
+        key: str | None = None
+        if rollout is None:
+            model = self.model(request.model, request.version)
+        elif request.version:
+            model = self.model(request.model, request.version)
+            role = "challenger" if model is rollout.challenger else "champion"
+        else:
+            model = self.model(request.model)
+            router = rollout.router
+            key = router.key(
+                request.request_id,
+                request.client_id,
+                request.route_key,
+                partial(first_value, request) if router.feature else _nothing,
+            )
+            role = "champion"
+            if router.answers(key, rollout.salt):
+                model, role = rollout.challenger, "challenger"
+        try:
+            decoded = self.decode(request, model)
+            if decoded.rows == 0:
+                raise InvalidInput("The request holds no rows; send at least one.", rule="rows")
+            labels, proba = await model.batcher.submit(decoded)
+        except (BadRequest, TooManyRows):
+            raise  # the request's shape, not the model: no arm's fault
+        except FlywheelError:
+            if rollout is not None and role is not None:
+                rollout.counters[role].failed()
+            if rollout is None:
+                slot.health.failed()
+            raise
         response = PredictResponse(
             model.name,
             model.version,
@@ -365,8 +492,14 @@ class Predictor:
             (time.perf_counter() - start) * 1000.0,
             request.client_id,
         )
+        if rollout is None:  # self-healing watches the champion when no rollout runs
+            slot.health.answered(response.latency_ms, None)
+        elif role is not None:
+            rollout.counters[role].answered(response.latency_ms, scores_of(model, proba), key)
+            if rollout.shadow and key is not None and rollout.router.mirrors(key, rollout.salt):
+                self._mirror(rollout, request, response.request_id, model, decoded)
         if self.sink is not None:
-            committed = self._log(request, model, decoded, response)
+            committed = self._log(request, model, decoded, response, role)
             if committed is not None and not await committed:
                 raise PredictionLogError(
                     f"The answer to request {response.request_id} is withheld: its prediction "
@@ -376,22 +509,104 @@ class Predictor:
                 )
         return response
 
+    # ------------------------------------------------------------------ shadow
+    def _mirror(
+        self,
+        rollout: LiveRollout,
+        request: PredictRequest,
+        request_id: str,
+        champion: LoadedModel,
+        decoded: Decoded,
+    ) -> None:
+        """Queue the request's rows for the shadow challenger (the champion's decoded columns
+        when both take the same inputs) and make sure its drain runs; skipped and counted
+        when ``SHADOW_QUEUE`` requests already wait."""
+        if rollout.closed or rollout.shadow_pending >= SHADOW_QUEUE:
+            rollout.shadow_skipped += 1
+            return
+        challenger = rollout.challenger
+        if challenger.schema.names != champion.schema.names or (
+            challenger.schema.numeric != champion.schema.numeric
+        ):
+            try:
+                decoded = self.decode(request, challenger)
+            except FlywheelError:
+                rollout.counters["challenger"].failed()
+                return
+        rollout.shadow_queue.append((request, request_id, decoded))
+        rollout.shadow_pending += 1
+        if rollout.shadow_drain is None or rollout.shadow_drain.done():
+            rollout.shadow_drain = asyncio.ensure_future(self._shadow(rollout))
+
+    async def _shadow(self, rollout: LiveRollout) -> None:
+        """Score what waits for the shadow, as micro-batches in its own thread (the event
+        loop only splits and logs the answers); its latency is the batch's scoring time."""
+        challenger = rollout.challenger
+        counter = rollout.counters["challenger"]
+        loop = asyncio.get_running_loop()
+        limit = self.config.max_batch_rows
+        while rollout.shadow_queue and not rollout.closed:
+            batch: list[tuple[PredictRequest, str, Decoded]] = []
+            rows = 0
+            while rollout.shadow_queue and (not batch or rows < limit):
+                item = rollout.shadow_queue.popleft()
+                batch.append(item)
+                rows += item[2].rows
+            try:
+                feeds = assemble([item[2] for item in batch], challenger.schema.numeric)
+                start = time.perf_counter()
+                labels, proba = await loop.run_in_executor(
+                    rollout.shadow_pool, challenger.run, feeds
+                )
+                took = (time.perf_counter() - start) * 1000.0
+                offset = 0
+                for request, request_id, decoded in batch:
+                    n = decoded.rows
+                    part = None if proba is None else proba[offset : offset + n]
+                    response = PredictResponse(
+                        challenger.name,
+                        challenger.version,
+                        request_id,
+                        challenger.task,
+                        labels[offset : offset + n],
+                        part,
+                        challenger.classes,
+                        took,
+                        request.client_id,
+                    )
+                    offset += n
+                    counter.answered(took, scores_of(challenger, part))
+                    if self.sink is not None:
+                        self._log(request, challenger, decoded, response, "shadow", wait=False)
+            except Exception:  # a shadow never fails an answer: counted and logged
+                if rollout.closed:  # ended while this batch was scored: nothing to count
+                    return
+                for _ in batch:
+                    counter.failed()
+                log.exception("shadow scoring on version %s failed", challenger.version)
+            finally:
+                rollout.shadow_pending -= len(batch)
+
     def _log(
         self,
         request: PredictRequest,
         model: LoadedModel,
         decoded: Decoded,
         response: PredictResponse,
+        role: str | None = None,
+        *,
+        wait: bool = True,
     ) -> Awaitable[bool] | None:
         """Log the answered request; returns the commit future a durable sink gives (the
         caller awaits it), else None. In the async mode a failure is logged, never raised:
-        the answer was computed and is sent."""
+        the answer was computed and is sent. ``role``: the rollout arm (None: no rollout);
+        ``wait=False`` (a shadow row) appends without a commit future."""
         sink = self.sink
         rid = response.request_id
         client = getattr(response, "client_id", None)  # the id the client sent, if any
         named = model.columns_logged_to is not sink  # else: names registered, columns logged
         rows = not named or _takes_rows(sink)
-        durable = rows and sink.durable  # type: ignore[union-attr]
+        durable = wait and rows and sink.durable  # type: ignore[union-attr]
         try:
             outputs = {"labels": response.labels, "probabilities": response.probabilities}
             inputs: Any = decoded.columns
@@ -408,6 +623,7 @@ class Predictor:
                     outputs,
                     response.latency_ms,
                     client,
+                    role,
                 )
                 sink.append(record)  # type: ignore[union-attr]
                 return None
@@ -422,6 +638,7 @@ class Predictor:
                 encode_json(outputs, rid, "outputs"),
                 response.latency_ms,
                 client,
+                role,
             )
             if durable:
                 return log_sink.commit_row(row)
@@ -438,6 +655,10 @@ class Predictor:
 
 
 _ROW_SINKS: dict[type, bool] = {}
+
+
+def _nothing(_name: str) -> None:
+    return None
 
 
 def _takes_rows(sink: object) -> bool:

@@ -74,13 +74,14 @@ class _Disconnected(Exception):
 class _Head:
     """What the hot routes read from the request headers, in one pass."""
 
-    __slots__ = ("cred", "ctype", "encoding", "header_length", "length", "rid")
+    __slots__ = ("cred", "ctype", "encoding", "header_length", "length", "rid", "route")
 
     def __init__(self) -> None:
         self.ctype, self.encoding = "", ""
         self.length = self.header_length = -1  # -1: no such header
         self.rid: bytes | None = None  # the client's X-Request-ID (cleaned by the cycle)
         self.cred: bytes | None = None
+        self.route: str | None = None  # a rollout's sticky header (when its plan names one)
 
 
 Work = Callable[[str, bytes, "_Head", Call], Awaitable["bytes | tuple[bytes, int]"]]
@@ -185,10 +186,13 @@ class RestFront:
         request_id: str | None = None,
         header_length: int = -1,
         error_kind: str | None = None,
+        version: str | None = None,
     ) -> None:
         headers = [(b"content-type", ctype), (b"content-length", b"%d" % len(body))]
         if request_id is not None:
             headers.append((b"x-request-id", request_id.encode()))
+        if version is not None:  # which version answered (a rollout routes between two)
+            headers.append((b"flywheel-model-version", version.encode()))
         if error_kind is not None:  # the same kind on every protocol (gRPC: trailing metadata)
             headers.append((b"flywheel-error-kind", error_kind.encode()))
         if header_length >= 0:  # the v2 binary tensor data extension
@@ -261,6 +265,11 @@ class RestFront:
         when it sent one, else the server's."""
         calls = self.predictor.calls
         head = self._headers(scope)
+        sticky = self.predictor.route_header
+        if sticky is not None:
+            head.route = next(
+                (v.decode("latin-1") for k, v in scope["headers"] if k == sticky), None
+            )
         call = calls.begin(protocol, route, head.rid)
         status, answer_type, header_length, kind = 200, _JSON, -1, None
         try:
@@ -282,7 +291,9 @@ class RestFront:
             failure = calls.failed(call, exc)
             status, answer = error(failure)
             kind = failure.kind
-        await self._reply(send, status, answer, answer_type, call.echo_id, header_length, kind)
+        await self._reply(
+            send, status, answer, answer_type, call.echo_id, header_length, kind, call.version
+        )
         calls.end(call, status)
 
     # ------------------------------------------------------------------ native
@@ -298,7 +309,10 @@ class RestFront:
             else {"columns": wire.read_arrow(body, mime)}  # Arrow IPC or Parquet
         )
         request = wire.native_request(data, request_id=call.request_id, client_id=call.client_id)
-        return wire.encode_native(await self.predictor.predict(request))
+        request.route_key = head.route
+        response = await self.predictor.predict(request)
+        call.version = response.version
+        return wire.encode_native(response)
 
     # ------------------------------------------------------------------ MLflow
     async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -321,7 +335,9 @@ class RestFront:
             request = wire.native_request({"columns": table}, "mlflow")
             request.extra_fields = "ignore"
         request.request_id, request.client_id = call.request_id, call.client_id
+        request.route_key = head.route
         response = await self.predictor.predict(request)
+        call.version = response.version  # MLflow's body has no version: a header says it
         return orjson.dumps({"predictions": json_array(response.labels)}, option=wire.JSON_OPTS)
 
     # ------------------------------------------------------------------ Open Inference v2
@@ -349,7 +365,10 @@ class RestFront:
             request.request_id = call.request_id
             # the body's id first (echoed as the answer's "id", as the protocol asks)
             request.client_id = clean_client_id(request.client_id) or call.client_id
-            return wire.encode_v2(await self.predictor.predict(request), outputs)
+            request.route_key = head.route
+            response = await self.predictor.predict(request)
+            call.version = response.version
+            return wire.encode_v2(response, outputs)
 
         await self._serve(scope, receive, send, "v2", "/v2/models/infer", V2_TYPES, work, _v2_error)
 

@@ -97,6 +97,16 @@ async def run_server(
         else Predictor.from_settings(ws, config, sink=plog)
     )
     predictor.metrics.registry.register(MonitorGauges(settings.home / "monitoring" / "latest.json"))
+    from flywheel.serving.dora_gauges import DoraGauges
+
+    predictor.metrics.registry.register(DoraGauges.from_settings(settings))
+    agent = None
+    if not sources:  # registry-served: follow and drive its rollouts (flywheel.rollout)
+        from flywheel.serving.rollout_agent import RolloutAgent
+
+        agent = RolloutAgent(predictor, ws)
+        predictor.rollout_agent = agent
+        predictor.metrics.registry.register(agent)
     app = create_app(predictor, config=config, sink=plog)
     server = _server_class()(
         uvicorn.Config(
@@ -113,6 +123,8 @@ async def run_server(
     started: list[Any] = []
     tasks: list[asyncio.Task[Any]] = []
     try:
+        if agent is not None:
+            agent.start()
         for front in fronts:
             await front.start(predictor)
             started.append(front)
@@ -123,6 +135,8 @@ async def run_server(
         except SystemExit:  # uvicorn exits when the start-up failed: raise why, not its code
             raise app.startup_error or RuntimeError("the server's start-up failed") from None
     finally:
+        if agent is not None:
+            await agent.close()
         await _shutdown(started, tasks, predictor, plog)
         ws.close()  # the log is flushed and closed already; the rest of the workspace now
 

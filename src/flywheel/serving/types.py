@@ -38,6 +38,7 @@ class PredictRequest:
     client_id: str | None = None  # the id the client sent, kept beside it and echoed back
     protocol: str = "python"
     extra_fields: str = "forbid"  # or "ignore": drop columns the model does not take
+    route_key: str | None = None  # a rollout's sticky key from a header (fronts that have one)
 
 
 @dataclass(slots=True)

@@ -1,0 +1,201 @@
+"""``flywheel rollout ...``: start, watch and steer a rollout (docs/rollouts.md).
+
+Run in the serving folder, the commands act on the rollout state in the registry's
+database (the same functions as the admin routes), and every server follows within
+``rollout.poll_s``; with ``--url`` they call a remote server's admin routes with the bearer
+token from ``FLYWHEEL_ADMIN_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from flywheel.errors import DataError, RemoteError, UsageError
+
+__all__ = ["rollout_app"]
+
+rollout_app = typer.Typer(
+    help="Shadow, canary, A/B and blue-green rollouts of a challenger version.",
+    no_args_is_help=True,
+)
+
+Url = Annotated[
+    str | None,
+    typer.Option(
+        help="A remote server (http://host:8080): its admin routes, with the token "
+        "from FLYWHEEL_ADMIN_TOKEN."
+    ),
+]
+Reason = Annotated[str, typer.Option(help="Why (recorded in the audit log).")]
+
+
+def _remote(url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    import urllib.error
+    import urllib.request
+
+    from flywheel.cli import _settings
+
+    token = _settings().admin_token
+    if token is None:
+        raise UsageError("--url needs the admin token: set FLYWHEEL_ADMIN_TOKEN.", field="url")
+    request = urllib.request.Request(
+        url.rstrip("/") + path,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={
+            "Authorization": f"Bearer {token.get_secret_value()}",
+            "Content-Type": "application/json",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:500]
+        raise RemoteError(f"{url}{path} answered {exc.code}: {detail}", status=exc.code) from exc
+    except OSError as exc:
+        raise RemoteError(f"Cannot reach {url}: {exc}", url=url) from exc
+
+
+def _show(state: dict[str, Any], verb: str) -> None:
+    from flywheel.cli import console
+
+    console.print(
+        f"[green]{verb}[/]: rollout {state['id']} ({state['strategy']} of v{state['challenger']} "
+        f"against v{state['champion']}): {state['status']}, challenger {state['weight']:g}%"
+        + (f" — {state['reason']}" if state.get("reason") else "")
+    )
+
+
+def _plan_fields(path: Path) -> dict[str, Any]:
+    """A plan file's mapping, unvalidated (DataError, exit 4, when it is not one)."""
+    import yaml
+
+    if not path.is_file():
+        raise DataError(f"Rollout plan {str(path)!r} does not exist.", field="plan")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise DataError(f"{path} is not valid YAML: {exc}", field="plan") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{path} must be a mapping of plan fields.", field="plan")
+    return data
+
+
+@rollout_app.command("start")
+def start(
+    plan: Annotated[
+        Path | None, typer.Argument(help="A rollout plan (YAML); or use the flags below.")
+    ] = None,
+    challenger: Annotated[str | None, typer.Option(help="The version to roll out.")] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="canary | shadow | ab | bluegreen (default canary).")
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="Why (audited).")] = None,
+    url: Url = None,
+) -> None:
+    """Start a rollout of a challenger against the champion."""
+    from flywheel.rollout.plan import load_plan
+
+    if plan is None and challenger is None:
+        raise UsageError("Pass a plan file or --challenger VERSION.", field="challenger")
+    if plan is not None and challenger is None and strategy is None:
+        parsed = load_plan(plan)  # its errors name the file
+    else:
+        # the file's fields as written, the flags over them, then one validation: validating
+        # the file first would demand its challenger and fill its strategy's defaults (a
+        # canary's steps), which another --strategy then refuses
+        data: dict[str, Any] = {} if plan is None else _plan_fields(plan)
+        if challenger is not None:
+            data["challenger"] = challenger
+        if strategy is not None:
+            data["strategy"] = strategy
+        parsed = load_plan(data)
+    if url is not None:
+        body = {"plan": parsed.model_dump(exclude_unset=True, mode="json"), "reason": reason}
+        _show(_remote(url, "POST", "/admin/rollout/start", body), "started")
+        return
+    from flywheel.cli import _workspace
+    from flywheel.rollout import actions
+
+    _show(actions.start(_workspace(), parsed, reason=reason).to_dict(), "started")
+
+
+@rollout_app.command("status")
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    url: Url = None,
+) -> None:
+    """The active (or last) rollout: weights, per-arm counts, checks and the test's evidence."""
+    from flywheel.cli import _workspace, console
+
+    if url is not None:
+        out = _remote(url, "GET", "/admin/rollout")
+    else:
+        from flywheel.rollout.controller import describe
+
+        out = describe(_workspace())
+    if as_json:
+        console.print_json(json.dumps(out, default=str))
+        return
+    _print_status(out)
+
+
+def _print_status(out: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from flywheel.cli import console
+
+    state = out.get("rollout")
+    if state is None:
+        console.print(f"{out['model']}: no rollout yet")
+        return
+    _show(state, "rollout")
+    weights = out.get("weights", {})
+    table = Table("arm", "weight %", "requests", "errors", "p99 ms", title="this step")
+    for arm, figures in (out.get("arms") or {}).items():
+        p99 = figures.get("latency_p99_ms")
+        table.add_row(
+            arm,
+            f"{weights.get(arm, 0):g}",
+            str(figures["requests"]),
+            str(figures["errors"]),
+            "-" if p99 is None else f"{p99:.1f}",
+        )
+    console.print(table)
+    analysis = out.get("analysis") or {}
+    for check in analysis.get("checks", []):
+        colour = {"ok": "green", "failed": "red"}.get(check["status"], "yellow")
+        console.print(f"  [{colour}]{check['status']:7}[/] {check['name']}: {check['detail']}")
+    test = analysis.get("test")
+    if test:
+        console.print(
+            f"  test on {test['metric']}: challenger {test['challenger']:.4g} vs champion "
+            f"{test['champion']:.4g}, interval [{test['low']:.4g}, {test['high']:.4g}], "
+            f"p = {test['p_value']:.3g}, n = {test['n_champion']}/{test['n_challenger']}"
+        )
+
+
+def _action(name: str, doc: str) -> None:
+    def command(reason: Reason, url: Url = None) -> None:
+        if url is not None:
+            _show(_remote(url, "POST", f"/admin/rollout/{name}", {"reason": reason}), name)
+            return
+        from flywheel.cli import _workspace
+        from flywheel.rollout import actions
+
+        _show(getattr(actions, name)(_workspace(), reason=reason).to_dict(), name)
+
+    command.__doc__ = doc
+    rollout_app.command(name)(command)
+
+
+_action("pause", "Hold the rollout at its current weights (no step advances).")
+_action("resume", "Resume a paused rollout (the step's clock restarts).")
+_action("promote", "Promote the challenger now (through the registry; approval if required).")
+_action("abort", "Stop the rollout: the champion takes all traffic again.")
+_action("switch", "Blue-green: send all traffic to the other version (run again to switch back).")

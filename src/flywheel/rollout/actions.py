@@ -1,0 +1,285 @@
+"""What people (CLI, admin API) and the controller do to a rollout: one code path, audited.
+
+Every function takes a :class:`~flywheel.workspace.Workspace` and works on the state in the
+registry's database (:class:`RolloutStore`), so ``flywheel rollout pause`` in the serving
+folder and ``POST /admin/rollout/pause`` do the same thing, and every replica follows
+within ``rollout.poll_s``. Each transition is a compare-and-set, then an audit entry whose
+``reason`` holds the human reason and the evidence (JSON) behind it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from flywheel.errors import NotFound, RegistryError
+from flywheel.rollout.plan import RolloutPlan
+from flywheel.rollout.store import RolloutState, RolloutStore
+
+if TYPE_CHECKING:
+    from flywheel.workspace import Workspace
+
+__all__ = [
+    "abort",
+    "audit",
+    "finish_promotion",
+    "pause",
+    "promote",
+    "resume",
+    "roll_back",
+    "start",
+    "store_of",
+    "switch",
+]
+
+log = logging.getLogger("flywheel.rollout")
+
+
+def store_of(ws: Workspace) -> RolloutStore:
+    """The workspace's rollout store (in the registry's audit database), built once."""
+    store = ws.__dict__.get("_rollout_store")
+    if store is None:
+        store = ws.__dict__["_rollout_store"] = RolloutStore(ws.settings.registry.audit_url or "")
+    return store
+
+
+def audit(
+    ws: Workspace,
+    action: str,
+    state: RolloutState,
+    reason: str,
+    evidence: dict[str, Any] | None = None,
+    *,
+    who: str | None = None,
+) -> None:
+    """One ledger entry: ``reason``, then the rollout's id and the evidence as JSON."""
+    detail = {
+        "rollout": state.id,
+        "strategy": state.strategy,
+        "step": state.step,
+        "weight": state.weight,
+    }
+    if evidence:
+        detail["evidence"] = evidence
+    ws.audit.append(
+        who=who or ws.settings.user,
+        action=action,
+        model=state.model,
+        from_version=state.champion,
+        to_version=state.challenger,
+        reason=f"{reason}\n{json.dumps(detail, sort_keys=True, default=str)}",
+    )
+
+
+def _reason(reason: str | None, command: str) -> str:
+    if not reason or not reason.strip():
+        raise RegistryError(
+            f"A reason is required to {command} a rollout: every rollout change is audited. "
+            'Pass --reason "why".',
+            command=command,
+        )
+    return reason.strip()
+
+
+def _active(ws: Workspace, model: str | None) -> RolloutState:
+    name = model or ws.settings.registry.model_name
+    state = store_of(ws).active(name)
+    if state is None:
+        raise NotFound(
+            f"{name} has no active rollout. Start one with `flywheel rollout start "
+            "--challenger VERSION --strategy canary` (see `flywheel rollout status`).",
+            model=name,
+        )
+    return state
+
+
+def _cas(ws: Workspace, state: RolloutState, **changes: Any) -> RolloutState:
+    """Compare-and-set ``changes``; when a server only refreshed the evidence meanwhile (it
+    does every few seconds), apply them to the fresh state instead of failing."""
+    store = store_of(ws)
+    for _ in range(5):
+        new = store.transition(state, **changes)
+        if new is not None:
+            return new
+        fresh = store.get(state.id)
+        same = fresh is not None and all(
+            getattr(fresh, k) == getattr(state, k) for k in ("status", "step", "weight")
+        )
+        if not same:
+            break
+        assert fresh is not None
+        state = fresh
+    raise RegistryError(
+        f"Rollout {state.id} changed while this command ran (another user or replica); "
+        "run `flywheel rollout status` and try again.",
+        rollout=state.id,
+    )
+
+
+# ------------------------------------------------------------------ start
+def start(ws: Workspace, plan: RolloutPlan, *, reason: str | None = None) -> RolloutState:
+    """Validate ``plan`` against the registry and store it as the model's active rollout."""
+    from flywheel.registry._client import alias_version, get_version, mlflow_errors
+    from flywheel.registry.aliases import CHAMPION
+
+    name = plan.model or ws.settings.registry.model_name
+    if name != ws.settings.registry.model_name:
+        raise RegistryError(
+            f"The plan's model {name!r} is not this workspace's registered model "
+            f"{ws.settings.registry.model_name!r} (registry.model_name).",
+            field="model",
+        )
+    with mlflow_errors(f"start a rollout of {name}", ws):
+        client = ws.client
+        get_version(client, name, plan.challenger)
+        champion = plan.champion or alias_version(client, name, CHAMPION)
+        if champion is not None:
+            get_version(client, name, champion)
+    if champion is None:
+        raise RegistryError(
+            f"{name} has no champion to roll out against: promote a first version with "
+            "`flywheel promote VERSION --reason ...`.",
+            model=name,
+        )
+    if champion == plan.challenger:
+        raise RegistryError(
+            f"v{plan.challenger} is already the champion of {name}: nothing to roll out.",
+            field="challenger",
+        )
+    now = time.time()
+    plan = plan.model_copy(update={"model": name, "champion": champion})
+    state = RolloutState(
+        id="",
+        model=name,
+        status="running",
+        strategy=plan.strategy,
+        champion=champion,
+        challenger=plan.challenger,
+        step=0,
+        weight=plan.weight_at(0),
+        plan=plan.to_dict(),
+        started_at=now,
+        step_started_at=now,
+        updated_at=now,
+        revision=1,
+        reason=(reason or "").strip() or f"{plan.strategy} of v{plan.challenger} started",
+        evidence={},
+        who=ws.settings.user,
+    )
+    state = store_of(ws).create(state)
+    audit(ws, "rollout_start", state, state.reason, {"plan": state.plan})
+    return state
+
+
+# ------------------------------------------------------------------ people's actions
+def pause(ws: Workspace, *, reason: str | None, model: str | None = None) -> RolloutState:
+    why = _reason(reason, "pause")
+    state = _active(ws, model)
+    if state.status != "running":
+        raise RegistryError(f"Rollout {state.id} is {state.status}, not running.", rollout=state.id)
+    new = _cas(ws, state, status="paused", reason=why)
+    audit(ws, "rollout_pause", new, why)
+    return new
+
+
+def resume(ws: Workspace, *, reason: str | None, model: str | None = None) -> RolloutState:
+    why = _reason(reason, "resume")
+    state = _active(ws, model)
+    if state.status != "paused":
+        raise RegistryError(f"Rollout {state.id} is {state.status}, not paused.", rollout=state.id)
+    # the step is judged afresh: its clock restarts (its counts stay)
+    new = _cas(ws, state, status="running", reason=why, step_started_at=time.time())
+    audit(ws, "rollout_resume", new, why)
+    return new
+
+
+def switch(ws: Workspace, *, reason: str | None, model: str | None = None) -> RolloutState:
+    """Blue-green: send all traffic to the other version (and back when run again)."""
+    why = _reason(reason, "switch")
+    state = _active(ws, model)
+    if state.strategy != "bluegreen":
+        raise RegistryError(
+            f"switch is for blue-green rollouts; rollout {state.id} is {state.strategy}.",
+            rollout=state.id,
+        )
+    weight = 0.0 if state.weight >= 100 else 100.0
+    new = _cas(
+        ws,
+        state,
+        weight=weight,
+        step=1 if weight else 0,
+        step_started_at=time.time(),
+        status="running",
+        reason=why,
+    )
+    to = state.challenger if weight else state.champion
+    audit(ws, "rollout_switch", new, f"{why} (all traffic to v{to})")
+    return new
+
+
+def abort(ws: Workspace, *, reason: str | None, model: str | None = None) -> RolloutState:
+    """Stop now: the champion takes all traffic again; the challenger is not promoted."""
+    why = _reason(reason, "abort")
+    state = _active(ws, model)
+    new = _cas(ws, state, status="aborted", weight=0.0, reason=why)
+    audit(ws, "rollout_abort", new, why)
+    return new
+
+
+def promote(ws: Workspace, *, reason: str | None, model: str | None = None) -> RolloutState:
+    """Promote the challenger now (through the registry: approval when configured)."""
+    why = _reason(reason, "promote")
+    state = _active(ws, model)
+    if state.status == "promoting":
+        return finish_promotion(ws, state)
+    new = _cas(ws, state, status="promoting", reason=why)
+    return finish_promotion(ws, new)
+
+
+def finish_promotion(ws: Workspace, state: RolloutState) -> RolloutState:
+    """Move ``champion`` to the challenger (the rollout is ``promoting``, so exactly one
+    caller gets here); with approval required it waits for `flywheel approve`."""
+    from flywheel.registry import aliases
+    from flywheel.registry._client import alias_version
+    from flywheel.registry.aliases import CHAMPION
+
+    current = alias_version(ws.client, state.model, CHAMPION)
+    if current == state.challenger:  # done before (a retried promotion, or approved)
+        return _promoted(ws, state)
+    if state.evidence.get("approval") == "pending":
+        return state  # waits for `flywheel approve`
+    outcome = aliases.promote(ws, state.challenger, reason=f"rollout {state.id}: {state.reason}")
+    if outcome.pending:
+        new = _cas(
+            ws,
+            state,
+            status="waiting",
+            evidence={**state.evidence, "approval": "pending"},
+            reason=f"{state.reason}; the promotion waits for approval (`flywheel approve "
+            f"{state.challenger}`)",
+        )
+        return new
+    return _promoted(ws, state)
+
+
+def _promoted(ws: Workspace, state: RolloutState) -> RolloutState:
+    evidence = {k: v for k, v in state.evidence.items() if k != "approval"}
+    new = _cas(ws, state, status="promoted", weight=100.0, evidence=evidence)
+    audit(ws, "rollout_promote", new, f"v{state.challenger} is the champion", evidence)
+    return new
+
+
+def roll_back(
+    ws: Workspace, state: RolloutState, why: str, evidence: dict[str, Any]
+) -> RolloutState | None:
+    """A guardrail failed: all traffic to the champion at once; None if another replica
+    acted first."""
+    new = store_of(ws).transition(
+        state, status="rolled_back", weight=0.0, reason=why, evidence=evidence
+    )
+    if new is not None:
+        audit(ws, "rollout_rollback", new, why, evidence, who="flywheel-rollout")
+        log.warning("rollout %s rolled back: %s", state.id, why)
+    return new

@@ -1,0 +1,84 @@
+"""Which arm answers a request: a hash of its sticky key, the same on every replica.
+
+A request's key (the client's request id, a named feature of its first row, or a header)
+is hashed with the rollout's id as the salt (BLAKE2b, 64 bits) to a point ``u`` in [0, 100);
+the challenger answers when ``u < weight``. No state is shared: every replica with the same
+rollout state sends the same key to the same version, and since ``u`` stays put while the
+weight grows step by step, a key that reached the challenger at 5% stays on it at 25%.
+A new rollout has a new salt, so it draws a fresh sample of keys.
+
+Routing is per request (an answer names one version on every protocol): with a feature key,
+a request's rows follow its first row's key; send one key per request to route each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Router", "bucket"]
+
+
+def bucket(salt: bytes, key: str) -> float:
+    """``key``'s point in [0, 100) for the rollout salted ``salt``."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8, key=salt)
+    return int.from_bytes(digest.digest(), "big") * (100.0 / 2**64)
+
+
+@dataclass(frozen=True)
+class Router:
+    """A rollout's routing rule (immutable: a new step is a new router, swapped in whole).
+
+    ``weight``: the challenger's answering share, percent; ``mirror``: the share of requests
+    a shadow challenger also scores (0 when there is no shadow)."""
+
+    rollout_id: str
+    champion: str
+    challenger: str
+    weight: float
+    mirror: float
+    sticky: str  # request_id | feature:NAME | header:NAME
+
+    @property
+    def salt(self) -> bytes:
+        return hashlib.blake2b(self.rollout_id.encode(), digest_size=16).digest()
+
+    @property
+    def feature(self) -> str | None:
+        return self.sticky[8:] if self.sticky.startswith("feature:") else None
+
+    @property
+    def header(self) -> str | None:
+        return self.sticky[7:].lower() if self.sticky.startswith("header:") else None
+
+    def key(
+        self, request_id: str | None, client_id: str | None, route_key: str | None, first: Any
+    ) -> str:
+        """The request's sticky key; ``first`` is a callable giving the first row's value of a
+        feature (or None). Falls back to the client's id, then the server's."""
+        if self.sticky.startswith("header:") and route_key:
+            return route_key
+        name = self.feature
+        if name is not None:
+            value = first(name)
+            if value is not None:
+                return str(value)
+        return client_id or request_id or ""
+
+    def answers(self, key: str, salt: bytes) -> bool:
+        """True when the challenger answers ``key``."""
+        if self.weight <= 0:
+            return False
+        if self.weight >= 100:
+            return True
+        return bucket(salt, key) < self.weight
+
+    def mirrors(self, key: str, salt: bytes) -> bool:
+        """True when a shadow challenger also scores ``key``'s request."""
+        if self.mirror <= 0:
+            return False
+        if self.mirror >= 100:
+            return True
+        # a different point than ``answers`` uses: the mirror sample is its own
+        return bucket(salt, "mirror\x00" + key) < self.mirror

@@ -1,0 +1,245 @@
+"""Each server's rollout agent: follow the stored rollout, report counts, judge, self-heal.
+
+Every ``rollout.poll_s`` (1 s), on the server's event loop (blocking work in threads):
+
+1. read the model's active rollout from the registry's database; apply it to the predictor
+   (load and warm the challenger, swap the router in), or end it (a promoted challenger,
+   already warm, serves at once; otherwise the champion takes all traffic again);
+2. write this replica's per-arm counters for the current step to the store;
+3. run :func:`flywheel.rollout.controller.tick` (compare-and-set: when several replicas
+   tick, one acts), and apply what it decided without waiting for the next poll;
+4. self-healing: a champion promoted within ``rollout.heal_watch_s`` whose error rate (or
+   p99, when ``rollout.heal_max_p99_ms`` is set) breaks its limit over a
+   ``rollout.heal_window_s`` window is rolled back to the previous champion, once (one
+   replica claims it), audited as ``self_heal`` with its evidence.
+
+The admin routes call :meth:`RolloutAgent.sync` after an action, so the replica that took
+it routes the new way at once; the others follow within ``poll_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from flywheel.rollout.counters import percentile
+
+if TYPE_CHECKING:
+    from flywheel.rollout.store import RolloutState
+    from flywheel.serving.predictor import Predictor
+    from flywheel.workspace import Workspace
+
+__all__ = ["RolloutAgent"]
+
+log = logging.getLogger("flywheel.serving")
+
+
+class RolloutAgent:
+    """Follows and drives the rollouts of ``predictor``'s registry-served model."""
+
+    def __init__(self, predictor: Predictor, ws: Workspace, name: str | None = None) -> None:
+        self.predictor = predictor
+        self.ws = ws
+        self.name = name or predictor.default_model  # the served name
+        self.model = ws.settings.registry.model_name  # the registered name (the store's key)
+        self.settings = ws.settings.rollout
+        self.replica = f"{socket.gethostname()}:{os.getpid()}"
+        self.state: RolloutState | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._window_start = time.monotonic()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="flywheel-rollout-agent")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if self.predictor.ready:
+                    await self.sync()
+                    await self._heal()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep following: the store may be back next time
+                log.exception("rollout agent: sync failed")
+            await asyncio.sleep(self.settings.poll_s)
+
+    # ------------------------------------------------------------------ follow + drive
+    async def sync(self, *, judge: bool = True) -> RolloutState | None:
+        """Apply the stored state, write counts, judge once (see the module docstring)."""
+        from flywheel.rollout import controller
+        from flywheel.rollout.actions import store_of
+
+        async with self._lock:
+            store = store_of(self.ws)
+            state = await asyncio.to_thread(store.active, self.model)
+            await self._apply(state)
+            if state is None:
+                return None
+            live = self.predictor.rollout(self.name)
+            if live is not None and live.id == state.id:
+                arms = {arm: c.snapshot() for arm, c in live.counters.items()}
+                await asyncio.to_thread(store.put_counts, state.id, self.replica, live.step, arms)
+            if judge and state.status in ("running", "promoting", "waiting"):
+                new = await asyncio.to_thread(controller.tick, self.ws, state)
+                if new.revision != state.revision:
+                    state = new if new.active else None
+                    await self._apply(state, ended=new)
+            return state
+
+    async def _apply(self, state: RolloutState | None, ended: RolloutState | None = None) -> None:
+        live = self.predictor.rollout(self.name)
+        self.state = state
+        if state is not None:
+            await self.predictor.apply_rollout(self.name, state)
+            return
+        if live is None:
+            return
+        from flywheel.rollout.actions import store_of
+
+        last = ended or await asyncio.to_thread(store_of(self.ws).get, live.id)
+        promoted = last.challenger if last is not None and last.status == "promoted" else None
+        self.predictor.end_rollout(self.name, promoted=promoted)
+        if promoted is None:
+            return
+        with contextlib.suppress(Exception):  # follow the alias now, not at the next poll
+            await self.predictor.reload(self.name)
+
+    # ------------------------------------------------------------------ self-healing
+    async def _heal(self) -> None:
+        """Judge the served champion once per ``heal_window_s`` window (see the module
+        docstring); the window's counts start afresh after each judgement."""
+        if not self.settings.heal or self.predictor.rollout(self.name) is not None:
+            return
+        if time.monotonic() - self._window_start < self.settings.heal_window_s:
+            return
+        slot = self.predictor._slot(self.name)
+        counts = slot.health.snapshot()
+        slot.health.reset()
+        self._window_start = time.monotonic()
+        model = slot.model
+        if model is None or counts.requests < self.settings.heal_min_requests:
+            return
+        rate = counts.errors / counts.requests
+        p99 = percentile(counts.latency_hist, 0.99)
+        breach = None
+        if rate > self.settings.heal_max_error_rate:
+            breach = (
+                f"error rate {rate:.2%} > {self.settings.heal_max_error_rate:.2%} "
+                f"({counts.errors} of {counts.requests} requests in {self.settings.heal_window_s:g} s)"
+            )
+        elif (
+            self.settings.heal_max_p99_ms is not None
+            and p99 is not None
+            and p99 > self.settings.heal_max_p99_ms
+        ):
+            breach = f"p99 {p99:.1f} ms > {self.settings.heal_max_p99_ms:g} ms"
+        if breach is None:
+            return
+        evidence = {
+            "version": model.version,
+            "requests": counts.requests,
+            "errors": counts.errors,
+            "error_rate": rate,
+            "p99_ms": p99,
+        }
+        healed = await asyncio.to_thread(self._roll_back, model.version, breach, evidence)
+        if healed:
+            await self.predictor.reload(self.name)
+
+    def _roll_back(self, version: str, breach: str, evidence: dict[str, Any]) -> bool:
+        """Roll ``version`` back when it was promoted within ``heal_watch_s`` and nobody else
+        did it first; True when done here."""
+        import json
+
+        from flywheel.registry import aliases
+        from flywheel.rollout.actions import store_of
+
+        entries = self.ws.audit.entries(self.model)
+        moves = [
+            e
+            for e in entries
+            if e.action in ("promote", "approve", "rollback") and e.to_version == version
+        ]
+        if not moves or moves[-1].action == "rollback":
+            return False  # not promoted (the first champion, or itself a rollback target)
+        promoted_at = datetime.fromisoformat(moves[-1].at).timestamp()
+        if time.time() - promoted_at > self.settings.heal_watch_s:
+            return False
+        stack = aliases.champion_stack(entries)
+        if not stack or stack[-1] is None:
+            return False
+        if not store_of(self.ws).claim_heal(self.model, version, self.replica):
+            return False
+        why = f"self-heal: champion v{version} {breach}; back to v{stack[-1]}"
+        outcome = aliases.rollback(self.ws, reason=why)
+        self.ws.audit.append(
+            who="flywheel-self-heal",
+            action="self_heal",
+            model=self.model,
+            from_version=version,
+            to_version=outcome.entry.to_version,
+            reason=f"{why}\n{json.dumps(evidence, sort_keys=True)}",
+        )
+        log.warning("%s", why)
+        return True
+
+    # ------------------------------------------------------------------ Prometheus
+    def collect(self) -> Iterator[Any]:
+        """``flywheel_rollout_*`` gauges: the challenger's weight, requests and errors per
+        arm of the current step, and the rollout's status."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        weight = GaugeMetricFamily(
+            "flywheel_rollout_weight_percent",
+            "Share of requests each version answers during a rollout (percent).",
+            labels=["model", "version", "role"],
+        )
+        requests = GaugeMetricFamily(
+            "flywheel_rollout_step_requests",
+            "Requests per arm in the rollout's current step (this replica).",
+            labels=["model", "version", "role", "outcome"],
+        )
+        active = GaugeMetricFamily(
+            "flywheel_rollout_active", "1 while a rollout is active.", labels=["model", "status"]
+        )
+        skipped = GaugeMetricFamily(
+            "flywheel_rollout_shadow_skipped",
+            "Requests a shadow challenger did not score because its queue was full.",
+            labels=["model", "version"],
+        )
+        live = self.predictor.rollout(self.name)
+        state = self.state
+        if live is not None and state is not None:
+            w = live.router.weight
+            champion = self.predictor.model(self.name).version
+            weight.add_metric([self.name, champion, "champion"], 100.0 - w)
+            role = "shadow" if live.shadow else "challenger"
+            weight.add_metric([self.name, live.challenger.version, role], w)
+            versions = {"champion": champion, "challenger": live.challenger.version}
+            for arm, counter in live.counters.items():
+                c = counter.snapshot()
+                requests.add_metric([self.name, versions[arm], arm, "ok"], c.requests - c.errors)
+                requests.add_metric([self.name, versions[arm], arm, "error"], c.errors)
+            active.add_metric([self.name, state.status], 1.0)
+            if live.shadow:
+                skipped.add_metric([self.name, live.challenger.version], live.shadow_skipped)
+        yield weight
+        yield skipped
+        yield requests
+        yield active

@@ -1,0 +1,83 @@
+"""Self-healing, as it happens: a promotion that breaks every client (the new version no longer
+takes a column they send) is rolled back by the running server itself, once, audited with
+its figures, and the answers come back; DORA counts the failed change and its restore."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import FLYWHEEL_BIN, cancer_folder, flywheel, start_serve, stop_serve
+from tests.integration.conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_bad_promotion_is_rolled_back_by_the_server(tmp_path: Path) -> None:
+    frame = cancer_folder(
+        tmp_path,
+        serving={"poll_interval_s": 0.5},
+        rollout={"poll_s": 0.3, "heal_window_s": 1.0, "heal_min_requests": 20},
+    )
+    (tmp_path / "params.yaml").write_text("family: logreg\ncv_folds: 0\n")
+    flywheel(tmp_path, "train")
+    flywheel(tmp_path, "promote", "1", "--reason", "first champion")
+    # v2 no longer takes `mean radius`, which every client sends: each request now fails
+    (tmp_path / "params.yaml").write_text(
+        "family: logreg\ncv_folds: 0\ndrop_columns: [mean radius]\n"
+    )
+    flywheel(tmp_path, "train")
+
+    port = free_port()
+    server = start_serve([FLYWHEEL_BIN, "serve", "--port", str(port), "--no-grpc"], tmp_path, port)
+    records = json.loads(frame.drop(columns=["target"]).head(5).to_json(orient="records"))
+    statuses: list[tuple[float, int, str | None]] = []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+
+            def ask() -> None:
+                answer = client.post("/v1/predict", json={"records": records})
+                version = answer.json().get("version") if answer.status_code == 200 else None
+                statuses.append((time.monotonic(), answer.status_code, version))
+
+            for _ in range(30):
+                ask()
+            assert {s for _, s, _ in statuses} == {200}
+            flywheel(tmp_path, "promote", "2", "--reason", "retrained without mean radius")
+            promoted = time.monotonic()
+            deadline = promoted + 60
+            while time.monotonic() < deadline:
+                ask()
+                recent = statuses[-20:]
+                if statuses[-1][0] > promoted + 1 and all(
+                    s == 200 and v == "1" for _, s, v in recent
+                ):
+                    break
+                time.sleep(0.02)
+    finally:
+        err = stop_serve(server)
+    after = [(s, v) for t, s, v in statuses if t > promoted]
+    failed = sum(s != 200 for s, _ in after)
+    assert failed > 0, "the bad champion was served"  # it was, for a moment
+    assert all(s == 200 and v == "1" for s, v in after[-20:]), (after[-30:], err[-2000:])
+
+    history = json.loads(flywheel(tmp_path, "registry", "history", "--json").stdout)
+    actions = [e["action"] for e in history]
+    assert actions[-2:] == ["rollback", "self_heal"], actions
+    heal = history[-1]
+    assert heal["from_version"] == "2" and heal["to_version"] == "1"
+    assert "self-heal: champion v2 error rate" in heal["reason"]
+    figures = json.loads(heal["reason"].splitlines()[-1])
+    assert figures["errors"] >= 20 and figures["error_rate"] > 0.05
+    listed = json.loads(flywheel(tmp_path, "registry", "list", "--json").stdout)
+    assert "champion" in next(v for v in listed if v["version"] == "1")["aliases"]
+
+    dora = json.loads(flywheel(tmp_path, "registry", "dora", "--json").stdout)
+    assert dora["change_failure_rate"] == pytest.approx(0.5)  # 1 rollback / 2 deployments
+    assert dora["self_heals"] == 1
+    assert 0 < dora["time_to_restore_seconds"]["median"] < 60, dora
+    print(f"self-heal: {failed} failed answers of {len(after)} after the bad promotion")

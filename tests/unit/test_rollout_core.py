@@ -1,0 +1,236 @@
+"""The rollout's parts without a server: plans, routing, the store, guardrails."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flywheel.errors import DataError, RegistryError
+from flywheel.rollout.counters import SCORE_BINS, ArmCounter, ArmCounts, percentile
+from flywheel.rollout.guardrails import analyse
+from flywheel.rollout.plan import RolloutPlan, load_plan
+from flywheel.rollout.routing import Router
+from flywheel.rollout.store import RolloutState, RolloutStore
+
+# --------------------------------------------------------------------------- plans
+
+
+def test_plan_defaults_per_strategy() -> None:
+    canary = RolloutPlan(challenger="3")
+    assert canary.steps == [5, 25, 50, 100] and canary.promote == "auto"
+    assert [canary.weight_at(i) for i in range(4)] == [5, 25, 50, 100]
+    assert RolloutPlan(challenger=3, strategy="ab").weight_at(0) == 50
+    shadow = RolloutPlan(challenger="3", strategy="shadow")
+    assert shadow.weight_at(0) == 0 and shadow.promote == "manual"
+    assert RolloutPlan(challenger="3", strategy="bluegreen", interval="5m").interval == 300
+
+
+def test_bad_plans_name_the_field_and_the_rule(tmp_path: Path) -> None:
+    cases = {
+        "steps: [50, 25, 100]\n": "steps",
+        "steps: [5, 50]\n": "end at 100",
+        "sticky: cookie\n": "sticky",
+        "interval: soon\n": "interval",
+        "strategy: dark\n": "strategy",
+        "guardrails: {max_score_psi: -1}\n": "guardrails.max_score_psi",
+        "bogus: 1\n": "bogus",
+    }
+    for text, expected in cases.items():
+        path = tmp_path / "plan.yaml"
+        path.write_text('challenger: "2"\n' + text)
+        with pytest.raises(DataError) as err:
+            load_plan(path)
+        assert expected in err.value.message, (text, err.value.message)
+        assert err.value.exit_code == 4
+    with pytest.raises(DataError, match="does not exist"):
+        load_plan(tmp_path / "missing.yaml")
+    with pytest.raises(DataError, match="steps apply to canary only"):
+        load_plan({"challenger": "2", "strategy": "ab", "steps": [100]})
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def _router(weight: float, rollout: str = "r1", sticky: str = "request_id") -> Router:
+    return Router(rollout, "1", "2", weight, 0.0, sticky)
+
+
+def _share(router: Router, keys: list[str]) -> float:
+    salt = router.salt
+    return sum(router.answers(k, salt) for k in keys) / len(keys)
+
+
+def test_routing_is_a_deterministic_sticky_split() -> None:
+    keys = [f"customer-{i}" for i in range(20_000)]
+    for weight in (5.0, 10.0, 50.0):
+        share = _share(_router(weight), keys)
+        assert abs(share - weight / 100) < 0.01, (weight, share)
+    # another replica (a new Router object from the same state) routes every key the same way
+    a, b = _router(25.0), _router(25.0)
+    assert [a.answers(k, a.salt) for k in keys] == [b.answers(k, b.salt) for k in keys]
+    # growing the weight keeps every key that was on the challenger there
+    small = {k for k in keys if _router(5.0).answers(k, _router(5.0).salt)}
+    big = {k for k in keys if _router(25.0).answers(k, _router(25.0).salt)}
+    assert small < big
+    # a new rollout draws a new sample of keys
+    other = {k for k in keys if _router(5.0, "r2").answers(k, _router(5.0, "r2").salt)}
+    assert len(other & small) < 0.2 * len(small)
+    assert not _router(0.0).answers("x", b"") and _router(100.0).answers("x", b"")
+
+
+def test_routing_keys() -> None:
+    feature = _router(50.0, sticky="feature:customer_id")
+    assert (
+        feature.key("rid", "cid", None, lambda name: 42 if name == "customer_id" else None) == "42"
+    )
+    assert feature.key("rid", "cid", None, lambda name: None) == "cid"  # falls back
+    header = _router(50.0, sticky="header:X-User")
+    assert header.header == "x-user" and header.key("rid", None, "u7", lambda n: None) == "u7"
+    assert _router(50.0).key("rid", None, None, lambda n: None) == "rid"
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def _state(model: str = "churn") -> RolloutState:
+    now = time.time()
+    return RolloutState(
+        id="", model=model, status="running", strategy="canary", champion="1", challenger="2",
+        step=0, weight=5.0, plan=RolloutPlan(challenger="2").to_dict(), started_at=now,
+        step_started_at=now, updated_at=now, revision=1, reason="test", evidence={}, who="me",
+    )  # fmt: skip
+
+
+def test_store_one_active_rollout_compare_and_set_and_counts(tmp_path: Path) -> None:
+    store = RolloutStore(f"sqlite:///{tmp_path / 'audit.db'}")
+    state = store.create(_state())
+    with pytest.raises(RegistryError, match="already has an active rollout"):
+        store.create(_state())
+    store.create(_state("other"))  # another model may roll out at the same time
+
+    # two replicas read revision 1 and both try to advance: exactly one wins
+    wins = [store.transition(state, step=1, weight=25.0) for _ in range(2)]
+    assert sum(w is not None for w in wins) == 1
+    fresh = store.active("churn")
+    assert fresh is not None and fresh.step == 1 and fresh.revision == 2
+
+    a = ArmCounts(10, 1, 50, 12.0, 20.0, [1, 2, 3], [4, 5])
+    store.put_counts(state.id, "replica-a", 1, {"champion": a})
+    store.put_counts(state.id, "replica-b", 1, {"champion": a})
+    store.put_counts(state.id, "replica-b", 1, {"champion": a})  # a replica replaces its own
+    total = store.counts(state.id, 1)["champion"]
+    assert (total.requests, total.errors, total.latency_hist) == (20, 2, [2, 4, 6])
+    assert store.replicas(state.id) == ["replica-a", "replica-b"]
+
+    ended = store.transition(fresh, status="rolled_back", weight=0.0)
+    assert ended is not None and store.active("churn") is None
+    assert store.latest("churn") is not None and store.latest("churn").status == "rolled_back"  # type: ignore[union-attr]
+    store.create(_state())  # a new one may start once the last ended
+
+    assert store.claim_heal("churn", "2", "a") and not store.claim_heal("churn", "2", "b")
+    store.dispose()
+
+
+def test_counts_from_many_threads_add_up() -> None:
+    counter = ArmCounter()
+
+    def work() -> None:
+        for _ in range(1000):
+            counter.answered(2.0, np.array([0.1, 0.9]))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    snap = counter.snapshot()
+    assert snap.requests == 4000 and snap.rows == 8000 and sum(snap.score_hist) == 8000
+    assert percentile(snap.latency_hist, 0.99) == pytest.approx(2.0, rel=0.1)
+
+
+# --------------------------------------------------------------------------- guardrails
+
+
+def _arm(
+    rng: np.random.Generator, requests: int, errors: int, latency: float, scores: np.ndarray
+) -> ArmCounts:
+    counter = ArmCounter()
+    for _ in range(requests - errors):
+        counter.answered(float(rng.gamma(4.0, latency / 4.0)), None)
+    for _ in range(errors):
+        counter.failed()
+    snap = counter.snapshot()
+    snap.score_hist = np.bincount(
+        np.minimum((scores * SCORE_BINS).astype(int), SCORE_BINS - 1), minlength=SCORE_BINS
+    ).tolist()
+    snap.rows = len(scores)
+    return snap
+
+
+def _plan(**guardrails: object) -> RolloutPlan:
+    return RolloutPlan(
+        challenger="2", min_requests=100, guardrails={"metric": "none", **guardrails}
+    )
+
+
+def test_a_like_challenger_passes_and_each_guardrail_fails_on_its_own() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.beta(2, 5, 5000)
+    champion = _arm(rng, 4500, 0, 2.0, base)
+    like = _arm(rng, 500, 0, 2.0, rng.beta(2, 5, 5000))
+    assert analyse(_plan(), 10.0, {"champion": champion, "challenger": like}).verdict == "passed"
+
+    failing = _arm(rng, 500, 60, 2.0, rng.beta(2, 5, 5000))
+    out = analyse(_plan(), 10.0, {"champion": champion, "challenger": failing})
+    assert out.verdict == "failed" and out.failed[0].name == "error_rate"
+    assert "12.00%" in out.failed[0].detail
+
+    slow = _arm(rng, 500, 0, 20.0, rng.beta(2, 5, 5000))
+    out = analyse(_plan(), 10.0, {"champion": champion, "challenger": slow})
+    assert [c.name for c in out.failed] == ["latency_p99"] and "by" in out.failed[0].detail
+
+    squashed = _arm(rng, 500, 0, 2.0, rng.beta(20, 20, 5000))
+    out = analyse(_plan(), 10.0, {"champion": champion, "challenger": squashed})
+    assert [c.name for c in out.failed] == ["score_drift"]
+
+
+def test_score_drift_is_not_called_on_a_small_sample_of_the_same_scores() -> None:
+    """Two small samples of one distribution have PSI ~ chi2(k-1) (1/n_a + 1/n_b): past 0.2
+    by chance at ~150 rows; the check waits for the null's 99.9% before calling it."""
+    rng = np.random.default_rng(1)
+    false_alarms = 0
+    for _ in range(200):
+        champion = _arm(rng, 300, 0, 2.0, rng.beta(2, 5, 1500))
+        challenger = _arm(rng, 300, 0, 2.0, rng.beta(2, 5, 150))
+        out = analyse(
+            _plan(min_rows_psi=100), 10.0, {"champion": champion, "challenger": challenger}
+        )
+        false_alarms += any(c.name == "score_drift" for c in out.failed)
+    assert false_alarms <= 2, false_alarms
+
+
+def test_waiting_until_enough_requests_and_a_sample_ratio_mismatch_pauses() -> None:
+    rng = np.random.default_rng(2)
+    few = analyse(
+        _plan(),
+        10.0,
+        {
+            "champion": _arm(rng, 30, 0, 2.0, rng.random(30)),
+            "challenger": _arm(rng, 5, 0, 2.0, rng.random(5)),
+        },
+    )
+    assert few.verdict == "waiting" and "waiting for" in few.summary()
+    # configured 10%, observed 30%: the split itself is broken
+    out = analyse(
+        _plan(),
+        10.0,
+        {
+            "champion": _arm(rng, 1400, 0, 2.0, rng.beta(2, 5, 3000)),
+            "challenger": _arm(rng, 600, 0, 2.0, rng.beta(2, 5, 3000)),
+        },
+    )
+    assert out.verdict == "mismatch" and "configured 10%" in out.summary()

@@ -1,0 +1,143 @@
+"""The predictor's router in-process: canary split and stickiness, an explicit version, the
+shadow's mirror (same answers, its own log rows), a step's fresh counts, a promotion."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from flywheel.rollout.plan import RolloutPlan
+from flywheel.rollout.store import RolloutState
+from flywheel.serving.config import ServedModel, ServingConfig
+from flywheel.serving.predictor import Predictor
+from flywheel.serving.sources import ModelFiles, StaticSource
+from flywheel.serving.types import PredictRequest
+from tests.unit.serving_models import build, rows
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelFiles]:
+    tmp: Path = tmp_path_factory.mktemp("rollout-models")
+    return {
+        "1": build(tmp, family="logreg", version="1"),
+        "2": build(tmp, family="random_forest", version="2"),
+    }
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def append(self, record: Any) -> None:
+        self.records.append(record)
+
+
+def _predictor(files: dict[str, ModelFiles], sink: Any = None) -> Predictor:
+    source = StaticSource(dict(files), {"champion": "1"})
+    config = ServingConfig(models=(ServedModel("churn"),), poll_interval_s=0.0)
+    return Predictor(config, {"churn": source}, sink=sink)
+
+
+def _state(
+    strategy: str = "canary", weight: float = 30.0, step: int = 0, **plan: Any
+) -> RolloutState:
+    now = time.time()
+    body = RolloutPlan(challenger="2", strategy=strategy, **plan).to_dict()  # type: ignore[arg-type]
+    return RolloutState(
+        id="r-test", model="churn", status="running", strategy=strategy, champion="1",
+        challenger="2", step=step, weight=weight, plan=body, started_at=now,
+        step_started_at=now, updated_at=now, revision=1 + step, reason="", evidence={}, who="t",
+    )  # fmt: skip
+
+
+def test_canary_splits_by_key_and_keeps_each_key_on_its_version(
+    files: dict[str, ModelFiles],
+) -> None:
+    async def main() -> None:
+        predictor = _predictor(files)
+        await predictor.start()
+        await predictor.apply_rollout(None, _state(weight=30.0))
+        seen: dict[str, set[str]] = {}
+        for i in range(1200):
+            key = f"user-{i % 400}"
+            answer = await predictor.predict(PredictRequest(records=rows(2), client_id=key))
+            seen.setdefault(key, set()).add(answer.version)
+        assert all(len(v) == 1 for v in seen.values())  # sticky
+        share = sum("2" in v for v in seen.values()) / len(seen)
+        assert 0.22 < share < 0.38, share
+        # a request naming a version gets that one, whatever its key says
+        named = await predictor.predict(PredictRequest(records=rows(1), version="2"))
+        assert named.version == "2"
+        counts = {arm: c.snapshot() for arm, c in predictor.rollout().counters.items()}  # type: ignore[union-attr]
+        assert counts["champion"].requests + counts["challenger"].requests == 1201
+        assert counts["challenger"].units == sum("2" in v for v in seen.values())
+        # the next step: a new router, fresh counts, the same warm challenger object
+        challenger = predictor.rollout().challenger  # type: ignore[union-attr]
+        await predictor.apply_rollout(None, _state(weight=60.0, step=1))
+        live = predictor.rollout()
+        assert live is not None and live.challenger is challenger and live.router.weight == 60
+        assert live.counters["champion"].snapshot().requests == 0
+        predictor.end_rollout(None, promoted="2")
+        assert (await predictor.predict(PredictRequest(records=rows(1)))).version == "2"
+        await predictor.close()
+
+    run(main())
+
+
+def test_a_feature_key_routes_rows_of_one_customer_together(files: dict[str, ModelFiles]) -> None:
+    async def main() -> None:
+        predictor = _predictor(files)
+        await predictor.start()
+        await predictor.apply_rollout(None, _state(weight=50.0, sticky="feature:plan"))
+        versions: dict[str, set[str]] = {}
+        for i, record in enumerate(rows(300)):
+            answer = await predictor.predict(PredictRequest(records=[record], client_id=str(i)))
+            versions.setdefault(record["plan"], set()).add(answer.version)
+        assert all(len(v) == 1 for v in versions.values()), versions
+        await predictor.close()
+
+    run(main())
+
+
+def test_shadow_answers_as_the_champion_and_logs_a_shadow_row(
+    files: dict[str, ModelFiles],
+) -> None:
+    async def main() -> None:
+        sink = ListSink()
+        predictor = _predictor(files, sink)
+        await predictor.start()
+        batch = rows(5)
+        before = await predictor.predict(PredictRequest(records=batch, request_id="a"))
+        await predictor.apply_rollout(None, _state("shadow", weight=0.0))
+        answers = [
+            await predictor.predict(PredictRequest(records=batch, request_id=f"r{i}"))
+            for i in range(50)
+        ]
+        live = predictor.rollout()
+        assert live is not None
+        while live.shadow_pending:
+            await asyncio.sleep(0.01)
+        for answer in answers:
+            assert answer.version == "1"
+            np.testing.assert_array_equal(answer.labels, before.labels)
+            np.testing.assert_array_equal(answer.probabilities, before.probabilities)
+        roles = Counter((r.role, r.version) for r in sink.records[1:])
+        assert roles == {("champion", "1"): 50, ("shadow", "2"): 50}, roles
+        shadow_ids = sorted(r.request_id for r in sink.records if r.role == "shadow")
+        assert shadow_ids == sorted(f"r{i}" for i in range(50))
+        assert sink.records[0].role is None  # before the rollout: no role
+        assert live.counters["challenger"].snapshot().requests == 50
+        await predictor.close()
+
+    run(main())
