@@ -141,3 +141,48 @@ def test_shadow_answers_as_the_champion_and_logs_a_shadow_row(
         await predictor.close()
 
     run(main())
+
+
+def test_two_arms_batchers_flush_in_the_same_loop_turn() -> None:
+    """A rollout's two arms are two models with a batcher each; partnered, a flush of one
+    takes the other's queue in the same turn, so both arms' answers leave in one wave."""
+    from flywheel.serving.batching import BatchStats, MicroBatcher
+    from flywheel.serving.decode import Decoded
+
+    def score(feeds: list[np.ndarray]) -> tuple[np.ndarray, None]:
+        return np.zeros(len(feeds[0]), dtype=np.int64), None
+
+    async def main(partnered: bool) -> list[tuple[str, int]]:
+        turns = 0
+        flushes: list[tuple[str, int]] = []
+
+        async def count_turns() -> None:
+            nonlocal turns
+            while True:
+                await asyncio.sleep(0)
+                turns += 1
+
+        counter = asyncio.ensure_future(count_turns())
+        a = MicroBatcher(
+            score, (True,), stats=BatchStats(on_batch=lambda n: flushes.append(("a", turns)))
+        )
+        b = MicroBatcher(
+            score, (True,), stats=BatchStats(on_batch=lambda n: flushes.append(("b", turns)))
+        )
+        if partnered:
+            a.partner, b.partner = b, a
+        one = Decoded([[1.0]], 1)
+        await asyncio.gather(a.submit(one), a.submit(one))  # under load from here on
+        flushes.clear()
+        await asyncio.sleep(0)
+        first = a.submit(one)  # the champion's batch gathers for two turns ...
+        await asyncio.sleep(0)
+        second = b.submit(one)  # ... and the challenger's request arrives meanwhile
+        await asyncio.gather(first, second)
+        counter.cancel()
+        return flushes
+
+    apart = run(main(False))
+    together = run(main(True))
+    assert len({t for _, t in together}) == 1 and {n for n, _ in together} == {"a", "b"}, together
+    assert len({t for _, t in apart}) == 2, apart

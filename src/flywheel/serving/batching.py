@@ -154,6 +154,9 @@ class MicroBatcher:
         self._scheduled = False
         self._running = False
         self._last_items = 1
+        # another model's batcher (a rollout's other arm): its queue is flushed in the same
+        # loop turn as this one's, so both arms' answers leave in one wave
+        self.partner: MicroBatcher | None = None
 
     def submit(self, decoded: Decoded) -> asyncio.Future[tuple[np.ndarray, np.ndarray | None]]:
         """Queue ``decoded`` rows; the future resolves to this request's (labels, probabilities)."""
@@ -163,7 +166,10 @@ class MicroBatcher:
         future = loop.create_future()
         self._queue.append(_Pending(decoded, future))
         if not self._scheduled and not self._running:
-            self._schedule(loop)
+            partner = self.partner
+            if partner is None or not partner._scheduled:
+                self._schedule(loop)
+            # else: the partner's flush, already scheduled, flushes this queue too
         return future
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -197,8 +203,17 @@ class MicroBatcher:
             rows += item.decoded.rows
         return batch
 
-    def _flush(self) -> None:
+    def _flush(self, chained: bool = False) -> None:
         self._scheduled = False
+        partner = self.partner
+        if (
+            not chained
+            and partner is not None
+            and partner._queue
+            and not partner._scheduled
+            and not partner._running
+        ):
+            partner._flush(chained=True)
         batch = self._take()
         self._last_items = len(batch)
         if not batch:

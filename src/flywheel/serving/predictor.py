@@ -330,6 +330,9 @@ class Predictor:
             from concurrent.futures import ThreadPoolExecutor
 
             live.shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="flywheel-shadow")
+        if slot.model is not None and not live.shadow:  # both arms answer: one flush wave
+            slot.model.batcher.partner = challenger.batcher
+            challenger.batcher.partner = slot.model.batcher
         slot.rollout = live
         if current is not None:
             current.close()
@@ -353,6 +356,9 @@ class Predictor:
             slot.model = live.challenger
             self.metrics.reload(slot.served.name, "loaded")
         slot.rollout = None
+        live.challenger.batcher.partner = None
+        if slot.model is not None:
+            slot.model.batcher.partner = None
         live.close()
         log.info("model %s: rollout %s ended", slot.served.name, live.id)
 
