@@ -22,7 +22,7 @@ sample-ratio test at a configured 10% split, observed at 10% (alpha 0.001 and 0.
 The simulations run the module's own formula helpers on arrays (the same code the scalar
 API calls); the tests in ``tests/unit/test_rollout_stats.py`` reuse these functions.
 
-    .venv/bin/python bench/rollout_stats.py [--sims N] [--seed S] [--json [PATH]]
+    .venv/bin/python -m bench.rollout_stats [--sims N] [--seed S] [--json [PATH]]
 
 Results also go to ``bench/results/rollout_stats.json``. About 30 s on a 2-core machine.
 """
@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from bench.monitoring_null import wilson
 from flywheel.rollout.stats import (
     default_tau2,
     half_width,
@@ -183,17 +184,6 @@ def naive_decided(paths: Paths, alpha: float = ALPHA) -> NDArray[np.bool_]:
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(paths.naive_var > 0, np.abs(difference) / np.sqrt(paths.naive_var), 0.0)
     return np.asarray(z >= crit)
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of k / n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, center - half), min(1.0, center + half))
 
 
 def rate(k: int, n: int) -> dict[str, Any]:

@@ -37,7 +37,6 @@ from flywheel.errors import DataError
 __all__ = ["STRATEGIES", "Guardrails", "RolloutPlan", "load_plan", "parse_duration"]
 
 STRATEGIES = ("canary", "shadow", "ab", "bluegreen")
-METRICS = ("accuracy", "recall", "precision", "abs_error", "error_rate", "latency")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
