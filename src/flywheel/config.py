@@ -333,6 +333,60 @@ class RolloutSettings(BaseModel):
     )
 
 
+class RetrainSettings(BaseModel):
+    """When to retrain and what a retrain does (docs/continuous-training.md). Every time
+    here is on the data's clock: the simulation's in a replay, the wall clock in production."""
+
+    schedule: str | None = Field(
+        None,
+        description="Cron schedule (minute hour day month weekday, UTC) for a retrain, e.g. "
+        "'0 3 * * 1' (unset: none).",
+    )
+    on_drift: bool = Field(
+        True,
+        description="Retrain on the monitor's alarm for drift (persistent, weighted by "
+        "feature importance).",
+    )
+    on_prediction_drift: bool = Field(
+        True, description="Retrain on the monitor's alarm for prediction (score) drift."
+    )
+    on_performance: bool = Field(
+        True,
+        description="Retrain when realised (or, before labels, estimated) performance falls "
+        "below the reference by more than monitoring.max_drop.",
+    )
+    min_performance: float | None = Field(
+        None, description="Also retrain when the primary metric falls below this value."
+    )
+    new_labels: int | None = Field(
+        None,
+        ge=1,
+        description="Retrain when this many labelled rows arrived since the last "
+        "retrain (unset: off).",
+    )
+    cooldown: str = Field(
+        "30d", pattern=r"^\d+[smhdw]$", description="No retrain within this after the last one."
+    )
+    budget: int = Field(4, ge=1, description="At most this many retrains per budget_period.")
+    budget_period: str = Field("90d", pattern=r"^\d+[smhdw]$", description="The budget's period.")
+    trials: int = Field(
+        0,
+        ge=0,
+        description="0: retrain with the champion's parameters; N: a bounded search "
+        "of N Optuna trials.",
+    )
+    rollout: Literal["canary", "shadow", "none"] = Field(
+        "canary", description="How a registered challenger goes out (none: register only)."
+    )
+    rollout_plan: Path | None = Field(
+        None, description="A rollout plan YAML for the challenger (overrides the default plan)."
+    )
+    retries: int = Field(3, ge=0, description="Retries of a step on a transient failure.")
+    retry_backoff_s: float = Field(
+        1.0, ge=0, description="First retry's wait; doubles each retry (seconds)."
+    )
+
+
 class Settings(BaseSettings):
     """Effective configuration. Build it with :func:`load_settings`."""
 
@@ -359,6 +413,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -393,6 +448,8 @@ class Settings(BaseSettings):
         art = self.tracking.artifact_location
         if art is not None and "://" not in art:
             self.tracking.artifact_location = str(Path(art).expanduser().resolve())
+        if self.retrain.rollout_plan is not None:
+            self.retrain.rollout_plan = self.retrain.rollout_plan.expanduser().resolve()
         if self.training.params_file is not None:
             self.training.params_file = self.training.params_file.expanduser().resolve()
         if self.source.url is None:

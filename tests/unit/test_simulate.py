@@ -65,12 +65,49 @@ def test_public_api_is_listed() -> None:
         "SCENARIOS",
         "Scenario",
         "SimulationReport",
+        "WorldInfo",
         "feature_rows",
         "parse_scenario",
         "simulate",
         "world_exists",
+        "world_info",
     }
-    assert set(SCENARIOS) == {"price_rise", "new_contract", "ticket_churn"}
+    assert set(SCENARIOS) == {"price_rise", "new_contract", "ticket_churn", "lost_churn_events"}
+
+
+def test_world_info_reads_the_stored_world(settings: Settings) -> None:
+    from flywheel.errors import NotFound
+
+    with pytest.raises(NotFound, match="flywheel run"):
+        sim.world_info(settings)
+    simulate(settings, days=40, customers=200, scenarios=["price_rise@100"])
+    info = sim.world_info(settings)
+    assert (info.seed, info.customers, info.last_day) == (settings.seed, 200, 39)
+    assert info.scenarios == ("price_rise@100",)
+    assert info.last_date.isoformat() == "2025-02-09"
+
+
+def test_lost_churn_events_drops_recorded_churns_from_its_day_only(
+    settings: Settings, tmp_path: Path
+) -> None:
+    other = settings.model_copy(
+        update={
+            "source": settings.source.model_copy(
+                update={"url": f"sqlite:///{(tmp_path / 'lost.db').as_posix()}"}
+            )
+        }
+    )
+    simulate(settings, days=150, customers=1500)
+    simulate(other, days=150, customers=1500, scenarios=["lost_churn_events@90"])
+    q = "SELECT customer_id, churn_day FROM churn_events ORDER BY 1"
+    plain, lost = _frame(settings, q), _frame(other, q)
+    # before the day the worlds agree row for row; after it about 60% of churns go missing
+    before = [f[f.churn_day < 90].reset_index(drop=True) for f in (plain, lost)]
+    assert before[0].equals(before[1])
+    after_plain = int((plain.churn_day >= 120).sum())
+    after_lost = int((lost.churn_day >= 120).sum())
+    assert after_plain > 50
+    assert 0.2 * after_plain < after_lost < 0.6 * after_plain
 
 
 def test_feature_relation_matches_the_configured_defaults(settings: Settings) -> None:

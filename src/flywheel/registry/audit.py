@@ -53,6 +53,12 @@ ACTIONS = (
     "rollout_rollback",
     "rollout_promote",
     "self_heal",
+    # continuous training (flywheel.pipelines): triggers with their evidence, pipeline runs
+    "retrain_triggered",
+    "retrain_suppressed",
+    "pipeline_started",
+    "pipeline_failed",
+    "pipeline_finished",
 )
 GENESIS_HASH = "0" * 64
 TABLE = "registry_audit"

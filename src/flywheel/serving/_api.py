@@ -184,6 +184,12 @@ class ReloadBody(BaseModel):
     model: str | None = None
 
 
+class ClockBody(BaseModel):
+    at: float | None = Field(
+        description="The data clock's time now (epoch seconds); null: the wall clock again."
+    )
+
+
 _NATIVE_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 500, 503)
 }
@@ -647,6 +653,25 @@ def _admin_routes(api: FastAPI, predictor: Predictor, config: ServingConfig) -> 
         name = body.model if body else None
         version = await predictor.reload(name)
         return {"model": name or predictor.default_model, "version": version}
+
+    @api.api_route(
+        "/admin/clock",
+        methods=["GET", "POST"],
+        dependencies=[guard],
+        responses=errors,
+        tags=["admin"],
+        summary="The data clock that stamps predictions and labels; POST sets it (a replay's "
+        "simulated time; at: null goes back to the wall clock)",
+    )
+    async def clock(request: Request, body: ClockBody | None = Body(None)) -> dict[str, Any]:
+        # one route for both methods: separate GET and POST routes on one path make
+        # Starlette's 405 name only one of them in its Allow header
+        if request.method == "POST":
+            json_body(request)
+            if body is None:
+                raise BadRequest('POST /admin/clock needs a JSON body {"at": EPOCH or null}.')
+            predictor.clock.set(body.at)
+        return predictor.clock.describe()
 
     @api.post(
         "/admin/pin",

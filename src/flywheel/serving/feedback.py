@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from flywheel.serving import _wire as wire
 from flywheel.serving._api import ErrorBody
 from flywheel.serving.auth import credential, key_ok
+from flywheel.serving.clock import DataClock
 from flywheel.serving.config import ServingConfig, secret_bytes
 from flywheel.serving.errors import Forbidden, InvalidInput, PayloadTooLarge, Unauthorized
 
@@ -116,8 +117,11 @@ async def _payload(request: Request, config: ServingConfig) -> FeedbackRequest:
         ) from None
 
 
-def add_feedback_routes(api: FastAPI, log: Any, config: ServingConfig) -> None:
-    """Mount ``POST /v1/feedback`` on the FastAPI app, backed by the prediction log."""
+def add_feedback_routes(
+    api: FastAPI, log: Any, config: ServingConfig, *, clock: DataClock | None = None
+) -> None:
+    """Mount ``POST /v1/feedback`` on the FastAPI app, backed by the prediction log; labels
+    are stamped with ``clock`` (the server's data clock; default the wall clock)."""
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorBody} for code in (400, 401, 403, 413, 415, 422, 500, 503)
     }
@@ -137,7 +141,7 @@ def add_feedback_routes(api: FastAPI, log: Any, config: ServingConfig) -> None:
         _check_key(request, config)
         payload = await _payload(request, config)
         # The log's label call does blocking database I/O: off the event loop.
-        result = await run_in_threadpool(
-            log.label, [(i.request_id, i.label) for i in payload.items]
-        )
+        items = [(i.request_id, i.label) for i in payload.items]
+        ts = clock.now() if clock is not None else None
+        result = await run_in_threadpool(lambda: log.label(items, ts=ts))
         return FeedbackResponse(accepted=result.accepted, unknown=result.unknown)

@@ -54,6 +54,7 @@ from flywheel.errors import FlywheelError
 from flywheel.predlog import PredictionLogError, PredictionRecord, encode_json
 from flywheel.rollout.counters import ArmCounter
 from flywheel.serving.batching import BatchStats, assemble
+from flywheel.serving.clock import DataClock
 from flywheel.serving.config import ServedModel, ServingConfig
 from flywheel.serving.cycle import Calls, new_request_id
 from flywheel.serving.decode import Decoded, decode_arrow, decode_columns, decode_records
@@ -117,6 +118,7 @@ class Predictor:
         self.default_model = next(iter(self._slots))
         self._poller: asyncio.Task[None] | None = None
         self.rollout_agent: Any = None  # the server's RolloutAgent (admin routes use it)
+        self.clock = DataClock()  # the log's time: the wall clock unless a replay sets it
 
     @classmethod
     def from_settings(
@@ -621,7 +623,7 @@ class Predictor:
             if not rows:  # a record sink (append only) gets the record, raw arrays
                 record = PredictionRecord(
                     rid,
-                    time.time(),
+                    self.clock.now(),
                     model.name,
                     model.version,
                     request.protocol,
@@ -636,7 +638,7 @@ class Predictor:
             log_sink: PredictionSink = sink  # type: ignore[assignment]
             row = (
                 rid,
-                time.time(),
+                self.clock.now(),
                 model.name,
                 model.version,
                 request.protocol,

@@ -7,7 +7,14 @@ same rows, however the days are chunked. See ``docs/simulator.md``.
 
 from __future__ import annotations
 
-from flywheel.simulate._core import SimulationReport, feature_rows, simulate, world_exists
+from flywheel.simulate._core import (
+    SimulationReport,
+    WorldInfo,
+    feature_rows,
+    simulate,
+    world_exists,
+    world_info,
+)
 from flywheel.simulate._scenarios import SCENARIOS, Scenario, parse_scenario
 from flywheel.simulate._schema import FEATURE_COLUMNS
 
@@ -16,8 +23,10 @@ __all__ = [
     "SCENARIOS",
     "Scenario",
     "SimulationReport",
+    "WorldInfo",
     "feature_rows",
     "parse_scenario",
     "simulate",
     "world_exists",
+    "world_info",
 ]

@@ -26,7 +26,14 @@ from flywheel.simulate._scenarios import Scenario, parse_scenario
 from flywheel.simulate._schema import OPERATIONAL_TABLES, STATE, TABLES, create_schema
 from flywheel.simulate._world import GENERATOR_VERSION, WorldSpec, generate
 
-__all__ = ["SimulationReport", "feature_rows", "simulate", "world_exists"]
+__all__ = [
+    "SimulationReport",
+    "WorldInfo",
+    "feature_rows",
+    "simulate",
+    "world_exists",
+    "world_info",
+]
 
 log = logging.getLogger("flywheel.simulate")
 
@@ -137,6 +144,43 @@ def feature_rows(settings: Settings) -> int:
         )
     with _connect(url, write=False) as conn:
         return int(conn.exec_driver_sql("SELECT COUNT(*) FROM churn_features").scalar_one())
+
+
+@dataclass(frozen=True)
+class WorldInfo:
+    """A stored world: its spec and how far it has been simulated."""
+
+    seed: int
+    start: dt.date
+    customers: int
+    last_day: int  # day number of the last simulated day (-1: none yet)
+    scenarios: tuple[str, ...]  # NAME@DAY
+
+    @property
+    def last_date(self) -> dt.date:
+        return self.start + dt.timedelta(days=self.last_day)
+
+
+def world_info(settings: Settings) -> WorldInfo:
+    """The configured source's world (raises NotFound when there is none)."""
+    url = _source_url(settings)
+    if not world_exists(settings):
+        raise NotFound(
+            f"No simulated world in {mask_url(url)!r}. Fix: run `flywheel run` (or "
+            "`flywheel simulate`) first.",
+            url=mask_url(url),
+        )
+    with _connect(url, write=False) as conn:
+        state = _load_state(conn, url)
+    assert state is not None  # world_exists
+    spec = state.spec
+    return WorldInfo(
+        spec.seed,
+        spec.start,
+        spec.customers,
+        state.last_day,
+        tuple(x.spec() for x in spec.scenarios),
+    )
 
 
 # ---------------------------------------------------------------------- state

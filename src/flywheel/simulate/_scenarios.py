@@ -17,6 +17,9 @@ SCENARIOS: dict[str, str] = {
     "of renewals pick it.",
     "ticket_churn": "Support tickets weigh far more on churn (hazard coefficient 0.45 -> 1.1 "
     "per ticket in the last 90 days) and network tickets become 50% more frequent.",
+    "lost_churn_events": "A broken CRM export loses 60% of churn events: those customers look "
+    "active (and not churned) from then on, in the source and in the labels fed back; a model "
+    "retrained on it under-predicts churn.",
 }
 
 _SPEC = re.compile(r"^\s*([A-Za-z_]+)\s*@\s*(\S+)\s*$")

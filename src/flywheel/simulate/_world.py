@@ -72,6 +72,7 @@ RELOCATION_MONTHLY = 0.003  # churn unrelated to anything observed
 RECORD_LAG_P = 0.12  # share of churns recorded 1-30 days late
 PRICE_RISE = 0.15
 METER_OUTAGE_P = 0.02
+LOST_CHURN_P = 0.6  # lost_churn_events: share of churns the CRM export never records
 ARRIVALS_MONTHLY = 0.045  # new customers per month, as a share of the initial population
 
 
@@ -367,6 +368,14 @@ class _World:
         seconds = rng.integers(9 * 3600, 18 * 3600, k)
         self.s["churn_day"][who] = day
         recorded = day + lag
+        if self.spec.active("lost_churn_events", day):  # drawn only then: other worlds unchanged
+            kept = rng.random(k) >= LOST_CHURN_P
+            who, relocated, recorded, seconds = (
+                who[kept],
+                relocated[kept],
+                recorded[kept],
+                seconds[kept],
+            )
         self.rows["churn_events"].add(
             customer_id=who + 1,
             churned_at=_days_to_times(self.spec.start, recorded, seconds),
