@@ -6,8 +6,13 @@ UV     := $(BIN)/uv
 
 .PHONY: demo test test-unit test-integration lint typecheck lock bench clean install install-dev install-serve
 
-demo: install            ## install (pinned) and run the loop on embedded defaults
+# The replay's length and drift (`make demo DEMO_DAYS=90` for a quicker look)
+DEMO_DAYS  ?= 365
+DEMO_DRIFT ?= ticket_churn@120
+
+demo: install            ## install (pinned), run the spine, then a year of the flywheel turning
 	$(BIN)/flywheel run
+	$(BIN)/flywheel replay --days $(DEMO_DAYS) --drift $(DEMO_DRIFT)
 
 test: install-dev        ## install (pinned, dev), lint + type-check, run the whole test suite
 	$(BIN)/ruff check src tests bench

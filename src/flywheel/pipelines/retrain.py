@@ -427,22 +427,14 @@ def _result(ws: Workspace, run: PipelineRun) -> TrainResult | str:
 
 
 def _evaluate(ws: Workspace, run: PipelineRun) -> dict[str, Any]:
+    from flywheel.pipelines.steps import apply_gates
     from flywheel.registry.artifacts import load_champion
     from flywheel.training.evaluate import evaluate
-    from flywheel.training.gates import check_gates, record_gates
 
     assert run.run_id is not None
     evaluation = evaluate(ws, _result(ws, run), champion=load_champion(ws))
-    report = check_gates(ws.settings.gates, evaluation)
-    record_gates(ws, run.run_id, report)
-    _held(run).update(evaluation=evaluation, gates=report)
-    if not report.passed:
-        raise GateFailed(
-            "Quality gates failed; the registry is unchanged: "
-            + "; ".join(f.detail for f in report.failures),
-            run_id=run.run_id,
-            failures=[f.detail for f in report.failures],
-        )
+    _held(run)["evaluation"] = evaluation
+    _held(run)["gates"] = apply_gates(ws, run.run_id, evaluation)  # raises GateFailed
     return {"passed": True, "primary_metric": evaluation.primary_metric,
             "metrics": evaluation.metrics, "champion_version": evaluation.champion_version,
             "champion_metrics": evaluation.champion_metrics}  # fmt: skip
@@ -507,6 +499,7 @@ def _registered(ws: Workspace, run_id: str) -> str | None:
 
 
 def _register(ws: Workspace, run: PipelineRun) -> dict[str, Any]:
+    from flywheel.pipelines.steps import write_card
     from flywheel.registry.register import register
 
     assert run.run_id is not None
@@ -516,9 +509,7 @@ def _register(ws: Workspace, run: PipelineRun) -> dict[str, Any]:
         return {"version": found, "reused": True}
     result, evaluation, report = _bundle(ws, run)
     done = register(ws, result, evaluation=evaluation, gate_report=report)
-    card = ws.settings.home / "cards" / f"{done.name}-v{done.version}.md"
-    card.parent.mkdir(parents=True, exist_ok=True)
-    card.write_text(done.card_markdown, encoding="utf-8")
+    card = write_card(ws, done.name, done.version, done.card_markdown)
     run.version = done.version
     return {"version": done.version, "reused": False, "model_uri": done.model_uri,
             "onnx_sha256": done.onnx_sha256, "card": str(card)}  # fmt: skip

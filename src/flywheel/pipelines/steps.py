@@ -24,7 +24,14 @@ from flywheel.workspace import Workspace
 if TYPE_CHECKING:
     from flywheel.data.snapshots import Manifest
 
-__all__ = ["LoopResult", "TrainOutcome", "run_loop", "train_evaluate_register"]
+__all__ = [
+    "LoopResult",
+    "TrainOutcome",
+    "apply_gates",
+    "run_loop",
+    "train_evaluate_register",
+    "write_card",
+]
 
 log = logging.getLogger("flywheel.pipelines")
 
@@ -75,7 +82,6 @@ def train_evaluate_register(
     from flywheel.registry.artifacts import load_champion
     from flywheel.registry.register import register as register_version
     from flywheel.training.evaluate import evaluate
-    from flywheel.training.gates import check_gates, record_gates
     from flywheel.training.train import train
 
     on_step("train")
@@ -83,27 +89,36 @@ def train_evaluate_register(
     on_step("evaluate")
     champion = load_champion(ws)
     evaluation = evaluate(ws, result, champion=champion)
-    report = check_gates(ws.settings.gates, evaluation)
-    record_gates(ws, result.run_id, report)
+    report = apply_gates(ws, result.run_id, evaluation)
     outcome = TrainOutcome(result=result, evaluation=evaluation, gates=report)
-    if not report.passed:
-        raise GateFailed(
-            "Quality gates failed; the registry is unchanged: "
-            + "; ".join(f.detail for f in report.failures),
-            run_id=result.run_id,
-            failures=[f.detail for f in report.failures],
-        )
     if register:
         on_step("register")
         registered = register_version(ws, result, evaluation=evaluation, gate_report=report)
         outcome.version = registered.version
-        outcome.card_path = _write_card(
+        outcome.card_path = write_card(
             ws, registered.name, registered.version, registered.card_markdown
         )
     return outcome
 
 
-def _write_card(ws: Workspace, name: str, version: str, markdown: str) -> Path:
+def apply_gates(ws: Workspace, run_id: str, evaluation: Evaluation) -> GateReport:
+    """Check the gates on an evaluation and record them on the run; raises
+    :class:`GateFailed` (the registry unchanged) when one fails."""
+    from flywheel.training.gates import check_gates, record_gates
+
+    report = check_gates(ws.settings.gates, evaluation)
+    record_gates(ws, run_id, report)
+    if not report.passed:
+        raise GateFailed(
+            "Quality gates failed; the registry is unchanged: "
+            + "; ".join(f.detail for f in report.failures),
+            run_id=run_id,
+            failures=[f.detail for f in report.failures],
+        )
+    return report
+
+
+def write_card(ws: Workspace, name: str, version: str, markdown: str) -> Path:
     """A local copy of the model card for people (the canonical one is in MLflow)."""
     path = ws.settings.home / "cards" / f"{name}-v{version}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
