@@ -77,7 +77,7 @@ RETRY = {
     "retry_delay": timedelta(
         seconds=float(os.environ.get("FLYWHEEL_RETRAIN__RETRY_BACKOFF_S", "1"))
     ),
-    "retry_exponential_backoff": True,
+    "retry_exponential_backoff": 2.0,  # Airflow 3: a multiplier (each wait doubles)
 }
 
 

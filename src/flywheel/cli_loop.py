@@ -153,6 +153,7 @@ def replay(
         ):
             console.print(f"  {e['day']}  {e['action']:<18} {e['reason'][:90]}")
     console.rule("where to look")
-    console.print(f"timeline:     {result.timeline}")
-    console.print(f"model cards:  {ws.settings.home / 'cards'}")
+    # soft wrap: a path is never broken across lines (scripts and people copy it)
+    console.print(f"timeline:     {result.timeline}", soft_wrap=True)
+    console.print(f"model cards:  {ws.settings.home / 'cards'}", soft_wrap=True)
     console.print("lineage:      flywheel lineage <version>")
