@@ -46,6 +46,18 @@ def flywheel(
     return proc
 
 
+def flywheel_together(
+    cwd: Path, *commands: list[str], code: int = 0
+) -> list[subprocess.CompletedProcess[str]]:
+    """`flywheel` for each of ``commands`` (argument lists), all at once, as independent
+    processes (they must not write the same files); each checked as `flywheel` checks it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(commands))) as pool:
+        futures = [pool.submit(flywheel, cwd, *args, code=code) for args in commands]
+        return [f.result() for f in futures]
+
+
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
     """Run `python -m flywheel ARGS` with a private home; returns the completed process."""
@@ -170,3 +182,112 @@ def triton_labels(address: str, records: list[dict[str, Any]], *, grpc: bool = F
         inputs.append(tensor)
     result = client.infer("churn", inputs)
     return [int(v) for v in result.as_numpy("label").reshape(-1)]
+
+
+# --------------------------------------------------------------------------- shared folders
+# Training through the CLI costs a process start and a fit per call: folders several modules
+# start from are built once per session and copied (`copy_folder`) for each test that writes.
+
+SMALL_WORLD_GATES = {
+    "min_metrics": {"roc_auc": 0.6},
+    "max_slice_gap": {"roc_auc": 0.5},
+    "champion_margin": 0.05,
+}
+
+
+def _rewrite_paths(folder: Path, moves: list[tuple[str, str]]) -> None:
+    """Point the absolute paths MLflow and the snapshot manifests recorded at their copies:
+    every text column of ``mlflow.db`` and every manifest, ``MLmodel`` and YAML file (the
+    audit ledger is hash-chained and holds no path: it is left byte for byte)."""
+    import sqlite3
+
+    for db in folder.rglob("mlflow.db"):
+        with sqlite3.connect(db) as con:
+            tables = [
+                r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            ]
+            for table in tables:
+                for column in [r[1] for r in con.execute(f'PRAGMA table_info("{table}")')]:
+                    for old, new in moves:
+                        con.execute(
+                            f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                            f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0',
+                            (old, new, old),
+                        )
+        con.close()
+    for path in folder.rglob("*"):
+        if path.is_file() and (path.suffix in (".json", ".yaml", ".yml") or path.name == "MLmodel"):
+            text = path.read_text(errors="surrogateescape")
+            changed = text
+            for old, new in moves:
+                changed = changed.replace(old, new)
+            if changed != text:
+                path.write_text(changed, errors="surrogateescape")
+
+
+def copy_folder(
+    src: Path, dest: Path, *, home: str = ".flywheel", to_home: Path | None = None
+) -> Path:
+    """A private copy of the flywheel folder ``src`` (its home ``src/home``) at ``dest``, with
+    every absolute path recorded inside rewritten to the copy, so the copy reads and writes
+    only itself. ``to_home``: put the home there instead of ``dest/home`` (for a test that
+    sets ``FLYWHEEL_HOME``). No process may have ``src`` open. Returns ``dest``."""
+    import shutil
+
+    src, dest = src.resolve(), dest.resolve()
+    target_home = (to_home or dest / home).resolve()
+    shutil.copytree(src, dest, symlinks=True, ignore=shutil.ignore_patterns(home))
+    shutil.copytree(src / home, target_home, symlinks=True)
+    moves = [(f"{src / home}/", f"{target_home}/"), (f"{src}/", f"{dest}/")]
+    _rewrite_paths(target_home, moves)
+    return dest
+
+
+def write_settings(cwd: Path, **settings: Any) -> None:
+    """Rewrite ``cwd/flywheel.yaml`` as `cancer_folder` writes it, with ``settings`` on top."""
+    import yaml
+
+    base: dict[str, Any] = {
+        "source": {"dataset": "cancer"},
+        "registry": {"model_name": "cancer"},
+        "training": {"params_file": "params.yaml"},
+        "gates": {
+            "champion_margin": 1.0,
+            "min_metrics": {"roc_auc": 0.5},
+            "max_slice_gap": {"roc_auc": 1.0},
+        },
+    }
+    (cwd / "flywheel.yaml").write_text(yaml.safe_dump({**base, **settings}))
+
+
+@pytest.fixture(scope="session")
+def cancer_ingested(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `cancer_folder` (no extra settings), ingested once per session; copy it to write."""
+    cwd = tmp_path_factory.mktemp("cancer-ingested")
+    cancer_folder(cwd)
+    return cwd
+
+
+@pytest.fixture(scope="session")
+def cancer_champion(cancer_ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`cancer_ingested` plus v1 (``family: logreg``, ``cv_folds: 0``) trained and promoted
+    ("first champion"), once per session; copy it to write."""
+    cwd = copy_folder(cancer_ingested, tmp_path_factory.mktemp("cancer-champion") / "f")
+    (cwd / "params.yaml").write_text("family: logreg\ncv_folds: 0\n")
+    assert "registered cancer version 1" in flywheel(cwd, "train").stdout
+    flywheel(cwd, "promote", "1", "--reason", "first champion")
+    return cwd
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A folder where `flywheel run --days 240 --customers 1500` (the same seed every time)
+    registered churn v1 as the first champion, with ``SMALL_WORLD_GATES`` in its
+    ``flywheel.yaml`` and the default home ``./.flywheel``; and that run's stdout. Built once
+    per session; copy it (`copy_folder`) to write."""
+    import yaml
+
+    folder = tmp_path_factory.mktemp("small-world")
+    (folder / "flywheel.yaml").write_text(yaml.safe_dump({"gates": SMALL_WORLD_GATES}))
+    out = flywheel(folder, "run", "--days", "240", "--customers", "1500").stdout
+    return folder, out

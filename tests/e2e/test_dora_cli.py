@@ -17,19 +17,18 @@ from typing import Any
 
 import pytest
 import yaml
-from sklearn.datasets import load_breast_cancer
 
 from flywheel.serving.dora_gauges import DoraGauges
-from tests.e2e.conftest import flywheel
+from tests.e2e.conftest import copy_folder, flywheel
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def folder(cancer_ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """v1 promoted, v2 promoted, then rolled back (champion v1 again)."""
-    cwd = tmp_path_factory.mktemp("dora")
-    load_breast_cancer(as_frame=True).frame.to_csv(cwd / "cancer.csv", index=False)
+    # cancer.csv ingested (the session's `cancer_ingested`, copied), the default gates
+    cwd = copy_folder(cancer_ingested, tmp_path_factory.mktemp("dora") / "f")
     settings = {
         "source": {"dataset": "cancer"},
         "registry": {"model_name": "cancer"},
@@ -37,7 +36,6 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     (cwd / "flywheel.yaml").write_text(yaml.safe_dump(settings))
     (cwd / "params.yaml").write_text("family: logreg\ncv_folds: 3\n")
-    flywheel(cwd, "ingest", "--file", "cancer.csv", "--target", "target")
     for version in ("1", "2"):
         assert f"registered cancer version {version}" in flywheel(cwd, "train").stdout
     flywheel(cwd, "promote", "1", "--reason", "first champion")

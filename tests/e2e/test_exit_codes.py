@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.conftest import FLYWHEEL_BIN, flywheel, newcomer_env
+from tests.e2e.conftest import FLYWHEEL_BIN, copy_folder, flywheel, newcomer_env
 
 pytestmark = pytest.mark.slow
 
@@ -39,17 +38,15 @@ def _write_yaml(path: Path, data: dict[str, object]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder where `flywheel run` registered champion v1 on the default (relative) home."""
-    folder = tmp_path_factory.mktemp("world")
-    _write_yaml(folder / "flywheel.yaml", {"gates": LOOSE_GATES})
-    flywheel(folder, "run", "--days", "240", "--customers", "1500")
-    return folder
+def world(small_world: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder where `flywheel run` registered champion v1 on the default (relative) home,
+    with ``LOOSE_GATES`` in its ``flywheel.yaml`` (a copy of the session's small world)."""
+    assert yaml.safe_load((small_world[0] / "flywheel.yaml").read_text()) == {"gates": LOOSE_GATES}
+    return copy_folder(small_world[0], tmp_path_factory.mktemp("world") / "w")
 
 
 def _copy(world: Path, dest: Path) -> Path:
-    shutil.copytree(world, dest, symlinks=True)
-    return dest
+    return copy_folder(world, dest)
 
 
 def test_0_success_and_json_for_scripts(world: Path) -> None:
@@ -194,7 +191,13 @@ def test_130_interrupted(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(6)  # past start-up: simulating
+    # past start-up: simulating (its source database is there) rather than a fixed wait
+    deadline = time.monotonic() + 60
+    while not (tmp_path / ".flywheel" / "source.db").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the simulation did not start in 60 s"
+        time.sleep(0.1)
+    time.sleep(0.5)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)

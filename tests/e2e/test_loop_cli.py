@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cli
+from tests.e2e.conftest import Cli, copy_folder
 
 pytestmark = pytest.mark.slow
 
@@ -32,9 +32,19 @@ def loop(cli: Cli) -> Cli:
     return run
 
 
-def test_run_registers_a_champion_and_registry_commands_work(loop: Cli, tmp_path: Path) -> None:
+def _small_world_home(small_world: tuple[Path, str], tmp_path: Path) -> str:
+    """The session's `flywheel run` on ``SMALL_WORLD`` (the same command, seed and gates as
+    this module's) copied as the ``cli`` fixture's home; returns that run's stdout."""
+    folder, out = small_world
+    copy_folder(folder, tmp_path / "small-world", to_home=tmp_path / "fw")
+    return out
+
+
+def test_run_registers_a_champion_and_registry_commands_work(
+    loop: Cli, tmp_path: Path, small_world: tuple[Path, str]
+) -> None:
     cli = loop
-    out = cli("run", *SMALL_WORLD).stdout
+    out = _small_world_home(small_world, tmp_path)  # `cli("run", *SMALL_WORLD)`, done once
     assert "registered churn version 1" in out
     assert "version 1 is the first champion" in out
     assert "mlflow ui --backend-store-uri" in out
@@ -66,21 +76,31 @@ def test_run_registers_a_champion_and_registry_commands_work(loop: Cli, tmp_path
     assert "audit chain intact" in history
 
 
-def test_bad_promotion_is_a_clean_error(loop: Cli) -> None:
+def test_bad_promotion_is_a_clean_error(
+    loop: Cli, tmp_path: Path, small_world: tuple[Path, str]
+) -> None:
     cli = loop
-    cli("run", *SMALL_WORLD)
+    _small_world_home(small_world, tmp_path)  # `cli("run", *SMALL_WORLD)`, done once
     proc = cli("promote", "99", "--reason", "typo", ok=False)
     assert proc.returncode != 0
     assert "99" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
-def test_same_seed_same_snapshot_and_metrics(loop: Cli, tmp_path: Path) -> None:
+def test_same_seed_same_snapshot_and_metrics(
+    loop: Cli, tmp_path: Path, small_world: tuple[Path, str]
+) -> None:
+    """Two runs in two homes: the session's small world (run once for every module that
+    needs it) and a fresh one here, with the same seed."""
     cli = loop
 
     def one(home: str) -> tuple[str, str]:
         env = {"FLYWHEEL_HOME": str(tmp_path / home)}
-        out = cli("run", *SMALL_WORLD, env=env).stdout
+        if home == "a":
+            out = small_world[1]
+            copy_folder(small_world[0], tmp_path / "small-world", to_home=tmp_path / home)
+        else:
+            out = cli("run", *SMALL_WORLD, env=env).stdout
         snap = re.search(r"snapshot:\s+(snap-\w+)", out).group(1)  # type: ignore[union-attr]
         sha = re.search(r'"sha256": "(\w+)"', cli("data", "show", snap, env=env).stdout)
         auc = re.search(r"roc_auc\s+│\s+([0-9.]+)", out)

@@ -22,6 +22,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from tests.e2e.conftest import FLYWHEEL_BIN, flywheel, start_serve, stop_serve
+from tests.e2e.conftest import (
+    FLYWHEEL_BIN,
+    flywheel,
+    flywheel_together,
+    start_serve,
+    stop_serve,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -230,13 +237,18 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with sqlite3.connect(cwd / ".flywheel" / "source.db") as con:
         last = con.execute("SELECT max(substr(observed_at, 1, 10)) FROM churn_features").fetchone()
     assert last == (LAST_TRAINED,), last  # the snapshot the champion was trained on ends here
+    simulations = []
     for world in WORLDS:
         db = cwd / f"{world}.db"
         db.write_bytes((cwd / ".flywheel" / "source.db").read_bytes())
         (cwd / f"{world}-source.yaml").write_text(f"source:\n  url: sqlite:///{db}\n")
         drift = [] if world == "control" else ["--drift", f"{world}@{DRIFT_DATE}"]
-        flywheel(cwd, "-c", f"{world}-source.yaml", "simulate", "--days", str(MORE_DAYS), *drift)
-        with sqlite3.connect(db) as con:
+        simulations.append(
+            ["-c", f"{world}-source.yaml", "simulate", "--days", str(MORE_DAYS), *drift]
+        )
+    flywheel_together(cwd, *simulations)  # each world its own database: run side by side
+    for world in WORLDS:
+        with sqlite3.connect(cwd / f"{world}.db") as con:
             state = con.execute("SELECT seed, last_day, scenarios FROM sim_state").fetchone()
         assert state[0] == 42 and state[1] == TRAIN_DAYS + MORE_DAYS - 1, state
         assert json.loads(state[2]) == ([] if world == "control" else [f"{world}@273"]), state
@@ -253,36 +265,48 @@ def worlds(base: Path, webhook: Webhook) -> Iterator[dict[str, World]]:
     n = min(min(s.values()) for s in sizes.values())
     print(f"\n[setup] month sizes {json.dumps(sizes)}; N = {n} rows per month and window")
     out: dict[str, World] = {}
+    ports: set[int] = set()
+    for name in WORLDS:
+        months = _months(base / f"{name}.db", rows=n)
+        assert list(months) == [
+            "2025-08",
+            "2025-09",
+            "2025-10",
+            "2025-11",
+            "2025-12",
+            "2026-01",
+        ]
+        while (port := _free_port()) in ports:  # no server holds one yet: keep them apart
+            pass
+        ports.add(port)
+        config = base / f"{name}.yaml"
+        config.write_text(
+            f"source:\n  url: sqlite:///{base / f'{name}.db'}\n"
+            "serving:\n"
+            f"  port: {port}\n"
+            "  grpc_port: null\n"
+            f"  prediction_log_url: sqlite:///{base / f'{name}-predictions.db'}\n"
+            "  prediction_log_durability: commit\n"
+            "monitoring:\n"
+            f"  url: sqlite:///{base / f'{name}-monitor.db'}\n"
+            f"  window_rows: {n}\n"
+            f"  webhook_url: {webhook.url}/hook/{name}\n"
+        )
+        out[name] = World(name, config, port, months)
+
+    def serve_and_replay(world: World) -> None:
+        cmd = [FLYWHEEL_BIN, "-c", str(world.config), "serve"]
+        world.server = start_serve(cmd, base, world.port)
+        _replay(world.port, world.months)
+
     try:
-        for name in WORLDS:
-            months = _months(base / f"{name}.db", rows=n)
-            assert list(months) == [
-                "2025-08",
-                "2025-09",
-                "2025-10",
-                "2025-11",
-                "2025-12",
-                "2026-01",
-            ]
-            port = _free_port()
-            config = base / f"{name}.yaml"
-            config.write_text(
-                f"source:\n  url: sqlite:///{base / f'{name}.db'}\n"
-                "serving:\n"
-                f"  port: {port}\n"
-                "  grpc_port: null\n"
-                f"  prediction_log_url: sqlite:///{base / f'{name}-predictions.db'}\n"
-                "  prediction_log_durability: commit\n"
-                "monitoring:\n"
-                f"  url: sqlite:///{base / f'{name}-monitor.db'}\n"
-                f"  window_rows: {n}\n"
-                f"  webhook_url: {webhook.url}/hook/{name}\n"
-            )
-            world = World(name, config, port, months)
-            world.server = start_serve([FLYWHEEL_BIN, "-c", str(config), "serve"], base, port)
-            out[name] = world
-            _replay(port, months)
-            run = flywheel(base, "-c", str(config), "monitor", "run", "--json")
+        # the worlds share nothing but the registry they read: served and replayed side by
+        # side; each `monitor run` (it writes the shared audit ledger) in turn, as before
+        with ThreadPoolExecutor(max_workers=len(out)) as pool:
+            for done in [pool.submit(serve_and_replay, world) for world in out.values()]:
+                done.result()
+        for name, world in out.items():
+            run = flywheel(base, "-c", str(world.config), "monitor", "run", "--json")
             world.results = _json_lines(run.stdout)
             world.hook_posts_after_run = len(webhook.received(name))
         print(f"[setup] 4 worlds served, replayed and monitored in {time.monotonic() - t0:.1f} s")

@@ -13,15 +13,28 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from sklearn.datasets import load_breast_cancer
 
-from tests.e2e.conftest import FLYWHEEL_BIN, cancer_folder, flywheel, start_serve, stop_serve
+from tests.e2e.conftest import (
+    FLYWHEEL_BIN,
+    copy_folder,
+    flywheel,
+    start_serve,
+    stop_serve,
+    write_settings,
+)
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
 
-def test_ab_on_late_labels_promotes_the_better_version(tmp_path: Path) -> None:
-    frame = cancer_folder(tmp_path, rollout={"poll_s": 0.3})
+def test_ab_on_late_labels_promotes_the_better_version(
+    tmp_path: Path, cancer_ingested: Path
+) -> None:
+    # `cancer_folder(tmp_path, rollout=...)`: a copy of the session's ingested folder
+    tmp_path = copy_folder(cancer_ingested, tmp_path / "work")
+    write_settings(tmp_path, rollout={"poll_s": 0.3})
+    frame = load_breast_cancer(as_frame=True).frame
     (tmp_path / "params.yaml").write_text(
         "family: logreg\ncv_folds: 0\nthreshold: {objective: fixed, value: 0.99}\n"
     )

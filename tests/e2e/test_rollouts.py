@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import statistics
 import subprocess
 import threading
@@ -35,11 +34,12 @@ from sklearn.datasets import load_breast_cancer
 
 from tests.e2e.conftest import (
     FLYWHEEL_BIN,
-    cancer_folder,
+    copy_folder,
     flywheel,
     newcomer_env,
     start_serve,
     stop_serve,
+    write_settings,
 )
 from tests.integration.conftest import free_port
 
@@ -58,29 +58,24 @@ CALM = {"metric": "none", "min_rows_psi": 100, "max_p99_ratio": 10, "p99_slack_m
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """v1 champion, v2 worse, v3 good; each trained once."""
-    cwd = tmp_path_factory.mktemp("rollouts")
-    cancer_folder(cwd, rollout={"poll_s": POLL_S})
+def built(cancer_champion: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """v1 champion (``family: logreg``, ``cv_folds: 0``: the session's `cancer_champion`),
+    v2 worse, v3 good; each trained once."""
+    cwd = copy_folder(cancer_champion, tmp_path_factory.mktemp("rollouts") / "f")
+    write_settings(cwd, rollout={"poll_s": POLL_S})
     params = {
-        "1": "family: logreg\ncv_folds: 0\n",
         "2": "family: logreg\ncv_folds: 0\nhyperparams: {C: 0.0001}\n",
         "3": "family: logreg\ncv_folds: 0\nseed: 7\n",
     }
     for version, text in params.items():
         (cwd / "params.yaml").write_text(text)
         assert f"registered {MODEL} version {version}" in flywheel(cwd, "train").stdout
-        if version == "1":
-            flywheel(cwd, "promote", "1", "--reason", "first champion")
     return cwd
 
 
 def _copy(built: Path, tmp_path: Path) -> Path:
-    """A pristine copy of the folder (its registry and audit databases; the artifacts stay
-    where MLflow recorded them, in the built folder, and are only read)."""
-    dest = tmp_path / "work"
-    shutil.copytree(built, dest)
-    return dest
+    """A pristine copy of the folder (its registry, audit databases and artifacts)."""
+    return copy_folder(built, tmp_path / "work")
 
 
 def _history(cwd: Path) -> list[dict[str, Any]]:

@@ -10,22 +10,33 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sklearn.datasets import load_breast_cancer
 
-from tests.e2e.conftest import FLYWHEEL_BIN, cancer_folder, flywheel, start_serve, stop_serve
+from tests.e2e.conftest import (
+    FLYWHEEL_BIN,
+    copy_folder,
+    flywheel,
+    start_serve,
+    stop_serve,
+    write_settings,
+)
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
 
-def test_a_bad_promotion_is_rolled_back_by_the_server(tmp_path: Path) -> None:
-    frame = cancer_folder(
+def test_a_bad_promotion_is_rolled_back_by_the_server(
+    tmp_path: Path, cancer_champion: Path
+) -> None:
+    # `cancer_folder`, v1 (`family: logreg`, `cv_folds: 0`) trained and promoted: a copy of
+    # the session's `cancer_champion`
+    tmp_path = copy_folder(cancer_champion, tmp_path / "work")
+    write_settings(
         tmp_path,
         serving={"poll_interval_s": 0.5},
         rollout={"poll_s": 0.3, "heal_window_s": 1.0, "heal_min_requests": 20},
     )
-    (tmp_path / "params.yaml").write_text("family: logreg\ncv_folds: 0\n")
-    flywheel(tmp_path, "train")
-    flywheel(tmp_path, "promote", "1", "--reason", "first champion")
+    frame = load_breast_cancer(as_frame=True).frame
     # v2 no longer takes `mean radius`, which every client sends: each request now fails
     (tmp_path / "params.yaml").write_text(
         "family: logreg\ncv_folds: 0\ndrop_columns: [mean radius]\n"
