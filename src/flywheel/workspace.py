@@ -163,6 +163,9 @@ class Workspace:
         # MLflow's quiet defaults for a command line (the user's environment wins)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+        # with a tracking server, MLflow prints "View run ..." links to stdout when a run
+        # ends: they would break the JSON that `--json` commands print there
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         uri = self.tracking_uri
         try:
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
