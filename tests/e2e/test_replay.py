@@ -21,7 +21,7 @@ from tests.e2e.conftest import flywheel
 
 pytestmark = pytest.mark.slow
 
-DAYS, PER_DAY = 63, 300
+DAYS, PER_DAY = 70, 300
 
 
 def _epoch(day: str) -> float:

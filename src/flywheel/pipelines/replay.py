@@ -45,6 +45,7 @@ log = logging.getLogger("flywheel.pipelines.replay")
 Progress = Callable[[str, int, int], None]
 DAY = 86400.0
 PROTOCOL_PATHS = {"rest": "/v1/predict", "mlflow": "/invocations"}
+SELF_POLL_S = 0.25  # the rollout agent's poll in the server the replay starts itself
 
 
 def _quiet(phase: str, done: int, total: int) -> None:
@@ -137,6 +138,7 @@ class _Server:
         self.token = token.get_secret_value() if token is not None else None
         labels = ws.settings.serving.labels_key
         self.labels_key = labels.get_secret_value() if labels is not None else None
+        self.poll_s = ws.settings.rollout.poll_s if url is not None else SELF_POLL_S
         if url is None:
             self.url = self._start()
         else:
@@ -161,7 +163,7 @@ class _Server:
                 "FLYWHEEL_HOME": str(self.ws.settings.home),
                 "FLYWHEEL_ADMIN_TOKEN": self.token,
                 "FLYWHEEL_SERVING__LABELS_KEY": self.labels_key,
-                "FLYWHEEL_ROLLOUT__POLL_S": env.get("FLYWHEEL_ROLLOUT__POLL_S", "0.25"),
+                "FLYWHEEL_ROLLOUT__POLL_S": str(self.poll_s),
             }
         )
         log_path = self.ws.settings.home / "replay" / "serve.log"
@@ -466,7 +468,7 @@ def _ensure_plan(ws: Workspace) -> None:
     plan.write_text(
         f"strategy: {r.rollout}\n"
         + ("steps: [10, 50, 100]\n" if r.rollout == "canary" else "")
-        + "interval: 0s\nmin_requests: 400\n"
+        + "interval: 0s\nmin_requests: 200\n"
         + "guardrails:\n  max_score_psi: 0.25\n",
         encoding="utf-8",
     )
@@ -526,6 +528,10 @@ def _one_day(
         answered.append((rid, y))
     rec.requests = len(rows)
     rec.versions = dict(versions)
+    if len(versions) > 1:  # a rollout is serving: its agent judges on its own (wall) clock,
+        t = time.perf_counter()  # so give it two polls per simulated day to keep pace
+        time.sleep(2 * server.poll_s)
+        seconds["rollout wait"] += time.perf_counter() - t
     _, period_end = world.period_bounds(day)
     pending.append(_Pending(period_end + dt.timedelta(days=options.label_delay), answered))
     if day + dt.timedelta(days=1) == period_end:  # the period closed: the source learns it
