@@ -97,22 +97,11 @@ def cancer_folder(cwd: Path, **settings: Any) -> Any:
     model ``cancer``, training from ``params.yaml`` (written by the caller before each
     `flywheel train`), gates loose enough for a deliberately worse version to register;
     ``settings`` adds top-level blocks to ``flywheel.yaml``. Returns the table."""
-    import yaml
     from sklearn.datasets import load_breast_cancer
 
     frame = load_breast_cancer(as_frame=True).frame
     frame.to_csv(cwd / "cancer.csv", index=False)
-    base: dict[str, Any] = {
-        "source": {"dataset": "cancer"},
-        "registry": {"model_name": "cancer"},
-        "training": {"params_file": "params.yaml"},
-        "gates": {
-            "champion_margin": 1.0,
-            "min_metrics": {"roc_auc": 0.5},
-            "max_slice_gap": {"roc_auc": 1.0},
-        },
-    }
-    (cwd / "flywheel.yaml").write_text(yaml.safe_dump({**base, **settings}))
+    write_settings(cwd, **settings)
     flywheel(cwd, "ingest", "--file", "cancer.csv", "--target", "target")
     return frame
 
