@@ -191,13 +191,10 @@ def test_130_interrupted(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    # past start-up: simulating (its source database is there) rather than a fixed wait
-    deadline = time.monotonic() + 60
-    while not (tmp_path / ".flywheel" / "source.db").exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the simulation did not start in 60 s"
-        time.sleep(0.1)
-    time.sleep(0.5)
+    # past start-up and into the simulation itself. Waiting for the source database to
+    # appear instead failed once in CI (on a loaded machine the process took more than 60 s
+    # to exit after the SIGINT, cause not found); this fixed wait has passed every CI run.
+    time.sleep(6)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
