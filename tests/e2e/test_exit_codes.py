@@ -184,7 +184,7 @@ def test_70_internal_error_writes_a_crash_log(world: Path, tmp_path: Path) -> No
 
 def test_130_interrupted(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [FLYWHEEL_BIN, "simulate", "--days", "3650", "--customers", "50000"],
+        [FLYWHEEL_BIN, "simulate", "--days", "3650", "--customers", "5000"],
         cwd=tmp_path,
         env=newcomer_env(),
         stdout=subprocess.PIPE,

@@ -603,24 +603,12 @@ def _judge(
     t = time.perf_counter()
     trigger = decision.triggers[0]
     try:
-        run = run_retrain(ws, trigger=_trigger_dict(trigger))
+        run = run_retrain(ws, trigger=trigger.to_dict())
         rec.retrain = {"run": run.id, "status": run.status, "version": run.version}
     except FlywheelError as exc:
         rec.retrain = {"status": "failed", "error": str(exc).splitlines()[0]}
         log.warning("retrain on %s failed: %s", day, exc)
     seconds["retrain"] += time.perf_counter() - t
-
-
-def _trigger_dict(trigger: Any) -> dict[str, Any]:
-    if hasattr(trigger, "to_dict"):
-        return dict(trigger.to_dict())
-    return {
-        "kind": trigger.kind,
-        "at": trigger.at,
-        "reason": trigger.reason,
-        "evidence": trigger.evidence,
-        "key": trigger.key,
-    }
 
 
 def _champion(ws: Workspace) -> str | None:
