@@ -69,12 +69,14 @@ app.add_typer(rollout_app, name="rollout")
 from flywheel.cli_lineage import lineage as _lineage_command  # noqa: E402
 from flywheel.cli_loop import replay as _replay_command  # noqa: E402
 from flywheel.cli_loop import triggers_app  # noqa: E402
+from flywheel.cli_loop import worker as _worker_command  # noqa: E402
 from flywheel.cli_retrain import retrain as _retrain_command  # noqa: E402
 
 app.command(name="retrain")(_retrain_command)
 app.add_typer(triggers_app, name="triggers")
 app.command(name="lineage")(_lineage_command)
 app.command(name="replay")(_replay_command)
+app.command(name="worker")(_worker_command)
 
 _state: dict[str, Any] = {}
 

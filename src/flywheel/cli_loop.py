@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["replay", "triggers_app"]
+__all__ = ["replay", "triggers_app", "worker"]
 
 triggers_app = typer.Typer(
     help="When to retrain: schedule, drift, performance, new labels, by hand.",
@@ -58,6 +58,88 @@ def triggers_check(
     console.print(f"{triggers.iso(decision.at)}: {verdict}")
     for t in decision.triggers:
         console.print(f"  {t.kind}: {t.reason}")
+
+
+def worker(
+    every: Annotated[
+        str | None,
+        typer.Option(help="Time between ticks (e.g. 15m, 1h; default: retrain.check_every)."),
+    ] = None,
+    once: Annotated[bool, typer.Option("--once", help="One tick, then exit.")] = False,
+    healthcheck: Annotated[
+        bool,
+        typer.Option(
+            "--healthcheck",
+            help="Exit 0 when a worker on this home ticked recently, 1 otherwise (for a "
+            "container's health check); runs nothing.",
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print each tick as a JSON line.")] = (
+        False
+    ),
+) -> None:
+    """Run the loop on the wall clock: each tick, the monitor judges the champion's new
+    windows, the triggers decide and, when one fires, the retraining pipeline runs and starts
+    the rollout (a run killed mid-way resumes first). SIGTERM or Ctrl-C: exit after the
+    current tick."""
+    import json
+    import signal
+    import sys
+    import threading
+
+    from flywheel.cli import _workspace, console, err_console
+    from flywheel.pipelines import triggers
+    from flywheel.pipelines import worker as loop
+
+    ws = _workspace()
+    if healthcheck:
+        ok, why = loop.healthy(ws)
+        (console if ok else err_console).print(why)
+        raise typer.Exit(0 if ok else 1)
+    from flywheel.errors import UsageError
+    from flywheel.rollout.plan import parse_duration
+
+    try:
+        seconds = parse_duration(every or ws.settings.retrain.check_every, "--every")
+    except ValueError as exc:
+        raise UsageError(str(exc), option="every") from None
+    if seconds <= 0:
+        raise UsageError("--every must be longer than 0 s.", option="every")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():  # a second signal: stop now (an unfinished pipeline run resumes)
+            raise KeyboardInterrupt
+        err_console.print("stopping after the current tick (again to stop now)")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def show(t: loop.Tick) -> None:
+        if as_json:
+            sys.stdout.write(json.dumps(t.to_dict(), default=str) + "\n")
+            sys.stdout.flush()
+            return
+        parts = [f"{t.windows} window(s), {t.alarms} alarm(s)"]
+        if t.rollout:
+            parts.append(f"rollout {t.rollout} deciding")
+        elif t.decision is not None:
+            d = t.decision
+            parts.append("retrain" if d["fire"] else f"no retrain{_held(d)}")
+        if t.retrain:
+            parts.append(f"pipeline {t.retrain.get('run', '')} {t.retrain['status']}")
+        console.print(f"{triggers.iso(t.at)}: " + "; ".join(parts), highlight=False)
+        for e in t.errors:
+            err_console.print(f"  error in {e}", highlight=False)
+
+    if not once and not as_json:
+        console.print(f"worker on {ws.settings.home}: a tick every {seconds:g} s")
+    loop.loop(ws, seconds, once=once, stop=stop, on_tick=show)
+
+
+def _held(decision: dict[str, object]) -> str:
+    return f" (held back: {decision['suppressed']})" if decision.get("suppressed") else ""
 
 
 def replay(

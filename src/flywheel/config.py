@@ -381,6 +381,11 @@ class RetrainSettings(BaseModel):
     rollout_plan: Path | None = Field(
         None, description="A rollout plan YAML for the challenger (overrides the default plan)."
     )
+    check_every: str = Field(
+        "1h",
+        pattern=r"^\d+[smhdw]$",
+        description="How often `flywheel worker` runs the monitor and checks the triggers.",
+    )
     retries: int = Field(3, ge=0, description="Retries of a step on a transient failure.")
     retry_backoff_s: float = Field(
         1.0, ge=0, description="First retry's wait; doubles each retry (seconds)."

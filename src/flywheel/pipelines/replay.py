@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from flywheel.errors import FlywheelError, RemoteError, UsageError
+from flywheel.errors import RemoteError, UsageError
 from flywheel.workspace import Workspace
 
 __all__ = ["DayRecord", "ReplayOptions", "ReplayResult", "replay", "replay_scenarios"]
@@ -567,48 +567,24 @@ def _wait_logged(ws: Workspace, lo: float, hi: float, expected: int, timeout: fl
 def _judge(
     ws: Workspace, world: _World, day: dt.date, rec: DayRecord, seconds: defaultdict[str, float]
 ) -> None:
-    """End of the day: the monitor's windows, then the triggers, then (maybe) a retrain."""
-    from flywheel.monitoring import monitor
-    from flywheel.pipelines import triggers
-    from flywheel.pipelines.retrain import run_retrain
-    from flywheel.rollout.actions import store_of
+    """End of the day: one turn of the worker (the monitor's windows, then the triggers,
+    then maybe a retrain) on the simulated clock."""
+    from flywheel.pipelines.worker import tick
 
     now = _epoch(day + dt.timedelta(days=1))
-    champion = _champion(ws)
     t = time.perf_counter()
     _wait_logged(ws, _epoch(day), now, rec.requests - rec.errors)
     seconds["log flush"] += time.perf_counter() - t
-    t = time.perf_counter()
-    if champion is not None:
-        try:
-            monitor.run(ws, f"{ws.settings.registry.model_name}/{champion}", now=now, notify=False)
-        except FlywheelError as exc:
-            log.warning("monitor on %s: %s", day, exc)
-    seconds["monitor"] += time.perf_counter() - t
-    t = time.perf_counter()
-    active = store_of(ws).active(ws.settings.registry.model_name)
-    if active is not None:  # a rollout is still deciding: no new retrain on top of it
-        seconds["triggers"] += time.perf_counter() - t
-        return
-    decision = triggers.check(ws, now=now)
-    seconds["triggers"] += time.perf_counter() - t
-    if not decision.fire:
-        if decision.suppressed:
-            rec.trigger = {"fired": False, "suppressed": decision.suppressed}
-        return
-    rec.trigger = decision.to_dict()
-    t = time.perf_counter()
-    world.advance_source(day)
-    seconds["simulate"] += time.perf_counter() - t
-    t = time.perf_counter()
-    trigger = decision.triggers[0]
-    try:
-        run = run_retrain(ws, trigger=trigger.to_dict())
-        rec.retrain = {"run": run.id, "status": run.status, "version": run.version}
-    except FlywheelError as exc:
-        rec.retrain = {"status": "failed", "error": str(exc).splitlines()[0]}
-        log.warning("retrain on %s failed: %s", day, exc)
-    seconds["retrain"] += time.perf_counter() - t
+    result = tick(ws, now=now, before_retrain=lambda: world.advance_source(day), notify=False)
+    for step, took in result.seconds.items():
+        seconds["simulate" if step == "before retrain" else step] += took
+    decision = result.decision
+    if decision is not None and decision["fire"]:
+        rec.trigger = decision
+    elif decision is not None and decision["suppressed"]:
+        rec.trigger = {"fired": False, "suppressed": decision["suppressed"]}
+    if result.retrain is not None:
+        rec.retrain = result.retrain
 
 
 def _champion(ws: Workspace) -> str | None:

@@ -320,6 +320,9 @@ def _plan(
 
 
 # ---------------------------------------------------------------------- writing
+INSERT_BATCH = 20_000  # rows per executemany
+
+
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Plain Python rows (None for missing) that every DB-API driver accepts."""
     columns: dict[str, list[Any]] = {}
@@ -347,8 +350,9 @@ def _write(
             continue
         known = frame["_known"]
         new = frame[(known > after) & (known <= through)].drop(columns="_known")
-        if len(new):
-            conn.execute(table.insert(), _records(new))
+        rows = _records(new) if len(new) else []
+        for i in range(0, len(rows), INSERT_BATCH):  # a Ctrl-C lands between batches: one
+            conn.execute(table.insert(), rows[i : i + INSERT_BATCH])  # executemany is one C call
         written[table.name] = len(new)
     return written
 
