@@ -58,7 +58,7 @@ $(VENV)/.serve: requirements/serve.lock pyproject.toml | $(UV)
 install-serve: $(VENV)/.serve
 
 lock: | $(UV)            ## re-resolve the pinned lock files from pyproject.toml (keeps pins)
-	$(UV) pip compile -q pyproject.toml --extra all -p 3.11 --generate-hashes -o requirements/main.lock
+	$(UV) pip compile -q pyproject.toml --extra all --extra s3 -p 3.11 --generate-hashes -o requirements/main.lock
 	$(UV) pip compile -q pyproject.toml --extra serve -p 3.11 --generate-hashes -o requirements/serve.lock
 	$(UV) pip compile -q pyproject.toml --extra dev -p 3.11 -o requirements/dev.lock
 
