@@ -250,6 +250,13 @@ def test_dagster_dev_runs_the_schedule_and_the_sensor_with_a_retry(
     assert len(finished) == 2, [(r.id, r.status, r.error) for r in all_runs(world)]
     with Workspace(settings) as ws:
         assert [v.version for v in list_versions(ws)] == ["1", "2", "3"]
+        ledger = [  # both runs' triggers were judged (cooldown, budget) and audited
+            t["key"]
+            for e in ws.audit.entries()
+            if e.action == "retrain_triggered"
+            for t in json.loads(e.reason.splitlines()[-1])["triggers"]
+        ]
+    assert {r.tags["flywheel/trigger_key"] for r in done.values()} <= set(ledger), ledger
 
 
 def _ingested(home: Path) -> bool:

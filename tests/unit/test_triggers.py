@@ -321,6 +321,24 @@ def test_check_records_once_then_suppresses_then_obeys_a_person(champion_ws: Wor
     assert ws.audit.verify() == []
 
 
+def test_an_orchestrators_tick_is_admitted_by_the_same_rules(champion_ws: Workspace) -> None:
+    ws = champion_ws
+
+    def tick(at: float) -> triggers.Trigger:
+        return triggers.Trigger("schedule", at, f"tick {iso(at)}", {}, f"schedule:{iso(at)}")
+
+    first = triggers.admit(ws, tick(T0 + DAY))
+    assert first.fire and first.evidence["version"] == "1"
+    assert [a for a, _ in _ledger(ws)] == ["retrain_triggered"]
+    assert triggers.history(ws) == [T0 + DAY]
+    assert not triggers.admit(ws, tick(T0 + DAY)).triggers  # a tick is decided once
+    held = triggers.admit(ws, tick(T0 + 2 * DAY))  # inside the 14d cooldown
+    assert not held.fire and held.suppressed and held.suppressed.startswith("cooldown:")
+    assert [a for a, _ in _ledger(ws)] == ["retrain_triggered", "retrain_suppressed"]
+    assert triggers.admit(ws, tick(T0 + 20 * DAY)).fire
+    assert not triggers.state_path(ws).exists()  # the sensor's last check is left alone
+
+
 def test_check_without_record_writes_nothing(champion_ws: Workspace) -> None:
     _save(champion_ws, window(T0 + DAY, share=0.6))
     d = triggers.check(champion_ws, now=T0 + DAY, record=False)

@@ -152,7 +152,7 @@ def _tick(cron: str, at: datetime) -> triggers.Trigger:
                             f"schedule:{when}")  # fmt: skip
 
 
-def _schedule(cron: str, job: dg.JobDefinition) -> dg.ScheduleDefinition:
+def _schedule(cron: str, job: dg.JobDefinition, settings: Settings) -> dg.ScheduleDefinition:
     @dg.schedule(
         cron,
         name=SCHEDULE,
@@ -160,8 +160,13 @@ def _schedule(cron: str, job: dg.JobDefinition) -> dg.ScheduleDefinition:
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
     )
-    def schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-        return _request(_tick(cron, context.scheduled_execution_time))
+    def schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        # the tick is judged like every other trigger: cooldown, budget, the ledger
+        with Workspace(settings) as ws:
+            decision = triggers.admit(ws, _tick(cron, context.scheduled_execution_time))
+        if not decision.fire:
+            return dg.SkipReason(decision.suppressed or "this tick was already decided")
+        return _request(decision.triggers[0])
 
     return schedule
 
@@ -196,7 +201,7 @@ def build_definitions(settings: Settings, *, sensor_interval_s: int = 30) -> dg.
 
     return dg.Definitions(
         jobs=[job],
-        schedules=[_schedule(cron, job)] if cron else [],
+        schedules=[_schedule(cron, job, settings)] if cron else [],
         sensors=[sensor],
         resources={WS: workspace},
     )

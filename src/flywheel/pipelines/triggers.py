@@ -60,6 +60,7 @@ __all__ = [
     "Signals",
     "Trigger",
     "TriggerDecision",
+    "admit",
     "check",
     "decide",
     "gather",
@@ -153,13 +154,16 @@ def decide(
     signals: Signals,
     history: Iterable[float],
     monitoring: MonitoringSettings | None = None,
+    extra: Iterable[Trigger] = (),
 ) -> TriggerDecision:
     """Which triggers fire at ``signals.at``, and whether the cooldown or the budget holds
     them (``history``: the data-clock times of past retrains). ``monitoring`` gives the
-    drift share and label completeness the monitor used (default: its defaults)."""
+    drift share and label completeness the monitor used (default: its defaults); ``extra``:
+    triggers seen elsewhere (an orchestrator's own schedule tick), judged the same way."""
     monitoring = monitoring or MonitoringSettings()
     at = signals.at
-    found = [t for t in _found(retrain, signals, monitoring) if t.key not in signals.seen]
+    found = [*_found(retrain, signals, monitoring), *extra]
+    found = [t for t in found if t.key not in signals.seen]
     found.sort(key=lambda t: KINDS.index(t.kind))
     past = sorted(h for h in history if h <= at)
     period = _duration(retrain.budget_period, "retrain.budget_period")
@@ -506,6 +510,19 @@ def check(
             "last_check_iso": iso(now if last_check is None else max(now, last_check)),
         }
         _write_state(path, state)
+    return decision
+
+
+def admit(ws: Workspace, trigger: Trigger, *, record: bool = True) -> TriggerDecision:
+    """Judge a trigger found outside :func:`check` (an orchestrator's schedule tick) by the
+    same rules: its key decided once, the cooldown and the budget, the decision in the
+    ledger. The last check's time is left alone (the sensor's checks own it)."""
+    past, seen = _ledger(ws)
+    retrain = ws.settings.retrain.model_copy(update={"schedule": None})
+    signals = Signals(trigger.at, [], 0, seen=seen, version=_champion(ws))
+    decision = decide(retrain, signals, past, ws.settings.monitoring, extra=[trigger])
+    if record and decision.triggers:
+        _audit(ws, decision)
     return decision
 
 

@@ -137,28 +137,60 @@ def heartbeat_path(ws: Workspace) -> Path:
     return ws.settings.home / "worker" / "heartbeat.json"
 
 
-def _beat(ws: Workspace, every: float, result: Tick | None) -> None:
-    path = heartbeat_path(ws)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body: dict[str, Any] = {"at": time.time(), "every": every, "pid": os.getpid()}
-    if result is not None:
-        body["tick"] = result.to_dict()
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(body, default=str))
-    tmp.replace(path)
+MAX_TICK_S = 6 * 3600.0  # a tick (a retrain with a search included) longer than this: hung
+BEAT_S = 30.0  # the heartbeat's period, during a tick and between ticks
+
+
+class _Heart:
+    """Writes the heartbeat every BEAT_S from a thread, so a long tick (a retrain) keeps
+    the worker healthy; ``busy_since`` lets the health check tell a hung tick."""
+
+    def __init__(self, ws: Workspace, every: float) -> None:
+        self.path, self.every = heartbeat_path(ws), every
+        self.busy_since: float | None = None
+        self.last: Tick | None = None
+        self.lock = threading.Lock()
+        self.quit = threading.Event()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.beat()
+        self.thread = threading.Thread(target=self._run, name="worker-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.quit.wait(BEAT_S):
+            self.beat()
+
+    def beat(self) -> None:
+        body: dict[str, Any] = {"at": time.time(), "every": self.every, "pid": os.getpid(),
+                                "busy_since": self.busy_since}  # fmt: skip
+        if self.last is not None:
+            body["tick"] = self.last.to_dict()
+        with self.lock:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(body, default=str))
+            tmp.replace(self.path)
+
+    def stop(self) -> None:
+        self.quit.set()
+        self.thread.join(timeout=5)
 
 
 def healthy(ws: Workspace, *, now: float | None = None) -> tuple[bool, str]:
-    """Is a worker alive on this home: a heartbeat newer than three ticks (and a minute)."""
+    """Is a worker alive on this home: a heartbeat newer than three ticks (and a minute),
+    and no tick running for longer than MAX_TICK_S."""
     path = heartbeat_path(ws)
     try:
         beat = json.loads(path.read_text())
     except (OSError, ValueError):
         return False, f"no heartbeat at {path}"
-    age = (time.time() if now is None else now) - float(beat["at"])
+    now = time.time() if now is None else now
+    age = now - float(beat["at"])
     limit = 3 * float(beat["every"]) + 60.0
     if age > limit:
         return False, f"the last heartbeat is {age:.0f} s old (limit {limit:.0f} s)"
+    busy = beat.get("busy_since")
+    if busy is not None and now - float(busy) > MAX_TICK_S:
+        return False, f"a tick has run for {now - float(busy):.0f} s (limit {MAX_TICK_S:.0f} s)"
     return True, f"heartbeat {age:.0f} s ago (pid {beat['pid']})"
 
 
@@ -171,21 +203,21 @@ def loop(
     on_tick: Callable[[Tick], None] | None = None,
 ) -> None:
     """Tick now, then every ``every`` seconds until ``stop`` is set (a tick in progress
-    finishes first) or after one tick with ``once``. The heartbeat is written at start, after
-    each tick, and while waiting."""
+    finishes first) or after one tick with ``once``. A thread writes the heartbeat every
+    BEAT_S throughout."""
     stop = stop or threading.Event()
-    _beat(ws, every, None)
-    while not stop.is_set():
-        started = time.monotonic()
-        result = tick(ws)
-        _beat(ws, every, result)
-        if on_tick is not None:
-            on_tick(result)
-        if once:
-            return
-        while not stop.is_set():  # beat at least once a minute while waiting
-            left = every - (time.monotonic() - started)
-            if left <= 0:
-                break
-            stop.wait(min(left, 60.0))
-            _beat(ws, every, result)
+    heart = _Heart(ws, every)
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            heart.busy_since = time.time()
+            result = tick(ws)
+            heart.busy_since, heart.last = None, result
+            heart.beat()
+            if on_tick is not None:
+                on_tick(result)
+            if once:
+                return
+            stop.wait(max(0.0, every - (time.monotonic() - started)))
+    finally:
+        heart.stop()
