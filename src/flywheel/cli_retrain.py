@@ -32,7 +32,7 @@ def retrain(
     register → start the configured rollout. Resumes an unfinished run (killed or failed)
     unless --fresh. Exit 5: the new data breaks the contract; 8: a gate failed."""
     from flywheel.cli import _emit_json, _progress, _workspace, console, err_console
-    from flywheel.errors import GateFailed
+    from flywheel.errors import GateFailed, PipelineBusy
     from flywheel.pipelines import retrain as pipeline
 
     ws = _workspace()
@@ -47,6 +47,8 @@ def retrain(
         else:
             with _progress() as (on_step, _):
                 run = pipeline.run_retrain(ws, trigger=trigger, run_id=run_id, on_step=on_step)
+    except PipelineBusy:
+        raise  # nothing of this process's run was started
     except Exception:
         failed = run_id or _run_of(ws, trigger)
         if failed:

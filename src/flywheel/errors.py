@@ -20,6 +20,7 @@ __all__ = [
     "GateFailed",
     "NotFound",
     "ParityError",
+    "PipelineBusy",
     "RegistryError",
     "RemoteError",
     "SourceError",
@@ -132,6 +133,15 @@ class RegistryError(FlywheelError):
     exit_code = 10
     status = 409
     kind = "registry"
+
+
+class PipelineBusy(FlywheelError):
+    """Another retraining pipeline run holds this home's pipeline lock (a worker's tick, a
+    CronJob's ``flywheel retrain``, a person): one run at a time per home."""
+
+    exit_code = 13
+    status = 409
+    kind = "busy"
 
 
 class RemoteError(FlywheelError):

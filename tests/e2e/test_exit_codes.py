@@ -13,6 +13,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -153,6 +154,35 @@ def test_12_remote(tmp_path: Path) -> None:
         tmp_path, "predict", "--json", '{"a": 1}', "--url", "http://127.0.0.1:1", code=12
     ).stderr
     assert "flywheel serve" in err
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+path = sys.argv[1]
+os.makedirs(os.path.dirname(path), exist_ok=True)
+fh = open(path, "a+")
+fcntl.flock(fh, fcntl.LOCK_EX)
+fh.write(f"pid {os.getpid()} on testhost\\n"); fh.flush()
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_13_busy(tmp_path: Path) -> None:
+    # another process (a worker's tick, a CronJob) holds the home's pipeline lock
+    lock = tmp_path / ".flywheel" / "pipelines" / "run.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        proc = flywheel(tmp_path, "retrain", code=13)
+    finally:
+        holder.communicate("", timeout=10)
+    err = " ".join(proc.stderr.split())
+    assert "in progress" in err and f"pid {holder.pid} on testhost" in err
+    assert not (tmp_path / ".flywheel" / "pipelines" / "runs").exists()  # nothing started
 
 
 def test_70_internal_error_writes_a_crash_log(world: Path, tmp_path: Path) -> None:

@@ -194,3 +194,26 @@ def test_a_locked_source_is_retried(world: dict[str, Any]) -> None:
     assert run["status"] == "finished" and ingest["attempts"] > 1, ingest
     assert ingest["status"] == "done" and ingest["error"] is None
     assert run["steps"]["train"]["attempts"] == 1
+
+
+def test_a_second_pipeline_run_on_the_same_home_is_refused(world: dict[str, Any]) -> None:
+    # a CronJob's `flywheel retrain` while the worker's tick retrains: one at a time
+    cwd = world["cwd"]
+    flywheel(cwd, "rollout", "abort", "--reason", "this test retrains again")
+    versions = _counts(cwd)[1]  # no new days: a retrain by hand on the same data
+    lock = cwd / ".flywheel" / "pipelines" / "run.lock"
+    first = subprocess.Popen(
+        [FLYWHEEL_BIN, "retrain", "--json"], cwd=cwd, env=newcomer_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (lock.exists() and f"pid {first.pid} " in lock.read_text()):
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    second = flywheel(cwd, "retrain", code=13)
+    err = " ".join(second.stderr.split())
+    assert "in progress" in err and f"pid {first.pid}" in err and "failed" not in err
+    out, _ = first.communicate(timeout=180)
+    assert first.returncode == 0 and json.loads(out)["status"] == "finished"
+    assert _counts(cwd)[1] == versions + 1  # one version: the refused run left nothing
+    assert lock.read_text() == ""  # released

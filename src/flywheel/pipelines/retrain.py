@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flywheel.errors import GateFailed, UsageError
+from flywheel.errors import GateFailed, PipelineBusy, UsageError
 from flywheel.pipelines.runner import (
     PipelineRun,
     StepRecord,
@@ -55,6 +55,7 @@ __all__ = [
     "latest_unfinished",
     "manual_trigger",
     "open_run",
+    "pipeline_lock",
     "run_retrain",
 ]
 
@@ -262,6 +263,17 @@ def run_retrain(
 
     Returns the run (``finished``, or ``gated`` when a gate failed); any other failure ends
     the run as ``failed`` and propagates (a contract violation: :class:`ContractViolation`)."""
+    with pipeline_lock(ws):
+        return _run_locked(ws, trigger=trigger, run_id=run_id, on_step=on_step)
+
+
+def _run_locked(
+    ws: Workspace,
+    *,
+    trigger: dict[str, Any] | None,
+    run_id: str | None,
+    on_step: Callable[[str], None] | None,
+) -> PipelineRun:
     r = ws.settings.retrain
     run = open_run(ws, trigger, run_id=run_id)
     if run.done:
@@ -285,6 +297,41 @@ def run_retrain(
                 _fail(ws, PipelineRun.load(ws.settings.home, run.id), step, exc)
             raise
     return finish_run(ws, run.id)
+
+
+@contextmanager
+def pipeline_lock(ws: Workspace) -> Iterator[None]:
+    """One local pipeline run at a time per home: an exclusive ``flock`` on
+    ``<home>/pipelines/run.lock`` (released by the kernel when the process dies, so a
+    SIGKILL leaves no stale lock; on NFS it is a POSIX lock through the server's lock
+    manager). Held: :class:`PipelineBusy` naming the holder."""
+    import fcntl
+    import socket
+
+    path = ws.settings.home / "pipelines" / "run.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise PipelineBusy(
+                f"Another retraining pipeline run is in progress on this home ({holder}). "
+                "Fix: wait for it (`flywheel retrain` resumes an unfinished run afterwards).",
+                lock=str(path),
+                holder=holder,
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- the steps

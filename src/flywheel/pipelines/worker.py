@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flywheel.errors import FlywheelError
+from flywheel.errors import FlywheelError, PipelineBusy
 from flywheel.workspace import Workspace
 
 __all__ = ["Tick", "healthy", "heartbeat_path", "loop", "tick"]
@@ -77,7 +77,11 @@ def tick(
     killed = retrain.latest_unfinished(ws)
     if killed is not None and killed.status == "running":
         with _step(out, "retrain"):
-            run = retrain.run_retrain(ws, run_id=killed.id)
+            try:
+                run = retrain.run_retrain(ws, run_id=killed.id)
+            except PipelineBusy:  # not killed: another process is running it now
+                out.retrain = {"run": killed.id, "status": "busy"}
+                return out
             out.retrain = {"run": run.id, "status": run.status, "version": run.version}
 
     with _step(out, "monitor"):
@@ -103,7 +107,11 @@ def tick(
         if out.errors and out.errors[-1].startswith("before retrain"):
             return out
     with _step(out, "retrain"):
-        run = retrain.run_retrain(ws, trigger=decision.triggers[0].to_dict())
+        try:
+            run = retrain.run_retrain(ws, trigger=decision.triggers[0].to_dict())
+        except PipelineBusy as exc:  # a retrain started elsewhere (a CronJob, by hand)
+            out.retrain = {"status": "busy", "holder": exc.details.get("holder")}
+            return out
         out.retrain = {"run": run.id, "status": run.status, "version": run.version}
     if out.retrain is None:
         out.retrain = {"status": "failed", "error": out.errors[-1]}
