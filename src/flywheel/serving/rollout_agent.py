@@ -31,6 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 from flywheel.rollout.counters import percentile
 
+# flywheel.rollout.store.TERMINAL, not imported here: that module imports SQLAlchemy
+TERMINAL = ("promoted", "rolled_back", "aborted")
+
 if TYPE_CHECKING:
     from flywheel.rollout.store import RolloutState
     from flywheel.serving.predictor import Predictor
@@ -55,6 +58,9 @@ class RolloutAgent:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._window_start = time.monotonic()
+        # Prometheus counters (this replica): rollouts seen ending, by final status; self-heals
+        self.ended: dict[str, int] = dict.fromkeys(TERMINAL, 0)
+        self.self_heals = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -113,6 +119,8 @@ class RolloutAgent:
         from flywheel.rollout.actions import store_of
 
         last = ended or await asyncio.to_thread(store_of(self.ws).get, live.id)
+        if last is not None and last.status in self.ended:
+            self.ended[last.status] += 1
         promoted = last.challenger if last is not None and last.status == "promoted" else None
         self.predictor.end_rollout(self.name, promoted=promoted)
         if promoted is None:
@@ -160,6 +168,7 @@ class RolloutAgent:
         }
         healed = await asyncio.to_thread(self._roll_back, model.version, breach, evidence)
         if healed:
+            self.self_heals += 1
             await self.predictor.reload(self.name)
 
     def _roll_back(self, version: str, breach: str, evidence: dict[str, Any]) -> bool:
@@ -202,8 +211,11 @@ class RolloutAgent:
     # ------------------------------------------------------------------ Prometheus
     def collect(self) -> Iterator[Any]:
         """``flywheel_rollout_*`` gauges: the challenger's weight, requests and errors per
-        arm of the current step, and the rollout's status."""
-        from prometheus_client.core import GaugeMetricFamily
+        arm of the current step, and the rollout's status; counters of the rollouts this
+        replica saw end (``flywheel_rollout_ended_total{model,status}``, every status from 0
+        so ``increase()`` sees the first one) and of its self-heals
+        (``flywheel_self_heals_total{model}``)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         weight = GaugeMetricFamily(
             "flywheel_rollout_weight_percent",
@@ -243,3 +255,18 @@ class RolloutAgent:
         yield skipped
         yield requests
         yield active
+        ended = CounterMetricFamily(
+            "flywheel_rollout_ended",
+            "Rollouts this replica saw end, by final status (promoted, rolled_back, aborted).",
+            labels=["model", "status"],
+        )
+        for status, n in self.ended.items():
+            ended.add_metric([self.name, status], float(n))
+        yield ended
+        heals = CounterMetricFamily(
+            "flywheel_self_heals",
+            "Champions this replica rolled back by itself (self-healing).",
+            labels=["model"],
+        )
+        heals.add_metric([self.name], float(self.self_heals))
+        yield heals
