@@ -66,6 +66,7 @@ from flywheel.cli_rollout import rollout_app  # noqa: E402
 
 app.add_typer(rollout_app, name="rollout")
 # continuous training (docs/continuous-training.md): each command in its own module
+from flywheel.cli_console import console as _console_command  # noqa: E402
 from flywheel.cli_lineage import lineage as _lineage_command  # noqa: E402
 from flywheel.cli_loop import replay as _replay_command  # noqa: E402
 from flywheel.cli_loop import triggers_app  # noqa: E402
@@ -77,6 +78,7 @@ app.add_typer(triggers_app, name="triggers")
 app.command(name="lineage")(_lineage_command)
 app.command(name="replay")(_replay_command)
 app.command(name="worker")(_worker_command)
+app.command(name="console")(_console_command)
 
 _state: dict[str, Any] = {}
 

@@ -291,6 +291,9 @@ def build_api(predictor: Predictor, config: ServingConfig) -> FastAPI:
     _typed_openapi(api, predictor)
     _metadata_routes(api, predictor)
     _admin_routes(api, predictor, config)
+    from flywheel.console.routes import console_routes  # the console at /ui (docs/console.md)
+
+    console_routes(api, predictor, config)
     return api
 
 
