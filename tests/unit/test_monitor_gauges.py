@@ -27,6 +27,8 @@ LATEST: dict[str, Any] = {
             "drifted_features": ["a"],
             "features": {"a": 0.31, "b": 0.02},
             "label_completeness": 0.4,
+            "performance_breach": True,
+            "reference": {"roc_auc": 0.91},
             "realised": {"roc_auc": 0.78},
             "estimated": {"f1": 0.41},
             "updated": 1.7e9,
@@ -75,6 +77,8 @@ def test_the_gauges(tmp_path: Path) -> None:
             'flywheel_monitor_feature_drift{feature="b",model="churn"} 0.02',
             'flywheel_monitor_feature_drift{feature="x",model="price"} 0.01',
             'flywheel_monitor_label_completeness{model="churn"} 0.4',
+            'flywheel_monitor_performance_breach{model="churn"} 1.0',
+            'flywheel_monitor_performance{kind="reference",metric="roc_auc",model="churn"} 0.91',
             'flywheel_monitor_performance{kind="realised",metric="roc_auc",model="churn"} 0.78',
             'flywheel_monitor_performance{kind="estimated",metric="f1",model="churn"} 0.41',
             'flywheel_monitor_last_window_end_seconds{model="churn"} 1.7e+09',
@@ -159,7 +163,7 @@ def test_the_file_is_parsed_again_only_when_it_changes(
     parse = gauges._parse
     monkeypatch.setattr(gauges, "_parse", lambda data: calls.append(1) or parse(data))
     first = _scrape(gauges)
-    assert len(first) == 11
+    assert len(first) == 13
     assert _scrape(gauges) == first and len(calls) == 1
     _write(
         path, "{broken" + " " * 50

@@ -62,6 +62,11 @@ def add_console(api: FastAPI, console: Console) -> None:
     _live_routes(api, console, Depends(read))
     _monitor_routes(api, console, Depends(read))
     _action_routes(api, console, Depends(admin))
+    # the page's own JSON, not a public API: kept out of the server's OpenAPI schema (the
+    # documented, fuzzed routes), like MLflow's UI routes are
+    for route in api.routes:
+        if getattr(route, "path", "").startswith("/ui") and hasattr(route, "include_in_schema"):
+            route.include_in_schema = False
 
 
 def _page_routes(api: FastAPI, console: Console) -> None:

@@ -148,6 +148,8 @@ def write_latest(home: Path, latest: dict[str, dict[str, Any]]) -> Path:
                 if f.get("value") is not None
             },
             "label_completeness": perf.get("label_completeness"),
+            "performance_breach": bool(perf.get("breach")),
+            "reference": perf.get("reference") or None,
             "realised": perf.get("realised"),
             "estimated": {k: v["value"] for k, v in est.items()} or None,
             "updated": time.time(),

@@ -5,6 +5,7 @@ The monitor (``flywheel monitor``) writes ``<home>/monitoring/latest.json``::
     {"models": {"<model>": {"version": "3", "window": "...", "end": 1.7e9, "alarm": true,
       "verdict": true, "drift_share": 0.12, "drifted_features": ["a"],
       "features": {"a": 0.31, "b": 0.02}, "label_completeness": 0.4,
+      "performance_breach": false, "reference": {"roc_auc": 0.81},
       "realised": {"roc_auc": 0.78}, "estimated": {"f1": 0.41}, "updated": 1.7e9}}}
 
 :class:`MonitorGauges` reads it when ``/metrics`` is scraped (parsed again only when the
@@ -12,10 +13,13 @@ file's mtime or size changes) and yields:
 
 - ``flywheel_monitor_alarm{model}`` (1 or 0), ``flywheel_monitor_drift_share{model}``,
   ``flywheel_monitor_label_completeness{model}``,
-  ``flywheel_monitor_last_window_end_seconds{model}``;
+  ``flywheel_monitor_performance_breach{model}`` (1: the monitor judged the window's
+  performance, realised or estimated, worse than the reference by more than
+  ``monitoring.max_drop``), ``flywheel_monitor_last_window_end_seconds{model}``;
 - ``flywheel_monitor_feature_drift{model,feature}``: the features in the file, at most
   ``max_features`` per model (the most drifted first), so the label set stays bounded;
-- ``flywheel_monitor_performance{model,metric,kind}``, kind ``realised`` or ``estimated``.
+- ``flywheel_monitor_performance{model,metric,kind}``, kind ``realised``, ``estimated`` or
+  ``reference`` (the version's holdout metrics the window is judged against).
 
 A missing, unreadable or malformed file gives no samples, never an error: a scrape must not
 fail because the monitor has not run yet. This module imports nothing of
@@ -101,6 +105,7 @@ class MonitorGauges(Collector):
                 "drift_share",
                 "feature_drift",
                 "label_completeness",
+                "performance_breach",
                 "performance",
                 "last_window_end_seconds",
             )
@@ -116,6 +121,7 @@ class MonitorGauges(Collector):
                 ("alarm", "alarm"),
                 ("drift_share", "drift_share"),
                 ("label_completeness", "label_completeness"),
+                ("performance_breach", "performance_breach"),
                 ("last_window_end_seconds", "end"),
             ):
                 value = _number(entry.get(field))
@@ -128,7 +134,7 @@ class MonitorGauges(Collector):
                 out["feature_drift"].extend(
                     ((model, _label(f)), v) for f, v in values[: self.max_features]
                 )
-            for kind in ("realised", "estimated"):
+            for kind in ("realised", "estimated", "reference"):
                 metrics = entry.get(kind)
                 if not isinstance(metrics, Mapping):
                     continue
@@ -159,8 +165,15 @@ class MonitorGauges(Collector):
             ),
             ("label_completeness", "Share of the latest window's rows with a label.", ("model",)),
             (
+                "performance_breach",
+                "1: the latest window's performance (realised, or estimated before labels) is "
+                "worse than the reference by more than monitoring.max_drop.",
+                ("model",),
+            ),
+            (
                 "performance",
-                "Model performance in the latest window, realised or estimated.",
+                "Model performance in the latest window (realised, estimated) and the "
+                "version's holdout reference it is judged against.",
                 ("model", "metric", "kind"),
             ),
             (
