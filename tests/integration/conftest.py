@@ -27,9 +27,9 @@ def _pg_available() -> bool:
         return False
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database's URL, dropped on exit."""
     if not _pg_available():
         pytest.fail("PostgreSQL is not reachable on 127.0.0.1:5432 (.ci/run starts it)")
     name = f"fw_{uuid.uuid4().hex[:12]}"
@@ -40,6 +40,13 @@ def pg_url() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    with fresh_database() as url:
+        yield url
 
 
 def free_port() -> int:
