@@ -4,7 +4,6 @@ registry's JSON from this folder, Live and Try it through `--server`, the token 
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -12,7 +11,7 @@ import pytest
 
 from tests.console.conftest import ENV, FLYWHEEL_BIN
 from tests.e2e.conftest import copy_folder, newcomer_env, start_serve, stop_serve
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, wait_http
 
 pytestmark = pytest.mark.integration
 
@@ -32,14 +31,9 @@ def test_the_console_alone_reads_the_registry_and_the_server(
     )  # fmt: skip
     url = f"http://127.0.0.1:{ui_port}"
     try:
+        wait_http(f"{url}/ui/", ui, timeout=20)
         with httpx.Client(base_url=url, timeout=10) as client:
-            for _ in range(200):  # up within 20 s
-                try:
-                    page = client.get("/ui/")
-                    break
-                except httpx.TransportError:
-                    assert ui.poll() is None, ui.communicate()
-                    time.sleep(0.1)
+            page = client.get("/ui/")
             assert page.status_code == 200 and "flywheel" in page.text
             assert client.get("/ui/api/models").status_code == 401  # the token is asked for
             auth = {"Authorization": f"Bearer {ENV['FLYWHEEL_ADMIN_TOKEN']}"}

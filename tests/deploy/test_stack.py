@@ -42,6 +42,7 @@ from tests.integration.conftest import (  # the fixtures, shared with tests/inte
     mlflow_server,  # noqa: F401
     pg_url,  # noqa: F401
     s3_server,  # noqa: F401
+    wait_http,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -112,16 +113,11 @@ def start_prometheus(folder: Path, config: Path, port: int) -> subprocess.Popen[
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, (folder / "prometheus.log").read_text()[-3000:]
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/-/ready").status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "prometheus not ready in 30 s"
-        time.sleep(0.2)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/-/ready", proc, timeout=30)
+    except RuntimeError:
+        raise AssertionError((folder / "prometheus.log").read_text()[-3000:]) from None
+    return proc
 
 
 def query(prom: str, expr: str) -> list[dict[str, Any]]:

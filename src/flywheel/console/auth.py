@@ -18,10 +18,6 @@ from flywheel.serving.errors import Forbidden, Unauthorized
 __all__ = ["check_admin", "check_read"]
 
 
-def _given(headers: list[tuple[bytes, bytes]]) -> bytes | None:
-    return credential(headers)
-
-
 def _matches(given: bytes, *secrets: bytes | None) -> bool:
     return any(s is not None and hmac.compare_digest(given, s) for s in secrets)
 
@@ -31,7 +27,7 @@ def check_read(
 ) -> None:
     if admin_token is None and api_key is None:
         return
-    given = _given(headers)
+    given = credential(headers)
     if given is None:
         raise Unauthorized(
             "The console needs a token: send 'Authorization: Bearer <FLYWHEEL_ADMIN_TOKEN or "
@@ -44,7 +40,7 @@ def check_read(
 def check_admin(headers: list[tuple[bytes, bytes]], admin_token: bytes | None) -> None:
     if admin_token is None:
         raise Forbidden("Console actions are disabled: set FLYWHEEL_ADMIN_TOKEN to enable them.")
-    given = _given(headers)
+    given = credential(headers)
     if given is None:
         raise Unauthorized("Actions need 'Authorization: Bearer <FLYWHEEL_ADMIN_TOKEN>'.")
     if not _matches(given, admin_token):

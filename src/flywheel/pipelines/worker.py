@@ -101,10 +101,11 @@ def tick(
     if out.decision is None or not decision.fire:
         return out
 
+    errors = len(out.errors)
     if before_retrain is not None:
         with _step(out, "before retrain"):
             before_retrain()
-        if out.errors and out.errors[-1].startswith("before retrain"):
+        if len(out.errors) > errors:  # the source did not advance: no retrain on stale data
             return out
     with _step(out, "retrain"):
         try:
@@ -113,7 +114,7 @@ def tick(
             out.retrain = {"status": "busy", "holder": exc.details.get("holder")}
             return out
         out.retrain = {"run": run.id, "status": run.status, "version": run.version}
-    if out.retrain is None:
+    if len(out.errors) > errors:  # the new retrain failed (a resumed run may be recorded)
         out.retrain = {"status": "failed", "error": out.errors[-1]}
     return out
 
