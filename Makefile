@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 
-.PHONY: demo test test-unit test-integration lint typecheck lock bench clean install install-dev install-serve
+.PHONY: demo demo-rollback test test-unit test-integration lint typecheck lock bench clean install install-dev install-serve
 
 # The replay's length and drift (`make demo DEMO_DAYS=90` for a quicker look)
 DEMO_DAYS  ?= 365
@@ -13,6 +13,15 @@ DEMO_DRIFT ?= ticket_churn@120
 demo: install            ## install (pinned), run the spine, then a year of the flywheel turning
 	$(BIN)/flywheel run
 	$(BIN)/flywheel replay --days $(DEMO_DAYS) --drift $(DEMO_DRIFT)
+
+# The second scenario: a retrained challenger that is worse (the source leaks the label into
+# its ticket columns) passes the gates on the source's own holdout and is rolled back live.
+# Its own folder and world; docs/continuous-training.md#a-worse-challenger-rolled-back-make-demo-rollback
+demo-rollback: install   ## in ./demo-rollback: the spine, then 60 days in which a leaky retrain is rolled back
+	rm -rf demo-rollback && mkdir demo-rollback
+	printf 'retrain:\n  window: 30d\n' > demo-rollback/flywheel.yaml
+	cd demo-rollback && $(abspath $(BIN))/flywheel run
+	cd demo-rollback && $(abspath $(BIN))/flywheel replay --days 60 --drift ticket_churn@0 --drift cancellation_tickets@0
 
 test: install-dev        ## install (pinned, dev), lint + type-check, run the whole test suite
 	$(BIN)/ruff check src tests bench

@@ -228,7 +228,9 @@ def simulate(
         list[str] | None,
         typer.Option(
             "--drift",
-            help="Drift scenario NAME@DAY or NAME@YYYY-MM-DD (repeatable), e.g. price_rise@180.",
+            help="Drift scenario NAME@DAY or NAME@YYYY-MM-DD (repeatable), e.g. price_rise@180. "
+            "Names: price_rise, new_contract, ticket_churn, lost_churn_events, "
+            "cancellation_tickets (source only); docs/simulator.md.",
         ),
     ] = None,
 ) -> None:

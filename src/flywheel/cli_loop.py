@@ -148,8 +148,9 @@ def replay(
         list[str] | None,
         typer.Option(
             help="Drift scenario NAME@DAY (DAY counted from the replay's first day) or "
-            "NAME@YYYY-MM-DD; repeatable, e.g. ticket_churn@60. Names: `flywheel simulate "
-            "--help`, docs/simulator.md.",
+            "NAME@YYYY-MM-DD; repeatable, e.g. ticket_churn@60. Names: price_rise, "
+            "new_contract, ticket_churn, lost_churn_events, cancellation_tickets (source only); "
+            "docs/simulator.md.",
         ),
     ] = None,
     label_delay: Annotated[

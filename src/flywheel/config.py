@@ -381,6 +381,12 @@ class RetrainSettings(BaseModel):
     rollout_plan: Path | None = Field(
         None, description="A rollout plan YAML for the challenger (overrides the default plan)."
     )
+    window: str | None = Field(
+        None,
+        pattern=r"^\d+[smhdw]$",
+        description="Train a retrain (and hold out) only on the rows of this long before the "
+        "snapshot's newest row, by source.timestamp_column, e.g. '120d' (unset: every row).",
+    )
     check_every: str = Field(
         "1h",
         pattern=r"^\d+[smhdw]$",

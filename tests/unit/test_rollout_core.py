@@ -234,3 +234,37 @@ def test_waiting_until_enough_requests_and_a_sample_ratio_mismatch_pauses() -> N
         },
     )
     assert out.verdict == "mismatch" and "configured 10%" in out.summary()
+
+
+def _outcome(labelled: int, positives: int, caught: int) -> dict[str, int]:
+    return {
+        "labelled": labelled,
+        "correct": labelled - positives + caught,
+        "positives": positives,
+        "caught": caught,
+        "predicted_positive": caught,
+    }
+
+
+def test_hold_for_labels_keeps_a_step_until_the_metric_counts_then_it_decides() -> None:
+    rng = np.random.default_rng(3)
+    counts = {
+        "champion": _arm(rng, 4500, 0, 2.0, rng.beta(2, 5, 5000)),
+        "challenger": _arm(rng, 500, 0, 2.0, rng.beta(2, 5, 5000)),
+    }
+    few = {"champion": _outcome(900, 90, 60), "challenger": _outcome(40, 4, 1)}
+    # by default labels that have not come yet do not hold the step ...
+    out = analyse(_plan(metric="recall"), 10.0, counts, few)
+    assert out.verdict == "passed" and "waiting" in [c.status for c in out.checks]
+    # ... with hold_for_labels they do, and the summary says what it waits for
+    held = _plan(metric="recall", hold_for_labels=True, min_labels=100)
+    out = analyse(held, 10.0, counts, few)
+    assert out.verdict == "waiting" and "metric" in out.summary()
+    # once each arm has its labels: a challenger that catches as many churners passes ...
+    like = {"champion": _outcome(9000, 900, 600), "challenger": _outcome(1000, 100, 66)}
+    assert analyse(held, 10.0, counts, like).verdict == "passed"
+    # ... and one that misses most of them fails on the metric, by how much
+    worse = {"champion": _outcome(9000, 900, 600), "challenger": _outcome(1000, 100, 10)}
+    out = analyse(held, 10.0, counts, worse)
+    assert out.verdict == "failed" and [c.name for c in out.failed] == ["metric"]
+    assert "recall 0.1 vs champion 0.6667: worse by at least" in out.failed[0].detail

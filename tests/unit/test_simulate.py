@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import sqlite3
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def test_public_api_is_listed() -> None:
     assert set(sim.__all__) == {
         "FEATURE_COLUMNS",
         "SCENARIOS",
+        "SOURCE_ONLY",
         "Scenario",
         "SimulationReport",
         "WorldInfo",
@@ -72,7 +74,19 @@ def test_public_api_is_listed() -> None:
         "world_exists",
         "world_info",
     }
-    assert set(SCENARIOS) == {"price_rise", "new_contract", "ticket_churn", "lost_churn_events"}
+    assert set(SCENARIOS) == {
+        "price_rise",
+        "new_contract",
+        "ticket_churn",
+        "lost_churn_events",
+        "cancellation_tickets",
+    }
+    assert set(sim.SOURCE_ONLY) <= set(SCENARIOS)
+    # the CLI's help names them all (written out: the CLI does not import the simulator)
+    from flywheel import cli, cli_loop
+
+    for text in (inspect.getsource(cli.simulate), inspect.getsource(cli_loop.replay)):
+        assert all(name in text for name in SCENARIOS)
 
 
 def test_world_info_reads_the_stored_world(settings: Settings) -> None:
@@ -108,6 +122,36 @@ def test_lost_churn_events_drops_recorded_churns_from_its_day_only(
     after_lost = int((lost.churn_day >= 120).sum())
     assert after_plain > 50
     assert 0.2 * after_plain < after_lost < 0.6 * after_plain
+
+
+def test_cancellation_tickets_leak_the_label_into_the_source_and_change_nothing_else(
+    settings: Settings, tmp_path: Path
+) -> None:
+    other = settings.model_copy(
+        update={
+            "source": settings.source.model_copy(
+                update={"url": f"sqlite:///{(tmp_path / 'leak.db').as_posix()}"}
+            )
+        }
+    )
+    simulate(settings, days=181, customers=1500)
+    simulate(other, days=181, customers=1500, scenarios=["cancellation_tickets@90"])
+    q = "SELECT * FROM churn_features ORDER BY customer_id, observed_at"
+    plain, leak = _frame(settings, q), _frame(other, q)
+    # the same world (customers, churns, usage): only the ticket columns differ
+    assert plain.drop(columns=["tickets_90d", "days_since_last_ticket"]).equals(
+        leak.drop(columns=["tickets_90d", "days_since_last_ticket"])
+    )
+    changed = (plain.tickets_90d != leak.tickets_90d).to_numpy()
+    assert changed.sum() > 20
+    # ... on churners' rows only, and only from the scenario's month: one ticket, the day before
+    assert (leak.churned[changed] == 1).all()
+    assert (leak.observed_at[changed] >= "2025-04-01").all()
+    assert ((leak.tickets_90d - plain.tickets_90d)[changed] == 1).all()
+    assert (leak.days_since_last_ticket[changed] == 1).all()
+    # and on most of them: a leak a model can learn
+    after = (leak.churned == 1) & (leak.observed_at >= "2025-05-01")
+    assert changed[after.to_numpy()].mean() > 0.9
 
 
 def test_feature_relation_matches_the_configured_defaults(settings: Settings) -> None:

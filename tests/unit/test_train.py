@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import operator
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -356,3 +357,35 @@ def test_threshold_and_class_weight_refuse_the_wrong_target(ws: Workspace) -> No
     regression = make_snapshot(other, spend.drop(columns=["y"]), target="spend")
     with pytest.raises(TrainingError, match=r"class_weight applies to classification"):
         train(Workspace(other), regression, PARAMS.model_copy(update={"class_weight": "balanced"}))
+
+
+def test_a_training_window_trains_and_holds_out_on_the_newest_rows_only(tmp_path: Path) -> None:
+    """``retrain.window``: the rows of the last N days before the snapshot's newest row, for
+    training and for the holdout, re-derived the same way later (evaluation, the gates)."""
+    from types import SimpleNamespace
+
+    from flywheel.errors import DataError
+    from flywheel.training.prepare import window_start
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FLYWHEEL_CONFIG", "/nonexistent/flywheel.yaml")
+        settings = load_settings(home=tmp_path / "fw")
+    df = churn_frame(2000)
+    df["observed_at"] = pd.Timestamp("2025-01-01") + pd.to_timedelta(
+        np.arange(len(df)) % 200, unit="D"
+    )  # 10 rows a day over 200 days
+    snapshot_id = make_snapshot(settings, df)
+    with Workspace(settings) as ws:
+        result = train(ws, snapshot_id, PARAMS, window_s=50 * 86400.0)
+        assert result.meta is not None and result.meta.since == "2025-05-30T00:00:00"
+        # 51 days of 10 rows (the window's first day included); a fifth held out
+        assert len(result.holdout) == round(510 * 0.2)
+        assert (pd.to_datetime(result.holdout["observed_at"]) >= "2025-05-30").all()
+        X, _ = load_holdout(ws, result.run_id)  # re-derived from the snapshot: the same rows
+        assert len(X) == len(result.holdout)
+        whole = train(ws, snapshot_id, PARAMS)
+        assert len(whole.holdout) == 400 and whole.meta is not None and whole.meta.since is None
+        assert whole.inputs_sha256 != result.inputs_sha256
+    untimed = SimpleNamespace(id="snap-x", timestamp_column=None, time_range=None)
+    with pytest.raises(DataError, match=r"retrain\.window"):
+        window_start(untimed, 86400.0)  # type: ignore[arg-type]

@@ -9,7 +9,8 @@ rollout, which the server's rollout agent promotes or rolls back while the next 
 flows. At the end: a timeline (HTML, with plots) of all of it.
 
 Where the day's traffic comes from: an "oracle" copy of the world, simulated one billing
-period ahead in ``<home>/replay/oracle.db`` (same seed, same scenarios, so the same rows), gives
+period ahead in ``<home>/replay/oracle.db`` (same seed, same scenarios, so the same rows;
+a source-only scenario such as ``cancellation_tickets`` breaks the source and not the oracle), gives
 each period's feature rows as of the period's first day and, once the period has closed, its
 labels. The configured source (what ingest reads) only ever holds the days that have passed.
 """
@@ -330,12 +331,14 @@ class _World:
             self.source_last += n
 
     def _advance_oracle(self, through: int) -> None:
-        from flywheel.simulate import simulate
+        from flywheel.simulate import SOURCE_ONLY, simulate
 
         n = through - self.oracle_last
         if n <= 0:
             return
-        kwargs: dict[str, Any] = {"scenarios": self.scenarios}
+        # the world as it is: a scenario that breaks only the source's copy stays out
+        world = [s for s in self.scenarios if s.partition("@")[0] not in SOURCE_ONLY]
+        kwargs: dict[str, Any] = {"scenarios": world}
         if self.oracle_last < 0:
             kwargs.update(customers=self.info.customers, start=self.start)
         simulate(self.oracle_settings, days=n, **kwargs)

@@ -456,13 +456,19 @@ def _train(ws: Workspace, run: PipelineRun) -> dict[str, Any]:
     if found is not None:
         run.run_id = found
         return {"run_id": found, "reused": True}
+    from flywheel.pipelines.triggers import _duration
+
     params, source = _params(ws)
+    w = ws.settings.retrain.window
+    window = _duration(w, "retrain.window") if w else None
     with _tagged(run.id):
-        result = train(ws, _manifest(ws, run), params, trials=ws.settings.retrain.trials)
+        result = train(
+            ws, _manifest(ws, run), params, trials=ws.settings.retrain.trials, window_s=window
+        )
     run.run_id = result.run_id
     _held(run)["result"] = result
     return {"run_id": result.run_id, "reused": False, "family": result.family,
-            "params_from": source, "cv_metrics": result.cv_metrics}  # fmt: skip
+            "params_from": source, "cv_metrics": result.cv_metrics, "window": w}  # fmt: skip
 
 
 def _result(ws: Workspace, run: PipelineRun) -> TrainResult | str:

@@ -18,7 +18,7 @@ Checks (challenger against the champion, on the current step's counts unless not
   ``max_score_psi`` (``min_rows_psi`` scored rows each);
 - ``metric`` (when labels arrive; all steps so far): the always-valid interval of
   challenger − champion (accuracy, recall, precision; abs_error reversed) wholly below
-  ``-max_metric_drop``;
+  ``-max_metric_drop``; it holds a step until it counts only with ``hold_for_labels``;
 - ``sample_ratio``: the observed split differs from the configured one (a sequential test at
   ``srm_alpha``): not a breach of the challenger but of the experiment, so it pauses.
 """
@@ -313,10 +313,15 @@ def analyse(
     elif srm.status == "failed":
         verdict = "mismatch"
     elif (
-        any(c.status == "waiting" for c in checks if c.name != "metric")
+        any(
+            c.status == "waiting"
+            for c in checks
+            if c.name != "metric" or plan.guardrails.hold_for_labels
+        )
         or min(a.requests, b.requests) < plan.min_requests
     ):
         verdict = "waiting"
     else:
-        verdict = "passed"  # the metric may still wait for labels: it does not hold a step
+        verdict = "passed"  # the metric may still wait for labels: it holds a step only
+        # with guardrails.hold_for_labels
     return Analysis(verdict, checks, arms, test)

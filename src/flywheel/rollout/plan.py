@@ -15,6 +15,8 @@ plan gets one message naming the field and the rule. Example::
       max_p99_ratio: 1.5        # challenger p99 <= champion p99 x 1.5 + p99_slack_ms
       max_score_psi: 0.2        # prediction-score drift against the champion
       metric: accuracy          # with labels: accuracy | recall | precision | abs_error
+      min_labels: 100           # labelled rows per arm before the metric counts
+      hold_for_labels: false    # true: no step passes before the metric counts
     alpha: 0.05                 # the always-valid tests' level
     promote: auto               # auto | manual
 
@@ -93,6 +95,12 @@ class Guardrails(BaseModel):
     )
     min_labels: int = Field(
         100, ge=1, description="Labelled rows per arm before the metric counts."
+    )
+    hold_for_labels: bool = Field(
+        False,
+        description="A step passes only once the metric counts (min_labels labelled rows on "
+        "each arm since the rollout began): for labels that arrive late, so a canary cannot "
+        "promote before the ground truth has had its say.",
     )
 
 

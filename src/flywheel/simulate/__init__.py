@@ -15,12 +15,13 @@ from flywheel.simulate._core import (
     world_exists,
     world_info,
 )
-from flywheel.simulate._scenarios import SCENARIOS, Scenario, parse_scenario
+from flywheel.simulate._scenarios import SCENARIOS, SOURCE_ONLY, Scenario, parse_scenario
 from flywheel.simulate._schema import FEATURE_COLUMNS
 
 __all__ = [
     "FEATURE_COLUMNS",
     "SCENARIOS",
+    "SOURCE_ONLY",
     "Scenario",
     "SimulationReport",
     "WorldInfo",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from flywheel.errors import ConfigError
 
-__all__ = ["SCENARIOS", "Scenario", "parse_scenario"]
+__all__ = ["SCENARIOS", "SOURCE_ONLY", "Scenario", "parse_scenario"]
 
 SCENARIOS: dict[str, str] = {
     "price_rise": "List prices of every plan rise by 15% (new catalogue rows); bills and "
@@ -20,7 +20,16 @@ SCENARIOS: dict[str, str] = {
     "lost_churn_events": "A broken CRM export loses 60% of churn events: those customers look "
     "active (and not churned) from then on, in the source and in the labels fed back; a model "
     "retrained on it under-predicts churn.",
+    "cancellation_tickets": "The CRM logs each churn as an 'account' support ticket, and the "
+    "warehouse export backdates it to the eve of the billing period the churn falls in: in the "
+    "SQL source a churner's last row shows a ticket the day before (the future leaking into "
+    "the features), while live requests carry the true history. Source only: a model "
+    "retrained on recent rows learns the leak, aces the source's own holdout and fails live.",
 }
+
+# Scenarios that break only the copy of the world the SQL source holds: the world itself
+# (the traffic a replay sends, the outcomes it feeds back) goes on without them.
+SOURCE_ONLY: frozenset[str] = frozenset({"cancellation_tickets"})
 
 _SPEC = re.compile(r"^\s*([A-Za-z_]+)\s*@\s*(\S+)\s*$")
 

@@ -333,6 +333,24 @@ class _World:
         )
         self.next_ticket += k
 
+    def _cancellation_tickets(self, who: np.ndarray, recorded: np.ndarray) -> None:
+        """``cancellation_tickets``: each recorded churn gets an 'account' ticket, backdated to
+        the eve of the billing period its churn is labelled in, known when the churn is. No
+        draws, so the world itself (customers, churns, the rng) stays the one without."""
+        k = len(who)
+        first = np.array([self.cal.bounds(self.cal.period_of(int(d)))[0] for d in recorded])
+        opened = np.maximum(first - 1, 0).astype(np.int64)
+        self.rows["support_tickets"].add(
+            ticket_id=np.arange(self.next_ticket, self.next_ticket + k, dtype=np.int64),
+            customer_id=who + 1,
+            opened_at=_days_to_times(self.spec.start, opened, np.full(k, 12 * 3600)),
+            opened_day=opened,
+            category=np.full(k, "account", dtype=object),
+            resolution_hours=np.full(k, 0.5),
+            _known=recorded.astype(np.int64),
+        )
+        self.next_ticket += k
+
     def _monthly_logit(self, idx: np.ndarray, day: int) -> np.ndarray:
         s = self.s
         tenure = np.maximum(day - s["signup_day"][idx], 0) / DAYS_PER_MONTH
@@ -376,6 +394,8 @@ class _World:
                 recorded[kept],
                 seconds[kept],
             )
+        if self.spec.active("cancellation_tickets", day):
+            self._cancellation_tickets(who, recorded)
         self.rows["churn_events"].add(
             customer_id=who + 1,
             churned_at=_days_to_times(self.spec.start, recorded, seconds),

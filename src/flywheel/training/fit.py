@@ -325,4 +325,6 @@ def inputs_sha256(job: Job, hyperparams: dict[str, Any]) -> str:
         "snapshot_sha256": job.manifest.sha256,
         "params": effective_params(job, hyperparams),
     }
+    if job.since is not None:  # a training window: fewer rows, another model
+        inputs["since"] = job.since
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()

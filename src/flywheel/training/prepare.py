@@ -49,6 +49,8 @@ __all__ = [
     "resolve_job",
     "resplit",
     "split",
+    "window_start",
+    "windowed",
 ]
 
 log = logging.getLogger("flywheel.training")
@@ -67,6 +69,8 @@ class TrainingMeta:
     classes: list[Any] | None
     holdout_sha256: str
     threshold: float | None = None  # binary classification: p(positive) >= threshold
+    since: str | None = None  # a training window: only rows whose timestamp_column >= this
+    timestamp_column: str | None = None
 
 
 @dataclass
@@ -82,6 +86,7 @@ class Job:
     classes: list[Any] | None = None
     threshold: ThresholdChoice | None = None  # binary classification, once chosen
     inputs_sha256: str = ""  # once the params are final (fit.inputs_sha256)
+    since: str | None = None  # a training window's first timestamp (ISO), see windowed()
 
     def meta(self, holdout_sha256: str) -> TrainingMeta:
         """The run's ``training.json``."""
@@ -95,6 +100,8 @@ class Job:
             self.classes,
             holdout_sha256,
             self.threshold.value if self.threshold else None,
+            self.since,
+            self.manifest.timestamp_column if self.since else None,
         )
 
 
@@ -219,6 +226,39 @@ def check_label_options(job: Job) -> None:
 # ---------------------------------------------------------------- encoding and the split
 
 
+def window_start(manifest: Manifest, window_s: float) -> str:
+    """The first timestamp (ISO) of a training window ``window_s`` seconds long that ends at
+    the snapshot's newest row; DataError when the snapshot has no timestamp column."""
+    if manifest.timestamp_column is None or manifest.time_range is None:
+        raise DataError(
+            f"A training window needs a timestamp: snapshot {manifest.id} has no "
+            "source.timestamp_column. Fix: set source.timestamp_column, or unset "
+            "retrain.window.",
+            field="retrain.window",
+        )
+    newest = pd.Timestamp(manifest.time_range[1])
+    return (newest - pd.Timedelta(seconds=window_s)).isoformat()
+
+
+def windowed(df: pd.DataFrame, since: str | None, column: str | None) -> pd.DataFrame:
+    """The rows inside a training window (all rows without one); the same rule in training
+    and when a holdout is re-derived."""
+    if since is None or column is None:
+        return df
+    ts = df[column]
+    if not pd.api.types.is_datetime64_any_dtype(ts):
+        ts = pd.to_datetime(ts, utc=True, format="ISO8601")
+    cut = pd.Timestamp(since)
+    tz = getattr(ts.dt, "tz", None)
+    if tz is None and cut.tzinfo is not None:
+        cut = cut.tz_convert(None)
+    elif tz is not None and cut.tzinfo is None:
+        cut = cut.tz_localize(tz)
+    kept = df[(ts >= cut).to_numpy()].reset_index(drop=True)
+    log.info("training window from %s: %d of %d rows", since, len(kept), len(df))
+    return kept
+
+
 def labelled(df: pd.DataFrame, target: str) -> pd.DataFrame:
     """Rows with a target value; the same rule in training and when a holdout is re-derived."""
     kept = df[df[target].notna()].reset_index(drop=True)
@@ -283,7 +323,7 @@ def features(df: pd.DataFrame, specs: list[FeatureSpec]) -> pd.DataFrame:
 def prepare(job: Job, df: pd.DataFrame) -> Prepared:
     """Split the labelled rows once: the training part's features and encoded target, and
     the holdout rows (kept for evaluation) with their content hash. Sets ``job.classes``."""
-    df = labelled(df, job.target)
+    df = labelled(windowed(df, job.since, job.manifest.timestamp_column), job.target)
     if job.task == "classification":
         job.classes = _classes(df[job.target])
     y_all = encode_target(df[job.target], job.task, job.classes)
@@ -295,7 +335,7 @@ def prepare(job: Job, df: pd.DataFrame) -> Prepared:
 
 def resplit(df: pd.DataFrame, meta: TrainingMeta) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """A run's labelled snapshot rows and its (training, holdout) positions, as at training."""
-    df = labelled(df, meta.target)
+    df = labelled(windowed(df, meta.since, meta.timestamp_column), meta.target)
     y_all = encode_target(df[meta.target], meta.task, meta.classes)
     train_idx, holdout_idx = split(y_all, meta.task, meta.test_size, meta.seed)
     return df, train_idx, holdout_idx

@@ -44,6 +44,7 @@ from flywheel.training.prepare import (
     load_snapshot,
     prepare,
     resolve_job,
+    window_start,
 )
 from flywheel.training.runs import load_holdout, load_pipeline, load_training_meta, training_keys
 from flywheel.training.skops_flavor import trusted_types
@@ -125,6 +126,7 @@ def train(
     trials: int | None = None,
     storage: str | None = None,
     progress: Progress | None = None,
+    window_s: float | None = None,
 ) -> TrainResult:
     """Train ``params`` on a snapshot; one MLflow run holds params, metrics, lineage and model.
 
@@ -132,6 +134,8 @@ def train(
     ``trials`` overrides ``params.search.trials``; ``storage`` (or
     ``settings.training.optuna_storage``) shares the Optuna study between workers.
     ``progress`` is a ``(phase, done, total)`` callback: ``"search"`` trials, ``"cv"`` folds.
+    ``window_s``: train (and hold out) only on the rows of the last ``window_s`` seconds
+    before the snapshot's newest row (``retrain.window``); recorded in ``training.json``.
     """
     report = progress or _noop
     timings: dict[str, float] = {}
@@ -139,6 +143,8 @@ def train(
         manifest = ws.snapshot(snapshot)
         df = load_snapshot(ws, manifest)
         job = resolve_job(manifest, df, params, seed=ws.settings.seed)
+        if window_s is not None:
+            job.since = window_start(manifest, window_s)
         part = prepare(job, df)
         check_label_options(job)
     tuned = tune_and_validate(
