@@ -269,6 +269,16 @@ def cancer_champion(cancer_ingested: Path, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture(scope="session")
+def churn_1500(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder where `flywheel run --customers 1500` (a year, the default days) registered
+    churn v1 with the embedded defaults: the world the replays go on from. Built once per
+    session; copy it (`copy_folder`) to write."""
+    folder = tmp_path_factory.mktemp("churn-1500")
+    flywheel(folder, "run", "--customers", "1500")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def small_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A folder where `flywheel run --days 240 --customers 1500` (the same seed every time)
     registered churn v1 as the first champion, with ``SMALL_WORLD_GATES`` in its

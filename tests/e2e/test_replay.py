@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import flywheel
+from tests.e2e.conftest import copy_folder, flywheel
 
 pytestmark = pytest.mark.slow
 
@@ -29,9 +29,11 @@ def _epoch(day: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def replayed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    cwd = tmp_path_factory.mktemp("replay")
-    flywheel(cwd, "run", "--customers", "1500")  # a smaller world: faster retrains
+def replayed(
+    tmp_path_factory: pytest.TempPathFactory, churn_1500: Path
+) -> tuple[Path, dict[str, Any]]:
+    # `flywheel run --customers 1500` (a smaller world: faster retrains), copied
+    cwd = copy_folder(churn_1500, tmp_path_factory.mktemp("replay") / "w")
     out = flywheel(
         cwd,
         "replay",

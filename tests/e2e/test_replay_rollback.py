@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import flywheel
+from tests.e2e.conftest import copy_folder, flywheel
 
 pytestmark = pytest.mark.slow
 
@@ -25,10 +25,12 @@ DAYS, PER_DAY = 45, 300
 
 
 @pytest.fixture(scope="module")
-def replayed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    cwd = tmp_path_factory.mktemp("rollback")
+def replayed(
+    tmp_path_factory: pytest.TempPathFactory, churn_1500: Path
+) -> tuple[Path, dict[str, Any]]:
+    # `flywheel run --customers 1500`, copied; then the user's flywheel.yaml
+    cwd = copy_folder(churn_1500, tmp_path_factory.mktemp("rollback") / "w")
     (cwd / "flywheel.yaml").write_text(yaml.safe_dump({"retrain": {"window": "30d"}}))
-    flywheel(cwd, "run", "--customers", "1500")
     out = flywheel(
         cwd,
         "replay",
