@@ -383,7 +383,7 @@ class RetrainSettings(BaseModel):
     )
     window: str | None = Field(
         None,
-        pattern=r"^\d+[smhdw]$",
+        pattern=r"^[1-9]\d*[smhdw]$",
         description="Train a retrain (and hold out) only on the rows of this long before the "
         "snapshot's newest row, by source.timestamp_column, e.g. '120d' (unset: every row).",
     )

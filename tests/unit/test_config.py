@@ -38,6 +38,7 @@ def test_env_beats_yaml_beats_default(tmp_path: Path, monkeypatch: pytest.Monkey
         ("FLYWHEEL_STORE__URL", "ftp://bucket", "store.url"),
         ("FLYWHEEL_SOURCE__DATASET", "bad name!", "source.dataset"),
         ("FLYWHEEL_REGISTRY__PARITY_TOLERANCE", "-1", "registry.parity_tolerance"),
+        ("FLYWHEEL_RETRAIN__WINDOW", "0d", "retrain.window"),
     ],
 )
 def test_bad_value_fails_naming_the_key(

@@ -456,11 +456,11 @@ def _train(ws: Workspace, run: PipelineRun) -> dict[str, Any]:
     if found is not None:
         run.run_id = found
         return {"run_id": found, "reused": True}
-    from flywheel.pipelines.triggers import _duration
+    from flywheel.monitoring.sources import parse_every
 
     params, source = _params(ws)
-    w = ws.settings.retrain.window
-    window = _duration(w, "retrain.window") if w else None
+    w = ws.settings.retrain.window  # validated by the settings' pattern (e.g. 30d)
+    window = parse_every(w) if w else None
     with _tagged(run.id):
         result = train(
             ws, _manifest(ws, run), params, trials=ws.settings.retrain.trials, window_s=window
