@@ -499,3 +499,37 @@ def test_column_rows_read_back_named_and_through_the_view(plog: PredictionLog, u
             ).fetchall()
 
     check_columns_rows_read_back_named(plog, view_rows)
+
+
+def test_labels_find_rows_the_writer_commits_while_they_are_looked_up() -> None:
+    """The race CI met (feedback right after 55 answers: 53 'unknown'): the first lookup
+    misses rows in flight; the writer commits them before anyone asks whether rows are
+    pending. Pending is asked before the lookup, so the lookup runs again and finds them."""
+    from contextlib import contextmanager
+
+    from flywheel.predlog.feedback import store_labels
+
+    committed: set[str] = set()
+    stored: list[object] = []
+    in_flight = {"a", "b"}
+
+    class Store:
+        def known_ids(self, ids: list[str]) -> set[str]:
+            found = committed & set(ids)
+            committed.update(in_flight)  # the writer commits right after this lookup
+            in_flight.clear()
+            return found
+
+        def client_matches(self, ids: list[str]) -> dict[str, object]:
+            return {}
+
+        def add_feedback(self, rows: list[object]) -> None:
+            stored.extend(rows)
+
+    @contextmanager
+    def reading(what: str) -> Iterator[Store]:
+        yield Store()
+
+    result = store_labels(reading, [("a", 1), ("b", 0)], 1.0, lambda: bool(in_flight), lambda: None)
+    assert (result.accepted, result.unknown) == (2, [])
+    assert len(stored) == 2

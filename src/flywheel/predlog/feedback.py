@@ -56,15 +56,19 @@ def store_labels(
 ) -> LabelResult:
     """Match each ``(id, label)`` and store the labels of the matched ones in one
     transaction. ``reading(what)`` is the log's context manager for its shared reader store;
-    when some ids are not found and rows are still queued (``pending()``), ``flush()`` writes
-    them first and the lookup runs again, so feedback right after an answer finds it."""
+    when some ids are not found and rows were queued when the lookup began (``pending()``),
+    ``flush()`` writes them and the lookup runs again, so feedback right after an answer
+    finds it."""
     encoded = [(str(rid), encode_label(str(rid), label)) for rid, label in items]
     ids = list(dict.fromkeys(rid for rid, _ in encoded))
     if not ids:
         return LabelResult()
+    # asked BEFORE the lookup: a row queued now is either written before the lookup (found)
+    # or flushed below (asked after it, a batch written in between would be missed)
+    queued = pending()
     with reading("look up request ids in") as store:
         matched = match_ids(store, ids)
-    if len(matched) < len(ids) and pending():
+    if len(matched) < len(ids) and (queued or pending()):
         flush()  # some ids may still be queued: write them, then look again
         with reading("look up request ids in") as store:
             matched = match_ids(store, ids)

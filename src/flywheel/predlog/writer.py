@@ -546,6 +546,9 @@ class PredictionLog:
         items: list[Row | _Marker | Pending] = []
         popleft = self._queue.popleft
         rows = 0
+        # counted in depth() before they leave the queue: a row between the two is neither
+        # queued nor in flight, and a caller asking depth() then would think it written
+        self._in_flight = self.batch_size
         while rows < self.batch_size:
             try:
                 item = popleft()
