@@ -27,7 +27,7 @@ test: install-dev        ## install (pinned, dev), lint + type-check, run the wh
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
-	$(BIN)/python -m pytest --durations=15
+	PYTHON=$(BIN)/python scripts/test.sh
 
 test-unit: install-dev
 	$(BIN)/python -m pytest -m "not integration"
