@@ -278,6 +278,18 @@ def churn_1500(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def replay_json(cwd: Path, days: int, per_day: int, *drift: str) -> dict[str, Any]:
+    """`flywheel replay --days D --drift S ... --requests-per-day N --json` in ``cwd``: its
+    summary."""
+    import json
+
+    args = ["replay", "--days", str(days), "--requests-per-day", str(per_day), "--json"]
+    for spec in drift:
+        args += ["--drift", spec]
+    summary: dict[str, Any] = json.loads(flywheel(cwd, *args).stdout)
+    return summary
+
+
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A folder where `flywheel run --days 240 --customers 1500` (the same seed every time)

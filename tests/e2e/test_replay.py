@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import copy_folder, flywheel
+from tests.e2e.conftest import copy_folder, flywheel, replay_json
 
 pytestmark = pytest.mark.slow
 
@@ -34,18 +34,7 @@ def replayed(
 ) -> tuple[Path, dict[str, Any]]:
     # `flywheel run --customers 1500` (a smaller world: faster retrains), copied
     cwd = copy_folder(churn_1500, tmp_path_factory.mktemp("replay") / "w")
-    out = flywheel(
-        cwd,
-        "replay",
-        "--days",
-        str(DAYS),
-        "--drift",
-        "ticket_churn@5",
-        "--requests-per-day",
-        str(PER_DAY),
-        "--json",
-    )
-    return cwd, json.loads(out.stdout)
+    return cwd, replay_json(cwd, DAYS, PER_DAY, "ticket_churn@5")
 
 
 def test_the_replay_retrains_and_promotes_on_the_simulated_clock(

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import copy_folder, flywheel
+from tests.e2e.conftest import copy_folder, flywheel, replay_json
 
 pytestmark = pytest.mark.slow
 
@@ -31,20 +31,7 @@ def replayed(
     # `flywheel run --customers 1500`, copied; then the user's flywheel.yaml
     cwd = copy_folder(churn_1500, tmp_path_factory.mktemp("rollback") / "w")
     (cwd / "flywheel.yaml").write_text(yaml.safe_dump({"retrain": {"window": "30d"}}))
-    out = flywheel(
-        cwd,
-        "replay",
-        "--days",
-        str(DAYS),
-        "--drift",
-        "ticket_churn@0",
-        "--drift",
-        "cancellation_tickets@0",
-        "--requests-per-day",
-        str(PER_DAY),
-        "--json",
-    )
-    return cwd, json.loads(out.stdout)
+    return cwd, replay_json(cwd, DAYS, PER_DAY, "ticket_churn@0", "cancellation_tickets@0")
 
 
 def test_the_leaky_challenger_passes_the_gates_and_is_rolled_back_live(

@@ -101,16 +101,16 @@ def test_world_info_reads_the_stored_world(settings: Settings) -> None:
     assert info.last_date.isoformat() == "2025-02-09"
 
 
+def _second_source(settings: Settings, path: Path) -> Settings:
+    """The same settings with their SQL source in another SQLite file: a second world."""
+    url = f"sqlite:///{path.as_posix()}"
+    return settings.model_copy(update={"source": settings.source.model_copy(update={"url": url})})
+
+
 def test_lost_churn_events_drops_recorded_churns_from_its_day_only(
     settings: Settings, tmp_path: Path
 ) -> None:
-    other = settings.model_copy(
-        update={
-            "source": settings.source.model_copy(
-                update={"url": f"sqlite:///{(tmp_path / 'lost.db').as_posix()}"}
-            )
-        }
-    )
+    other = _second_source(settings, tmp_path / "lost.db")
     simulate(settings, days=150, customers=1500)
     simulate(other, days=150, customers=1500, scenarios=["lost_churn_events@90"])
     q = "SELECT customer_id, churn_day FROM churn_events ORDER BY 1"
@@ -127,13 +127,7 @@ def test_lost_churn_events_drops_recorded_churns_from_its_day_only(
 def test_cancellation_tickets_leak_the_label_into_the_source_and_change_nothing_else(
     settings: Settings, tmp_path: Path
 ) -> None:
-    other = settings.model_copy(
-        update={
-            "source": settings.source.model_copy(
-                update={"url": f"sqlite:///{(tmp_path / 'leak.db').as_posix()}"}
-            )
-        }
-    )
+    other = _second_source(settings, tmp_path / "leak.db")
     simulate(settings, days=181, customers=1500)
     simulate(other, days=181, customers=1500, scenarios=["cancellation_tickets@90"])
     q = "SELECT * FROM churn_features ORDER BY customer_id, observed_at"
