@@ -68,8 +68,8 @@ app.add_typer(rollout_app, name="rollout")
 # continuous training (docs/continuous-training.md): each command in its own module
 from flywheel.cli_console import console as _console_command  # noqa: E402
 from flywheel.cli_lineage import lineage as _lineage_command  # noqa: E402
+from flywheel.cli_loop import SCENARIO_NAMES, triggers_app  # noqa: E402
 from flywheel.cli_loop import replay as _replay_command  # noqa: E402
-from flywheel.cli_loop import triggers_app  # noqa: E402
 from flywheel.cli_loop import worker as _worker_command  # noqa: E402
 from flywheel.cli_retrain import retrain as _retrain_command  # noqa: E402
 
@@ -229,8 +229,7 @@ def simulate(
         typer.Option(
             "--drift",
             help="Drift scenario NAME@DAY or NAME@YYYY-MM-DD (repeatable), e.g. price_rise@180. "
-            "Names: price_rise, new_contract, ticket_churn, lost_churn_events, "
-            "cancellation_tickets (source only); docs/simulator.md.",
+            + SCENARIO_NAMES,
         ),
     ] = None,
 ) -> None:

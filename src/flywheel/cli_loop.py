@@ -142,15 +142,21 @@ def _held(decision: dict[str, object]) -> str:
     return f" (held back: {decision['suppressed']})" if decision.get("suppressed") else ""
 
 
+# written out, not read from flywheel.simulate: the CLI's help must not import the simulator
+# (tests/unit/test_simulate.py checks it names every scenario)
+SCENARIO_NAMES = (
+    "Names: price_rise, new_contract, ticket_churn, lost_churn_events, cancellation_tickets "
+    "(source only); docs/simulator.md."
+)
+
+
 def replay(
     days: Annotated[int, typer.Option(help="Days to replay after the world's last day.")] = 365,
     drift: Annotated[
         list[str] | None,
         typer.Option(
             help="Drift scenario NAME@DAY (DAY counted from the replay's first day) or "
-            "NAME@YYYY-MM-DD; repeatable, e.g. ticket_churn@60. Names: price_rise, "
-            "new_contract, ticket_churn, lost_churn_events, cancellation_tickets (source only); "
-            "docs/simulator.md.",
+            "NAME@YYYY-MM-DD; repeatable, e.g. ticket_churn@60. " + SCENARIO_NAMES,
         ),
     ] = None,
     label_delay: Annotated[
