@@ -23,6 +23,25 @@ def test_predictions_and_labels_as_typed_arrow_batches(tmp_path: Path) -> None:
         check_reads(url, plog)
 
 
+def test_the_monitor_reads_a_feature_named_like_a_fixed_column(tmp_path: Path) -> None:
+    """A model input named ``version`` comes back as ``input_version``; the monitor's shape
+    reads that column, not the log's own ``version``."""
+    import pyarrow as pa
+
+    from flywheel.monitoring.sources import monitor_table
+    from flywheel.schema import FeatureSpec
+
+    url = f"sqlite:///{tmp_path}/p.db"
+    with open_prediction_log(url, flush_interval_s=0.01) as plog:
+        fill_for_reads(plog)
+    batch = pa.Table.from_batches(predictions(url, "churn", version="1"))
+    specs = [FeatureSpec("tenure", "numeric"), FeatureSpec("version", "numeric")]
+    table = monitor_table(batch, specs, "binary", "yes")
+    assert table.column("version").to_pylist() == batch.column("input_version").to_pylist()
+    assert table.column("version").to_pylist()[:2] == [1.0, 7.0]  # early, r1: not "1"
+    assert table.column("__score__").to_pylist()[1] == pytest.approx(0.75)
+
+
 def test_a_datetime_range_and_a_regressor(tmp_path: Path) -> None:
     import pyarrow as pa
 

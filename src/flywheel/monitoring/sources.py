@@ -35,6 +35,7 @@ __all__ = [
     "file_windows",
     "load_model",
     "log_batches",
+    "monitor_table",
     "parse_every",
 ]
 
@@ -374,31 +375,45 @@ def log_batches(
     first (with ``ts``)."""
     from flywheel.predlog.read import predictions
 
-    ref = model.reference
     art = model.artifacts
     for batch in predictions(url, art.name, version=art.version, start=start, end=end):
-        cols: dict[str, pa.Array] = {}
-        names = batch.column_names
-        for s in model.specs:
-            cols[s.name] = batch.column(s.name) if s.name in names else pa.nulls(batch.num_rows)
-        cols["ts"] = batch.column("ts")
-        if art.task == "regression":
-            value = pc.cast(pc.cast(batch.column("prediction"), pa.float32()), pa.float64())
-            cols[SCORE] = value
-            cols[PREDICTION] = cols[SCORE]
-            cols[LABEL] = pc.cast(batch.column("label"), pa.float64())
-        else:
-            cols[PREDICTION] = _text_labels(batch.column("prediction"))
-            probas = [n for n in names if n.startswith("proba_")]
-            # the model answers float32; the log keeps its text: back to the same float32
-            if ref.positive is not None and f"proba_{ref.positive}" in names:
-                cols[SCORE] = pc.cast(
-                    pc.cast(batch.column(f"proba_{ref.positive}"), pa.float32()), pa.float64()
-                )
-            elif probas:
-                stacked = np.column_stack(
-                    [batch.column(n).to_numpy(zero_copy_only=False) for n in probas]
-                )
-                cols[SCORE] = pa.array(np.nanmax(stacked, axis=1).astype(np.float32), pa.float32())
-            cols[LABEL] = _text_labels(batch.column("label"))
-        yield pa.table(cols)
+        yield monitor_table(batch, model.specs, art.task, model.reference.positive)
+
+
+def monitor_table(
+    batch: pa.RecordBatch | pa.Table,
+    specs: Sequence[FeatureSpec],
+    task: str,
+    positive: str | None,
+) -> pa.Table:
+    """One batch of the prediction log's read API in the monitor's shape: the features
+    (read from ``input_<name>`` where a feature is named like a fixed column of the log),
+    ``ts``, the score, the prediction and the label."""
+    from flywheel.predlog.read import input_column
+
+    cols: dict[str, pa.Array] = {}
+    names = batch.column_names
+    for s in specs:
+        column = input_column(s.name)
+        cols[s.name] = batch.column(column) if column in names else pa.nulls(batch.num_rows)
+    cols["ts"] = batch.column("ts")
+    if task == "regression":
+        value = pc.cast(pc.cast(batch.column("prediction"), pa.float32()), pa.float64())
+        cols[SCORE] = value
+        cols[PREDICTION] = cols[SCORE]
+        cols[LABEL] = pc.cast(batch.column("label"), pa.float64())
+    else:
+        cols[PREDICTION] = _text_labels(batch.column("prediction"))
+        probas = [n for n in names if n.startswith("proba_")]
+        # the model answers float32; the log keeps its text: back to the same float32
+        if positive is not None and f"proba_{positive}" in names:
+            cols[SCORE] = pc.cast(
+                pc.cast(batch.column(f"proba_{positive}"), pa.float32()), pa.float64()
+            )
+        elif probas:
+            stacked = np.column_stack(
+                [batch.column(n).to_numpy(zero_copy_only=False) for n in probas]
+            )
+            cols[SCORE] = pa.array(np.nanmax(stacked, axis=1).astype(np.float32), pa.float32())
+        cols[LABEL] = _text_labels(batch.column("label"))
+    return pa.table(cols)

@@ -158,8 +158,10 @@ def _class_name(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
-def _column_name(feature: str) -> str:
-    """A feature's column; ``input_<name>`` where the name is one of the fixed columns."""
+def input_column(feature: str) -> str:
+    """A feature's column in :func:`~flywheel.predlog.read.predictions`' batches: its name,
+    or ``input_<name>`` where the name is a fixed column's (``ts``, ``label``, ...) or
+    starts with ``proba_``."""
     return f"input_{feature}" if feature in _FIXED or feature.startswith("proba_") else feature
 
 
@@ -202,7 +204,7 @@ class Plan:
         unregistered = set(first.column("version").cast(pa.string()).to_pylist()) - set(known)
         if unregistered or None in self.features.values() or self.prediction is None:
             self._infer(first, known=not unregistered and bool(classes or regressor))
-        self.columns = {name: _column_name(name) for name in self.features}
+        self.columns = {name: input_column(name) for name in self.features}
         self.schema = self._schema()
 
     def _infer(self, first: pa.Table, known: bool) -> None:

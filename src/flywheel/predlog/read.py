@@ -11,9 +11,10 @@ record batches, streamed, never the whole range in memory.
 ``request_id`` (the server's), ``row`` (its position in the request), ``client_id``, ``ts``
 (timestamp, UTC), ``model``, ``version``, ``role`` (the version's part in a rollout:
 "champion", "challenger" or "shadow"; null when no rollout was active), ``protocol``,
-``latency_ms``, one column per input
-feature (float64 when numeric, string when categorical), ``prediction`` (the label, or the
-value of a regressor), one ``proba_<class>`` float64 column per class of a classifier, and
+``latency_ms``, one column per input feature (float64 when numeric, string when
+categorical; named ``input_<name>`` where the name is one of these fixed columns' or starts
+with ``proba_``: :func:`input_column`), ``prediction`` (the label, or the value of a
+regressor), one ``proba_<class>`` float64 column per class of a classifier, and
 ``label`` + ``label_ts`` (the latest feedback for the request; null when none; labels are
 keyed by request id, so a request's label reaches each of its logged rows: the champion's
 and a shadow's alike). The schema is
@@ -40,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flywheel.errors import DataError
-from flywheel.predlog._decode import TIMESTAMP, Plan, label_batch
+from flywheel.predlog._decode import TIMESTAMP, Plan, input_column, label_batch
 from flywheel.predlog.records import PredictionLogError
 from flywheel.predlog.stores import FEEDBACK_TABLE, TABLE, open_store, parse_url
 
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from flywheel.predlog.stores import VersionInfo
     from flywheel.predlog.writer import PredictionLog
 
-__all__ = ["TIMESTAMP", "labels", "predictions"]
+__all__ = ["TIMESTAMP", "input_column", "labels", "predictions"]
 
 
 # --------------------------------------------------------------------------- public API
