@@ -205,7 +205,9 @@ def fill_classifier_arms(plog: PredictionLog) -> None:
 
 
 def check_classifier_arms(url: str) -> None:
-    from flywheel.predlog.outcomes import arm_outcomes
+    from flywheel.predlog.outcomes import arm_outcomes, labels_mark
+
+    assert labels_mark(url) == (9, 9)  # the rollout's cue to count again: 9 labels stored
 
     arms = arm_outcomes(url, "churn", 100.0, until=150.0)
     assert set(arms) == {("1", "champion"), ("2", "shadow"), ("1", None)}

@@ -82,6 +82,20 @@ def test_routing_is_a_deterministic_sticky_split() -> None:
     assert not _router(0.0).answers("x", b"") and _router(100.0).answers("x", b"")
 
 
+def test_a_key_s_point_is_blake2b_of_its_utf8_keyed_by_the_salt() -> None:
+    """The documented hash, so replicas on any version of this code route alike: the keyed
+    hasher kept per salt gives what a fresh one gives, lone surrogates and empty keys too."""
+    import hashlib
+
+    from flywheel.rollout.routing import bucket
+
+    for salt in (b"s" * 16, b"another salt"):
+        for key in ("customer-1", "", "\u00e9t\u00e9", "\ud800 lone", "x" * 300):
+            raw = key.encode("utf-8", "surrogatepass")
+            fresh = hashlib.blake2b(raw, digest_size=8, key=salt).digest()
+            assert bucket(salt, key) == int.from_bytes(fresh, "big") * 100.0 / 2**64
+
+
 def test_routing_keys() -> None:
     feature = _router(50.0, sticky="feature:customer_id")
     assert (
@@ -268,3 +282,57 @@ def test_hold_for_labels_keeps_a_step_until_the_metric_counts_then_it_decides() 
     out = analyse(held, 10.0, counts, worse)
     assert out.verdict == "failed" and [c.name for c in out.failed] == ["metric"]
     assert "recall 0.1 vs champion 0.6667: worse by at least" in out.failed[0].detail
+
+
+# --------------------------------------------------------------------------- labelled outcomes
+
+
+def test_outcomes_read_the_rows_again_only_when_a_label_arrived(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rollout's labelled outcomes re-read every row since the rollout began; between
+    labels the log's label mark is the same, so the rows are not read again (the counts
+    could not have moved); a new label reads them again, with the new label counted."""
+    from types import SimpleNamespace
+
+    import flywheel.predlog.outcomes as outcomes_module
+    from flywheel.predlog import open_prediction_log
+    from flywheel.rollout import controller
+    from tests.unit.predlog_roles_helpers import row
+
+    url = f"sqlite:///{tmp_path}/p.db"
+    reads: list[object] = []
+    real = outcomes_module.arm_outcomes
+
+    def counted(*args: object, **kwargs: object) -> object:
+        reads.append(args)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(outcomes_module, "arm_outcomes", counted)
+    clock = [0.0]
+    monkeypatch.setattr(controller, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+
+    def later() -> SimpleNamespace:  # an hour on: past the cache's wait
+        clock[0] += 3600.0
+        return ws
+
+    ws = SimpleNamespace(settings=SimpleNamespace(serving=SimpleNamespace(prediction_log_url=url)))
+    state = SimpleNamespace(
+        id="r1", model="churn", started_at=100.0, strategy="canary", champion="1", challenger="2"
+    )
+    with open_prediction_log(url, flush_interval_s=0.01) as plog:
+        plog.append_row(row("a", 101.0, ["yes"], role="champion"))
+        plog.append_row(row("b", 102.0, ["no"], version="2", role="challenger"))
+        plog.flush()
+        first = controller.outcomes(later(), state)  # type: ignore[arg-type]
+        assert first is not None and first["challenger"]["labelled"] == 0
+        plog.append_row(row("c", 103.0, ["no"], version="2", role="challenger"))  # no label
+        plog.flush()
+        for _ in range(3):
+            assert controller.outcomes(later(), state) == first  # type: ignore[arg-type]
+        assert len(reads) == 1
+        assert plog.feedback("c", "no", ts=200.0)
+        again = controller.outcomes(later(), state)  # type: ignore[arg-type]
+    assert len(reads) == 2
+    assert again is not None
+    assert (again["challenger"]["labelled"], again["challenger"]["correct"]) == (1, 1)

@@ -145,14 +145,16 @@ def test_shadow_answers_as_the_champion_and_logs_a_shadow_row(
 
 def test_two_arms_batchers_flush_in_the_same_loop_turn() -> None:
     """A rollout's two arms are two models with a batcher each; partnered, a flush of one
-    takes the other's queue in the same turn, so both arms' answers leave in one wave."""
+    takes the other's queue in the same turn, so both arms' answers leave in one wave. When
+    the small arm's request comes first in a wave (its own last batch: one request), its
+    flush still waits the turns the big arm gathers for, so the big arm's batch stays whole."""
     from flywheel.serving.batching import BatchStats, MicroBatcher
     from flywheel.serving.decode import Decoded
 
     def score(feeds: list[np.ndarray]) -> tuple[np.ndarray, None]:
         return np.zeros(len(feeds[0]), dtype=np.int64), None
 
-    async def main(partnered: bool) -> list[tuple[str, int]]:
+    async def main(partnered: bool, challenger_first: bool = False) -> list[tuple[str, int]]:
         turns = 0
         flushes: list[tuple[str, int]] = []
 
@@ -175,9 +177,10 @@ def test_two_arms_batchers_flush_in_the_same_loop_turn() -> None:
         await asyncio.gather(a.submit(one), a.submit(one))  # under load from here on
         flushes.clear()
         await asyncio.sleep(0)
-        first = a.submit(one)  # the champion's batch gathers for two turns ...
+        arms = (b, a) if challenger_first else (a, b)
+        first = arms[0].submit(one)  # the wave's first request ...
         await asyncio.sleep(0)
-        second = b.submit(one)  # ... and the challenger's request arrives meanwhile
+        second = arms[1].submit(one)  # ... and the other arm's, a turn later
         await asyncio.gather(first, second)
         counter.cancel()
         return flushes
@@ -186,3 +189,6 @@ def test_two_arms_batchers_flush_in_the_same_loop_turn() -> None:
     together = run(main(True))
     assert len({t for _, t in together}) == 1 and {n for n, _ in together} == {"a", "b"}, together
     assert len({t for _, t in apart}) == 2, apart
+    small_first = run(main(True, challenger_first=True))
+    assert len({t for _, t in small_first}) == 1, small_first
+    assert {n for n, _ in small_first} == {"a", "b"}, small_first

@@ -242,6 +242,12 @@ class PostgresStore:
         self._conn.commit()
         return int(row[0]) if row else 0
 
+    def label_mark(self) -> tuple[int, int]:
+        sql = f"SELECT count(*), coalesce(max(id), 0) FROM {FEEDBACK_TABLE}"
+        row = self._conn.execute(sql).fetchone()
+        self._conn.commit()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
     def journal_mode(self) -> str:
         return "postgresql"
 

@@ -295,6 +295,11 @@ class SqliteStore:
     def count(self) -> int:
         return int(self._conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0])
 
+    def label_mark(self) -> tuple[int, int]:
+        row = self._conn.execute(f"SELECT count(*), coalesce(max(id), 0) FROM {FEEDBACK_TABLE}")
+        count, top = row.fetchone()
+        return int(count), int(top)
+
     def journal_mode(self) -> str:
         return str(self._conn.execute("PRAGMA journal_mode").fetchone()[0])
 

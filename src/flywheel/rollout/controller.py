@@ -44,33 +44,41 @@ SYSTEM = "flywheel-rollout"
 # Reading the labelled outcomes scans the rollout's log rows (~0.7 s per 200k rows on
 # SQLite): each process does it at most every OUTCOMES_TTL_S, and never more than 5% of
 # its time (the wait grows to 20x the last read's duration as the rollout's rows grow).
+# Between reads, a cheap mark of the log's labels (their count and newest id) says whether
+# any label arrived: when none did and both arms were already seen, the counts are the
+# same and the rows are not read again.
 OUTCOMES_TTL_S = 10.0
-_outcomes_cache: dict[tuple[str, str], tuple[float, dict[Any, Any]]] = {}
+_outcomes_cache: dict[tuple[str, str], tuple[float, dict[Any, Any], tuple[int, int]]] = {}
 
 
 def outcomes(ws: Workspace, state: RolloutState) -> dict[str, dict[str, Any]] | None:
     """Labelled outcomes since the rollout began: ``champion`` and ``challenger`` (the
     challenger's answers, or its shadow rows), as dicts; None when the log cannot be read.
-    Cached per rollout for ``OUTCOMES_TTL_S``."""
-    from flywheel.predlog.outcomes import arm_outcomes
+    Cached per rollout for ``OUTCOMES_TTL_S``, and for as long as no label arrives."""
+    from flywheel.predlog.outcomes import arm_outcomes, labels_mark
 
     url = ws.settings.serving.prediction_log_url or ""
     key = (url, state.id)
+    role = "shadow" if state.strategy == "shadow" else "challenger"
+    arms = ((state.champion or "", "champion"), (state.challenger, role))
     cached = _outcomes_cache.get(key)
     if cached is not None and time.monotonic() < cached[0]:
         found = cached[1]
     else:
         began = time.monotonic()
         try:
-            found = arm_outcomes(url, state.model, state.started_at)
+            mark = labels_mark(url)
+            if cached is not None and cached[2] == mark and all(a in cached[1] for a in arms):
+                found = cached[1]  # no new label: the labelled counts are the same
+            else:
+                found = arm_outcomes(url, state.model, state.started_at)
         except Exception as exc:  # labels are optional evidence: a broken log must not stop it
             log.warning("rollout %s: labelled outcomes unavailable (%s)", state.id, exc)
             return None
         took = time.monotonic() - began
         if len(_outcomes_cache) > 16:
             _outcomes_cache.clear()
-        _outcomes_cache[key] = (began + took + max(OUTCOMES_TTL_S, 20 * took), found)
-    role = "shadow" if state.strategy == "shadow" else "challenger"
+        _outcomes_cache[key] = (began + took + max(OUTCOMES_TTL_S, 20 * took), found, mark)
     out: dict[str, dict[str, Any]] = {}
     champion = found.get((state.champion or "", "champion"))
     challenger = found.get((state.challenger, role))

@@ -96,14 +96,22 @@ class ArmCounter:
             self.latency_sum += latency_ms
             self.latency_sumsq += latency_ms * latency_ms
             self.latency_hist[bisect_right(LATENCY_EDGES, latency_ms)] += 1
-            if scores is None or not len(scores):
+            if scores is None:
                 return
-            self.rows += len(scores)
+            n = len(scores)
+            if not n:
+                return
+            self.rows += n
             hist = self.score_hist
-            if len(scores) <= SMALL:  # plain Python: numpy's per-call cost (and its GIL
-                for s in scores.tolist():  # release in bincount) dominate a few rows
-                    if s == s:  # NaN: not counted in a bin
-                        hist[min(max(int(s * SCORE_BINS), 0), SCORE_BINS - 1)] += 1
+            if n <= SMALL:  # plain Python: numpy's per-call cost (and its GIL release in
+                for s in scores.tolist():  # bincount) dominate a few rows
+                    if 0.0 <= s < 1.0:
+                        hist[int(s * SCORE_BINS)] += 1
+                    elif s >= 1.0:
+                        hist[SCORE_BINS - 1] += 1
+                    elif s < 0.0:
+                        hist[0] += 1
+                    # NaN: no comparison holds; not counted in a bin
                 return
             finite = scores[np.isfinite(scores)]
             idx = np.clip((finite * SCORE_BINS).astype(np.int64), 0, SCORE_BINS - 1)

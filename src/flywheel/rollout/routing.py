@@ -15,15 +15,31 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 __all__ = ["Router", "bucket"]
 
+_SCALE = 100.0 / 2**64
+# a keyed BLAKE2b per salt, copied for each key: keying a new hasher costs a compression of
+# the key block, about as much as the rest of the hash (~0.7 µs a key instead of ~1.8)
+_KEYED: dict[bytes, Any] = {}
+
 
 def bucket(salt: bytes, key: str) -> float:
-    """``key``'s point in [0, 100) for the rollout salted ``salt``."""
-    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8, key=salt)
-    return int.from_bytes(digest.digest(), "big") * (100.0 / 2**64)
+    """``key``'s point in [0, 100) for the rollout salted ``salt``: BLAKE2b (64 bits) of the
+    key's UTF-8 bytes, keyed by the salt."""
+    keyed = _KEYED.get(salt)
+    if keyed is None:
+        if len(_KEYED) >= 64:
+            _KEYED.clear()
+        keyed = _KEYED[salt] = hashlib.blake2b(digest_size=8, key=salt)
+    digest = keyed.copy()
+    try:
+        digest.update(key.encode())
+    except UnicodeEncodeError:  # a lone surrogate (JSON allows one): hashed as it stands
+        digest.update(key.encode("utf-8", "surrogatepass"))
+    return int.from_bytes(digest.digest(), "big") * _SCALE
 
 
 @dataclass(frozen=True)
@@ -44,11 +60,11 @@ class Router:
     def salt(self) -> bytes:
         return hashlib.blake2b(self.rollout_id.encode(), digest_size=16).digest()
 
-    @property
+    @cached_property
     def feature(self) -> str | None:
         return self.sticky[8:] if self.sticky.startswith("feature:") else None
 
-    @property
+    @cached_property
     def header(self) -> str | None:
         return self.sticky[7:].lower() if self.sticky.startswith("header:") else None
 
@@ -57,7 +73,7 @@ class Router:
     ) -> str:
         """The request's sticky key; ``first`` is a callable giving the first row's value of a
         feature (or None). Falls back to the client's id, then the server's."""
-        if self.sticky.startswith("header:") and route_key:
+        if route_key and self.header is not None:
             return route_key
         name = self.feature
         if name is not None:
