@@ -296,8 +296,8 @@ class SqliteStore:
         return int(self._conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0])
 
     def label_mark(self) -> tuple[int, int]:
-        row = self._conn.execute(f"SELECT count(*), coalesce(max(id), 0) FROM {FEEDBACK_TABLE}")
-        count, top = row.fetchone()
+        cur = self._conn.execute(f"SELECT count(*), coalesce(max(id), 0) FROM {FEEDBACK_TABLE}")
+        count, top = cur.fetchone()
         return int(count), int(top)
 
     def journal_mode(self) -> str:

@@ -46,9 +46,10 @@ SYSTEM = "flywheel-rollout"
 # its time (the wait grows to 20x the last read's duration as the rollout's rows grow).
 # Between reads, a cheap mark of the log's labels (their count and newest id) says whether
 # any label arrived: when none did and both arms were already seen, the counts are the
-# same and the rows are not read again.
+# same and the rows are not read again (the wait after a check stays the last read's).
 OUTCOMES_TTL_S = 10.0
-_outcomes_cache: dict[tuple[str, str], tuple[float, dict[Any, Any], tuple[int, int]]] = {}
+# (url, rollout id) -> (next check, outcomes, labels mark, seconds the last read of the rows took)
+_outcomes_cache: dict[tuple[str, str], tuple[float, dict[Any, Any], tuple[int, int], float]] = {}
 
 
 def outcomes(ws: Workspace, state: RolloutState) -> dict[str, dict[str, Any]] | None:
@@ -69,24 +70,22 @@ def outcomes(ws: Workspace, state: RolloutState) -> dict[str, dict[str, Any]] | 
         try:
             mark = labels_mark(url)
             if cached is not None and cached[2] == mark and all(a in cached[1] for a in arms):
-                found = cached[1]  # no new label: the labelled counts are the same
+                found, took = cached[1], cached[3]  # no new label: the counts are the same
             else:
                 found = arm_outcomes(url, state.model, state.started_at)
+                took = time.monotonic() - began
         except Exception as exc:  # labels are optional evidence: a broken log must not stop it
             log.warning("rollout %s: labelled outcomes unavailable (%s)", state.id, exc)
             return None
-        took = time.monotonic() - began
         if len(_outcomes_cache) > 16:
             _outcomes_cache.clear()
-        _outcomes_cache[key] = (began + took + max(OUTCOMES_TTL_S, 20 * took), found, mark)
-    out: dict[str, dict[str, Any]] = {}
-    champion = found.get((state.champion or "", "champion"))
-    challenger = found.get((state.challenger, role))
-    if champion is not None:
-        out["champion"] = champion.to_dict()
-    if challenger is not None:
-        out["challenger"] = challenger.to_dict()
-    return out
+        now = time.monotonic()
+        _outcomes_cache[key] = (now + max(OUTCOMES_TTL_S, 20 * took), found, mark, took)
+    return {
+        name: arm.to_dict()
+        for name, arm in zip(("champion", "challenger"), (found.get(a) for a in arms), strict=True)
+        if arm is not None
+    }
 
 
 def ab_evidence(

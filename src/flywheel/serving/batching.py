@@ -16,14 +16,16 @@ when the previous flush found company (more than one request), the next one wait
 ``gather_turns`` extra loop turns (2 by default) before it takes the queue. A turn is not a
 timer: with nothing else to do it passes in microseconds, so the CPU never idles for it.
 On a quiet server a lone request waits for nobody; only the first one after a burst passes
-its two turns, idle ones. During a rollout the two arms' batchers are partners: a flush of
-one takes the other's queue in the same turn, and it waits as long as the busier arm would
-(a 10% challenger's lone request, first in a wave, must not cut the champion's gathering
-short). Measured on the churn model, one process on one core, 16
+its two turns, idle ones. Measured on the churn model, one process on one core, 16
 connections: batches grew from ~6 to 16 rows and CPU per request fell by ~20%, because an
 ONNX Runtime call costs 60-70 µs on a busy server whatever its size (~25 µs in a tight
 loop: the difference is cold caches). ``max_wait_s`` > 0 replaces the turns with a clock:
 the flush lingers up to that long for more.
+
+During a rollout the two arms' batchers are partners (``partner``): a flush of one takes
+the other's queue in the same turn, and it waits as long as the arm that last found
+company would (a 10% challenger's lone request, first in a wave, must not cut the
+champion's gathering short).
 
 Small batches run inline on the event loop (an ONNX Runtime call on a few rows takes tens
 of microseconds, less than a thread hand-off); batches over ``inline_max_rows`` rows run in
