@@ -37,6 +37,9 @@ class InputSchema:
         init=False, repr=False, compare=False, default=tuple
     )
     kinds: tuple[tuple[bool, str], ...] = field(init=False, repr=False, compare=False, default=())
+    numeric_of: Mapping[str, bool] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         names = tuple(s.name for s in self.specs)
@@ -46,6 +49,7 @@ class InputSchema:
         getter = itemgetter(*names) if len(names) > 1 else _one(names)
         object.__setattr__(self, "values_of", getter)
         object.__setattr__(self, "kinds", tuple(zip(self.numeric, names, strict=True)))
+        object.__setattr__(self, "numeric_of", dict(zip(names, self.numeric, strict=True)))
 
 
 def _one(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:

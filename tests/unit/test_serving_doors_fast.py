@@ -4,10 +4,7 @@ broker socket, and the hand-off from gRPC's threads to the event loop."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
-import time
 from typing import Any
 
 import numpy as np
@@ -103,30 +100,3 @@ def test_the_read_buffer_hands_paho_the_bytes_in_order() -> None:
     finally:
         left.close()
         right.close()
-
-
-def test_the_handoff_answers_on_the_loop_and_gives_up_when_it_stops() -> None:
-    handoff = fgrpc._Handoff()
-    answers: list[Any] = []
-
-    async def work(n: int) -> int:
-        await asyncio.sleep(0)
-        return n * 2
-
-    async def main() -> None:
-        handoff.loop = asyncio.get_running_loop()
-        threads = [
-            threading.Thread(target=lambda n=n: answers.append(handoff.call(work(n))))
-            for n in range(20)
-        ]
-        for t in threads:
-            t.start()
-        while any(t.is_alive() for t in threads):
-            await asyncio.sleep(0.01)
-
-    asyncio.run(main())
-    assert sorted(answers) == [2 * n for n in range(20)]
-    # the loop is gone: an answer says so at once instead of hanging the thread
-    started = time.monotonic()
-    assert handoff.call(work(1)) is fgrpc._STOPPING
-    assert time.monotonic() - started < fgrpc._WAIT_CHECK_S + 1

@@ -24,26 +24,25 @@ trailing metadata ``flywheel-error-kind`` (and ``flywheel-error-field``) make it
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
+import enum
 import logging
+import socket
 import struct
-import threading
-from collections import deque
-from collections.abc import Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 import flywheel
 from flywheel.errors import ConfigError, FlywheelError
 from flywheel.serving import _tensors as tensors
+from flywheel.serving._pbwire import infer_response_bytes
 from flywheel.serving._proto import grpc_predict_v2_pb2 as pb
-from flywheel.serving._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from flywheel.serving.auth import credential
 from flywheel.serving.cycle import Call
-from flywheel.serving.errors import InvalidInput, ModelNotReady
+from flywheel.serving.errors import InvalidInput
+from flywheel.serving.h2 import H2Server, Reply, Unary
 from flywheel.serving.types import PredictRequest, PredictResponse
 
 if TYPE_CHECKING:
@@ -56,6 +55,7 @@ __all__ = [
     "DEFAULT_GRPC_PORT",
     "GrpcFront",
     "InferenceServicer",
+    "StatusCode",
     "create_grpc_server",
     "decode_infer_request",
     "encode_infer_response",
@@ -85,29 +85,50 @@ _TYPED_FIELD: dict[str, str] = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
-_CODES: dict[int, grpc.StatusCode] = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    409: grpc.StatusCode.FAILED_PRECONDITION,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    415: grpc.StatusCode.INVALID_ARGUMENT,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    503: grpc.StatusCode.UNAVAILABLE,
+
+
+class StatusCode(enum.IntEnum):
+    """gRPC's status codes (the numbers of ``grpc.StatusCode``, without importing grpcio)."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+_CODES: dict[int, StatusCode] = {
+    400: StatusCode.INVALID_ARGUMENT,
+    401: StatusCode.UNAUTHENTICATED,
+    403: StatusCode.PERMISSION_DENIED,
+    404: StatusCode.NOT_FOUND,
+    409: StatusCode.FAILED_PRECONDITION,
+    413: StatusCode.RESOURCE_EXHAUSTED,
+    415: StatusCode.INVALID_ARGUMENT,
+    422: StatusCode.INVALID_ARGUMENT,
+    503: StatusCode.UNAVAILABLE,
 }
 _EXHAUSTED_KINDS = frozenset({"too_many_rows", "payload_too_large"})
-# gRPC's worker threads (made as calls need them; each waits on the event loop for its answer)
-THREADS = 64
-_WAIT_CHECK_S = 1.0  # how often a waiting thread checks that the event loop still runs
-_STOPPING = ModelNotReady("The server is stopping; retry on another replica or shortly.")
+SERVICE = "/inference.GRPCInferenceService/"
 
 
-def grpc_code(exc: FlywheelError) -> grpc.StatusCode:
+def grpc_code(exc: FlywheelError) -> StatusCode:
     """The gRPC status code for one of flywheel's errors (decided here, once)."""
     if exc.kind in _EXHAUSTED_KINDS:
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    return _CODES.get(exc.status, grpc.StatusCode.INTERNAL)
+        return StatusCode.RESOURCE_EXHAUSTED
+    return _CODES.get(exc.status, StatusCode.INTERNAL)
 
 
 # --------------------------------------------------------------------------- request
@@ -168,24 +189,29 @@ def _common_columns(
     :func:`decode_infer_request` gives with ``lists=True`` (a test compares both) for about
     half its CPU: one loop, no intermediate tensors. Anything else, or anything wrong, is
     left to :func:`decode_infer_request`, which names each problem."""
-    kinds = dict(zip(schema.names, schema.numeric, strict=True))
+    kinds = schema.numeric_of
     raw = request.raw_input_contents
     inputs = request.inputs
     if raw and len(raw) != len(inputs):
         return None
     columns: dict[str, list[Any]] = {}
+    rows = -1
     for i, tensor in enumerate(inputs):
-        name, shape = tensor.name, tensor.shape
+        name = tensor.name
         numeric = kinds.get(name)
         if numeric is None or name in columns or len(name) > 64:
             return None
-        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+        shape = tensor.shape
+        dims = len(shape)
+        if dims != 1 and (dims != 2 or shape[1] != 1):
             return None
-        rows = shape[0]
-        if not 0 <= rows <= tensors.LIST_MAX_ROWS:
-            return None
-        check_rows(rows)
-        values = _common_values(tensor, rows, numeric, raw[i] if raw else None)
+        count = shape[0]
+        if count != rows:  # checked once: a tensor of another length is left to the general
+            if rows != -1 or not 0 <= count <= tensors.LIST_MAX_ROWS:  # path, which names it
+                return None
+            check_rows(count)
+            rows = count
+        values = _common_values(tensor, count, numeric, raw[i] if raw else None)
         if values is None:
             return None
         columns[name] = values
@@ -298,124 +324,37 @@ def _metadata_value(value: Any) -> str | None:
     return text if text.isascii() and text.isprintable() else None
 
 
-class _Handoff:
-    """Calls from gRPC's worker threads to the event loop, and their answers back.
+class InferenceServicer:
+    """``inference.GRPCInferenceService`` over one :class:`Predictor`, as unary methods of
+    the HTTP/2 server (:mod:`flywheel.serving.h2`): each takes the request message's bytes
+    and headers and runs on the predictor's event loop, where the request cycle
+    (``predictor.calls``), decoding, the micro-batcher and encoding run as for every other
+    front; calls that arrive together meet in one micro-batch."""
 
-    Lighter than ``asyncio.run_coroutine_threadsafe`` for each call (a wake-up of the loop, a
-    concurrent Future with its Condition, two chained futures): calls queue here and the loop
-    is woken once per burst to start them all; each answer comes back through a plain lock.
-    Should the loop stop with calls in hand, ``call`` returns :data:`_STOPPING` after at most
-    ``_WAIT_CHECK_S`` instead of leaving the thread hanging."""
-
-    def __init__(self) -> None:
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._inbox: deque[_Pending] = deque()
-        self._woken = False
-
-    def call(self, work: Coroutine[Any, Any, Any]) -> Any:
-        """Run ``work`` on the loop; wait for and return its result (in a worker thread)."""
-        loop = self.loop
-        pending = _Pending(work)
-        self._inbox.append(pending)
-        if not self._woken:
-            self._woken = True
-            try:
-                loop.call_soon_threadsafe(self._start)  # type: ignore[union-attr]
-            except (AttributeError, RuntimeError):  # no loop, or closed
-                self._woken = False
-                return self._give_up(pending)
-        while not pending.done.acquire(timeout=_WAIT_CHECK_S):
-            if loop is None or not loop.is_running():
-                return self._give_up(pending)
-        if pending.error is not None:
-            raise pending.error
-        return pending.result
-
-    def _start(self) -> None:
-        """(On the loop.) Start every call queued since the last wake-up."""
-        self._woken = False  # first: a call queued from now on wakes the loop again
-        inbox, loop = self._inbox, self.loop
-        while inbox:
-            pending = inbox.popleft()
-            pending.started = True
-            loop.create_task(pending.work).add_done_callback(pending.finish)  # type: ignore[union-attr]
-
-    def _give_up(self, pending: _Pending) -> Any:
-        if not pending.started:
-            with contextlib.suppress(ValueError):
-                self._inbox.remove(pending)
-            pending.work.close()  # never started: nothing ran
-        return _STOPPING
-
-
-class _Pending:
-    """One call handed to the loop: ``done`` is released when its answer is in."""
-
-    __slots__ = ("done", "error", "result", "started", "work")
-
-    def __init__(self, work: Coroutine[Any, Any, Any]) -> None:
-        self.work = work
-        self.done = threading.Lock()
-        self.done.acquire()
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.started = False
-
-    def finish(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled():
-            self.result = _STOPPING
-        elif task.exception() is not None:
-            self.error = task.exception()
-        else:
-            self.result = task.result()
-        self.done.release()
-
-
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """``inference.GRPCInferenceService`` over one :class:`Predictor`.
-
-    The RPCs arrive on the gRPC server's worker threads (:class:`GrpcServer`); everything
-    that touches the predictor runs on the predictor's event loop (``loop``, set when the
-    server starts): the request cycle (``predictor.calls``), decoding, the micro-batcher and
-    encoding, as for every other front. A thread only waits for its answer."""
-
-    def __init__(self, predictor: Predictor, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
         self.metrics = predictor.metrics
-        self._handoff = _Handoff()
-        self.loop = loop
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop | None:
-        return self._handoff.loop
-
-    @loop.setter
-    def loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self._handoff.loop = loop
-
-    def _on_loop(self, work: Coroutine[Any, Any, Any], context: Any) -> Any:
-        """Run ``work`` on the event loop and wait for its result (in a worker thread); calls
-        in hand when the loop stops are answered UNAVAILABLE, never left hanging."""
-        answer = self._handoff.call(work)
-        if answer is _STOPPING:
-            self._abort(context, _STOPPING)
-        return answer
+    def methods(self) -> dict[str, Unary]:
+        """``/inference.GRPCInferenceService/<RPC>`` -> its unary method."""
+        rpcs: dict[str, tuple[Any, Callable[..., Awaitable[Any]]]] = {
+            "ServerLive": (pb.ServerLiveRequest, self.server_live),
+            "ServerReady": (pb.ServerReadyRequest, self.server_ready),
+            "ModelReady": (pb.ModelReadyRequest, self.model_ready),
+            "ServerMetadata": (pb.ServerMetadataRequest, self.server_metadata),
+            "ModelMetadata": (pb.ModelMetadataRequest, self.model_metadata),
+            "ModelInfer": (pb.ModelInferRequest, self.model_infer),
+        }
+        return {SERVICE + name: _unary(kind, rpc) for name, (kind, rpc) in rpcs.items()}
 
     # ------------------------------------------------------------------ health + metadata
-    # (method names are the RPC names)
-    def ServerLive(self, request: Any, context: Any) -> Any:
+    async def server_live(self, request: Any, headers: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
 
-    def ServerReady(self, request: Any, context: Any) -> Any:
-        return self._on_loop(self._server_ready(), context)
-
-    async def _server_ready(self) -> Any:
+    async def server_ready(self, request: Any, headers: Any) -> Any:
         return pb.ServerReadyResponse(ready=self.predictor.ready)
 
-    def ModelReady(self, request: Any, context: Any) -> Any:
-        return self._on_loop(self._model_ready(request), context)
-
-    async def _model_ready(self, request: Any) -> Any:
+    async def model_ready(self, request: Any, headers: Any) -> Any:
         """False (not an error) for an unknown model or a version not served, as Triton does:
         a readiness probe answers yes or no."""
         try:
@@ -424,15 +363,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=request.version in ("", model.version))
 
-    def ServerMetadata(self, request: Any, context: Any) -> Any:
+    async def server_metadata(self, request: Any, headers: Any) -> Any:
         return pb.ServerMetadataResponse(
             name="flywheel", version=flywheel.__version__, extensions=EXTENSIONS
         )
 
-    def ModelMetadata(self, request: Any, context: Any) -> Any:
-        return self._answer(self._on_loop(self._model_metadata(request), context), context)
-
-    async def _model_metadata(self, request: Any) -> Any:
+    async def model_metadata(self, request: Any, headers: Any) -> Any:
         try:
             meta = self.predictor.metadata(request.name or None, request.version or None)
         except FlywheelError as exc:
@@ -440,17 +376,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return model_metadata(meta)
 
     # ------------------------------------------------------------------ inference
-    def ModelInfer(self, request: Any, context: Any) -> Any:
-        pairs = context.invocation_metadata() if self.predictor.calls.auth_required else ()
-        return self._answer(self._on_loop(self._model_infer(request, pairs), context), context)
-
-    async def _model_infer(self, request: Any, pairs: Any) -> Any:
-        """The request cycle (on the event loop): the answer, or the error to abort with."""
+    async def model_infer(self, request: Any, headers: Any) -> Any:
+        """The request cycle: the answer, or the error to end the call with."""
         calls = self.predictor.calls
         call = calls.begin("grpc", "ModelInfer", request.id)
         try:
             if calls.auth_required:
-                calls.authorize(credential(pairs or ()))
+                calls.authorize(credential(headers))
             answer = await self._infer(request, call)
         except Exception as exc:
             error = calls.failed(call, exc)
@@ -482,73 +414,74 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 protocol="grpc",
             )
         )
-        return encode_infer_response(response, outputs, raw=bool(request.raw_input_contents))
+        return infer_response_bytes(response, outputs, raw=bool(request.raw_input_contents))
 
-    @classmethod
-    def _answer(cls, answer: Any, context: Any) -> Any:
+
+def _unary(kind: Any, rpc: Callable[[Any, Any], Awaitable[Any]]) -> Unary:
+    """An RPC as the HTTP/2 server's unary method: parse, call, serialize or map the error."""
+
+    async def unary(message: bytes, headers: list[tuple[str, str]]) -> Reply:
+        try:
+            request = kind.FromString(message)
+        except DecodeError:
+            return Reply(None, StatusCode.INTERNAL, "Exception deserializing request!")
+        answer = await rpc(request, headers)
         if isinstance(answer, FlywheelError):
-            cls._abort(context, answer)
-        return answer
+            return _error_reply(answer)
+        return Reply(answer if type(answer) is bytes else answer.SerializeToString())
 
-    @staticmethod
-    def _abort(context: Any, exc: FlywheelError) -> NoReturn:
-        trailing = [("flywheel-error-kind", exc.kind)]
-        field = _metadata_value(exc.details.get("field", ""))
-        if field:
-            trailing.append(("flywheel-error-field", field))
-        context.set_trailing_metadata(tuple(trailing))
-        context.abort(grpc_code(exc), exc.message)
-        raise AssertionError("grpc context.abort() returned")  # it always raises
+    return unary
+
+
+def _error_reply(exc: FlywheelError) -> Reply:
+    trailing = [("flywheel-error-kind", exc.kind)]
+    field = _metadata_value(exc.details.get("field", ""))
+    if field:
+        trailing.append(("flywheel-error-field", field))
+    return Reply(None, grpc_code(exc), exc.message, tuple(trailing))
 
 
 # --------------------------------------------------------------------------- server
 
 
 class GrpcServer:
-    """The gRPC server :func:`create_grpc_server` builds, with grpc.aio's asyncio face
-    (``await start()``, ``await stop(grace)``, ``await wait_for_termination()``).
+    """The gRPC server :func:`create_grpc_server` builds (``await start()``, ``await
+    stop(grace)``, ``await wait_for_termination()``): :class:`flywheel.serving.h2.H2Server`
+    on the event loop that runs the predictor.
 
-    Why grpc's thread-pool server under an asyncio core: grpc.aio's server accepts one call
-    per round trip through its completion-queue poller and the event loop, so calls reach the
-    handlers one loop turn apart (micro-batches of ~1 row) and each costs ~200 µs of server
-    CPU before any work. Here gRPC's own threads accept, read and write calls and hand each
-    to the event loop, where calls that arrive together meet in one micro-batch: on one core,
-    ~45% less CPU per ModelInfer than the grpc.aio server, ~70% less with this module's
-    decoding fast path (bench/README.md, "The other doors")."""
+    Why not grpcio's server: its Python layer alone costs ~125-155 µs per call, and its
+    calls arrive on threads (or, with grpc.aio, one loop turn apart) that must be handed to
+    the event loop; here the calls are read on the loop itself (bench/README.md, "The other
+    doors")."""
 
-    def __init__(
-        self,
-        servicer: InferenceServicer,
-        *,
-        options: Sequence[tuple[str, Any]],
-        max_concurrent_rpcs: int | None,
-    ) -> None:
+    def __init__(self, servicer: InferenceServicer, sock: socket.socket, limit: int | None):
         self.servicer = servicer
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            THREADS, thread_name_prefix="flywheel-grpc"
+        self._socket = sock
+        self._h2 = H2Server(
+            servicer.methods(),
+            max_message=servicer.predictor.config.max_body_bytes,
+            limit=limit,
         )
-        self._server = grpc.server(
-            self._pool, options=options, maximum_concurrent_rpcs=max_concurrent_rpcs
-        )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
 
-    def add_insecure_port(self, address: str) -> int:
-        return self._server.add_insecure_port(address)
+    @property
+    def port(self) -> int:
+        return int(self._socket.getsockname()[1])
 
     async def start(self) -> None:
-        """Listen; the calls are answered on the running event loop."""
-        self.servicer.loop = asyncio.get_running_loop()
-        self._server.start()
+        """Accept calls on the running event loop."""
+        await self._h2.listen(self._socket)
 
     async def stop(self, grace: float | None) -> None:
         """Refuse new calls, let those in hand finish for ``grace`` seconds (None: cancel
-        them now), then release the threads."""
-        stopped = self._server.stop(grace)
-        await asyncio.to_thread(stopped.wait)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        them now), then close."""
+        await self._h2.stop(grace)
 
     async def wait_for_termination(self, timeout: float | None = None) -> bool:
-        return await asyncio.to_thread(self._server.wait_for_termination, timeout)
+        try:
+            await asyncio.wait_for(self._h2.wait_closed(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
 
 def create_grpc_server(
@@ -557,35 +490,30 @@ def create_grpc_server(
     port: int = DEFAULT_GRPC_PORT,
     *,
     max_concurrent_rpcs: int | None = None,
-    options: Sequence[tuple[str, Any]] = (),
 ) -> GrpcServer:
     """A :class:`GrpcServer` with the inference service bound to ``host:port`` (not started;
     ``await server.start()`` on the event loop that runs the predictor). It does not load
     models: ``serve_grpc`` (or the caller) runs ``predictor.start()``. ``max_concurrent_rpcs``:
     more in flight are refused with RESOURCE_EXHAUSTED (None: no limit). Messages up to
-    ``serving.max_body_bytes`` are accepted; larger ones get RESOURCE_EXHAUSTED from gRPC."""
-    limit = predictor.config.max_body_bytes
-    server = GrpcServer(
-        InferenceServicer(predictor),
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", max(limit, 4 * 1024 * 1024)),
-            # fail loudly when the port is taken instead of sharing it silently
-            ("grpc.so_reuseport", 0),
-            *options,
-        ],
-        max_concurrent_rpcs=max_concurrent_rpcs,
-    )
+    ``serving.max_body_bytes`` are accepted; larger ones get RESOURCE_EXHAUSTED."""
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        bound = server.add_insecure_port(address)
-    except RuntimeError as exc:  # grpc's "Failed to bind to address ..."
+        # fail loudly when the port is taken (no SO_REUSEPORT: never share it silently)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
         raise ConfigError(
-            f"The gRPC server cannot listen on {address}: {exc}. Choose another "
-            "port or stop what holds it.",
+            f"The gRPC server cannot listen on {address}: {exc.strerror or exc}. Choose "
+            "another port or stop what holds it.",
             key="serving.grpc_port",
         ) from exc
-    log.info("gRPC inference service bound to %s:%s", host, bound)
+    server = GrpcServer(InferenceServicer(predictor), sock, max_concurrent_rpcs)
+    log.info("gRPC inference service bound to %s:%s", host, server.port)
     return server
 
 
