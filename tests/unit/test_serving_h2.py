@@ -366,3 +366,122 @@ def test_header_blocks_that_keep_the_table() -> None:
     assert h2._keeps_table(block)
     assert not h2._keeps_table(b"\x3f\xe1\x1f")  # a table size update
     assert not h2._keeps_table(b"\x82\x0f")  # cut short
+
+
+# --------------------------------------------------------------------------- abuse (review)
+
+
+def test_calls_reset_before_they_run_are_counted_off(files: dict[str, ModelFiles]) -> None:
+    """A reset arriving with its request cancels the call before it runs; the in-flight
+    count must still drop, or max_concurrent_rpcs would refuse every later call."""
+    body = message(typed_request(frame(1)))
+
+    async def main() -> None:
+        predictor = predictor_for(files)
+        server = fgrpc.create_grpc_server(predictor, "127.0.0.1", 0, max_concurrent_rpcs=2)
+        await server.start()
+        await predictor.start()
+        try:
+            async with RawClient(server.port) as c:
+                for sid in (1, 3, 5, 7, 9):
+                    c.send(
+                        frame_bytes(h2.HEADERS, h2.END_HEADERS, sid, c.headers())
+                        + frame_bytes(h2.DATA, h2.END_STREAM, sid, body)
+                        + frame_bytes(h2.RST_STREAM, 0, sid, struct.pack(">I", h2.CANCEL))
+                    )
+                await asyncio.sleep(0.2)
+                assert server._h2.in_flight == 0
+                c.send(
+                    frame_bytes(h2.HEADERS, h2.END_HEADERS, 11, c.headers()),
+                    frame_bytes(h2.DATA, h2.END_STREAM, 11, body),
+                )
+                assert (await c.answer(11))["headers"]["grpc-status"] == "0"
+        finally:
+            await server.stop(None)
+            await predictor.close()
+
+    asyncio.run(main())
+
+
+def test_a_compressed_bomb_is_refused_without_inflating(files: dict[str, ModelFiles]) -> None:
+    import zlib
+
+    bomb = zlib.compressobj(9, zlib.DEFLATED, 31)
+    packed = bomb.compress(b"\x00" * (64 << 20)) + bomb.flush()  # 64 MiB of zeros, ~64 KB
+    framed = b"\x01" + struct.pack(">I", len(packed)) + packed
+
+    async def main() -> None:
+        limited = predictor_for(files, max_body_bytes=1 << 20)
+        async with served(limited) as (_, port), RawClient(port) as c:
+            block = c.encoder.encode(
+                [
+                    (":method", "POST"),
+                    (":scheme", "http"),
+                    (":path", INFER),
+                    ("content-type", "application/grpc"),
+                    ("grpc-encoding", "gzip"),
+                ]
+            )
+            c.send(
+                frame_bytes(h2.HEADERS, h2.END_HEADERS, 1, block),
+                *[
+                    frame_bytes(h2.DATA, 0, 1, framed[i : i + 16384])
+                    for i in range(0, len(framed), 16384)
+                ],
+                frame_bytes(h2.DATA, h2.END_STREAM, 1),
+            )
+            got = await c.answer(1)
+        assert got["headers"]["grpc-status"] == str(h2.RESOURCE_EXHAUSTED)
+        assert "decompressed" in got["headers"]["grpc-message"]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        # a header block that never ends (the CONTINUATION flood)
+        [frame_bytes(h2.HEADERS, 0, 1, b"\x82")]
+        + [frame_bytes(h2.CONTINUATION, 0, 1, b"\x82" * 16384)] * 8,
+        # PADDED with no pad length, and padding longer than the frame
+        [frame_bytes(h2.HEADERS, h2.PADDED | h2.END_HEADERS, 1, b"")],
+        [frame_bytes(h2.DATA, h2.PADDED, 1, b"\x09abc")],
+    ],
+    ids=["continuation-flood", "padded-empty", "padding-too-long"],
+)
+def test_broken_frames_end_the_connection_with_goaway(
+    files: dict[str, ModelFiles], frames: list[bytes]
+) -> None:
+    async def main() -> None:
+        async with served(predictor_for(files)) as (server, port), RawClient(port) as c:
+            c.send(*frames)
+            kinds: list[int | str] = []
+            try:
+                while True:
+                    kinds.append((await c.read_frame())[0])
+            except asyncio.IncompleteReadError:
+                kinds.append("closed")
+            except ConnectionResetError:  # closed while the client still sent: TCP resets
+                kinds.append("reset")  # (the GOAWAY before it may be lost with it)
+            assert kinds[-2:] == [h2.GOAWAY, "closed"] or kinds[-1] == "reset", kinds
+            assert not server._h2.connections or all(conn.failed for conn in server._h2.connections)
+
+    asyncio.run(main())
+
+
+def test_padding_counts_against_the_stream_window(files: dict[str, ModelFiles]) -> None:
+    """Padded DATA uses the window by its full length: the server gives it back, so a
+    client that pads does not stall."""
+
+    async def main() -> None:
+        async with served(predictor_for(files)) as (_, port), RawClient(port) as c:
+            c.send(frame_bytes(h2.HEADERS, h2.END_HEADERS, 1, c.headers()))
+            chunk = frame_bytes(h2.DATA, h2.PADDED, 1, bytes([200]) + b"\x00" * 10 + b"\x00" * 200)
+            c.send(*[chunk] * (h2.STREAM_WINDOW // 2 // 211 + 1))
+            while True:
+                kind, _, sid, payload = await c.read_frame()
+                if kind == h2.WINDOW_UPDATE and sid == 1:
+                    assert struct.unpack(">I", payload)[0] >= h2.STREAM_WINDOW // 2
+                    break
+
+    asyncio.run(main())

@@ -48,7 +48,8 @@ WINDOW_UPDATE, CONTINUATION = 8, 9
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 # error codes
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
-FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 0x6, 0x7, 0x8, 0x9
+STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL = 0x5, 0x6, 0x7, 0x8
+COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 0x9, 0xB
 # settings ids
 HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE = 1, 2, 3, 4
 MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE = 5, 6
@@ -61,6 +62,8 @@ MAX_STREAMS = 256  # concurrent calls per connection (more are refused: REFUSED_
 STREAM_WINDOW = 1 << 20  # what a client may send on one stream before we say "more"
 CONNECTION_WINDOW = 1 << 24
 MAX_HEADER_LIST = 16 * 1024
+MAX_HEADER_BLOCK = 64 * 1024  # a header block (HEADERS + CONTINUATION) larger: GOAWAY
+MAX_DETAILS = 1024  # characters of grpc-message sent back
 MAX_WINDOW = (1 << 31) - 1
 _BLOCK_CACHE = 64  # decoded header blocks kept per connection
 
@@ -198,6 +201,7 @@ class _Connection(asyncio.Protocol):
         self.out: list[bytes] = []
         self.flush_scheduled = False
         self.closing = False  # GOAWAY sent or received: no new streams
+        self.failed = False  # a connection error was sent: nothing more is read
 
     # ------------------------------------------------------------------ transport
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -236,15 +240,28 @@ class _Connection(asyncio.Protocol):
 
     def _fail(self, code: int, why: str) -> None:
         """A connection error: GOAWAY with ``code``, then close."""
+        if self.failed:
+            return
         log.info("gRPC connection closed: %s", why)
         self._write(_frame(GOAWAY, 0, 0, struct.pack(">II", self.last_stream, code)))
         self._flush()
-        self.closing = True
+        self.closing = self.failed = True
         if self.transport is not None:
             self.transport.close()
 
+    # a client that does not read its answers: stop reading its requests until it does
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.failed:
+            self.transport.resume_reading()
+
     # ------------------------------------------------------------------ reading
     def data_received(self, data: bytes) -> None:
+        if self.failed:
+            return
         buffer = self.buffer
         buffer += data
         if not self.preface:
@@ -259,7 +276,7 @@ class _Connection(asyncio.Protocol):
             self.preface = True
         pos, size = 0, len(buffer)
         unpack = _HEADER.unpack_from
-        while size - pos >= 9 and self.transport is not None:
+        while size - pos >= 9 and not self.failed:
             high, low, kind, flags, stream = unpack(buffer, pos)
             length = high << 16 | low
             if length > STREAM_WINDOW:
@@ -291,6 +308,9 @@ class _Connection(asyncio.Protocol):
                 self._fail(PROTOCOL_ERROR, "CONTINUATION without HEADERS")
                 return
             stream.block += payload
+            if len(stream.block) > MAX_HEADER_BLOCK:
+                self._fail(ENHANCE_YOUR_CALM, f"a header block over {MAX_HEADER_BLOCK} bytes")
+                return
             if flags & END_HEADERS:
                 self.continuing = None
                 self._header_block(stream, bytes(stream.block))
@@ -353,14 +373,21 @@ class _Connection(asyncio.Protocol):
             return
         start, end = 0, len(payload)
         if flags & PADDED:
+            if not payload:
+                self._fail(PROTOCOL_ERROR, "PADDED HEADERS without a pad length")
+                return
             start, end = 1, end - payload[0]
         if flags & PRIORITY_FLAG:
             start += 5
+        if start > end:
+            self._fail(PROTOCOL_ERROR, "HEADERS padding or priority longer than the frame")
+            return
         stream = self.streams.get(sid)
         if stream is None:
             stream = _Stream(sid, self.peer_window)
-            if sid <= self.last_stream:  # trailers of a stream already answered
+            if sid <= self.last_stream:  # a stream already answered (or never opened)
                 stream.done = True
+                self._write(_frame(RST_STREAM, 0, sid, _U32.pack(STREAM_CLOSED)))
             elif self.closing or len(self.streams) >= MAX_STREAMS:
                 self.last_stream = sid
                 stream.done = True
@@ -408,12 +435,16 @@ class _Connection(asyncio.Protocol):
             self._call(stream)
 
     def _data(self, flags: int, sid: int, payload: bytes) -> None:
-        self.recv_owed += len(payload)
-        stream = self.streams.get(sid)
-        if stream is None or stream.done:
-            return
-        if flags & PADDED and payload:
+        charged = len(payload)  # flow control counts the padding too
+        self.recv_owed += charged
+        if flags & PADDED:
+            if not payload or payload[0] >= len(payload):
+                self._fail(PROTOCOL_ERROR, "DATA padding longer than the frame")
+                return
             payload = payload[1 : len(payload) - payload[0]]
+        stream = self.streams.get(sid)
+        if stream is None or stream.done or stream.ended:
+            return
         stream.body += payload
         if len(stream.body) > self.server.max_message + 5:
             self._reply(
@@ -431,7 +462,7 @@ class _Connection(asyncio.Protocol):
             stream.ended = True
             self._call(stream)
             return
-        stream.window_owed += len(payload)
+        stream.window_owed += charged
         if stream.window_owed >= STREAM_WINDOW // 2:
             self._write(_frame(WINDOW_UPDATE, 0, sid, _U32.pack(stream.window_owed)))
             stream.window_owed = 0
@@ -439,6 +470,8 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ calls
     def _call(self, stream: _Stream) -> None:
         """The client's side is complete: check the call and start its method."""
+        if stream.task is not None or stream.done:
+            return
         headers = stream.headers
         path = method = content_type = encoding = ""
         for name, value in headers:
@@ -450,14 +483,17 @@ class _Connection(asyncio.Protocol):
                 content_type = value
             elif name == "grpc-encoding":
                 encoding = value
-        if method != "POST" or not content_type.startswith("application/grpc"):
+        grpc_type = content_type == "application/grpc" or content_type.startswith(
+            ("application/grpc+", "application/grpc;")
+        )
+        if method != "POST" or not grpc_type:
             status = "405" if method != "POST" else "415"
             block = _int(8, 4) + _int(len(status), 7) + status.encode()  # :status, no index
             self._finish_raw(stream, _frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
             return
         unary = self.server.methods.get(path)
         if unary is None:
-            self._reply(stream, Reply(None, UNIMPLEMENTED, f"Method not found: {path}"))
+            self._reply(stream, Reply(None, UNIMPLEMENTED, f"Method not found: {path[:200]}"))
             return
         body = stream.body
         if len(body) < 5 or _U32.unpack_from(body, 1)[0] != len(body) - 5:
@@ -470,10 +506,23 @@ class _Connection(asyncio.Protocol):
                     stream, Reply(None, UNIMPLEMENTED, f"Compression {encoding!r} not supported")
                 )
                 return
-            try:
-                message = zlib.decompress(message, 31 if encoding == "gzip" else 15)
+            limit = self.server.max_message
+            try:  # never more than the limit: a small bomb must not inflate in memory
+                inflate = zlib.decompressobj(31 if encoding == "gzip" else 15)
+                message = inflate.decompress(message, limit + 1)
             except zlib.error:
                 self._reply(stream, Reply(None, INTERNAL, "Could not decompress the message"))
+                return
+            if len(message) > limit:
+                self._reply(
+                    stream,
+                    Reply(
+                        None,
+                        RESOURCE_EXHAUSTED,
+                        f"Received message larger than max once decompressed (over {limit} "
+                        "bytes); serving.max_body_bytes sets the limit",
+                    ),
+                )
                 return
         stream.body = bytearray()
         if self.server.limit is not None and self.server.in_flight >= self.server.limit:
@@ -481,6 +530,8 @@ class _Connection(asyncio.Protocol):
             return
         self.server.in_flight += 1
         stream.task = self.loop.create_task(self._run(stream, unary, message, headers))
+        # counted off when the task ends, even when it is cancelled before it first runs
+        stream.task.add_done_callback(self.server.call_done)
 
     async def _run(
         self, stream: _Stream, unary: Unary, message: bytes, headers: list[tuple[str, str]]
@@ -492,8 +543,6 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log.exception("gRPC call failed")
             reply = Reply(None, UNKNOWN, "Unexpected error in the server")
-        finally:
-            self.server.in_flight -= 1
         if not stream.done and self.transport is not None:
             self._reply(stream, reply)
 
@@ -502,16 +551,27 @@ class _Connection(asyncio.Protocol):
         if reply.message is None:  # Trailers-Only
             block = _RESPONSE_HEADERS + _literal("grpc-status", str(reply.code))
             if reply.details:
-                block += _literal("grpc-message", _details(reply.details))
+                block += _literal("grpc-message", _details(reply.details[:MAX_DETAILS]))
             for name, value in reply.trailers:
                 block += _literal(name, value)
-            self._finish_raw(stream, _frame(HEADERS, END_HEADERS | END_STREAM, sid, block))
+            self._finish_raw(stream, self._header_frames(sid, END_STREAM, block))
             return
         message = reply.message
         self._write(_frame(HEADERS, END_HEADERS, sid, _RESPONSE_HEADERS))
         stream.pending = b"\x00" + _U32.pack(len(message)) + message
         stream.trailers = _frame(HEADERS, END_HEADERS | END_STREAM, sid, _OK_TRAILERS)
         self._drain(stream)
+
+    def _header_frames(self, sid: int, flags: int, block: bytes) -> bytes:
+        """A header block as HEADERS (+ CONTINUATION) frames no larger than the peer takes."""
+        size = self.peer_frame
+        if len(block) <= size:
+            return _frame(HEADERS, flags | END_HEADERS, sid, block)
+        chunks = [block[i : i + size] for i in range(0, len(block), size)]
+        frames = [_frame(HEADERS, flags, sid, chunks[0])]
+        frames += [_frame(CONTINUATION, 0, sid, c) for c in chunks[1:-1]]
+        frames.append(_frame(CONTINUATION, END_HEADERS, sid, chunks[-1]))
+        return b"".join(frames)
 
     def _finish_raw(self, stream: _Stream, frames: bytes) -> None:
         self._write(frames)
@@ -574,6 +634,9 @@ class H2Server:
         self._server: asyncio.base_events.Server | None = None
         self._stopped = asyncio.Event()
 
+    def call_done(self, task: asyncio.Task[None]) -> None:
+        self.in_flight -= 1
+
     async def listen(self, sock: socket.socket) -> None:
         """Start accepting on ``sock`` (bound and listening)."""
         loop = asyncio.get_running_loop()
@@ -592,8 +655,13 @@ class H2Server:
                 await asyncio.sleep(0.01)
         for conn in list(self.connections):
             conn._flush()
-            if conn.transport is not None:
-                conn.transport.close()
+            transport = conn.transport
+            if transport is None:
+                continue
+            if transport.get_write_buffer_size():  # a client that stopped reading must not
+                transport.abort()  # keep its connection open after the grace
+            else:
+                transport.close()
         if self._server is not None:
             await self._server.wait_closed()
         self._stopped.set()
