@@ -1,5 +1,6 @@
 """The gRPC adapter (Open Inference Protocol v2): the wire schema against tritonclient's, the
-tensor translation as pure functions, and every RPC through a grpc.aio server on loopback."""
+tensor translation as pure functions, and every RPC through flywheel's gRPC server on loopback,
+with grpcio's asyncio client."""
 
 from __future__ import annotations
 

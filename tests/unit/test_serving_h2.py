@@ -285,14 +285,16 @@ def test_raw_errors_name_what_is_wrong(files: dict[str, ModelFiles]) -> None:
                 frame_bytes(h2.DATA, h2.END_STREAM, 3, body),
             )
             got = await c.answer(3)
-            assert got["headers"]["grpc-status"] == str(h2.UNIMPLEMENTED)
+            assert got["headers"]["grpc-status"] == str(h2.StatusCode.UNIMPLEMENTED.value)
             assert "/x.Y/Z" in got["headers"]["grpc-message"]
             # a message cut short (the length prefix promises more)
             c.send(
                 frame_bytes(h2.HEADERS, h2.END_HEADERS, 5, c.headers()),
                 frame_bytes(h2.DATA, h2.END_STREAM, 5, body[:-3]),
             )
-            assert (await c.answer(5))["headers"]["grpc-status"] == str(h2.INTERNAL)
+            assert (await c.answer(5))["headers"]["grpc-status"] == str(
+                h2.StatusCode.INTERNAL.value
+            )
             # bytes that are no protobuf message: INTERNAL, as grpcio's server says
             junk = b"\x00" + struct.pack(">I", 3) + b"\xff\xff\xff"
             c.send(
@@ -300,7 +302,7 @@ def test_raw_errors_name_what_is_wrong(files: dict[str, ModelFiles]) -> None:
                 frame_bytes(h2.DATA, h2.END_STREAM, 7, junk),
             )
             got = await c.answer(7)
-            assert got["headers"]["grpc-status"] == str(h2.INTERNAL)
+            assert got["headers"]["grpc-status"] == str(h2.StatusCode.INTERNAL.value)
             # an invalid input: INVALID_ARGUMENT with the field in the trailers
             bad = pb.ModelInferRequest(model_name="churn")
             bad.inputs.add(name="tenure", datatype="FP32", shape=[1]).contents.fp32_contents[:] = [
@@ -431,7 +433,7 @@ def test_a_compressed_bomb_is_refused_without_inflating(files: dict[str, ModelFi
                 frame_bytes(h2.DATA, h2.END_STREAM, 1),
             )
             got = await c.answer(1)
-        assert got["headers"]["grpc-status"] == str(h2.RESOURCE_EXHAUSTED)
+        assert got["headers"]["grpc-status"] == str(h2.StatusCode.RESOURCE_EXHAUSTED.value)
         assert "decompressed" in got["headers"]["grpc-message"]
 
     asyncio.run(main())

@@ -24,7 +24,6 @@ trailing metadata ``flywheel-error-kind`` (and ``flywheel-error-field``) make it
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import socket
 import struct
@@ -42,7 +41,7 @@ from flywheel.serving._proto import grpc_predict_v2_pb2 as pb
 from flywheel.serving.auth import credential
 from flywheel.serving.cycle import Call
 from flywheel.serving.errors import InvalidInput
-from flywheel.serving.h2 import H2Server, Reply, Unary
+from flywheel.serving.h2 import H2Server, Reply, StatusCode, Unary
 from flywheel.serving.types import PredictRequest, PredictResponse
 
 if TYPE_CHECKING:
@@ -85,28 +84,6 @@ _TYPED_FIELD: dict[str, str] = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
-
-
-class StatusCode(enum.IntEnum):
-    """gRPC's status codes (the numbers of ``grpc.StatusCode``, without importing grpcio)."""
-
-    OK = 0
-    CANCELLED = 1
-    UNKNOWN = 2
-    INVALID_ARGUMENT = 3
-    DEADLINE_EXCEEDED = 4
-    NOT_FOUND = 5
-    ALREADY_EXISTS = 6
-    PERMISSION_DENIED = 7
-    RESOURCE_EXHAUSTED = 8
-    FAILED_PRECONDITION = 9
-    ABORTED = 10
-    OUT_OF_RANGE = 11
-    UNIMPLEMENTED = 12
-    INTERNAL = 13
-    UNAVAILABLE = 14
-    DATA_LOSS = 15
-    UNAUTHENTICATED = 16
 
 
 _CODES: dict[int, StatusCode] = {
@@ -333,7 +310,6 @@ class InferenceServicer:
 
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
-        self.metrics = predictor.metrics
 
     def methods(self) -> dict[str, Unary]:
         """``/inference.GRPCInferenceService/<RPC>`` -> its unary method."""

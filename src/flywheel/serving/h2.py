@@ -18,13 +18,14 @@ which cancels the call here).
 Header blocks are decoded by ``hpack`` (the python-hyper decoder). A block of indexed
 fields and literals not to be indexed (the common case: a client repeating the same call)
 leaves the decoder's table as it was, so its decoding is kept and reused while no other
-block could have changed the table. Answers' headers are written without indexing, so the order in which streams'
-answers leave never matters to the client's decoder.
+block could have changed the table. Answers' headers are written without indexing, so the
+order in which streams' answers leave never matters to the client's decoder.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import socket
 import struct
@@ -35,28 +36,47 @@ from urllib.parse import quote
 
 from hpack import Decoder, HPACKError
 
-__all__ = ["H2Server", "Reply", "Unary"]
+__all__ = ["H2Server", "Reply", "StatusCode", "Unary"]
 
 log = logging.getLogger("flywheel.serving")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-# frame types
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
+# frame types (PRIORITY = 2 is ignored, as any unknown type)
+DATA, HEADERS, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = 0, 1, 3, 4, 5, 6, 7
 WINDOW_UPDATE, CONTINUATION = 8, 9
 # flags
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 # error codes
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
-STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL = 0x5, 0x6, 0x7, 0x8
-COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 0x9, 0xB
+NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, STREAM_CLOSED = 0x0, 0x1, 0x3, 0x5
+FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 0x6, 0x7, 0x8, 0x9
+ENHANCE_YOUR_CALM = 0xB
 # settings ids
-HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE = 1, 2, 3, 4
+ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE = 2, 3, 4
 MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE = 5, 6
 
-# gRPC status codes (grpc.StatusCode's numbers)
-OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, NOT_FOUND = 0, 1, 2, 3, 5
-RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 8, 12, 13, 14
+
+class StatusCode(enum.IntEnum):
+    """gRPC's status codes (the numbers of ``grpc.StatusCode``, without importing grpcio)."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
 
 MAX_STREAMS = 256  # concurrent calls per connection (more are refused: REFUSED_STREAM)
 STREAM_WINDOW = 1 << 20  # what a client may send on one stream before we say "more"
@@ -76,7 +96,7 @@ class Reply(NamedTuple):
     details and extra trailing metadata."""
 
     message: bytes | None
-    code: int = OK
+    code: int = StatusCode.OK
     details: str = ""
     trailers: tuple[tuple[str, str], ...] = ()
 
@@ -451,7 +471,7 @@ class _Connection(asyncio.Protocol):
                 stream,
                 Reply(
                     None,
-                    RESOURCE_EXHAUSTED,
+                    StatusCode.RESOURCE_EXHAUSTED,
                     f"Received message larger than max ({len(stream.body) - 5} vs. "
                     f"{self.server.max_message}); serving.max_body_bytes sets the limit",
                 ),
@@ -493,17 +513,22 @@ class _Connection(asyncio.Protocol):
             return
         unary = self.server.methods.get(path)
         if unary is None:
-            self._reply(stream, Reply(None, UNIMPLEMENTED, f"Method not found: {path[:200]}"))
+            self._reply(
+                stream, Reply(None, StatusCode.UNIMPLEMENTED, f"Method not found: {path[:200]}")
+            )
             return
         body = stream.body
         if len(body) < 5 or _U32.unpack_from(body, 1)[0] != len(body) - 5:
-            self._reply(stream, Reply(None, INTERNAL, "Expected one request message"))
+            self._reply(stream, Reply(None, StatusCode.INTERNAL, "Expected one request message"))
             return
         message = bytes(body[5:])
         if body[0]:
             if encoding not in ("gzip", "deflate"):
                 self._reply(
-                    stream, Reply(None, UNIMPLEMENTED, f"Compression {encoding!r} not supported")
+                    stream,
+                    Reply(
+                        None, StatusCode.UNIMPLEMENTED, f"Compression {encoding!r} not supported"
+                    ),
                 )
                 return
             limit = self.server.max_message
@@ -511,14 +536,16 @@ class _Connection(asyncio.Protocol):
                 inflate = zlib.decompressobj(31 if encoding == "gzip" else 15)
                 message = inflate.decompress(message, limit + 1)
             except zlib.error:
-                self._reply(stream, Reply(None, INTERNAL, "Could not decompress the message"))
+                self._reply(
+                    stream, Reply(None, StatusCode.INTERNAL, "Could not decompress the message")
+                )
                 return
             if len(message) > limit:
                 self._reply(
                     stream,
                     Reply(
                         None,
-                        RESOURCE_EXHAUSTED,
+                        StatusCode.RESOURCE_EXHAUSTED,
                         f"Received message larger than max once decompressed (over {limit} "
                         "bytes); serving.max_body_bytes sets the limit",
                     ),
@@ -526,7 +553,9 @@ class _Connection(asyncio.Protocol):
                 return
         stream.body = bytearray()
         if self.server.limit is not None and self.server.in_flight >= self.server.limit:
-            self._reply(stream, Reply(None, RESOURCE_EXHAUSTED, "Too many calls in flight"))
+            self._reply(
+                stream, Reply(None, StatusCode.RESOURCE_EXHAUSTED, "Too many calls in flight")
+            )
             return
         self.server.in_flight += 1
         stream.task = self.loop.create_task(self._run(stream, unary, message, headers))
@@ -542,14 +571,14 @@ class _Connection(asyncio.Protocol):
             return  # the client reset the stream, or the server is closing
         except Exception:
             log.exception("gRPC call failed")
-            reply = Reply(None, UNKNOWN, "Unexpected error in the server")
+            reply = Reply(None, StatusCode.UNKNOWN, "Unexpected error in the server")
         if not stream.done and self.transport is not None:
             self._reply(stream, reply)
 
     def _reply(self, stream: _Stream, reply: Reply) -> None:
         sid = stream.id
         if reply.message is None:  # Trailers-Only
-            block = _RESPONSE_HEADERS + _literal("grpc-status", str(reply.code))
+            block = _RESPONSE_HEADERS + _literal("grpc-status", str(int(reply.code)))
             if reply.details:
                 block += _literal("grpc-message", _details(reply.details[:MAX_DETAILS]))
             for name, value in reply.trailers:
