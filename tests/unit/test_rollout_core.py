@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from pathlib import Path
@@ -98,13 +99,29 @@ def test_a_key_s_point_is_blake2b_of_its_utf8_keyed_by_the_salt() -> None:
 
 def test_routing_keys() -> None:
     feature = _router(50.0, sticky="feature:customer_id")
-    assert (
-        feature.key("rid", "cid", None, lambda name: 42 if name == "customer_id" else None) == "42"
-    )
-    assert feature.key("rid", "cid", None, lambda name: None) == "cid"  # falls back
+    assert feature.key("cid", None, lambda name: 42 if name == "customer_id" else None) == "42"
+    assert feature.key("cid", None, lambda name: None) == "cid"  # falls back
     header = _router(50.0, sticky="header:X-User")
-    assert header.header == "x-user" and header.key("rid", None, "u7", lambda n: None) == "u7"
-    assert _router(50.0).key("rid", None, None, lambda n: None) == "rid"
+    assert header.header == "x-user" and header.key(None, "u7", lambda n: None) == "u7"
+    assert _router(50.0).key("cid", None, None) == "cid"
+    # no key of its own (only the server's made-up id): None, routed by a fresh draw
+    assert _router(50.0).key(None, None, None) is None
+    assert feature.key(None, None, lambda n: None) is None
+
+
+def test_requests_without_a_key_are_drawn_at_the_weight() -> None:
+    """A request with no key gets a uniform draw: the split still follows the weight, for
+    the answering share and for a shadow's mirror share alike."""
+    random.seed(7)
+    n = 40_000
+    for weight in (5.0, 25.0):
+        router = _router(weight)
+        share = sum(router.answers(None, router.salt) for _ in range(n)) / n
+        assert abs(share - weight / 100) < 4 * (weight / 100 * (1 - weight / 100) / n) ** 0.5
+    mirror = Router("r1", "1", "2", 0.0, 30.0, "request_id")
+    share = sum(mirror.mirrors(None, mirror.salt) for _ in range(n)) / n
+    assert abs(share - 0.30) < 4 * (0.3 * 0.7 / n) ** 0.5
+    assert not _router(0.0).answers(None, b"") and _router(100.0).answers(None, b"")
 
 
 # --------------------------------------------------------------------------- the store
@@ -153,8 +170,9 @@ def test_counts_from_many_threads_add_up() -> None:
     counter = ArmCounter()
 
     def work() -> None:
-        for _ in range(1000):
-            counter.answered(2.0, np.array([0.1, 0.9]))
+        for i in range(1000):
+            counter.answered(2.0, f"k{i % 10}")
+            counter.scored(np.array([[0.9, 0.1], [0.1, 0.9]]))
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
@@ -163,6 +181,8 @@ def test_counts_from_many_threads_add_up() -> None:
         t.join()
     snap = counter.snapshot()
     assert snap.requests == 4000 and snap.rows == 8000 and sum(snap.score_hist) == 8000
+    assert snap.units == 10  # distinct keys
+    assert snap.score_hist[2] == snap.score_hist[18] == 4000
     assert percentile(snap.latency_hist, 0.99) == pytest.approx(2.0, rel=0.1)
 
 
@@ -174,7 +194,7 @@ def _arm(
 ) -> ArmCounts:
     counter = ArmCounter()
     for _ in range(requests - errors):
-        counter.answered(float(rng.gamma(4.0, latency / 4.0)), None)
+        counter.answered(float(rng.gamma(4.0, latency / 4.0)))
     for _ in range(errors):
         counter.failed()
     snap = counter.snapshot()

@@ -95,6 +95,42 @@ def test_canary_splits_by_key_and_keeps_each_key_on_its_version(
     run(main())
 
 
+def test_requests_without_a_key_are_split_at_the_weight_and_each_is_a_unit(
+    files: dict[str, ModelFiles],
+) -> None:
+    """No client id: each request is drawn afresh; the arms' counters see every answered
+    request (each its own unit) and, binned once per micro-batch by the arm's batcher, every
+    row's score; once the rollout ends no batcher keeps the rollout's hooks."""
+
+    async def main() -> None:
+        predictor = _predictor(files)
+        await predictor.start()
+        champion = predictor.model()
+        await predictor.apply_rollout(None, _state(weight=30.0))
+        live = predictor.rollout()
+        assert live is not None
+        answers = await asyncio.gather(
+            *(predictor.predict(PredictRequest(records=rows(1 + i % 3))) for i in range(900))
+        )
+        by_version = Counter(a.version for a in answers)
+        rows_of = Counter()
+        for a in answers:
+            rows_of[a.version] += len(a.labels)
+        assert 0.24 < by_version["2"] / 900 < 0.36, by_version
+        counts = {arm: c.snapshot() for arm, c in live.counters.items()}
+        for arm, version in (("champion", "1"), ("challenger", "2")):
+            assert counts[arm].requests == counts[arm].units == by_version[version]
+            assert counts[arm].rows == sum(counts[arm].score_hist) == rows_of[version]
+        assert champion.batcher.arm is live.counters["champion"]
+        assert champion.batcher.partner is live.challenger.batcher
+        predictor.end_rollout(None, promoted="2")
+        for model in (champion, live.challenger):
+            assert model.batcher.arm is None and model.batcher.partner is None
+        await predictor.close()
+
+    run(main())
+
+
 def test_a_feature_key_routes_rows_of_one_customer_together(files: dict[str, ModelFiles]) -> None:
     async def main() -> None:
         predictor = _predictor(files)

@@ -505,3 +505,49 @@ def test_batch_of_one_row_requests_assembles_the_same_values() -> None:
             assert got.flags.c_contiguous and np.array_equal(got, want, equal_nan=True)
         else:
             assert got.tolist() == want.tolist()
+    # a lone one-row request (a small canary arm's usual batch) is sent as two copies
+    for item in items:
+        one = assemble([item], schema.numeric)
+        twice = Decoded([list(np.asarray(c, dtype=object)) * 2 for c in item.columns], 2)
+        want_all = assemble([twice], schema.numeric)
+        for got, want, is_numeric in zip(one, want_all, schema.numeric, strict=True):
+            assert got.shape == want.shape == (2, 1) and got.dtype == want.dtype
+            assert got.flags.c_contiguous
+            if is_numeric:
+                assert np.array_equal(got, want, equal_nan=True)
+            else:
+                assert got.tolist() == want.tolist()
+
+
+def test_score_histogram_bins_few_and_many_values_alike() -> None:
+    """Hist.observe_many takes plain Python for up to 32 values and NumPy beyond: both skip
+    NaN and infinities and put every other value in the bucket observe() would."""
+    from flywheel.serving.metrics import SCORE_BUCKETS, Hist
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 16, 32, 33, 500):
+        values = rng.random(n)
+        values[:3] = [0.1, float("nan"), float("inf")][: min(3, n)]
+        many, one_by_one = Hist(SCORE_BUCKETS), Hist(SCORE_BUCKETS)
+        many.observe_many(values)
+        for v in values.tolist():
+            if math.isfinite(v):
+                one_by_one.observe(v)
+        assert many.counts == one_by_one.counts, n
+        assert many.total == pytest.approx(one_by_one.total)
+
+
+def test_a_loaded_model_scores_as_its_session_does(tmp_path: Path) -> None:
+    """LoadedModel.run calls the session's binding without InferenceSession.run's per-call
+    checks: the same outputs as the public run."""
+    from flywheel.serving.batching import assemble
+    from flywheel.serving.decode import decode_records
+
+    files = build(tmp_path, family="random_forest", version="1")
+    model = load_model(files.model_path, files.feature_specs, files.onnx_sha256)
+    assert model._run is not None  # the binding's run is used
+    feeds = assemble([decode_records(rows(5), model.schema)], model.schema.numeric)
+    labels, proba = model.run(feeds)
+    want = model.session.run(model.output_names, dict(zip(model.schema.names, feeds, strict=True)))
+    assert np.array_equal(labels, np.asarray(want[0]).reshape(-1))
+    assert proba is not None and np.array_equal(proba, want[1])

@@ -1,9 +1,10 @@
 """Per-arm counters the serving core keeps while a rollout runs (one replica's view).
 
-Cheap enough for the hot path: a request adds to a few integers and two fixed histograms
-(latency on log-spaced buckets, the positive class's score on 20 bins). The server's
-rollout agent snapshots them into the store (:meth:`RolloutStore.put_counts`) about once a
-second; the controller sums every replica's and reads p99 and PSI off the histograms.
+Cheap enough for the hot path: a request adds to a few integers and the latency histogram
+(log-spaced buckets); the scores (the positive class's, on 20 bins) are binned once per
+micro-batch, by the arm's batcher (:meth:`ArmCounter.scored`), not once per request. The
+server's rollout agent snapshots them into the store (:meth:`RolloutStore.put_counts`) about
+once a second; the controller sums every replica's and reads p99 and PSI off the histograms.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "as_dict",
     "percentile",
     "psi",
+    "scores_of",
 ]
 
 # 0.05 ms .. ~60 s, 10% apart: a p99 read off them is within 10%
@@ -44,7 +46,9 @@ class ArmCounts:
     latency_sumsq: float = 0.0
     latency_hist: list[int] = field(default_factory=list)  # counters.LATENCY_EDGES buckets
     score_hist: list[int] = field(default_factory=list)  # counters.SCORE_BINS on [0, 1]
-    units: int = 0  # distinct sticky keys seen (the units of assignment; capped per replica)
+    # units of assignment: distinct sticky keys seen (capped per replica) plus the requests
+    # that had no key of their own (each its own unit)
+    units: int = 0
 
     def add(self, other: ArmCounts) -> ArmCounts:
         def plus(a: list[int], b: list[int]) -> list[int]:
@@ -70,7 +74,8 @@ class ArmCounts:
 
 
 class ArmCounter:
-    """One arm's counters for the current step (thread-safe for the shadow thread)."""
+    """One arm's counters for the current step. Every count is made on the event loop; the
+    lock keeps a snapshot (the agent's, a Prometheus scrape's) whole."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -78,29 +83,36 @@ class ArmCounter:
 
     def reset(self) -> None:
         with self._lock:
-            self.requests = self.errors = self.rows = 0
+            self.requests = self.errors = self.rows = self.unique = 0
             self.latency_sum = self.latency_sumsq = 0.0
             self.latency_hist = [0] * (len(LATENCY_EDGES) + 1)
             self.score_hist = [0] * SCORE_BINS
             self.keys: set[int] = set()
 
-    def answered(
-        self, latency_ms: float, scores: np.ndarray | None, key: str | None = None
-    ) -> None:
-        """One answered request: its latency, (classification) its rows' scores and its
-        sticky key (the sample-ratio test counts distinct keys, not requests)."""
+    def answered(self, latency_ms: float, key: str | None = None, *, unique: bool = False) -> None:
+        """One answered request: its latency and its sticky key (the sample-ratio test counts
+        distinct keys, not requests); ``unique``: the request had no key of its own (it was
+        routed by a fresh draw), so it is a unit by itself."""
         with self._lock:
             self.requests += 1
-            if key is not None and len(self.keys) < MAX_KEYS:
+            if unique:
+                self.unique += 1
+            elif key is not None and len(self.keys) < MAX_KEYS:
                 self.keys.add(hash(key))
             self.latency_sum += latency_ms
             self.latency_sumsq += latency_ms * latency_ms
             self.latency_hist[bisect_right(LATENCY_EDGES, latency_ms)] += 1
-            if scores is None:
-                return
-            n = len(scores)
-            if not n:
-                return
+
+    def scored(self, proba: np.ndarray | None) -> None:
+        """The scores of rows the arm answered (a micro-batch's probabilities, or a
+        request's): counted and binned; nothing for a regressor (no probabilities)."""
+        scores = scores_of(proba)
+        if scores is None:
+            return
+        n = len(scores)
+        if not n:
+            return
+        with self._lock:
             self.rows += n
             hist = self.score_hist
             if n <= SMALL:  # plain Python: numpy's per-call cost (and its GIL release in
@@ -133,8 +145,18 @@ class ArmCounter:
                 self.latency_sumsq,
                 list(self.latency_hist),
                 list(self.score_hist),
-                len(self.keys),
+                len(self.keys) + self.unique,
             )
+
+
+def scores_of(proba: np.ndarray | None) -> np.ndarray | None:
+    """The rows' score for drift: a binary classifier's positive class (the second class),
+    a multiclass model's top probability; None for regression."""
+    if proba is None or proba.ndim != 2 or proba.shape[1] == 0:
+        return None
+    if proba.shape[1] == 2:
+        return proba[:, 1]
+    return proba.max(axis=1)
 
 
 def percentile(hist: list[int], q: float) -> float | None:

@@ -7,6 +7,11 @@ rollout state sends the same key to the same version, and since ``u`` stays put 
 weight grows step by step, a key that reached the challenger at 5% stays on it at 25%.
 A new rollout has a new salt, so it draws a fresh sample of keys.
 
+A request with no key of its own (no client request id, feature value or header: its only
+id is the one the server just made up) has nothing to stick to, so it gets a fresh uniform
+draw instead of a hash (~0.1 µs instead of ~0.9): the split is the same, and the server's
+random id would have hashed to a random point anyway.
+
 Routing is per request (an answer names one version on every protocol): with a feature key,
 a request's rows follow its first row's key; send one key per request to route each.
 """
@@ -14,6 +19,7 @@ a request's rows follow its first row's key; send one key per request to route e
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -21,6 +27,7 @@ from typing import Any
 __all__ = ["Router", "bucket"]
 
 _SCALE = 100.0 / 2**64
+_draw = random.random  # a request with no key: a point drawn in [0, 1)
 # a keyed BLAKE2b per salt, copied for each key: keying a new hasher costs a compression of
 # the key block, about as much as the rest of the hash (~0.7 µs a key instead of ~1.8)
 _KEYED: dict[bytes, Any] = {}
@@ -68,11 +75,10 @@ class Router:
     def header(self) -> str | None:
         return self.sticky[7:].lower() if self.sticky.startswith("header:") else None
 
-    def key(
-        self, request_id: str | None, client_id: str | None, route_key: str | None, first: Any
-    ) -> str:
+    def key(self, client_id: str | None, route_key: str | None, first: Any) -> str | None:
         """The request's sticky key; ``first`` is a callable giving the first row's value of a
-        feature (or None). Falls back to the client's id, then the server's."""
+        feature (or None). Falls back to the client's request id; None when the request has
+        no key of its own (see the module docstring)."""
         if route_key and self.header is not None:
             return route_key
         name = self.feature
@@ -80,21 +86,26 @@ class Router:
             value = first(name)
             if value is not None:
                 return str(value)
-        return client_id or request_id or ""
+        return client_id or None
 
-    def answers(self, key: str, salt: bytes) -> bool:
-        """True when the challenger answers ``key``."""
-        if self.weight <= 0:
+    def answers(self, key: str | None, salt: bytes) -> bool:
+        """True when the challenger answers ``key`` (None: a fresh draw)."""
+        weight = self.weight
+        if weight <= 0:
             return False
-        if self.weight >= 100:
+        if weight >= 100:
             return True
-        return bucket(salt, key) < self.weight
+        if key is None:
+            return _draw() * 100.0 < weight
+        return bucket(salt, key) < weight
 
-    def mirrors(self, key: str, salt: bytes) -> bool:
-        """True when a shadow challenger also scores ``key``'s request."""
+    def mirrors(self, key: str | None, salt: bytes) -> bool:
+        """True when a shadow challenger also scores ``key``'s request (None: a fresh draw)."""
         if self.mirror <= 0:
             return False
         if self.mirror >= 100:
             return True
+        if key is None:
+            return _draw() * 100.0 < self.mirror
         # a different point than ``answers`` uses: the mirror sample is its own
         return bucket(salt, "mirror\x00" + key) < self.mirror

@@ -25,7 +25,8 @@ the flush lingers up to that long for more.
 During a rollout the two arms' batchers are partners (``partner``): a flush of one takes
 the other's queue in the same turn, and it waits as long as the arm that last found
 company would (a 10% challenger's lone request, first in a wave, must not cut the
-champion's gathering short).
+champion's gathering short). Each arm's batcher also holds the arm's counter (``arm``, a
+:class:`~flywheel.rollout.counters.ArmCounter`), which bins each batch's scores in one call.
 
 Small batches run inline on the event loop (an ONNX Runtime call on a few rows takes tens
 of microseconds, less than a thread hand-off); batches over ``inline_max_rows`` rows run in
@@ -49,6 +50,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -58,6 +60,8 @@ from flywheel.serving.decode import Decoded
 __all__ = ["BatchStats", "MicroBatcher", "RunFn", "ScoredFn", "assemble"]
 
 log = logging.getLogger("flywheel.serving")
+
+_first = itemgetter(0)  # a one-row request's value of a feature
 
 # (feeds in input order, each [n, 1]) -> (labels [n], probabilities [n, k] | None)
 RunFn = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray | None]]
@@ -88,16 +92,14 @@ def assemble(items: list[Decoded], numeric: tuple[bool, ...]) -> list[np.ndarray
     ONNX Runtime's GEMM takes another kernel for a single row than for several, so linear
     models would differ in the last float32 bit, and batched answers must equal unbatched
     ones exactly."""
-    if len(items) > 1 and all(item.rows == 1 for item in items):
+    if len(items) == 1 and items[0].rows == 1:
+        return _assemble_one(items[0], numeric)
+    if items and all(item.rows == 1 for item in items):
         return _assemble_rows(items, numeric)
     feeds = []
-    single = len(items) == 1 and items[0].rows == 1
     for i, is_numeric in enumerate(numeric):
         dtype = np.float32 if is_numeric else object
-        if single:
-            value = items[0].columns[i][0]
-            arr = np.array((value, value), dtype=dtype)
-        elif len(items) == 1:
+        if len(items) == 1:
             arr = np.asarray(items[0].columns[i], dtype=dtype)
         else:
             parts = [item.columns[i] for item in items]
@@ -109,17 +111,43 @@ def assemble(items: list[Decoded], numeric: tuple[bool, ...]) -> list[np.ndarray
     return feeds
 
 
+def _assemble_one(item: Decoded, numeric: tuple[bool, ...]) -> list[np.ndarray]:
+    """A lone one-row request (a 10% canary's usual batch), sent as two copies: its numeric
+    values become one float32 block and its texts one object block, each value repeated,
+    whose ``[2, 1]`` rows feed the model (two NumPy calls per kind, not one per input)."""
+    values = list(map(_first, item.columns))
+    numbers = [v for v, is_numeric in zip(values, numeric, strict=True) if is_numeric]
+    texts = [v for v, is_numeric in zip(values, numeric, strict=True) if not is_numeric]
+    number_rows = iter(np.array(numbers, dtype=np.float32).repeat(2).reshape(-1, 2, 1))
+    text_rows = iter(_objects(texts).repeat(2).reshape(-1, 2, 1))
+    return [next(number_rows) if is_numeric else next(text_rows) for is_numeric in numeric]
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    """A 1-D object array of ``values`` whatever they are (np.array would nest a sequence)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
 def _assemble_rows(items: list[Decoded], numeric: tuple[bool, ...]) -> list[np.ndarray]:
-    """Many one-row requests (the common batch under load): the values are transposed once
-    and the numeric features become ONE float32 array (rows of it feed the model), instead
-    of a list, a concatenation and an array per feature. Same float32 values as
-    :func:`assemble` builds one feature at a time."""
-    by_feature = list(zip(*[[column[0] for column in item.columns] for item in items], strict=True))
-    numbers = [values for values, is_numeric in zip(by_feature, numeric, strict=True) if is_numeric]
-    block = iter(np.array(numbers, dtype=np.float32))  # rows of it are contiguous
+    """Many one-row requests (the common batch under load, and a lone row sent twice): the
+    rows' values are read into one row-major list, and the numeric features become ONE
+    float32 block, feature-major, whose rows feed the model as ``[n, 1]`` views; each text
+    feature is one object array. Same float32 values as :func:`assemble` builds one feature
+    at a time, in about half the time of building an array per feature."""
+    n, k = len(items), len(numeric)
+    values = list(chain.from_iterable(map(_first, item.columns) for item in items))
+    if len(values) != n * k:
+        raise ValueError(f"a batch of {n} rows holds {len(values)} values for {k} inputs")
+    numbers: list[Any] = []
+    for j, is_numeric in enumerate(numeric):
+        if is_numeric:
+            numbers += values[j::k]  # feature j of every row
+    block = iter(np.array(numbers, dtype=np.float32).reshape(-1, n, 1))
     return [
-        (next(block) if is_numeric else np.array(values, dtype=object)).reshape(-1, 1)
-        for values, is_numeric in zip(by_feature, numeric, strict=True)
+        next(block) if is_numeric else np.array(values[j::k], dtype=object).reshape(n, 1)
+        for j, is_numeric in enumerate(numeric)
     ]
 
 
@@ -162,6 +190,7 @@ class MicroBatcher:
         # another model's batcher (a rollout's other arm): its queue is flushed in the same
         # loop turn as this one's, so both arms' answers leave in one wave
         self.partner: MicroBatcher | None = None
+        self.arm: Any = None  # the rollout arm's ArmCounter: sees each batch's probabilities
 
     def submit(self, decoded: Decoded) -> asyncio.Future[tuple[np.ndarray, np.ndarray | None]]:
         """Queue ``decoded`` rows; the future resolves to this request's (labels, probabilities)."""
@@ -250,18 +279,21 @@ class MicroBatcher:
             if len(batch) == 1:
                 return [exc], None
             return [r for item in batch for r in self._run_batch([item])[0]], None
+        if len(batch) == 1:  # the request's outputs are the batch's
+            rows = batch[0].decoded.rows  # [:rows]: a one-row batch was sent twice (assemble)
+            part = (labels[:rows], None if proba is None else proba[:rows])
+            return [part], part
         out: list[Any] = []
         start = 0
         for item in batch:
             end = start + item.decoded.rows
             out.append((labels[start:end], None if proba is None else proba[start:end]))
             start = end
-        # [:start]: a one-row batch was sent twice (see assemble)
         return out, (labels[:start], None if proba is None else proba[:start])
 
     def _finish(self, batch: list[_Pending], outcome: tuple[list[Any], Any]) -> None:
         results, scored = outcome
-        if self.on_scored is not None:
+        if self.on_scored is not None or self.arm is not None:
             self._score(results, scored)
         for item, result in zip(batch, results, strict=True):
             if item.future.done():
@@ -276,12 +308,15 @@ class MicroBatcher:
                 self._schedule(self._loop)
 
     def _score(self, results: list[Any], scored: Any) -> None:
+        parts = [scored] if scored is not None else results  # failed: those that succeeded
+        on_scored, arm = self.on_scored, self.arm
         try:
-            if scored is not None:
-                self.on_scored(*scored)  # type: ignore[misc]
-            else:  # the batch failed: the requests that succeeded alone
-                for result in results:
-                    if not isinstance(result, BaseException):
-                        self.on_scored(*result)  # type: ignore[misc]
+            for part in parts:
+                if isinstance(part, BaseException):
+                    continue
+                if on_scored is not None:
+                    on_scored(*part)
+                if arm is not None:
+                    arm.scored(part[1])
         except Exception:  # a metric must never fail the requests
             log.exception("on_scored failed")

@@ -58,6 +58,10 @@ ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
 SCORE_BUCKETS = (*tuple(round(0.1 * i, 1) for i in range(1, 10)), 1.0)
 
 
+_SMALL = 32  # Hist.observe_many bins up to this many values in plain Python
+_INF = float("inf")
+
+
 class Hist:
     """Bucket counts (non-cumulative) + sum; exported cumulative as Prometheus wants."""
 
@@ -73,6 +77,14 @@ class Hist:
         self.total += value
 
     def observe_many(self, values: np.ndarray) -> None:
+        if len(values) <= _SMALL:  # plain Python: numpy's per-call cost dominates a few values
+            counts, bounds, total = self.counts, self.bounds, 0.0
+            for value in values.tolist():
+                if -_INF < value < _INF:  # NaN and infinities are not observed
+                    counts[bisect_left(bounds, value)] += 1
+                    total += value
+            self.total += total
+            return
         values = values[np.isfinite(values)]
         if not values.size:
             return

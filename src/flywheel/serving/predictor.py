@@ -67,7 +67,7 @@ from flywheel.serving.errors import (
 )
 from flywheel.serving.loading import LoadedModel, load_model
 from flywheel.serving.metrics import ServingMetrics
-from flywheel.serving.rollouts import SHADOW_QUEUE, LiveRollout, first_value, scores_of
+from flywheel.serving.rollouts import SHADOW_QUEUE, LiveRollout, first_value
 from flywheel.serving.sources import ModelSource, RegistrySource
 from flywheel.serving.types import PredictionSink, PredictRequest, PredictResponse
 
@@ -256,6 +256,10 @@ class Predictor:
                 self.metrics.reload(slot.served.name, "failed")
                 raise
             old, slot.model, slot.last_error = slot.model, model, None
+            live = slot.rollout
+            if old is not None and (live is None or old is not live.challenger):
+                _unwire(old)
+            _wire(slot)
             self.metrics.reload(slot.served.name, "loaded")
             log.info(
                 "model %s now serves version %s (was %s)",
@@ -332,12 +336,12 @@ class Predictor:
             from concurrent.futures import ThreadPoolExecutor
 
             live.shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="flywheel-shadow")
-        if slot.model is not None and not live.shadow:  # both arms answer: one flush wave
-            slot.model.batcher.partner = challenger.batcher
-            challenger.batcher.partner = slot.model.batcher
         slot.rollout = live
         if current is not None:
             current.close()
+            if current.challenger is not challenger:
+                _unwire(current.challenger)
+        _wire(slot)
         log.info(
             "model %s: rollout %s (%s) routes %.4g%% to version %s",
             slot.served.name,
@@ -354,13 +358,13 @@ class Predictor:
         live = slot.rollout
         if live is None:
             return
+        if slot.model is not None:
+            _unwire(slot.model)
+        _unwire(live.challenger)
         if promoted is not None and live.challenger.version == str(promoted):
             slot.model = live.challenger
             self.metrics.reload(slot.served.name, "loaded")
         slot.rollout = None
-        live.challenger.batcher.partner = None
-        if slot.model is not None:
-            slot.model.batcher.partner = None
         live.close()
         log.info("model %s: rollout %s ended", slot.served.name, live.id)
 
@@ -459,6 +463,7 @@ class Predictor:
         rollout = slot.rollout
         role: str | None = None
         key: str | None = None
+        routed = False
         if rollout is None:
             model = self.model(request.model, request.version)
         elif request.version:
@@ -468,12 +473,11 @@ class Predictor:
             model = self.model(request.model)
             router = rollout.router
             key = router.key(
-                request.request_id,
                 request.client_id,
                 request.route_key,
                 partial(first_value, request) if router.feature else _nothing,
             )
-            role = "champion"
+            role, routed = "champion", True
             if router.answers(key, rollout.salt):
                 model, role = rollout.challenger, "challenger"
         try:
@@ -502,9 +506,9 @@ class Predictor:
         )
         if rollout is None:  # self-healing watches the champion when no rollout runs
             slot.health.answered(response.latency_ms, None)
-        elif role is not None:
-            rollout.counters[role].answered(response.latency_ms, scores_of(model, proba), key)
-            if rollout.shadow and key is not None and rollout.router.mirrors(key, rollout.salt):
+        elif role is not None:  # the arm's batcher binned the scores (MicroBatcher.arm)
+            rollout.counters[role].answered(response.latency_ms, key, unique=routed and key is None)
+            if routed and rollout.shadow and rollout.router.mirrors(key, rollout.salt):
                 self._mirror(rollout, request, response.request_id, model, decoded)
         if self.sink is not None:
             committed = self._log(request, model, decoded, response, role)
@@ -567,6 +571,7 @@ class Predictor:
                     rollout.shadow_pool, challenger.run, feeds
                 )
                 took = (time.perf_counter() - start) * 1000.0
+                counter.scored(proba)
                 offset = 0
                 for request, request_id, decoded in batch:
                     n = decoded.rows
@@ -583,7 +588,7 @@ class Predictor:
                         request.client_id,
                     )
                     offset += n
-                    counter.answered(took, scores_of(challenger, part))
+                    counter.answered(took)
                     if self.sink is not None:
                         self._log(request, challenger, decoded, response, "shadow", wait=False)
             except Exception:  # a shadow never fails an answer: counted and logged
@@ -667,6 +672,30 @@ _ROW_SINKS: dict[type, bool] = {}
 
 def _nothing(_name: str) -> None:
     return None
+
+
+def _wire(slot: _Slot) -> None:
+    """Hook the slot's serving version up to its rollout, if any: the arms' batchers count
+    each batch's scores into their arm's counter, and (canary, A/B) flush as partners, so
+    both arms' answers leave in one wave. Called whenever the version or the rollout
+    changes."""
+    model, live = slot.model, slot.rollout
+    if model is None:
+        return
+    if live is None:
+        _unwire(model)
+        return
+    challenger = live.challenger
+    model.batcher.arm = live.counters["champion"]
+    challenger.batcher.arm = live.counters["challenger"]
+    both = not live.shadow and challenger is not model  # both arms answer requests
+    model.batcher.partner = challenger.batcher if both else None
+    challenger.batcher.partner = model.batcher if both else None
+
+
+def _unwire(model: LoadedModel) -> None:
+    model.batcher.arm = None
+    model.batcher.partner = None
 
 
 def _takes_rows(sink: object) -> bool:

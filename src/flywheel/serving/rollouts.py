@@ -19,13 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from flywheel.rollout.counters import ArmCounter
 from flywheel.rollout.routing import Router
 from flywheel.serving.loading import LoadedModel
 
-__all__ = ["SHADOW_QUEUE", "LiveRollout", "scores_of"]
+__all__ = ["SHADOW_QUEUE", "LiveRollout", "first_value"]
 
 log = logging.getLogger("flywheel.serving")
 
@@ -63,16 +61,6 @@ class LiveRollout:
         self.shadow_queue.clear()
         if self.shadow_pool is not None:
             self.shadow_pool.shutdown(wait=False, cancel_futures=True)
-
-
-def scores_of(model: LoadedModel, proba: np.ndarray | None) -> np.ndarray | None:
-    """The rows' score for drift: a binary classifier's positive class (the second class),
-    a multiclass model's top probability; None for regression."""
-    if proba is None or proba.ndim != 2 or proba.shape[1] == 0:
-        return None
-    if proba.shape[1] == 2:
-        return proba[:, 1]
-    return proba.max(axis=1)
 
 
 def first_value(request: Any, name: str) -> Any:
