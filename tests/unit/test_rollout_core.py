@@ -166,6 +166,22 @@ def test_store_one_active_rollout_compare_and_set_and_counts(tmp_path: Path) -> 
     store.dispose()
 
 
+def test_scores_bin_alike_in_small_and_big_batches() -> None:
+    """A big batch (NumPy) and lone rows (plain Python) put every score in the same bin,
+    the float32 values on bin edges (k/20) and the out-of-range ones included."""
+    edges = np.array([k / SCORE_BINS for k in range(SCORE_BINS + 1)], dtype=np.float32)
+    odd = np.array([-0.2, 1.3, np.nan, np.inf, -np.inf, 0.999999], dtype=np.float32)
+    scores = np.concatenate([edges, odd, np.random.default_rng(5).random(40, np.float32)])
+    proba = np.stack([1 - scores, scores], axis=1)
+    assert len(proba) > 32  # the NumPy path
+    big, lone = ArmCounter(), ArmCounter()
+    big.scored(proba)
+    for row in proba:
+        lone.scored(row[None, :])
+    assert big.snapshot().score_hist == lone.snapshot().score_hist
+    assert big.snapshot().rows == len(proba) and sum(big.snapshot().score_hist) == len(proba) - 3
+
+
 def test_counts_from_many_threads_add_up() -> None:
     counter = ArmCounter()
 

@@ -131,6 +131,28 @@ def test_requests_without_a_key_are_split_at_the_weight_and_each_is_a_unit(
     run(main())
 
 
+def test_a_shadow_counts_each_lone_row_once(files: dict[str, ModelFiles]) -> None:
+    """One request at a time: each shadow batch is one one-row request, scored as two copies
+    (see assemble); the challenger's rows and score histogram count it once."""
+
+    async def main() -> None:
+        predictor = _predictor(files)
+        await predictor.start()
+        await predictor.apply_rollout(None, _state(strategy="shadow", weight=0.0, mirror=100.0))
+        live = predictor.rollout()
+        assert live is not None
+        for _ in range(40):
+            await predictor.predict(PredictRequest(records=rows(1)))
+            while live.shadow_pending:
+                await asyncio.sleep(0.005)
+        for arm in ("champion", "challenger"):
+            counts = live.counters[arm].snapshot()
+            assert counts.requests == counts.rows == sum(counts.score_hist) == 40, arm
+        await predictor.close()
+
+    run(main())
+
+
 def test_a_feature_key_routes_rows_of_one_customer_together(files: dict[str, ModelFiles]) -> None:
     async def main() -> None:
         predictor = _predictor(files)

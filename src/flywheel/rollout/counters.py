@@ -33,6 +33,7 @@ LATENCY_EDGES = [0.05 * 1.1**k for k in range(150)]
 SCORE_BINS = 20
 SMALL = 32  # score arrays up to this long are binned in plain Python
 MAX_KEYS = 200_000  # distinct keys remembered per arm and step (~10 MB at most)
+_INF = float("inf")
 
 
 @dataclass
@@ -115,17 +116,19 @@ class ArmCounter:
         with self._lock:
             self.rows += n
             hist = self.score_hist
+            # both paths bin a score in float64 (a float32 product would put 0.35 in bin 7,
+            # not 6: an arm's big batches and the other's lone rows must bin alike) and skip
+            # NaN and infinities
             if n <= SMALL:  # plain Python: numpy's per-call cost (and its GIL release in
                 for s in scores.tolist():  # bincount) dominate a few rows
                     if 0.0 <= s < 1.0:
                         hist[int(s * SCORE_BINS)] += 1
-                    elif s >= 1.0:
+                    elif 1.0 <= s < _INF:
                         hist[SCORE_BINS - 1] += 1
-                    elif s < 0.0:
+                    elif -_INF < s < 0.0:
                         hist[0] += 1
-                    # NaN: no comparison holds; not counted in a bin
                 return
-            finite = scores[np.isfinite(scores)]
+            finite = scores[np.isfinite(scores)].astype(np.float64)
             idx = np.clip((finite * SCORE_BINS).astype(np.int64), 0, SCORE_BINS - 1)
             for i, count in enumerate(np.bincount(idx, minlength=SCORE_BINS).tolist()):
                 hist[i] += count

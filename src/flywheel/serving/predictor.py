@@ -571,7 +571,8 @@ class Predictor:
                     rollout.shadow_pool, challenger.run, feeds
                 )
                 took = (time.perf_counter() - start) * 1000.0
-                counter.scored(proba)
+                # [:rows]: a lone one-row batch was scored as two copies (see assemble)
+                counter.scored(None if proba is None else proba[:rows])
                 offset = 0
                 for request, request_id, decoded in batch:
                     n = decoded.rows
@@ -678,7 +679,9 @@ def _wire(slot: _Slot) -> None:
     """Hook the slot's serving version up to its rollout, if any: the arms' batchers count
     each batch's scores into their arm's counter, and (canary, A/B) flush as partners, so
     both arms' answers leave in one wave. Called whenever the version or the rollout
-    changes."""
+    changes. A batch in flight at that moment bins its scores where its batcher points
+    when it finishes: at most one wave's rows land beside the requests they were routed
+    with (a new rollout's first wave; a replaced version's last one is not binned)."""
     model, live = slot.model, slot.rollout
     if model is None:
         return
