@@ -33,7 +33,6 @@ LATENCY_EDGES = [0.05 * 1.1**k for k in range(150)]
 SCORE_BINS = 20
 SMALL = 32  # score arrays up to this long are binned in plain Python
 MAX_KEYS = 200_000  # distinct keys remembered per arm and step (~10 MB at most)
-_INF = float("inf")
 
 
 @dataclass
@@ -123,9 +122,9 @@ class ArmCounter:
                 for s in scores.tolist():  # bincount) dominate a few rows
                     if 0.0 <= s < 1.0:
                         hist[int(s * SCORE_BINS)] += 1
-                    elif 1.0 <= s < _INF:
+                    elif 1.0 <= s < math.inf:
                         hist[SCORE_BINS - 1] += 1
-                    elif -_INF < s < 0.0:
+                    elif -math.inf < s < 0.0:
                         hist[0] += 1
                 return
             finite = scores[np.isfinite(scores)].astype(np.float64)

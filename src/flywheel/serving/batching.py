@@ -119,15 +119,8 @@ def _assemble_one(item: Decoded, numeric: tuple[bool, ...]) -> list[np.ndarray]:
     numbers = [v for v, is_numeric in zip(values, numeric, strict=True) if is_numeric]
     texts = [v for v, is_numeric in zip(values, numeric, strict=True) if not is_numeric]
     number_rows = iter(np.array(numbers, dtype=np.float32).repeat(2).reshape(-1, 2, 1))
-    text_rows = iter(_objects(texts).repeat(2).reshape(-1, 2, 1))
+    text_rows = iter(np.array(texts, dtype=object).repeat(2).reshape(-1, 2, 1))
     return [next(number_rows) if is_numeric else next(text_rows) for is_numeric in numeric]
-
-
-def _objects(values: list[Any]) -> np.ndarray:
-    """A 1-D object array of ``values`` whatever they are (np.array would nest a sequence)."""
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
 
 
 def _assemble_rows(items: list[Decoded], numeric: tuple[bool, ...]) -> list[np.ndarray]:

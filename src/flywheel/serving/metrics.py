@@ -20,6 +20,7 @@ Series (all prefixed ``flywheel_``):
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,6 +34,8 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+from flywheel.rollout.counters import scores_of
 
 __all__ = ["CONTENT_TYPE", "Hist", "ServingMetrics"]
 
@@ -59,7 +62,6 @@ SCORE_BUCKETS = (*tuple(round(0.1 * i, 1) for i in range(1, 10)), 1.0)
 
 
 _SMALL = 32  # Hist.observe_many bins up to this many values in plain Python
-_INF = float("inf")
 
 
 class Hist:
@@ -80,7 +82,7 @@ class Hist:
         if len(values) <= _SMALL:  # plain Python: numpy's per-call cost dominates a few values
             counts, bounds, total = self.counts, self.bounds, 0.0
             for value in values.tolist():
-                if -_INF < value < _INF:  # NaN and infinities are not observed
+                if -math.inf < value < math.inf:  # NaN and infinities are not observed
                     counts[bisect_left(bounds, value)] += 1
                     total += value
             self.total += total
@@ -139,18 +141,12 @@ class ServingMetrics(Collector):
         hist = self.scores.get((model, version))
         if hist is None:
             hist = self.scores[(model, version)] = Hist(SCORE_BUCKETS)
-        if proba is not None and proba.ndim == 2 and proba.shape[1]:
-            values = proba[:, 1] if proba.shape[1] == 2 else proba.max(axis=1)
-        elif labels.dtype.kind == "f":
-            values = labels
-        else:
-            return
-        if len(values) == 1:
-            value = float(values[0])
-            if value == value:
-                hist.observe(value)
-        else:
-            hist.observe_many(np.asarray(values, dtype=np.float64))
+        values = scores_of(proba)  # the rollout's counters bin the same score
+        if values is None:
+            if labels.dtype.kind != "f":
+                return
+            values = labels  # a regressor: its predictions
+        hist.observe_many(np.asarray(values, dtype=np.float64))
 
     def reload(self, model: str, outcome: str) -> None:
         self.reloads[(model, outcome)] = self.reloads.get((model, outcome), 0) + 1

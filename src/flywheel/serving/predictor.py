@@ -505,7 +505,7 @@ class Predictor:
             request.client_id,
         )
         if rollout is None:  # self-healing watches the champion when no rollout runs
-            slot.health.answered(response.latency_ms, None)
+            slot.health.answered(response.latency_ms)
         elif role is not None:  # the arm's batcher binned the scores (MicroBatcher.arm)
             rollout.counters[role].answered(response.latency_ms, key, unique=routed and key is None)
             if routed and rollout.shadow and rollout.router.mirrors(key, rollout.salt):
