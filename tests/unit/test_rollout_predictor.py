@@ -4,6 +4,7 @@ shadow's mirror (same answers, its own log rows), a step's fresh counts, a promo
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections import Counter
 from collections.abc import Coroutine
@@ -250,3 +251,36 @@ def test_two_arms_batchers_flush_in_the_same_loop_turn() -> None:
     small_first = run(main(True, challenger_first=True))
     assert len({t for _, t in small_first}) == 1, small_first
     assert {n for n, _ in small_first} == {"a", "b"}, small_first
+
+
+def test_what_a_rollout_or_a_new_version_loads_is_frozen_out_of_the_collectors_reach(
+    files: dict[str, ModelFiles],
+) -> None:
+    """A challenger loaded on a running server, and a version a reload swaps in, leave the
+    cyclic collector's generations (``gc.freeze``), as what start-up loaded does: otherwise
+    every full collection walks them again (measured on a canary started under load, 64
+    connections: ~190 ms per full collection, p99 ~200 ms)."""
+
+    def tracked(obj: object) -> bool:  # gc.get_objects() leaves the frozen generation out
+        return any(o is obj for o in gc.get_objects())
+
+    async def main() -> None:
+        predictor = _predictor(files)
+        await predictor.start()
+        try:
+            gc.unfreeze()
+            champion = predictor.model()
+            assert tracked(champion)  # the control: a live object is in the generations
+            await predictor.apply_rollout(None, _state(weight=10.0))
+            live = predictor.rollout()
+            assert live is not None and not tracked(live.challenger)
+            assert not tracked(live.router)
+            predictor.end_rollout(None)
+            gc.unfreeze()
+            await predictor.pin(None, "2")
+            assert predictor.model().version == "2" and not tracked(predictor.model())
+        finally:
+            await predictor.close()
+            gc.unfreeze()
+
+    run(main())

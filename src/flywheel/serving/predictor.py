@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Mapping
@@ -260,6 +261,7 @@ class Predictor:
             if old is not None and (live is None or old is not live.challenger):
                 _unwire(old)
             _wire(slot)
+            _freeze_heap()
             self.metrics.reload(slot.served.name, "loaded")
             log.info(
                 "model %s now serves version %s (was %s)",
@@ -342,6 +344,7 @@ class Predictor:
             if current.challenger is not challenger:
                 _unwire(current.challenger)
         _wire(slot)
+        _freeze_heap()
         log.info(
             "model %s: rollout %s (%s) routes %.4g%% to version %s",
             slot.served.name,
@@ -673,6 +676,18 @@ _ROW_SINKS: dict[type, bool] = {}
 
 def _nothing(_name: str) -> None:
     return None
+
+
+def _freeze_heap() -> None:
+    """Move what was just loaded (a new version, a rollout's challenger, and what the
+    registry client and the rollout store imported on first use) out of the cyclic
+    collector's reach, as the server does once it has started (``gc.freeze``): otherwise
+    every full collection walks it again. Measured with a canary started on a running
+    server, 64 connections: each full collection took ~190 ms, four in six seconds (p99
+    ~200 ms against ~27 ms, a tenth fewer answers). No ``gc.collect()`` first: that would be
+    one such pause while serving; the cost is that garbage cycles alive at this moment are
+    never collected (a load's leftovers, not a growing amount)."""
+    gc.freeze()
 
 
 def _wire(slot: _Slot) -> None:
