@@ -26,8 +26,7 @@ demo-rollback: install   ## in ./demo-rollback: the spine, then 60 days in which
 test: install-dev        ## install (pinned, dev), lint + type-check, run the whole test suite
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
-	$(BIN)/mypy
-	PYTHON=$(BIN)/python scripts/test.sh
+	PYTHON=$(BIN)/python MYPY=$(BIN)/mypy scripts/test.sh
 
 test-unit: install-dev
 	$(BIN)/python -m pytest -m "not integration"
