@@ -48,7 +48,17 @@ def test_ab_on_late_labels_promotes_the_better_version(
         "split": 50,
         "metric": "accuracy",
         "min_requests": 50,
-        "guardrails": {"metric": "none", "min_rows_psi": 100},
+        # the latency guardrail is loosened: this test is the A/B's decision on late labels
+        # (guardrails have their own tests in test_rollouts.py). Under CI's load (two pytest
+        # processes and their servers on 2 cores) this A/B was once rolled back, reason not
+        # recorded; one request at a time gives each arm a p99 of one or two answers, the
+        # likeliest guardrail to trip on one slow answer
+        "guardrails": {
+            "metric": "none",
+            "min_rows_psi": 100,
+            "max_p99_ratio": 100.0,
+            "p99_slack_ms": 1000.0,
+        },
     }
     (tmp_path / "ab.yaml").write_text(yaml.safe_dump(plan))
 
@@ -89,7 +99,7 @@ def test_ab_on_late_labels_promotes_the_better_version(
     finally:
         stop_serve(server)
     state = status["rollout"]
-    assert state["status"] == "promoted", state
+    assert state["status"] == "promoted", (state["reason"], state["evidence"])
     assert "the challenger wins" in state["reason"] and "A/B on accuracy" in state["reason"]
     test = state["evidence"]["test"]
     assert test["decided"] and test["winner"] == "challenger" and test["low"] > 0, test
