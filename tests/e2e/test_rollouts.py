@@ -249,7 +249,7 @@ def test_worse_challenger_rolled_back_at_its_first_breach_good_one_promoted(
         plan = _write_plan(cwd, "plan-v3.yaml", {"challenger": "3", **canary})
         flywheel(cwd, "rollout", "start", plan, "--reason", "try v3")
         state, answered = _drive(server, client, _ended, prefix="v3", timeout=120)
-        assert state["status"] == "promoted", state
+        assert state["status"] == "promoted", (state["reason"], state["evidence"])
         v3_rollout = state["id"]
         seen = Counter(version for _, version in answered)
         assert seen["3"] > 0 and seen["1"] > 0, f"answers during the v3 canary: {seen}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -11,7 +12,14 @@ import numpy as np
 import pytest
 
 from flywheel.errors import DataError, RegistryError
-from flywheel.rollout.counters import SCORE_BINS, ArmCounter, ArmCounts, percentile
+from flywheel.rollout.counters import (
+    LATENCY_EDGES,
+    SCORE_BINS,
+    ArmCounter,
+    ArmCounts,
+    percentile,
+    psi,
+)
 from flywheel.rollout.guardrails import analyse
 from flywheel.rollout.plan import RolloutPlan, load_plan
 from flywheel.rollout.routing import Router
@@ -261,6 +269,125 @@ def test_score_drift_is_not_called_on_a_small_sample_of_the_same_scores() -> Non
         )
         false_alarms += any(c.name == "score_drift" for c in out.failed)
     assert false_alarms <= 2, false_alarms
+
+
+def _hist(scores: np.ndarray) -> list[int]:
+    bins = np.minimum((scores * SCORE_BINS).astype(int), SCORE_BINS - 1)
+    return np.bincount(bins, minlength=SCORE_BINS).tolist()
+
+
+def _scored(scores: np.ndarray) -> ArmCounts:
+    n, latency = len(scores), [0] * (len(LATENCY_EDGES) + 1)
+    latency[10] = n  # all answered in ~0.13 ms
+    return ArmCounts(requests=n, rows=n, latency_hist=latency, score_hist=_hist(scores))
+
+
+@pytest.mark.parametrize(("beta_a", "true_psi"), [(2.5, 0.10), (2.6, 0.14)])
+def test_score_drift_does_not_roll_back_a_challenger_under_the_limit_at_some_peek(
+    beta_a: float, true_psi: float
+) -> None:
+    """A challenger whose true PSI is half the limit (or 0.14 of 0.2), judged every 100 of
+    its rows up to 2,000 at a 10% split: PSI's upward bias on small samples made the old
+    rule (limit = max(max_score_psi, null)) roll it back in 40% (76%) of runs. The limit
+    is now max_score_psi plus the null's allowance."""
+    rng = np.random.default_rng(4)
+    assert psi(_hist(rng.beta(2, 5, 10**6)), _hist(rng.beta(beta_a, 5, 10**6))) == (
+        pytest.approx(true_psi, abs=0.01)
+    )
+    plan = _plan(min_rows_psi=100)
+    runs, rolled_back = 100, 0
+    for _ in range(runs):
+        champion, challenger = rng.beta(2, 5, 18_000), rng.beta(beta_a, 5, 2_000)
+        for n in range(100, 2_001, 100):
+            counts = {"champion": _scored(champion[: 9 * n]), "challenger": _scored(challenger[:n])}
+            if any(c.name == "score_drift" for c in analyse(plan, 10.0, counts).failed):
+                rolled_back += 1
+                break
+    assert rolled_back <= 0.05 * runs, f"{rolled_back} of {runs} rolled back"
+
+
+def test_score_drift_past_the_limit_is_caught_within_a_few_hundred_rows() -> None:
+    rng = np.random.default_rng(5)
+    plan = _plan(min_rows_psi=100)
+    caught_at = []
+    for _ in range(50):
+        champion, challenger = rng.beta(2, 5, 18_000), rng.beta(3, 5, 2_000)  # PSI ~0.35
+        for n in range(100, 2_001, 100):
+            counts = {"champion": _scored(champion[: 9 * n]), "challenger": _scored(challenger[:n])}
+            if any(c.name == "score_drift" for c in analyse(plan, 10.0, counts).failed):
+                caught_at.append(n)
+                break
+    assert len(caught_at) == 50 and statistics.median(caught_at) <= 400, caught_at
+
+
+def _timed_arm(latencies: np.ndarray) -> ArmCounts:
+    counter = ArmCounter()
+    for ms in latencies:
+        counter.answered(float(ms))
+    return counter.snapshot()
+
+
+def test_one_stall_waits_a_slow_challenger_fails_at_once() -> None:
+    """On 30 answers p99 is the slowest: one 300 ms stall (limit 2 ms x 10 + 200) waits
+    for more answers instead of rolling back; 4 slow of 30 fail; every answer slow fails."""
+    rng = np.random.default_rng(6)
+    plan = RolloutPlan(
+        challenger="2",
+        min_requests=30,
+        guardrails={"metric": "none", "max_p99_ratio": 10, "p99_slack_ms": 200},
+    )
+    champion = _timed_arm(rng.gamma(4.0, 0.5, 270))
+
+    def check(slow: int) -> tuple[str, str]:
+        latencies = np.concatenate([rng.gamma(4.0, 0.5, 30 - slow), np.full(slow, 300.0)])
+        out = analyse(plan, 10.0, {"champion": champion, "challenger": _timed_arm(latencies)})
+        (latency,) = [c for c in out.checks if c.name == "latency_p99"]
+        return latency.status, latency.detail
+
+    assert check(0)[0] == "ok"
+    status, detail = check(1)
+    assert status == "waiting" and "1 slow of 30 answers" in detail, detail
+    assert check(3)[0] == "waiting"
+    status, detail = check(4)
+    assert status == "failed" and "4 of 30 answers slower than the limit" in detail, detail
+    assert check(30)[0] == "failed"
+
+
+def test_latency_p99_under_peeking_fails_at_most_alpha_of_challengers_at_the_limit() -> None:
+    """A challenger whose p99 sits exactly at the limit (1% of answers slower), judged every
+    20 answers up to 2,000: the share ever rolled back stays under alpha (0.05); one with 5%
+    slow answers is caught. Counts built as histograms (no per-answer loop)."""
+    plan = RolloutPlan(
+        challenger="2",
+        min_requests=30,
+        guardrails={"metric": "none", "max_p99_ratio": 10, "p99_slack_ms": 200},
+    )
+    fast, slow = 5, 140  # buckets: ~0.08 ms and ~34 s
+    assert LATENCY_EDGES[slow] > 10 * LATENCY_EDGES[fast] + 200
+    champion = ArmCounts(requests=10**5, latency_hist=[0] * (len(LATENCY_EDGES) + 1))
+    champion.latency_hist[fast] = 10**5
+    rng = np.random.default_rng(7)
+
+    def first_failure(share: float) -> int | None:
+        slow_answers = np.cumsum(rng.random(2_000) < share)
+        for n in range(30, 2_001, 20):
+            hist = [0] * (len(LATENCY_EDGES) + 1)
+            hist[slow] = int(slow_answers[n - 1])
+            hist[fast] = n - hist[slow]
+            b = ArmCounts(requests=n, latency_hist=hist)
+            out = analyse(plan, 10.0, {"champion": champion, "challenger": b})
+            if any(c.name == "latency_p99" for c in out.failed):
+                return n
+        return None
+
+    runs = 400
+    at_limit = sum(first_failure(0.01) is not None for _ in range(runs))
+    print(f"FIG at the limit: {at_limit} of {runs} rolled back")
+    assert at_limit <= plan.alpha * runs, f"{at_limit} of {runs} rolled back at the limit"
+    found = [first_failure(0.05) for _ in range(100)]
+    caught = sorted(n for n in found if n is not None)
+    print(f"FIG 5% slow: {len(caught)} of 100 caught, median {statistics.median(caught)} answers")
+    assert len(caught) >= 95 and statistics.median(caught) <= 400, found
 
 
 def test_waiting_until_enough_requests_and_a_sample_ratio_mismatch_pauses() -> None:
