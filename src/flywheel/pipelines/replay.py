@@ -431,6 +431,8 @@ def replay(
             _one_day(ws, options, world, server, names, day, rec, pending, seconds)
             if (i + 1) % options.monitor_every == 0 or i + 1 == options.days:
                 _judge(ws, world, day, rec, seconds)
+                if rec.retrain is not None:
+                    _wait_applied(ws, seconds)
             rec.champion = _champion(ws)
         t = time.perf_counter()
         world.advance_source(first + dt.timedelta(days=options.days - 1))
@@ -565,6 +567,24 @@ def _wait_logged(ws: Workspace, lo: float, hi: float, expected: int, timeout: fl
             time.sleep(0.05)
     finally:
         engine.dispose()
+
+
+def _wait_applied(ws: Workspace, seconds: defaultdict[str, float], timeout: float = 30.0) -> None:
+    """After a retrain: wait until the server routes by the rollout it started (its agent
+    has applied it and stored this replica's counts), so the next day's traffic meets the
+    challenger. Without it, how many simulated days passed before the agent's next poll
+    depended on the machine's speed: a day of traffic takes ~40 ms on a fast one."""
+    from flywheel.rollout.actions import store_of
+
+    t = time.perf_counter()
+    store = store_of(ws)
+    state = store.active(ws.settings.registry.model_name)
+    deadline = time.monotonic() + timeout
+    while state is not None and not store.replicas(state.id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if state is not None and not store.replicas(state.id):
+        log.warning("the server did not apply rollout %s within %g s", state.id, timeout)
+    seconds["rollout wait"] += time.perf_counter() - t
 
 
 def _judge(
