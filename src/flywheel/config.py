@@ -331,6 +331,14 @@ class RolloutSettings(BaseModel):
     heal_max_p99_ms: float | None = Field(
         None, gt=0, description="A champion slower than this p99 is rolled back (unset: off)."
     )
+    heal_alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=0.5,
+        description="Level of each window's test: a breach counts only when the window's "
+        "errors (or answers slower than heal_max_p99_ms) are more than the limit allows "
+        "beyond chance.",
+    )
 
 
 class RetrainSettings(BaseModel):

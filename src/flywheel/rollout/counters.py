@@ -23,6 +23,7 @@ __all__ = [
     "ArmCounter",
     "ArmCounts",
     "as_dict",
+    "count_above",
     "percentile",
     "psi",
     "scores_of",
@@ -176,6 +177,13 @@ def percentile(hist: list[int], q: float) -> float | None:
         if seen >= rank:
             return LATENCY_EDGES[min(i, len(LATENCY_EDGES) - 1)]
     return LATENCY_EDGES[-1]
+
+
+def count_above(hist: list[int], limit_ms: float) -> int:
+    """Answers of a latency histogram slower than ``limit_ms``: those in buckets whose value
+    (the upper edge, as :func:`percentile` reports it) is above the limit."""
+    top = len(LATENCY_EDGES) - 1
+    return sum(c for i, c in enumerate(hist) if LATENCY_EDGES[min(i, top)] > limit_ms)
 
 
 def psi(reference: list[int], current: list[int]) -> float | None:

@@ -66,6 +66,7 @@ from flywheel.errors import DataError
 __all__ = [
     "EFFECT_SD",
     "Evidence",
+    "above_share",
     "default_tau2",
     "half_width",
     "mean_moments",
@@ -440,6 +441,16 @@ def srm_test(
     half = float(half_width(float(variance) / total, tau * tau, alpha))
     interval = (share - q0 - half, share - q0 + half)
     return _evidence(SRM_METRIC, (n_a, n_b), (q0, share), interval, p_value, alpha, tau, None)
+
+
+def above_share(n: int, k: int, share: float, *, alpha: float, tau: float) -> tuple[bool, float]:
+    """Are ``k`` events in ``n`` (slow answers, errors) more than ``share`` of them, beyond
+    chance? The one-sample mixture SPRT of :func:`srm_test` read one-sided: True when it
+    rejects ``share`` at ``alpha`` and ``k / n`` lies above it; and its p-value. Valid at
+    every count, so a guardrail may ask after every batch; ``tau``: the effects it is
+    tuned to, in shares (0.03: a few percentage points)."""
+    ev = srm_test(n - k, k, share, alpha=alpha, tau=tau)
+    return ev.decided and k > share * n, ev.p_value
 
 
 def running(previous: Evidence | None, current: Evidence) -> Evidence:

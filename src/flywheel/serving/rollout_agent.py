@@ -10,8 +10,9 @@ Every ``rollout.poll_s`` (1 s), on the server's event loop (blocking work in thr
    tick, one acts), and apply what it decided without waiting for the next poll;
 4. self-healing: a champion promoted within ``rollout.heal_watch_s`` whose error rate (or
    p99, when ``rollout.heal_max_p99_ms`` is set) breaks its limit over a
-   ``rollout.heal_window_s`` window is rolled back to the previous champion, once (one
-   replica claims it), audited as ``self_heal`` with its evidence.
+   ``rollout.heal_window_s`` window, beyond chance (:func:`heal_breach`), is rolled back to
+   the previous champion, once (one replica claims it), audited as ``self_heal`` with its
+   evidence.
 
 The admin routes call :meth:`RolloutAgent.sync` after an action, so the replica that took
 it routes the new way at once; the others follow within ``poll_s``.
@@ -29,19 +30,59 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from flywheel.rollout.counters import percentile
+from flywheel.rollout.counters import count_above, percentile
 
 # flywheel.rollout.store.TERMINAL, not imported here: that module imports SQLAlchemy
 TERMINAL = ("promoted", "rolled_back", "aborted")
 
 if TYPE_CHECKING:
+    from flywheel.config import RolloutSettings
+    from flywheel.rollout.counters import ArmCounts
     from flywheel.rollout.store import RolloutState
     from flywheel.serving.predictor import Predictor
     from flywheel.workspace import Workspace
 
-__all__ = ["RolloutAgent"]
+__all__ = ["RolloutAgent", "heal_breach"]
 
 log = logging.getLogger("flywheel.serving")
+
+
+HEAL_ERROR_TAU = 0.05  # the window tests' mixing scales (shares): effects of ~5 points
+HEAL_SLOW_TAU = 0.03  # ... and of a few points of answers slower than heal_max_p99_ms
+
+
+def heal_breach(counts: ArmCounts, settings: RolloutSettings) -> str | None:
+    """What a window's counts of the serving champion breach, or None. A limit counts as
+    passed only when an always-valid test at ``heal_alpha`` says so (``stats.above_share``):
+    on 100 requests an error rate of 6% (or p99 above the limit: two slow answers) is
+    within chance of a champion that meets its limits, and a rollback of a good champion
+    costs more than a window's wait. Gross breaches (a promotion that fails every request)
+    still trip on the first window."""
+    from flywheel.rollout.stats import above_share
+
+    window = f"in {settings.heal_window_s:g} s"
+    limit = settings.heal_max_error_rate
+    failing, p = above_share(
+        counts.requests, counts.errors, limit, alpha=settings.heal_alpha, tau=HEAL_ERROR_TAU
+    )
+    if failing:
+        return (
+            f"error rate {counts.errors / counts.requests:.2%} > {limit:.2%} ({counts.errors} of "
+            f"{counts.requests} requests {window}; always-valid p = {p:.2g})"
+        )
+    slowest = settings.heal_max_p99_ms
+    p99 = percentile(counts.latency_hist, 0.99)
+    if slowest is None or p99 is None or p99 <= slowest:
+        return None
+    answered = sum(counts.latency_hist)
+    slow = count_above(counts.latency_hist, slowest)
+    too_slow, p = above_share(answered, slow, 0.01, alpha=settings.heal_alpha, tau=HEAL_SLOW_TAU)
+    if too_slow:
+        return (
+            f"p99 {p99:.1f} ms > {slowest:g} ms ({slow} of {answered} answers slower "
+            f"{window}; always-valid p = {p:.2g} against 1%)"
+        )
+    return None
 
 
 class RolloutAgent:
@@ -145,18 +186,7 @@ class RolloutAgent:
             return
         rate = counts.errors / counts.requests
         p99 = percentile(counts.latency_hist, 0.99)
-        breach = None
-        if rate > self.settings.heal_max_error_rate:
-            breach = (
-                f"error rate {rate:.2%} > {self.settings.heal_max_error_rate:.2%} "
-                f"({counts.errors} of {counts.requests} requests in {self.settings.heal_window_s:g} s)"
-            )
-        elif (
-            self.settings.heal_max_p99_ms is not None
-            and p99 is not None
-            and p99 > self.settings.heal_max_p99_ms
-        ):
-            breach = f"p99 {p99:.1f} ms > {self.settings.heal_max_p99_ms:g} ms"
+        breach = heal_breach(counts, self.settings)
         if breach is None:
             return
         evidence = {
