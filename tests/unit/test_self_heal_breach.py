@@ -27,6 +27,8 @@ def test_a_window_just_over_the_error_limit_waits_a_broken_promotion_heals() -> 
     assert breach is not None and breach.startswith("error rate 100.00% > 5.00%"), breach
     assert "20 of 20 requests in 60 s" in breach and "always-valid p" in breach
     assert heal_breach(_window(100, 20), settings) is not None
+    assert heal_breach(_window(20, 20), RolloutSettings(heal_max_error_rate=1.0)) is None
+    assert heal_breach(ArmCounts(), settings) is None  # an empty window
 
 
 def test_a_healthy_champion_is_not_healed_within_the_hour_a_bad_one_is_at_once() -> None:

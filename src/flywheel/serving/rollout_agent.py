@@ -62,8 +62,12 @@ def heal_breach(counts: ArmCounts, settings: RolloutSettings) -> str | None:
 
     window = f"in {settings.heal_window_s:g} s"
     limit = settings.heal_max_error_rate
-    failing, p = above_share(
-        counts.requests, counts.errors, limit, alpha=settings.heal_alpha, tau=HEAL_ERROR_TAU
+    failing, p = (
+        above_share(
+            counts.requests, counts.errors, limit, alpha=settings.heal_alpha, tau=HEAL_ERROR_TAU
+        )
+        if counts.requests and limit < 1.0  # a limit of 100% can never be passed
+        else (False, 1.0)
     )
     if failing:
         return (
