@@ -23,10 +23,10 @@ __all__ = [
     "ArmCounter",
     "ArmCounts",
     "as_dict",
-    "count_above",
     "percentile",
     "psi",
     "scores_of",
+    "slow_beyond_chance",
 ]
 
 # 0.05 ms .. ~60 s, 10% apart: a p99 read off them is within 10%
@@ -179,11 +179,28 @@ def percentile(hist: list[int], q: float) -> float | None:
     return LATENCY_EDGES[-1]
 
 
-def count_above(hist: list[int], limit_ms: float) -> int:
-    """Answers of a latency histogram slower than ``limit_ms``: those in buckets whose value
-    (the upper edge, as :func:`percentile` reports it) is above the limit."""
+SLOW_SHARE = 0.01
+"""A p99 above a limit: more than this share of the answers slower than the limit."""
+SLOW_TAU = 0.03
+"""The slow-answer test's mixing scale: effects of a few percentage points."""
+
+
+def slow_beyond_chance(
+    hist: list[int], limit_ms: float, alpha: float
+) -> tuple[bool, int, int, float]:
+    """Is the p99 of a latency histogram above ``limit_ms`` beyond chance, i.e. are more
+    than 1% of its answers slower than the limit by the always-valid one-sided test
+    (:func:`flywheel.rollout.stats.above_share`)? On a few dozen answers the p99 is the
+    slowest one, and one stall must not count as a breach. Returns (breach, answers slower,
+    answers, p-value); an answer is slower when its bucket's value (the upper edge, as
+    :func:`percentile` reports it) is above the limit."""
+    from flywheel.rollout.stats import above_share  # not at a server's start: only judging
+
     top = len(LATENCY_EDGES) - 1
-    return sum(c for i, c in enumerate(hist) if LATENCY_EDGES[min(i, top)] > limit_ms)
+    slow = sum(c for i, c in enumerate(hist) if LATENCY_EDGES[min(i, top)] > limit_ms)
+    n = sum(hist)
+    breach, p_value = above_share(n, slow, SLOW_SHARE, alpha=alpha, tau=SLOW_TAU)
+    return breach, slow, n, p_value
 
 
 def psi(reference: list[int], current: list[int]) -> float | None:

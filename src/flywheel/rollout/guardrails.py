@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from flywheel.rollout import stats
-from flywheel.rollout.counters import count_above, percentile, psi
+from flywheel.rollout.counters import SLOW_SHARE, percentile, psi, slow_beyond_chance
 from flywheel.rollout.plan import RolloutPlan
 from flywheel.rollout.store import ArmCounts
 
@@ -127,12 +127,6 @@ def _error_rate(plan: RolloutPlan, a: ArmCounts, b: ArmCounts) -> Check:
     )
 
 
-SLOW_SHARE = 0.01
-"""A p99 above the limit means more than this share of answers is slower than the limit."""
-SLOW_TAU = 0.03
-"""The latency test's mixing scale: effects of a few percentage points of slow answers."""
-
-
 def _latency(plan: RolloutPlan, a: ArmCounts, b: ArmCounts) -> Check:
     g = plan.guardrails
     need = min(plan.min_requests, 100)
@@ -144,12 +138,8 @@ def _latency(plan: RolloutPlan, a: ArmCounts, b: ArmCounts) -> Check:
     limit = pa * g.max_p99_ratio + g.p99_slack_ms
     if pb <= limit:
         return Check("latency_p99", "ok", pb, limit, f"{pb:.1f} ms (champion {pa:.1f} ms)")
-    # On a few dozen answers p99 is the slowest one: one stall of a loaded box would roll
-    # back a good challenger. "p99 > limit" is "more than 1% of answers slower than the
-    # limit": breach when an always-valid test on the count of slow answers says so.
-    n = sum(b.latency_hist)
-    slow = count_above(b.latency_hist, limit)
-    breach, p_value = stats.above_share(n, slow, SLOW_SHARE, alpha=plan.alpha, tau=SLOW_TAU)
+    # on a few dozen answers p99 is the slowest one: a loaded box's one stall must wait
+    breach, slow, n, p_value = slow_beyond_chance(b.latency_hist, limit, plan.alpha)
     over = (
         f"challenger p99 {pb:.1f} ms > {limit:.1f} ms (champion {pa:.1f} ms x "
         f"{g.max_p99_ratio:g} + {g.p99_slack_ms:g} ms)"

@@ -448,7 +448,10 @@ def above_share(n: int, k: int, share: float, *, alpha: float, tau: float) -> tu
     chance? The one-sample mixture SPRT of :func:`srm_test` read one-sided: True when it
     rejects ``share`` at ``alpha`` and ``k / n`` lies above it; and its p-value. Valid at
     every count, so a guardrail may ask after every batch; ``tau``: the effects it is
-    tuned to, in shares (0.03: a few percentage points)."""
+    tuned to, in shares (0.03: a few percentage points). No events (``n`` 0) and a share of
+    1 or more (nothing can pass it) answer (False, 1.0)."""
+    if n <= 0 or share >= 1.0:
+        return False, 1.0
     ev = srm_test(n - k, k, share, alpha=alpha, tau=tau)
     return ev.decided and k > share * n, ev.p_value
 

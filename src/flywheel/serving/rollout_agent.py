@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from flywheel.rollout.counters import count_above, percentile
+from flywheel.rollout.counters import SLOW_SHARE, percentile, slow_beyond_chance
 
 # flywheel.rollout.store.TERMINAL, not imported here: that module imports SQLAlchemy
 TERMINAL = ("promoted", "rolled_back", "aborted")
@@ -47,8 +47,7 @@ __all__ = ["RolloutAgent", "heal_breach"]
 log = logging.getLogger("flywheel.serving")
 
 
-HEAL_ERROR_TAU = 0.05  # the window tests' mixing scales (shares): effects of ~5 points
-HEAL_SLOW_TAU = 0.03  # ... and of a few points of answers slower than heal_max_p99_ms
+HEAL_ERROR_TAU = 0.05  # the error test's mixing scale (shares): effects of ~5 points
 
 
 def heal_breach(counts: ArmCounts, settings: RolloutSettings) -> str | None:
@@ -62,12 +61,8 @@ def heal_breach(counts: ArmCounts, settings: RolloutSettings) -> str | None:
 
     window = f"in {settings.heal_window_s:g} s"
     limit = settings.heal_max_error_rate
-    failing, p = (
-        above_share(
-            counts.requests, counts.errors, limit, alpha=settings.heal_alpha, tau=HEAL_ERROR_TAU
-        )
-        if counts.requests and limit < 1.0  # a limit of 100% can never be passed
-        else (False, 1.0)
+    failing, p = above_share(
+        counts.requests, counts.errors, limit, alpha=settings.heal_alpha, tau=HEAL_ERROR_TAU
     )
     if failing:
         return (
@@ -78,13 +73,13 @@ def heal_breach(counts: ArmCounts, settings: RolloutSettings) -> str | None:
     p99 = percentile(counts.latency_hist, 0.99)
     if slowest is None or p99 is None or p99 <= slowest:
         return None
-    answered = sum(counts.latency_hist)
-    slow = count_above(counts.latency_hist, slowest)
-    too_slow, p = above_share(answered, slow, 0.01, alpha=settings.heal_alpha, tau=HEAL_SLOW_TAU)
+    too_slow, slow, answered, p = slow_beyond_chance(
+        counts.latency_hist, slowest, settings.heal_alpha
+    )
     if too_slow:
         return (
             f"p99 {p99:.1f} ms > {slowest:g} ms ({slow} of {answered} answers slower "
-            f"{window}; always-valid p = {p:.2g} against 1%)"
+            f"{window}; always-valid p = {p:.2g} against {SLOW_SHARE:.0%})"
         )
     return None
 
