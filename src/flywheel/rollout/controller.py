@@ -13,7 +13,11 @@ the prediction log) and runs :func:`flywheel.rollout.guardrails.analyse`:
 - ab: the always-valid test on ``metric`` decides: the challenger wins -> promote, the
   champion wins -> roll back; no decision by ``max_requests`` per arm -> pause
   (inconclusive);
-- shadow, bluegreen: a passed observation waits for a person (or promotes when ``auto``).
+- shadow, bluegreen: a passed observation waits for a person (or promotes when ``auto``);
+- ``step_deadline`` (when set): a step (an A/B test, a shadow's or a switched blue-green's
+  observation) that has neither passed nor failed that long after it began ends
+  inconclusive and pauses, like Argo Rollouts' Inconclusive: a person resumes (the step's
+  clock restarts), promotes or aborts. A blue-green waiting for its switch is not late.
 
 Transitions are compare-and-set on the state's revision, so when several replicas tick at
 once exactly one of them acts and audits.
@@ -172,9 +176,12 @@ def tick(ws: Workspace, state: RolloutState, now: float | None = None) -> Rollou
         return actions.roll_back(ws, state, why, evidence) or state
     if analysis.verdict == "mismatch":
         return _move(ws, state, "rollout_pause", analysis.summary(), evidence, status="paused")
+    elapsed = now - state.step_started_at
+    late = _inconclusive(state, plan, analysis, test, elapsed)
+    if late is not None:
+        return _move(ws, state, "rollout_pause", late, evidence, status="paused")
     if plan.strategy == "ab":
         return _decide_ab(ws, state, plan, test, evidence)
-    elapsed = now - state.step_started_at
     if analysis.verdict != "passed" or elapsed < plan.interval:
         return _note(ws, state, evidence, now)
     if plan.strategy == "canary" and state.step < plan.last_step:
@@ -194,6 +201,44 @@ def tick(ws: Workspace, state: RolloutState, now: float | None = None) -> Rollou
     if plan.strategy == "bluegreen" and state.weight < 100:
         return _note(ws, state, evidence, now)  # the green side waits for `rollout switch`
     return _finish(ws, state, plan, f"{plan.strategy} passed: {analysis.summary()}", evidence)
+
+
+def _inconclusive(
+    state: RolloutState,
+    plan: RolloutPlan,
+    analysis: Analysis,
+    test: stats.Evidence | None,
+    elapsed: float,
+) -> str | None:
+    """Why the step ends inconclusive (its ``step_deadline`` passed undecided), else None."""
+    deadline = plan.step_deadline
+    if deadline is None or elapsed < deadline:
+        return None
+    if plan.strategy == "bluegreen" and state.weight < 100:
+        return None  # waiting for `rollout switch`, a person's call: not late
+    if plan.strategy == "ab":
+        if test is not None and test.decided:
+            return None
+        undecided = "the A/B test on " + plan.metric + " has not decided"
+        if analysis.verdict == "waiting":
+            undecided += "; " + analysis.summary()
+    elif analysis.verdict == "waiting":
+        undecided = analysis.summary()
+    else:
+        return None
+    return (
+        f"step {state.step + 1} ({state.weight:g}%) inconclusive after {_span(elapsed)} "
+        f"(step_deadline {_span(deadline)}): {undecided}; paused at its weights: "
+        "resume, promote or abort by hand"
+    )
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.3g} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds:.3g} s"
 
 
 def _decide_ab(

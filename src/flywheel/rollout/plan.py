@@ -10,6 +10,7 @@ plan gets one message naming the field and the rule. Example::
     sticky: feature:customer_id # request_id (default) | feature:NAME | header:NAME
     interval: 60s               # each step is judged after this long ...
     min_requests: 200           # ... and this many requests on each arm
+    step_deadline: 2h           # undecided by then: inconclusive, paused (default: none, waits)
     guardrails:
       max_error_rate: 0.05      # challenger error rate <= champion's + 0.05
       max_p99_ratio: 1.5        # challenger p99 <= champion p99 x 1.5 + p99_slack_ms
@@ -32,7 +33,15 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from flywheel.errors import DataError
 
@@ -127,6 +136,12 @@ class RolloutPlan(BaseModel):
     )
     interval: float = Field(60.0, description="Seconds (or 30s, 5m, 1h) each step is observed.")
     min_requests: int = Field(200, ge=1, description="Requests per arm before a step is judged.")
+    step_deadline: float | None = Field(
+        None,
+        description="Seconds (or 30m, 2h) a step may stay neither passed nor failed: then it "
+        "ends inconclusive and the rollout pauses at its weights (Argo Rollouts' Inconclusive). "
+        "None (the default): a step waits as long as it takes.",
+    )
     max_requests: int = Field(
         100_000, ge=1, description="ab: no decision by this many per arm: inconclusive, paused."
     )
@@ -144,6 +159,22 @@ class RolloutPlan(BaseModel):
     @classmethod
     def _interval(cls, v: Any) -> float:
         return parse_duration(v, "interval")
+
+    @field_validator("step_deadline", mode="before")
+    @classmethod
+    def _step_deadline(cls, v: Any, info: ValidationInfo) -> float | None:
+        if v is None or (isinstance(v, str) and v.strip().lower() in ("none", "off")):
+            return None
+        seconds = parse_duration(v, "step_deadline")
+        if seconds <= 0:
+            raise ValueError(f"step_deadline must be > 0 (or none), got {v!r}")
+        interval = info.data.get("interval")  # absent when the interval itself was invalid
+        if interval is not None and seconds < interval:
+            raise ValueError(
+                f"step_deadline ({seconds:g} s) must be at least the interval ({interval:g} s): "
+                "no step can pass before its interval"
+            )
+        return seconds
 
     @field_validator("sticky")
     @classmethod
