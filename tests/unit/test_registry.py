@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -495,3 +496,73 @@ def test_serving_resolves_and_loads_a_version_without_importing_mlflow(world: Wo
     fetched.model_path.write_bytes(b"changed")  # a changed file is not trusted
     assert sql.cached("churn", reg.version, TAG["onnx_sha256"]) is None
     assert SqlRegistry("http://127.0.0.1:5000", settings.home).alias_version("churn", "x") is None
+
+
+def _promoting(ws: Workspace, by: str) -> object:
+    """A canary of v2 against champion v1, set ``promoting`` in ``by``'s name."""
+    from flywheel.rollout import actions
+    from flywheel.rollout.plan import RolloutPlan
+
+    state = actions.start(ws, RolloutPlan(challenger="2"), reason="test")
+    return actions.store_of(ws).transition(
+        state, status="promoting", reason="canary passed", evidence={actions.PROMOTE_BY: by}
+    )
+
+
+def test_a_promotion_finished_by_two_processes_moves_the_alias_once(world: World) -> None:
+    """The CLI sets a rollout `promoting` and a server's agent sees it too: both finish it.
+    The alias moves once, both get the promoted state, the ledger has one entry each."""
+    from flywheel.rollout import actions
+
+    _register(world), _register(world)
+    promote(world.ws, "1", reason="first")
+    state = _promoting(world.ws, "alice")
+    agent = Workspace(load_settings(home=world.ws.settings.home))  # another process
+    first = actions.finish_promotion(agent, state)  # type: ignore[arg-type]
+    late = actions.finish_promotion(world.ws, state, wait=True)  # type: ignore[arg-type]
+    assert first.status == late.status == "promoted" and _champion(world.ws) == "2"
+    entries = world.ws.audit.entries("churn")
+    assert [e.action for e in entries].count("rollout_promote") == 1
+    (moved,) = [e for e in entries if e.action == "promote" and e.to_version == "2"]
+    assert moved.who == "alice"  # in the name of who asked, not of the process that did it
+    assert actions._CLAIM_AT not in late.evidence
+
+
+def test_a_claim_keeps_others_off_until_it_is_stale(world: World) -> None:
+    """A live claim keeps others off; a crashed claimer's (older than CLAIM_S) is taken over."""
+    from flywheel.rollout import actions
+
+    _register(world), _register(world)
+    promote(world.ws, "1", reason="first")
+    state = _promoting(world.ws, "flywheel-rollout")
+    claimed = actions._claim(world.ws, state)  # type: ignore[arg-type]
+    assert claimed is not None
+    assert actions.finish_promotion(world.ws, claimed).status == "promoting"  # not moved
+    assert _champion(world.ws) == "1"
+    stale = actions.store_of(world.ws).transition(
+        claimed, evidence={**claimed.evidence, actions._CLAIM_AT: time.time() - 60}
+    )
+    assert stale is not None
+    done = actions.finish_promotion(world.ws, stale)
+    assert done.status == "promoted" and _champion(world.ws) == "2"
+
+
+def test_an_automatic_promotion_is_requested_by_the_controller_so_a_person_approves(
+    world: World,
+) -> None:
+    """With approval required, the request is the controller's (flywheel-rollout), so the
+    server's own login user may approve it (four-eyes: a person approves a machine)."""
+    from flywheel.rollout import actions
+
+    _register(world), _register(world)
+    promote(world.ws, "1", reason="first")
+    ws = _as(world.ws, world.ws.settings.user, require_approval=True)
+    state = _promoting(ws, "flywheel-rollout")
+    waiting = actions.finish_promotion(ws, state)  # type: ignore[arg-type]
+    assert waiting.status == "waiting" and "waits for approval" in waiting.reason
+    (request,) = [e for e in ws.audit.entries("churn") if e.action == "promote_requested"]
+    assert request.who == "flywheel-rollout"
+    approve(ws, "2", reason="looks good")
+    done = actions.finish_promotion(ws, waiting)
+    assert done.status == "promoted" and _champion(ws) == "2"
+    assert "waits for approval" not in done.reason and done.reason.endswith("; approved")

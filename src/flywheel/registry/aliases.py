@@ -82,14 +82,16 @@ def _settle_approval_tag(client: MlflowClient, name: str, version: str, action: 
         client.delete_model_version_tag(name, version, APPROVAL_TAG)
 
 
-def _move_champion(ws: Workspace, version: str, action: str, reason: str) -> AuditEntry:
+def _move_champion(
+    ws: Workspace, version: str, action: str, reason: str, who: str | None = None
+) -> AuditEntry:
     client, name = ws.client, ws.settings.registry.model_name
     current = alias_version(client, name, CHAMPION)
     client.set_registered_model_alias(name, CHAMPION, version)
     _settle_approval_tag(client, name, version, action)
     try:
         return ws.audit.append(
-            who=ws.settings.user,
+            who=who or ws.settings.user,
             action=action,
             model=name,
             from_version=current,
@@ -115,8 +117,12 @@ def _pending_request(entries: list[AuditEntry], version: str) -> AuditEntry | No
     return pending
 
 
-def promote(ws: Workspace, version: str, *, reason: str) -> PromotionOutcome:
-    """Move ``champion`` to ``version``, or record a request when approval is required."""
+def promote(
+    ws: Workspace, version: str, *, reason: str, who: str | None = None
+) -> PromotionOutcome:
+    """Move ``champion`` to ``version``, or record a request when approval is required.
+    ``who``: in whose name (default the settings' user; a rollout passes who asked for it,
+    the controller for an automatic promotion)."""
     reason = _require_reason(reason, "promote")
     name, version = ws.settings.registry.model_name, str(version)
     with mlflow_errors(f"promote {name} v{version}", ws):
@@ -131,11 +137,15 @@ def promote(ws: Workspace, version: str, *, reason: str) -> PromotionOutcome:
                 version=version,
             )
         if not ws.settings.registry.require_approval:
-            return PromotionOutcome(_move_champion(ws, version, "promote", reason), pending=False)
-        return _request(ws, version, current, reason)
+            return PromotionOutcome(
+                _move_champion(ws, version, "promote", reason, who), pending=False
+            )
+        return _request(ws, version, current, reason, who or ws.settings.user)
 
 
-def _request(ws: Workspace, version: str, current: str | None, reason: str) -> PromotionOutcome:
+def _request(
+    ws: Workspace, version: str, current: str | None, reason: str, who: str
+) -> PromotionOutcome:
     name = ws.settings.registry.model_name
     if (open_request := _pending_request(ws.audit.entries(name), version)) is not None:
         raise RegistryError(
@@ -146,7 +156,7 @@ def _request(ws: Workspace, version: str, current: str | None, reason: str) -> P
             version=version,
         )
     entry = ws.audit.append(
-        who=ws.settings.user,
+        who=who,
         action="promote_requested",
         model=name,
         from_version=current,
@@ -154,7 +164,7 @@ def _request(ws: Workspace, version: str, current: str | None, reason: str) -> P
         reason=reason,
     )
     ws.client.set_model_version_tag(name, version, APPROVAL_TAG, "pending")
-    return PromotionOutcome(entry, pending=True, extra={"requested_by": ws.settings.user})
+    return PromotionOutcome(entry, pending=True, extra={"requested_by": who})
 
 
 def approve(ws: Workspace, version: str, *, reason: str) -> PromotionOutcome:

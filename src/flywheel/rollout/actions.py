@@ -229,18 +229,37 @@ def abort(ws: Workspace, *, reason: str | None, model: str | None = None) -> Rol
 
 
 def promote(ws: Workspace, *, reason: str | None, model: str | None = None) -> RolloutState:
-    """Promote the challenger now (through the registry: approval when configured)."""
+    """Promote the challenger now (through the registry: approval when configured). The
+    serving replicas' agents may finish a promotion they see ``promoting``: whoever claims
+    it moves the alias, and this call waits for the outcome either way."""
     why = _reason(reason, "promote")
     state = _active(ws, model)
-    if state.status == "promoting":
-        return finish_promotion(ws, state)
-    new = _cas(ws, state, status="promoting", reason=why)
-    return finish_promotion(ws, new)
+    if state.status != "promoting":
+        state = _cas(
+            ws,
+            state,
+            status="promoting",
+            reason=why,
+            evidence={**state.evidence, PROMOTE_BY: ws.settings.user},
+        )
+    return finish_promotion(ws, state, wait=True)
 
 
-def finish_promotion(ws: Workspace, state: RolloutState) -> RolloutState:
-    """Move ``champion`` to the challenger (the rollout is ``promoting``, so exactly one
-    caller gets here); with approval required it waits for `flywheel approve`."""
+# who asked for the promotion (the registry's entries are theirs: a person, or the
+# controller for an automatic one), and the claim of whoever is moving the alias now
+PROMOTE_BY = "promote_by"
+_CLAIM_AT, _CLAIM_BY = "promotion_claimed_at", "promotion_claimed_by"
+_PROMOTION_KEYS = ("approval", _CLAIM_AT, _CLAIM_BY)
+CLAIM_S = 30.0  # a claim older than this is a crashed claimer's: it may be taken over
+_WAITS_FOR_APPROVAL = "; the promotion waits for approval"
+
+
+def finish_promotion(ws: Workspace, state: RolloutState, *, wait: bool = False) -> RolloutState:
+    """Move ``champion`` to the challenger of a ``promoting`` rollout; with approval
+    required it waits (``waiting``) for `flywheel approve`. Several processes may call this
+    at once (the CLI, every replica's agent): each first claims the promotion by a
+    compare-and-set, so the alias moves once; one that finds it claimed returns the state
+    as it is, or (``wait``) the outcome once the claimer has recorded it."""
     from flywheel.registry import aliases
     from flywheel.registry._client import alias_version
     from flywheel.registry.aliases import CHAMPION
@@ -250,23 +269,68 @@ def finish_promotion(ws: Workspace, state: RolloutState) -> RolloutState:
         return _promoted(ws, state)
     if state.evidence.get("approval") == "pending":
         return state  # waits for `flywheel approve`
-    outcome = aliases.promote(ws, state.challenger, reason=f"rollout {state.id}: {state.reason}")
+    claimed = _claim(ws, state)
+    if claimed is None:  # another process is moving the alias
+        return _outcome(ws, state) if wait else state
+    state = claimed
+    outcome = aliases.promote(
+        ws,
+        state.challenger,
+        reason=f"rollout {state.id}: {state.reason}",
+        who=state.evidence.get(PROMOTE_BY),
+    )
     if outcome.pending:
-        new = _cas(
+        evidence = {k: v for k, v in state.evidence.items() if k not in (_CLAIM_AT, _CLAIM_BY)}
+        return _cas(
             ws,
             state,
             status="waiting",
-            evidence={**state.evidence, "approval": "pending"},
-            reason=f"{state.reason}; the promotion waits for approval (`flywheel approve "
-            f"{state.challenger}`)",
+            evidence={**evidence, "approval": "pending"},
+            reason=f"{state.reason}{_WAITS_FOR_APPROVAL} (`flywheel approve {state.challenger}`)",
         )
-        return new
     return _promoted(ws, state)
 
 
+def _claim(ws: Workspace, state: RolloutState) -> RolloutState | None:
+    """This process's claim on moving the alias, or None when another holds a live one."""
+    import os
+    import socket
+
+    at = state.evidence.get(_CLAIM_AT)
+    if at is not None and time.time() - float(at) < CLAIM_S:
+        return None
+    by = f"{socket.gethostname()}:{os.getpid()}"
+    return store_of(ws).transition(
+        state, evidence={**state.evidence, _CLAIM_AT: time.time(), _CLAIM_BY: by}
+    )
+
+
+def _outcome(ws: Workspace, state: RolloutState) -> RolloutState:
+    """The rollout once the process that claimed its promotion has recorded the outcome
+    (promoted, or waiting for approval); as it stands after CLAIM_S otherwise."""
+    store = store_of(ws)
+    deadline = time.monotonic() + CLAIM_S
+    fresh: RolloutState | None = state
+    while time.monotonic() < deadline:
+        fresh = store.get(state.id)
+        if fresh is None or fresh.status != "promoting":
+            break
+        time.sleep(0.1)
+    return fresh or state
+
+
 def _promoted(ws: Workspace, state: RolloutState) -> RolloutState:
-    evidence = {k: v for k, v in state.evidence.items() if k != "approval"}
-    new = _cas(ws, state, status="promoted", weight=100.0, evidence=evidence)
+    evidence = {k: v for k, v in state.evidence.items() if k not in _PROMOTION_KEYS}
+    reason = state.reason.split(_WAITS_FOR_APPROVAL)[0]
+    if state.evidence.get("approval") == "pending":
+        reason += "; approved"
+    try:
+        new = _cas(ws, state, status="promoted", weight=100.0, evidence=evidence, reason=reason)
+    except RegistryError:
+        fresh = store_of(ws).get(state.id)
+        if fresh is not None and fresh.status == "promoted":
+            return fresh  # another process recorded (and audited) it first
+        raise
     audit(ws, "rollout_promote", new, f"v{state.challenger} is the champion", evidence)
     return new
 

@@ -276,6 +276,7 @@ def _finish(
     ws: Workspace, state: RolloutState, plan: RolloutPlan, why: str, evidence: dict[str, Any]
 ) -> RolloutState:
     if plan.promote == "auto":
+        evidence = {**evidence, actions.PROMOTE_BY: SYSTEM}  # an automatic promotion
         new = ws_transition(ws, state, status="promoting", reason=why, evidence=evidence)
         return actions.finish_promotion(ws, new) if new is not None else state
     if state.evidence.get("passed"):
