@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flywheel.errors import DataError, RemoteError, UsageError
+from flywheel.errors import DataError, FlywheelError, RemoteError, UsageError
 
 __all__ = ["rollout_app"]
 
@@ -55,10 +55,29 @@ def _remote(url: str, method: str, path: str, body: dict[str, Any] | None = None
         with urllib.request.urlopen(request, timeout=60) as answer:
             return json.loads(answer.read())
     except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")[:500]
-        raise RemoteError(f"{url}{path} answered {exc.code}: {detail}", status=exc.code) from exc
+        raise _answered(f"{url}{path}", exc.code, exc.read()) from exc
     except OSError as exc:
         raise RemoteError(f"Cannot reach {url}: {exc}", url=url) from exc
+
+
+def _answered(where: str, status: int, body: bytes) -> FlywheelError:
+    """The server's error as the same error (and exit code) the command has locally: a
+    second rollout exits 10, no such version 3, a bad plan 4, whether local or --url."""
+    from flywheel.errors import ConfigError, NotFound, RegistryError
+
+    kinds: dict[str, type[FlywheelError]] = {
+        e.kind: e for e in (ConfigError, DataError, NotFound, RegistryError, UsageError)
+    }
+    try:
+        error = json.loads(body)["error"]
+        kind, message, details = error["kind"], str(error["message"]), dict(error["details"])
+    except (ValueError, KeyError, TypeError):
+        text = body.decode(errors="replace")[:500]
+        return RemoteError(f"{where} answered {status}: {text}", status=status)
+    cls = kinds.get(kind)
+    if cls is None:
+        return RemoteError(f"{where} answered {status}: {message}", status=status, kind=kind)
+    return cls(f"{message} ({where} answered {status})", **details, status=status)
 
 
 def _show(state: dict[str, Any], verb: str) -> None:
@@ -114,7 +133,8 @@ def start(
             data["challenger"] = challenger
         if strategy is not None:
             data["strategy"] = strategy
-        parsed = load_plan(data)
+        flags = " with --challenger/--strategy"
+        parsed = load_plan(data, "the plan" + flags if plan is None else f"{plan}{flags}")
     if url is not None:
         body = {"plan": parsed.model_dump(exclude_unset=True, mode="json"), "reason": reason}
         _show(_remote(url, "POST", "/admin/rollout/start", body), "started")

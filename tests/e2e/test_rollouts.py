@@ -891,6 +891,19 @@ def test_cli_from_the_serving_folder_and_remote(
         env=with_token,
     )
     assert "bluegreen of v3" in remote.stdout, remote.stdout
+    # the server's refusals exit as they do locally: a second rollout 10
+    again = flywheel(
+        tmp_path, "rollout", "start", "--challenger", "3", *url, code=10, env=with_token
+    )
+    assert "already has an active rollout" in again.stdout + again.stderr
+    # a plan's field outside "plan" is refused by name, not dropped for the default plan
+    misplaced = httpx.post(
+        f"{server.base}/admin/rollout/start",
+        json={"challenger": "3", "steps": [10, 100]},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
+    assert misplaced.status_code == 422 and "steps" in misplaced.text, misplaced.text
     flywheel(tmp_path, "rollout", "switch", "--reason", "remote switch", *url, env=with_token)
     with httpx.Client(base_url=server.base, timeout=30) as client:
         green = {_ask(client, f"green-{k}", ROWS[k : k + 1])["version"] for k in range(30)}
@@ -913,6 +926,8 @@ def test_cli_from_the_serving_folder_and_remote(
     )
     assert "403" in wrong.stderr and "token is wrong" in wrong.stderr, wrong.stderr
     flywheel(tmp_path, "rollout", "abort", "--reason", "remote abort", *url, env=with_token)
+    none = flywheel(tmp_path, "rollout", "pause", "--reason", "x", *url, code=3, env=with_token)
+    assert "no active rollout" in none.stdout + none.stderr
     server.stop()
 
     history = _history(cwd)

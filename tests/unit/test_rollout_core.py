@@ -40,8 +40,8 @@ def test_plan_defaults_per_strategy() -> None:
 
 def test_bad_plans_name_the_field_and_the_rule(tmp_path: Path) -> None:
     cases = {
-        "steps: [50, 25, 100]\n": "steps",
-        "steps: [5, 50]\n": "end at 100",
+        "steps: [50, 25, 100]\n": "plan.yaml: steps: Value error, steps must increase",
+        "steps: [5, 50]\n": "plan.yaml: steps: Value error, steps must end at 100",
         "sticky: cookie\n": "sticky",
         "interval: soon\n": "interval",
         "strategy: dark\n": "strategy",
@@ -57,7 +57,7 @@ def test_bad_plans_name_the_field_and_the_rule(tmp_path: Path) -> None:
         assert err.value.exit_code == 4
     with pytest.raises(DataError, match="does not exist"):
         load_plan(tmp_path / "missing.yaml")
-    with pytest.raises(DataError, match="steps apply to canary only"):
+    with pytest.raises(DataError, match=r"the plan: steps: .*steps apply to canary only"):
         load_plan({"challenger": "2", "strategy": "ab", "steps": [100]})
 
 

@@ -80,7 +80,8 @@ def test_a_step_still_waiting_at_its_deadline_pauses_and_says_why(ws: Workspace)
     paused = tick(ws, state, now=t0 + 601)
     assert paused.status == "paused" and paused.weight == 5.0  # held at its weights
     assert "step 1 (5%) inconclusive after 10 min (step_deadline 10 min)" in paused.reason
-    assert "waiting for" in paused.reason and "resume, promote or abort" in paused.reason
+    assert "requests (80 of 100 per arm)" in paused.reason and "resume, promote" in paused.reason
+    assert "metric" not in paused.reason  # it waits for labels but holds no step by default
     (entry,) = [e for e in ws.audit.entries("churn") if e.action == "rollout_pause"]
     assert entry.who == "flywheel-rollout" and "inconclusive" in entry.reason
     detail = json.loads(entry.reason.splitlines()[-1])

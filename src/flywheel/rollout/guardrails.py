@@ -49,6 +49,7 @@ class Check:
     value: float | None = None
     limit: float | None = None
     detail: str = ""
+    holds: bool = True  # its waiting holds the step (the metric: only with hold_for_labels)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +61,7 @@ class Analysis:
     checks: list[Check]
     arms: dict[str, dict[str, Any]] = field(default_factory=dict)
     test: dict[str, Any] | None = None  # the A/B test's (or the metric's) evidence
+    requests: str = ""  # the step's requests, when too few hold it: "150 of 200 per arm"
 
     @property
     def failed(self) -> list[Check]:
@@ -70,7 +72,9 @@ class Analysis:
             return "; ".join(f"{c.name}: {c.detail}" for c in self.failed)
         if self.verdict == "mismatch":
             return next(c.detail for c in self.checks if c.name == "sample_ratio")
-        waiting = [c.name for c in self.checks if c.status == "waiting"]
+        waiting = [c.name for c in self.checks if c.status == "waiting" and c.holds]
+        if self.verdict == "waiting" and self.requests:
+            waiting.append(f"requests ({self.requests})")
         return "all checks passed" if not waiting else f"waiting for {', '.join(waiting)}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -324,6 +328,7 @@ def analyse(
     b = step_counts.get("challenger", ArmCounts())
     checks = [_error_rate(plan, a, b), _latency(plan, a, b), _drift(plan, a, b)]
     metric, evidence = _metric(plan, outcomes)
+    metric.holds = plan.guardrails.hold_for_labels
     checks.append(metric)
     srm = _srm(plan, weight, a, b)
     checks.append(srm)
@@ -334,15 +339,13 @@ def analyse(
     elif srm.status == "failed":
         verdict = "mismatch"
     elif (
-        any(
-            c.status == "waiting"
-            for c in checks
-            if c.name != "metric" or plan.guardrails.hold_for_labels
-        )
+        any(c.status == "waiting" and c.holds for c in checks)
         or min(a.requests, b.requests) < plan.min_requests
     ):
         verdict = "waiting"
     else:
         verdict = "passed"  # the metric may still wait for labels: it holds a step only
         # with guardrails.hold_for_labels
-    return Analysis(verdict, checks, arms, test)
+    fewest = min(a.requests, b.requests)
+    few = f"{fewest} of {plan.min_requests} per arm" if fewest < plan.min_requests else ""
+    return Analysis(verdict, checks, arms, test, few)

@@ -7,7 +7,7 @@ plan gets one message naming the field and the rule. Example::
     challenger: "3"
     strategy: canary            # canary | shadow | ab | bluegreen
     steps: [5, 25, 50, 100]     # canary: the challenger's share of traffic per step, percent
-    sticky: feature:customer_id # request_id (default) | feature:NAME | header:NAME
+    sticky: header:X-Customer-ID # request_id (default) | feature:NAME | header:NAME
     interval: 60s               # each step is judged after this long ...
     min_requests: 200           # ... and this many requests on each arm
     step_deadline: 2h           # undecided by then: inconclusive, paused (default: none, waits)
@@ -176,6 +176,20 @@ class RolloutPlan(BaseModel):
             )
         return seconds
 
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        if not v:
+            return v  # none given: the strategy's default (canary: 5, 25, 50, 100)
+        strategy = info.data.get("strategy", "canary")
+        if strategy != "canary":
+            raise ValueError(f"steps apply to canary only (strategy {strategy})")
+        if any(not 0 < s <= 100 for s in v) or v != sorted(set(v)):
+            raise ValueError(f"steps must increase within (0, 100], got {v}")
+        if v[-1] != 100:
+            raise ValueError(f"steps must end at 100 (the challenger takes all), got {v}")
+        return v
+
     @field_validator("sticky")
     @classmethod
     def _sticky(cls, v: str) -> str:
@@ -192,15 +206,8 @@ class RolloutPlan(BaseModel):
 
     @model_validator(mode="after")
     def _defaults(self) -> RolloutPlan:
-        if self.strategy == "canary":
-            steps = self.steps or [5.0, 25.0, 50.0, 100.0]
-            if any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
-                raise ValueError(f"steps must increase within (0, 100], got {steps}")
-            if steps[-1] != 100:
-                raise ValueError(f"steps must end at 100 (the challenger takes all), got {steps}")
-            self.steps = steps
-        elif self.steps is not None:
-            raise ValueError(f"steps apply to canary only (strategy {self.strategy})")
+        if self.strategy == "canary":  # (given steps were checked by _steps, naming the field)
+            self.steps = self.steps or [5.0, 25.0, 50.0, 100.0]
         if self.promote is None:
             self.promote = "auto" if self.strategy in ("canary", "ab") else "manual"
         return self
@@ -223,10 +230,10 @@ class RolloutPlan(BaseModel):
         return self.model_dump(mode="json")
 
 
-def load_plan(source: str | Path | dict[str, Any]) -> RolloutPlan:
-    """A plan from a YAML file or a dict; DataError (exit 4) naming the field and the rule."""
+def load_plan(source: str | Path | dict[str, Any], where: str = "the plan") -> RolloutPlan:
+    """A plan from a YAML file or a dict; DataError (exit 4) naming the field and the rule
+    (and ``where`` the dict came from)."""
     data: Any = source
-    where = "the plan"
     if isinstance(source, str | Path):
         import yaml
 

@@ -14,7 +14,7 @@ import asyncio
 from typing import Any, Literal
 
 from fastapi import FastAPI
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from flywheel.errors import NotFound
 from flywheel.serving.predictor import Predictor
@@ -23,6 +23,10 @@ __all__ = ["rollout_routes"]
 
 
 class StartBody(BaseModel):
+    # a plan's fields belong under "plan": one at the top level (steps, interval) is refused,
+    # not dropped, or the default plan would start instead of the one asked for
+    model_config = ConfigDict(extra="forbid")
+
     plan: dict[str, Any] | None = Field(None, description="A rollout plan (see docs/rollouts.md).")
     challenger: str | None = None
     strategy: Literal["canary", "shadow", "ab", "bluegreen"] | None = None
@@ -30,6 +34,8 @@ class StartBody(BaseModel):
 
 
 class ActionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     reason: str = Field(..., description="Why (audited).")
 
 
