@@ -513,21 +513,43 @@ def registry_history(
         typer.Option("--verify", help="Check the audit log's hash chain (broken: exit 11)."),
     ] = False,
     as_json: Annotated[bool, _JSON_OPTION] = False,
+    action: Annotated[
+        str | None,
+        typer.Option(help="Only actions starting with this (promote, rollout_, retrain...)."),
+    ] = None,
+    last: Annotated[
+        int | None, typer.Option(min=1, help="Only the last N entries (after --action).")
+    ] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="Each reason in full, with its evidence (JSON).")
+    ] = False,
 ) -> None:
-    """The audit log: who changed what, when, from, to, and why."""
+    """The audit log: who changed what, when, from, to, and why. The table shows each
+    reason's first line; a rollout's evidence (JSON) follows it, shown by --full or --json."""
     from dataclasses import asdict
+
+    from rich.markup import escape
 
     from flywheel.registry.aliases import history
 
     ws = _workspace()
     entries = history(ws)
+    if action:
+        entries = [e for e in entries if e.action.startswith(action)]
+    if last is not None:
+        entries = entries[-last:]
     if as_json:
         _emit_json([asdict(e) for e in entries])
     else:
         table = _table("#", "when", "who", "action", "from", "to", "reason")
         for e in entries:
+            reason = e.reason
+            if not full and "\n" in reason:
+                reason = escape(reason.split("\n", 1)[0]) + " [dim](+ evidence: --full)[/]"
+            else:
+                reason = escape(reason)
             table.add_row(
-                str(e.id), e.at, e.who, e.action, e.from_version or "", e.to_version or "", e.reason
+                str(e.id), e.at, e.who, e.action, e.from_version or "", e.to_version or "", reason
             )
         console.print(table)
     if verify:

@@ -945,5 +945,10 @@ def test_cli_from_the_serving_folder_and_remote(
         ("rollout_switch", "remote switch (all traffic to v3)"),
         ("rollout_abort", "remote abort"),
     ], audited
-    plain = flywheel(cwd, "registry", "history").stdout
+    plain = flywheel(cwd, "registry", "history", env={"COLUMNS": "200"}).stdout
     assert "rollout_pause" in plain and "cli pause" in plain
+    assert '"evidence"' not in plain and "(+ evidence: --full)" in plain  # first lines only
+    full = flywheel(cwd, "registry", "history", "--full", env={"COLUMNS": "200"}).stdout
+    assert '"rollout": "' in full  # each rollout entry's JSON
+    newest = flywheel(cwd, "registry", "history", "--action", "rollout_", "--last", "2", "--json")
+    assert [e["action"] for e in json.loads(newest.stdout)] == ["rollout_switch", "rollout_abort"]
