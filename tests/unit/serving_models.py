@@ -41,8 +41,11 @@ def build(
     task: str = "classification",
     version: str = "1",
     seed: int = 0,
+    specs: tuple[FeatureSpec, ...] | None = None,
 ) -> ModelFiles:
-    """Fit, export to ONNX, write ``tmp/v<version>/model.onnx``; return its ModelFiles."""
+    """Fit, export to ONNX, write ``tmp/v<version>/model.onnx``; return its ModelFiles.
+    ``specs``: the model's inputs (default SPECS: tenure, charges, plan)."""
+    specs = tuple(SPECS) if specs is None else specs
     df = frame(seed=seed)
     y = ((df["tenure"] < 20) ^ (df["plan"] == "max")).astype(int)
     if task == "regression":
@@ -52,12 +55,12 @@ def build(
         params = {}
     elif family == "hist_gb":
         params = {"max_iter": 5, "max_depth": 3}
-    pipe = build_pipeline(SPECS, task=task, family=family, hyperparams=params, ratios=[], seed=seed)
-    pipe.fit(prepare_frame(df, SPECS), y)
-    data = export_onnx(pipe, SPECS, task=task)
+    pipe = build_pipeline(specs, task=task, family=family, hyperparams=params, ratios=[], seed=seed)
+    pipe.fit(prepare_frame(df, specs), y)
+    data = export_onnx(pipe, specs, task=task)
     folder = tmp / f"v{version}-{family}"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
     path.write_bytes(data)
     classes = [int(c) for c in pipe.classes_] if task == "classification" else None
-    return ModelFiles(version, path, list(SPECS), task, classes, hashlib.sha256(data).hexdigest())
+    return ModelFiles(version, path, list(specs), task, classes, hashlib.sha256(data).hexdigest())

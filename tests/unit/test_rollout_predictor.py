@@ -289,3 +289,55 @@ def test_what_a_rollout_or_a_new_version_loads_is_frozen_out_of_the_collectors_r
             gc.unfreeze()
 
     run(main())
+
+
+def test_a_request_both_arms_refuse_is_the_client_s_error_not_an_arm_s(
+    files: dict[str, ModelFiles], tmp_path: Path
+) -> None:
+    """An unknown field is refused by both versions of one schema: no arm's error rate counts
+    it (the outside-user test saw 900 such requests lift the champion's to 10.9%, which
+    widened the guardrail at the 100% step). A challenger of another schema refusing what
+    the champion takes is its own regression: counted."""
+    from flywheel.serving.errors import InvalidInput
+    from flywheel.training.features import FeatureSpec
+
+    async def refusals(predictor: Predictor) -> dict[str, int]:
+        await predictor.start()
+        await predictor.apply_rollout(None, _state(weight=50.0))
+        for i in range(40):
+            bad = [{**rows(1)[0], "customer_id": i}]
+            with pytest.raises(InvalidInput, match="customer_id"):
+                await predictor.predict(PredictRequest(records=bad, client_id=f"c-{i}"))
+        good = [await predictor.predict(PredictRequest(records=rows(1))) for _ in range(40)]
+        live = predictor.rollout()
+        assert live is not None
+        counts = {arm: c.snapshot() for arm, c in live.counters.items()}
+        await predictor.close()
+        assert {a.version for a in good} >= {"1"}
+        return {arm: c.errors for arm, c in counts.items()}
+
+    assert run(refusals(_predictor(files))) == {"champion": 0, "challenger": 0}
+
+    narrower = (FeatureSpec("tenure", "numeric"), FeatureSpec("plan", "categorical"))
+    other = {"1": files["1"], "2": build(tmp_path, family="logreg", version="2", specs=narrower)}
+
+    async def regression() -> dict[str, int]:
+        predictor = _predictor(other)
+        await predictor.start()
+        await predictor.apply_rollout(None, _state(weight=50.0))
+        answered = 0
+        for i in range(60):  # rows with charges: the champion takes them, v2 refuses them
+            try:
+                await predictor.predict(PredictRequest(records=rows(1, seed=i), client_id=f"k{i}"))
+                answered += 1
+            except InvalidInput:
+                pass
+        live = predictor.rollout()
+        assert live is not None
+        errors = {arm: c.snapshot().errors for arm, c in live.counters.items()}
+        await predictor.close()
+        assert answered + errors["challenger"] == 60
+        return errors
+
+    errors = run(regression())
+    assert errors["champion"] == 0 and errors["challenger"] > 10, errors

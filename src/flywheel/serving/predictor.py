@@ -490,8 +490,8 @@ class Predictor:
             labels, proba = await model.batcher.submit(decoded)
         except (BadRequest, TooManyRows):
             raise  # the request's shape, not the model: no arm's fault
-        except FlywheelError:
-            if rollout is not None and role is not None:
+        except FlywheelError as exc:
+            if rollout is not None and role is not None and not _both_refuse(exc, slot):
                 rollout.counters[role].failed()
             if rollout is None:
                 slot.health.failed()
@@ -672,6 +672,15 @@ class Predictor:
 
 
 _ROW_SINKS: dict[type, bool] = {}
+
+
+def _both_refuse(exc: FlywheelError, slot: _Slot) -> bool:
+    """Whether a request's input error is one both arms raise alike (their input schemas
+    are the same): the client's, not an arm's, so no arm's error rate counts it. With
+    different schemas a refusal may be the new version's regression: it counts."""
+    if not isinstance(exc, InvalidInput) or slot.rollout is None or slot.model is None:
+        return False
+    return slot.model.schema == slot.rollout.challenger.schema
 
 
 def _nothing(_name: str) -> None:
