@@ -198,6 +198,18 @@ def _print_status(out: dict[str, Any]) -> None:
             f"{test['champion']:.4g}, interval [{test['low']:.4g}, {test['high']:.4g}], "
             f"p = {test['p_value']:.3g}, n = {test['n_champion']}/{test['n_challenger']}"
         )
+    if "replicas_silent" not in out:
+        return  # an ended rollout
+    alive, silent = out.get("replicas") or [], out.get("replicas_silent") or []
+    if alive:
+        console.print(f"  servers reporting: {', '.join(alive)}")
+    else:
+        console.print(
+            "  [yellow]no server has reported this rollout lately: it is neither routed nor "
+            "judged until `flywheel serve` runs on this registry[/]"
+        )
+    if silent:
+        console.print(f"  [dim]silent (stopped?): {', '.join(silent)}[/]")
 
 
 def _action(name: str, doc: str) -> None:

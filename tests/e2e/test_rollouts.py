@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import statistics
 import subprocess
 import threading
@@ -822,6 +823,11 @@ def test_a_replica_started_mid_rollout_routes_by_it_from_its_first_answer(
 # --------------------------------------------------------------------------- 5. the CLI
 
 
+def out_replica(server: Server) -> str:
+    """The replica name a server reports its rollout counts under (host:pid)."""
+    return f"{socket.gethostname()}:{server.pid}"
+
+
 def test_cli_from_the_serving_folder_and_remote(
     built: Path, tmp_path: Path, servers: list[Server]
 ) -> None:
@@ -853,6 +859,8 @@ def test_cli_from_the_serving_folder_and_remote(
         assert time.monotonic() < deadline, "counts not written"
         time.sleep(0.1)
 
+    text = flywheel(cwd, "rollout", "status", env={"COLUMNS": "200"}).stdout
+    assert f"servers reporting: {out_replica(server)}" in text, text
     out = json.loads(flywheel(cwd, "rollout", "status", "--json").stdout)
     assert out["rollout"]["id"] == rollout_id and out["rollout"]["status"] == "running"
     assert out["weights"] == {"champion": 95.0, "challenger": 5.0}, out["weights"]

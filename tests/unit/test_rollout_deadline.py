@@ -112,3 +112,17 @@ def test_an_ab_test_undecided_at_its_deadline_pauses(ws: Workspace) -> None:
     paused = tick(ws, state, now=state.step_started_at + 601)
     assert paused.status == "paused"
     assert "the A/B test on accuracy has not decided" in paused.reason, paused.reason
+
+
+def test_status_tells_the_servers_reporting_from_the_silent_ones(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flywheel.rollout import controller
+
+    state = _start(ws)
+    _counts(ws, state, 95, 5)  # replica-a wrote just now
+    shown = controller.describe(ws, "churn")
+    assert shown["replicas"] == ["replica-a"] and shown["replicas_silent"] == []
+    monkeypatch.setattr(controller, "silent_after", lambda _ws: -1.0)  # as if long ago
+    shown = controller.describe(ws, "churn")
+    assert shown["replicas"] == [] and shown["replicas_silent"] == ["replica-a"]

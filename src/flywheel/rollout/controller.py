@@ -318,6 +318,11 @@ def ws_transition(ws: Workspace, state: RolloutState, **changes: Any) -> Rollout
     return actions.store_of(ws).transition(state, **changes)
 
 
+def silent_after(ws: Workspace) -> float:
+    """Seconds without counts after which a replica no longer counts as serving a rollout."""
+    return max(10.0, 5 * ws.settings.rollout.poll_s)
+
+
 def describe(ws: Workspace, model: str | None = None) -> dict[str, Any]:
     """What ``flywheel rollout status`` shows: the active (or last) rollout, its weights,
     per-arm counts (this step and in all), the current step's checks and the test's
@@ -336,7 +341,13 @@ def describe(ws: Workspace, model: str | None = None) -> dict[str, Any]:
     out["weights"] = weights
     out["arms"] = {arm: as_dict(c) for arm, c in store.counts(state.id, state.step).items()}
     out["arms_total"] = {arm: as_dict(c) for arm, c in store.counts(state.id).items()}
-    out["replicas"] = store.replicas(state.id)
+    every = store.replicas(state.id)
+    if state.active:  # the servers routing and judging it now: each writes every poll_s
+        alive = store.replicas(state.id, since=time.time() - silent_after(ws))
+        out["replicas"] = alive
+        out["replicas_silent"] = [r for r in every if r not in alive]
+    else:
+        out["replicas"] = every
     if state.active:
         analysis, _ = evaluate(ws, state)
         out["analysis"] = analysis.to_dict()

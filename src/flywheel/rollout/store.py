@@ -282,11 +282,19 @@ class RolloutStore:
             out[arm] = out.get(arm, ArmCounts()).add(ArmCounts(**json.loads(blob)))
         return out
 
-    def replicas(self, rollout_id: str) -> list[str]:
+    def replicas(self, rollout_id: str, since: float | None = None) -> list[str]:
+        """The replicas that wrote counts for the rollout (each does every ``poll_s`` while
+        it serves it); ``since``: only those that wrote at or after this time (alive)."""
+        newest = sa.func.max(_counts.c.updated_at)
+        query = (
+            sa.select(_counts.c.replica)
+            .where(_counts.c.rollout_id == rollout_id)
+            .group_by(_counts.c.replica)
+        )
+        if since is not None:
+            query = query.having(newest >= since)
         with self._tx("read rollout counters") as conn:
-            rows = conn.execute(
-                sa.select(_counts.c.replica).where(_counts.c.rollout_id == rollout_id).distinct()
-            ).all()
+            rows = conn.execute(query).all()
         return sorted(r[0] for r in rows)
 
     # ------------------------------------------------------------------ self-healing
