@@ -9,12 +9,16 @@ token from ``FLYWHEEL_ADMIN_TOKEN``.
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from flywheel.errors import DataError, FlywheelError, RemoteError, UsageError
+
+if TYPE_CHECKING:
+    from flywheel.workspace import Workspace
 
 __all__ = ["rollout_app"]
 
@@ -58,6 +62,35 @@ def _remote(url: str, method: str, path: str, body: dict[str, Any] | None = None
         raise _answered(f"{url}{path}", exc.code, exc.read()) from exc
     except OSError as exc:
         raise RemoteError(f"Cannot reach {url}: {exc}", url=url) from exc
+
+
+class Strategy(StrEnum):
+    """A malformed --strategy is a usage error (exit 2), as any option's bad value; the
+    plan's own check (flywheel.rollout.plan.STRATEGIES) stays out of the CLI's start-up."""
+
+    canary = "canary"
+    shadow = "shadow"
+    ab = "ab"
+    bluegreen = "bluegreen"
+
+
+def _serving_workspace() -> Workspace:
+    """The workspace of the folder `flywheel serve` runs in; NotFound (exit 3) where there is
+    no registry (a command run in the wrong folder would otherwise create an empty one and
+    say "no rollout yet")."""
+    from flywheel.cli import _workspace
+    from flywheel.errors import NotFound
+
+    ws = _workspace()
+    url = ws.settings.registry.audit_url or ""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise NotFound(
+            f"No registry here: {ws.settings.home} holds no audit.db. Run `flywheel rollout` "
+            "in the folder `flywheel serve` runs in, or pass --url http://HOST:PORT for a "
+            "running server.",
+            field="home",
+        )
+    return ws
 
 
 def _answered(where: str, status: int, body: bytes) -> FlywheelError:
@@ -112,7 +145,7 @@ def start(
     ] = None,
     challenger: Annotated[str | None, typer.Option(help="The version to roll out.")] = None,
     strategy: Annotated[
-        str | None, typer.Option(help="canary | shadow | ab | bluegreen (default canary).")
+        Strategy | None, typer.Option(help="The strategy (default canary).")
     ] = None,
     reason: Annotated[str | None, typer.Option(help="Why (audited).")] = None,
     url: Url = None,
@@ -132,17 +165,16 @@ def start(
         if challenger is not None:
             data["challenger"] = challenger
         if strategy is not None:
-            data["strategy"] = strategy
+            data["strategy"] = strategy.value
         flags = " with --challenger/--strategy"
         parsed = load_plan(data, "the plan" + flags if plan is None else f"{plan}{flags}")
     if url is not None:
         body = {"plan": parsed.model_dump(exclude_unset=True, mode="json"), "reason": reason}
         _show(_remote(url, "POST", "/admin/rollout/start", body), "started")
         return
-    from flywheel.cli import _workspace
     from flywheel.rollout import actions
 
-    _show(actions.start(_workspace(), parsed, reason=reason).to_dict(), "started")
+    _show(actions.start(_serving_workspace(), parsed, reason=reason).to_dict(), "started")
 
 
 @rollout_app.command("status")
@@ -151,14 +183,14 @@ def status(
     url: Url = None,
 ) -> None:
     """The active (or last) rollout: weights, per-arm counts, checks and the test's evidence."""
-    from flywheel.cli import _workspace, console
+    from flywheel.cli import console
 
     if url is not None:
         out = _remote(url, "GET", "/admin/rollout")
     else:
         from flywheel.rollout.controller import describe
 
-        out = describe(_workspace())
+        out = describe(_serving_workspace())
     if as_json:
         console.print_json(json.dumps(out, default=str))
         return
@@ -217,10 +249,9 @@ def _action(name: str, doc: str) -> None:
         if url is not None:
             _show(_remote(url, "POST", f"/admin/rollout/{name}", {"reason": reason}), name)
             return
-        from flywheel.cli import _workspace
         from flywheel.rollout import actions
 
-        _show(getattr(actions, name)(_workspace(), reason=reason).to_dict(), name)
+        _show(getattr(actions, name)(_serving_workspace(), reason=reason).to_dict(), name)
 
     command.__doc__ = doc
     rollout_app.command(name)(command)

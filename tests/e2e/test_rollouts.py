@@ -920,6 +920,10 @@ def test_cli_from_the_serving_folder_and_remote(
         flywheel(tmp_path, "rollout", "status", "--json", *url, env=with_token).stdout
     )
     assert shown["rollout"]["strategy"] == "bluegreen" and shown["weights"]["challenger"] == 100
+    # run in a folder with no registry (not the serving one), it says so and writes nothing
+    elsewhere = flywheel(tmp_path, "rollout", "status", code=3)
+    assert "No registry here" in elsewhere.stdout + elsewhere.stderr
+    assert not (tmp_path / ".flywheel" / "audit.db").exists()
     no_token = flywheel(tmp_path, "rollout", "status", *url, code=2)
     assert "FLYWHEEL_ADMIN_TOKEN" in no_token.stdout + no_token.stderr
     wrong = flywheel(
