@@ -566,3 +566,15 @@ def test_an_automatic_promotion_is_requested_by_the_controller_so_a_person_appro
     done = actions.finish_promotion(ws, waiting)
     assert done.status == "promoted" and _champion(ws) == "2"
     assert "waits for approval" not in done.reason and done.reason.endswith("; approved")
+
+
+def test_a_plan_naming_another_champion_is_refused(world: World) -> None:
+    from flywheel.rollout import actions
+    from flywheel.rollout.plan import RolloutPlan
+
+    _register(world), _register(world)
+    promote(world.ws, "2", reason="second first")
+    with pytest.raises(RegistryError, match=r"plan's champion v1 is not churn's champion \(v2\)"):
+        actions.start(world.ws, RolloutPlan(challenger="1", champion="1"), reason="x")
+    state = actions.start(world.ws, RolloutPlan(challenger="1", champion="2"), reason="x")
+    assert (state.champion, state.challenger) == ("2", "1")

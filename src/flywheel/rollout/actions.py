@@ -134,9 +134,16 @@ def start(ws: Workspace, plan: RolloutPlan, *, reason: str | None = None) -> Rol
     with mlflow_errors(f"start a rollout of {name}", ws):
         client = ws.client
         get_version(client, name, plan.challenger)
-        champion = plan.champion or alias_version(client, name, CHAMPION)
-        if champion is not None:
-            get_version(client, name, champion)
+        champion = alias_version(client, name, CHAMPION)
+    if plan.champion is not None and plan.champion != champion:
+        # the champion arm is the version the servers serve as champion: a plan naming
+        # another would be judged against a version nobody answers with
+        raise RegistryError(
+            f"The plan's champion v{plan.champion} is not {name}'s champion "
+            f"({'none' if champion is None else 'v' + champion}): a rollout runs against "
+            "the version serving now. Drop `champion` from the plan, or promote it first.",
+            field="champion",
+        )
     if champion is None:
         raise RegistryError(
             f"{name} has no champion to roll out against: promote a first version with "

@@ -121,7 +121,10 @@ class RolloutPlan(BaseModel):
     challenger: str = Field(..., min_length=1, description="The version to roll out.")
     strategy: Literal["canary", "shadow", "ab", "bluegreen"] = "canary"
     model: str | None = Field(None, description="Registered model (default registry.model_name).")
-    champion: str | None = Field(None, description="Default: the version `champion` names now.")
+    champion: str | None = Field(
+        None,
+        description="The version `champion` names now (filled in at start; another is refused).",
+    )
     steps: list[float] | None = Field(
         None, description="canary: challenger share per step, percent, increasing, ending 100."
     )
