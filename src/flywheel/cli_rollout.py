@@ -197,6 +197,25 @@ def status(
     _print_status(out)
 
 
+def _progress(state: dict[str, Any]) -> str:
+    """Where the step stands: "step 2 of 4 (25%): 40 s of its 60 s interval, 200 requests
+    per arm, inconclusive in 7160 s" (as Argo Rollouts' status shows the step)."""
+    import time
+
+    plan = state.get("plan") or {}
+    steps = plan.get("steps") or []
+    where = f"step {state['step'] + 1}" + (f" of {len(steps)}" if steps else "")
+    elapsed = max(0.0, time.time() - float(state["step_started_at"]))
+    text = (
+        f"{where} ({state['weight']:g}%): {elapsed:.0f} s of its {plan.get('interval', 0):g} s "
+        f"interval, {plan.get('min_requests', 0)} requests per arm"
+    )
+    deadline = plan.get("step_deadline")
+    if deadline and state.get("status") == "running":
+        text += f", inconclusive in {max(0.0, float(deadline) - elapsed):.0f} s"
+    return text
+
+
 def _print_status(out: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -207,6 +226,8 @@ def _print_status(out: dict[str, Any]) -> None:
         console.print(f"{out['model']}: no rollout yet")
         return
     _show(state, "rollout")
+    if state.get("status") in ("running", "paused"):
+        console.print(f"  {_progress(state)}")
     weights = out.get("weights", {})
     table = Table("arm", "weight %", "requests", "errors", "p99 ms", title="this step")
     for arm, figures in (out.get("arms") or {}).items():

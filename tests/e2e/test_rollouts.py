@@ -861,6 +861,7 @@ def test_cli_from_the_serving_folder_and_remote(
 
     text = flywheel(cwd, "rollout", "status", env={"COLUMNS": "200"}).stdout
     assert f"servers reporting: {out_replica(server)}" in text, text
+    assert "step 1 of 4 (5%): " in text and "of its 3600 s interval" in text, text
     out = json.loads(flywheel(cwd, "rollout", "status", "--json").stdout)
     assert out["rollout"]["id"] == rollout_id and out["rollout"]["status"] == "running"
     assert out["weights"] == {"champion": 95.0, "challenger": 5.0}, out["weights"]
