@@ -341,3 +341,34 @@ def test_a_request_both_arms_refuse_is_the_client_s_error_not_an_arm_s(
 
     errors = run(regression())
     assert errors["champion"] == 0 and errors["challenger"] > 10, errors
+
+
+def test_self_healing_counts_a_refusal_only_when_the_replaced_version_would_not_refuse(
+    files: dict[str, ModelFiles], tmp_path: Path
+) -> None:
+    """After a promotion the champion is watched; an unknown field the version it replaced
+    refuses alike is the client's error, not the new champion's. A new champion of a
+    narrower schema refusing what the old one took is its regression: it counts."""
+    from flywheel.serving.errors import InvalidInput
+    from flywheel.training.features import FeatureSpec
+
+    narrower = (FeatureSpec("tenure", "numeric"), FeatureSpec("plan", "categorical"))
+    versions = {**files, "3": build(tmp_path, family="logreg", version="3", specs=narrower)}
+
+    async def errors_after_promoting(version: str, record: dict[str, Any]) -> int:
+        source = StaticSource(dict(versions), {"champion": "1"})
+        config = ServingConfig(models=(ServedModel("churn"),), poll_interval_s=0.0)
+        predictor = Predictor(config, {"churn": source}, sink=None)
+        await predictor.start()
+        source.set_alias("champion", version)
+        assert await predictor.reload(None) == version
+        for _ in range(20):
+            with pytest.raises(InvalidInput):
+                await predictor.predict(PredictRequest(records=[record]))
+        errors = predictor._slot(None).health.snapshot().errors
+        await predictor.close()
+        return errors
+
+    unknown = {**rows(1)[0], "customer_id": 7}
+    assert run(errors_after_promoting("2", unknown)) == 0  # v1 refuses it too: the client's
+    assert run(errors_after_promoting("3", rows(1)[0])) == 20  # v1 took charges: v3's fault

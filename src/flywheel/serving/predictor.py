@@ -54,6 +54,7 @@ import numpy as np
 from flywheel.errors import FlywheelError
 from flywheel.predlog import PredictionLogError, PredictionRecord, encode_json
 from flywheel.rollout.counters import ArmCounter
+from flywheel.schema import InputSchema
 from flywheel.serving.batching import BatchStats, assemble
 from flywheel.serving.clock import DataClock
 from flywheel.serving.config import ServedModel, ServingConfig
@@ -92,6 +93,9 @@ class _Slot:
     last_error: str | None = None
     rollout: LiveRollout | None = None  # the active rollout's router and challenger
     health: ArmCounter = field(default_factory=ArmCounter)  # the served version (self-healing)
+    # the input schema of the version served before this one (None: not known here): an input
+    # error it raises alike is the client's, not the new version's (self-healing ignores it)
+    replaced_schema: InputSchema | None = None
 
 
 class Predictor:
@@ -257,6 +261,8 @@ class Predictor:
                 self.metrics.reload(slot.served.name, "failed")
                 raise
             old, slot.model, slot.last_error = slot.model, model, None
+            if old is not None:
+                slot.replaced_schema = old.schema
             live = slot.rollout
             if old is not None and (live is None or old is not live.challenger):
                 _unwire(old)
@@ -365,6 +371,8 @@ class Predictor:
             _unwire(slot.model)
         _unwire(live.challenger)
         if promoted is not None and live.challenger.version == str(promoted):
+            if slot.model is not None:
+                slot.replaced_schema = slot.model.schema
             slot.model = live.challenger
             self.metrics.reload(slot.served.name, "loaded")
         slot.rollout = None
@@ -491,7 +499,9 @@ class Predictor:
         except (BadRequest, TooManyRows):
             raise  # the request's shape, not the model: no arm's fault
         except FlywheelError as exc:
-            if rollout is not None and role is not None and not _both_refuse(exc, slot):
+            if _client_s(exc, slot):
+                raise  # both versions compared refuse it alike: no error rate counts it
+            if rollout is not None and role is not None:
                 rollout.counters[role].failed()
             if rollout is None:
                 slot.health.failed()
@@ -674,13 +684,16 @@ class Predictor:
 _ROW_SINKS: dict[type, bool] = {}
 
 
-def _both_refuse(exc: FlywheelError, slot: _Slot) -> bool:
-    """Whether a request's input error is one both arms raise alike (their input schemas
-    are the same): the client's, not an arm's, so no arm's error rate counts it. With
-    different schemas a refusal may be the new version's regression: it counts."""
-    if not isinstance(exc, InvalidInput) or slot.rollout is None or slot.model is None:
+def _client_s(exc: FlywheelError, slot: _Slot) -> bool:
+    """Whether a request's input error is the client's: the version it is compared with
+    raises it alike (the same input schema: an unknown field, a missing one), so no error
+    rate counts it. Compared: during a rollout the other arm; otherwise (self-healing) the
+    version this one replaced, when this process served it. With another schema a refusal
+    may be the new version's regression: it counts."""
+    if not isinstance(exc, InvalidInput) or slot.model is None:
         return False
-    return slot.model.schema == slot.rollout.challenger.schema
+    other = slot.rollout.challenger.schema if slot.rollout is not None else slot.replaced_schema
+    return other is not None and other == slot.model.schema
 
 
 def _nothing(_name: str) -> None:
