@@ -548,9 +548,8 @@ def registry_history(
                 reason = escape(reason.split("\n", 1)[0]) + " [dim](+ evidence: --full)[/]"
             else:
                 reason = escape(reason)
-            table.add_row(
-                str(e.id), e.at, e.who, e.action, e.from_version or "", e.to_version or "", reason
-            )
+            cells = (str(e.id), e.at, e.who, e.action, e.from_version or "", e.to_version or "")
+            table.add_row(*map(escape, cells), reason)
         console.print(table)
     if verify:
         problems = ws.audit.verify()

@@ -95,22 +95,35 @@ def _serving_workspace() -> Workspace:
 
 def _answered(where: str, status: int, body: bytes) -> FlywheelError:
     """The server's error as the same error (and exit code) the command has locally: a
-    second rollout exits 10, no such version 3, a bad plan 4, whether local or --url."""
-    from flywheel.errors import ConfigError, NotFound, RegistryError
-
-    kinds: dict[str, type[FlywheelError]] = {
-        e.kind: e for e in (ConfigError, DataError, NotFound, RegistryError, UsageError)
-    }
+    second rollout exits 10, no such version 3, a bad plan or body 4, whether local or --url.
+    An error shape or kind this CLI does not know stays a RemoteError (exit 12)."""
     try:
         error = json.loads(body)["error"]
         kind, message, details = error["kind"], str(error["message"]), dict(error["details"])
     except (ValueError, KeyError, TypeError):
         text = body.decode(errors="replace")[:500]
         return RemoteError(f"{where} answered {status}: {text}", status=status)
-    cls = kinds.get(kind)
+    cls = _error_kinds().get(kind)
     if cls is None:
         return RemoteError(f"{where} answered {status}: {message}", status=status, kind=kind)
-    return cls(f"{message} ({where} answered {status})", **details, status=status)
+    details = {k: v for k, v in details.items() if k != "message"}
+    return cls(f"{message} ({where} answered {status})", **{**details, "status": status})
+
+
+def _error_kinds() -> dict[str, type[FlywheelError]]:
+    """Every error class by its kind (the server's input errors, not loaded here, are
+    data errors: exit 4)."""
+    kinds: dict[str, type[FlywheelError]] = {
+        k: DataError for k in ("invalid_input", "bad_request", "too_many_rows")
+    }
+    todo = list(FlywheelError.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        kind = cls.__dict__.get("kind")  # its own, not one inherited
+        if kind is not None and cls is not RemoteError:
+            kinds.setdefault(kind, cls)
+    return kinds
 
 
 def _show(state: dict[str, Any], verb: str) -> None:
@@ -258,8 +271,9 @@ def _print_status(out: dict[str, Any]) -> None:
         console.print(f"  servers reporting: {', '.join(alive)}")
     else:
         console.print(
-            "  [yellow]no server has reported this rollout lately: it is neither routed nor "
-            "judged until `flywheel serve` runs on this registry[/]"
+            "  [yellow]no server has written counts for this rollout in the last seconds: "
+            "is `flywheel serve` running on this registry? (one that just started or is still "
+            "loading the challenger reports within a few seconds)[/]"
         )
     if silent:
         console.print(f"  [dim]silent (stopped?): {', '.join(silent)}[/]")

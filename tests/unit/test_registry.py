@@ -498,12 +498,12 @@ def test_serving_resolves_and_loads_a_version_without_importing_mlflow(world: Wo
     assert SqlRegistry("http://127.0.0.1:5000", settings.home).alias_version("churn", "x") is None
 
 
-def _promoting(ws: Workspace, by: str) -> object:
-    """A canary of v2 against champion v1, set ``promoting`` in ``by``'s name."""
+def _promoting(ws: Workspace, by: str, challenger: str = "2") -> object:
+    """A canary of ``challenger`` against the champion, set ``promoting`` in ``by``'s name."""
     from flywheel.rollout import actions
     from flywheel.rollout.plan import RolloutPlan
 
-    state = actions.start(ws, RolloutPlan(challenger="2"), reason="test")
+    state = actions.start(ws, RolloutPlan(challenger=challenger), reason="test")
     return actions.store_of(ws).transition(
         state, status="promoting", reason="canary passed", evidence={actions.PROMOTE_BY: by}
     )
@@ -537,10 +537,13 @@ def test_a_claim_keeps_others_off_until_it_is_stale(world: World) -> None:
     state = _promoting(world.ws, "flywheel-rollout")
     claimed = actions._claim(world.ws, state)  # type: ignore[arg-type]
     assert claimed is not None
+    with pytest.raises(RegistryError, match="promoting v2 now: it cannot abort"):
+        actions.abort(world.ws, reason="not under a moving alias")
     assert actions.finish_promotion(world.ws, claimed).status == "promoting"  # not moved
     assert _champion(world.ws) == "1"
     stale = actions.store_of(world.ws).transition(
-        claimed, evidence={**claimed.evidence, actions._CLAIM_AT: time.time() - 60}
+        claimed,
+        evidence={**claimed.evidence, actions._CLAIM_AT: time.time() - actions.CLAIM_S - 1},
     )
     assert stale is not None
     done = actions.finish_promotion(world.ws, stale)
@@ -578,3 +581,102 @@ def test_a_plan_naming_another_champion_is_refused(world: World) -> None:
         actions.start(world.ws, RolloutPlan(challenger="1", champion="1"), reason="x")
     state = actions.start(world.ws, RolloutPlan(challenger="1", champion="2"), reason="x")
     assert (state.champion, state.challenger) == ("2", "1")
+
+
+def test_the_cli_waits_for_the_process_holding_the_claim_and_the_alias_moves_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server's agent holds the claim and is slow in the registry; `rollout promote` waits
+    for it and returns the outcome: one move of the alias, one entry of each kind."""
+    import threading
+
+    from flywheel.registry import aliases
+    from flywheel.rollout import actions
+
+    _register(world), _register(world)
+    promote(world.ws, "1", reason="first")
+    state = _promoting(world.ws, "alice")
+    inside, go_on = threading.Event(), threading.Event()
+    move = aliases._move_champion
+
+    def slow_move(*args: object, **kwargs: object) -> object:
+        inside.set()
+        assert go_on.wait(30)
+        return move(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(aliases, "_move_champion", slow_move)
+    agent = Workspace(load_settings(home=world.ws.settings.home))
+    outcome: list[object] = []
+    holder = threading.Thread(target=lambda: outcome.append(actions.finish_promotion(agent, state)))  # type: ignore[arg-type]
+    holder.start()
+    assert inside.wait(30)  # the agent holds the claim, inside the registry call
+    threading.Timer(0.5, go_on.set).start()
+    waited = actions.promote(world.ws, reason="ship it")  # what `rollout promote` runs
+    holder.join(30)
+    assert waited.status == "promoted" and _champion(world.ws) == "2"
+    entries = world.ws.audit.entries("churn")
+    assert [(e.action, e.to_version) for e in entries].count(("promote", "2")) == 1
+    assert [e.action for e in entries].count("rollout_promote") == 1
+
+
+def test_a_failed_claimer_releases_its_claim_and_a_stale_one_rechecks_the_alias(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flywheel.registry import aliases
+    from flywheel.rollout import actions
+
+    _register(world), _register(world)
+    promote(world.ws, "1", reason="first")
+    state = _promoting(world.ws, "alice")
+    move = aliases._move_champion
+
+    def down(*args: object, **kwargs: object) -> object:
+        raise RegistryError("the registry is down")
+
+    monkeypatch.setattr(aliases, "_move_champion", down)
+    with pytest.raises(RegistryError, match="down"):
+        actions.finish_promotion(world.ws, state)  # type: ignore[arg-type]
+    fresh = actions.store_of(world.ws).get(state.id)  # type: ignore[attr-defined]
+    assert fresh is not None and actions._CLAIM_AT not in fresh.evidence  # released
+    monkeypatch.setattr(aliases, "_move_champion", move)
+    assert actions.promote(world.ws, reason="retry").status == "promoted"  # no wait for it
+
+    # a holder that moved the alias and died before recording it: the next one, taking its
+    # stale claim over, sees the alias moved and records it, without a second move
+    _register(world)
+    state = _promoting(world.ws, "alice", challenger="3")
+    dead = actions._claim(world.ws, state)  # type: ignore[arg-type]
+    assert dead is not None
+    aliases.promote(world.ws, "3", reason="moved, then the holder died")
+    stale = actions.store_of(world.ws).transition(
+        dead, evidence={**dead.evidence, actions._CLAIM_AT: time.time() - actions.CLAIM_S - 1}
+    )
+    assert stale is not None
+    assert actions.finish_promotion(world.ws, stale).status == "promoted"
+    moves = [e for e in world.ws.audit.entries("churn") if e.action == "promote"]
+    assert [e.to_version for e in moves] == ["1", "2", "3"]  # once each
+
+
+def test_promote_racing_the_automatic_promotion_gets_its_outcome(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rollout promote` read the rollout running; the controller set it promoting first:
+    the command waits for that promotion instead of saying the rollout changed."""
+    from flywheel.rollout import actions
+    from flywheel.rollout.plan import RolloutPlan
+
+    _register(world), _register(world)
+    promote(world.ws, "1", reason="first")
+    running = actions.start(world.ws, RolloutPlan(challenger="2"), reason="test")
+    actions.store_of(world.ws).transition(
+        running, status="promoting", evidence={actions.PROMOTE_BY: "flywheel-rollout"}
+    )
+    monkeypatch.setattr(actions, "_active", lambda ws, model: running)  # read before it
+    assert actions.promote(world.ws, reason="now").status == "promoted"
+    (moved,) = [
+        e for e in world.ws.audit.entries("churn") if e.to_version == "2" and e.action == "promote"
+    ]
+    assert moved.who == "flywheel-rollout"
+    monkeypatch.undo()
+    with pytest.raises(NotFound, match="no active rollout"):
+        actions.abort(world.ws, reason="late")

@@ -20,10 +20,15 @@ from flywheel.rollout.store import RolloutState
 from flywheel.workspace import Workspace
 
 
-def test_the_deadline_is_a_duration_at_least_the_interval_or_none() -> None:
+def test_the_deadline_is_a_duration_at_least_the_interval_or_none(tmp_path: Path) -> None:
     assert RolloutPlan(challenger="2").step_deadline is None  # by default a step waits
     assert RolloutPlan(challenger="2", step_deadline="30m").step_deadline == 1800.0
     assert RolloutPlan(challenger="2", step_deadline="none").step_deadline is None
+    off = tmp_path / "plan.yaml"
+    off.write_text('challenger: "2"\nstep_deadline: off\n')  # YAML reads a bare off as false
+    assert load_plan(off).step_deadline is None
+    with pytest.raises(DataError, match=r"steps: .*canary only"):
+        load_plan({"challenger": "2", "strategy": "ab", "steps": []})
     with pytest.raises(DataError, match=r"step_deadline: .*at least the interval"):
         load_plan({"challenger": "2", "interval": "5m", "step_deadline": "2m"})
     with pytest.raises(DataError, match=r"step_deadline: .*duration like 30s"):

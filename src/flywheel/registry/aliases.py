@@ -118,11 +118,17 @@ def _pending_request(entries: list[AuditEntry], version: str) -> AuditEntry | No
 
 
 def promote(
-    ws: Workspace, version: str, *, reason: str, who: str | None = None
+    ws: Workspace,
+    version: str,
+    *,
+    reason: str,
+    who: str | None = None,
+    reuse_request: bool = False,
 ) -> PromotionOutcome:
     """Move ``champion`` to ``version``, or record a request when approval is required.
     ``who``: in whose name (default the settings' user; a rollout passes who asked for it,
-    the controller for an automatic promotion)."""
+    the controller for an automatic promotion). ``reuse_request``: an open request for
+    ``version`` is the pending outcome (a rollout's), not an error (a person's second ask)."""
     reason = _require_reason(reason, "promote")
     name, version = ws.settings.registry.model_name, str(version)
     with mlflow_errors(f"promote {name} v{version}", ws):
@@ -140,14 +146,18 @@ def promote(
             return PromotionOutcome(
                 _move_champion(ws, version, "promote", reason, who), pending=False
             )
-        return _request(ws, version, current, reason, who or ws.settings.user)
+        return _request(ws, version, current, reason, who or ws.settings.user, reuse_request)
 
 
 def _request(
-    ws: Workspace, version: str, current: str | None, reason: str, who: str
+    ws: Workspace, version: str, current: str | None, reason: str, who: str, reuse: bool = False
 ) -> PromotionOutcome:
     name = ws.settings.registry.model_name
     if (open_request := _pending_request(ws.audit.entries(name), version)) is not None:
+        if reuse:
+            return PromotionOutcome(
+                open_request, pending=True, extra={"requested_by": open_request.who}
+            )
         raise RegistryError(
             f"Promotion of {name} v{version} is already waiting for approval (requested by "
             f"{open_request.who} at {open_request.at}). Another user runs `flywheel approve "

@@ -9,6 +9,7 @@ within ``rollout.poll_s``. Each transition is a compare-and-set, then an audit e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -93,6 +94,16 @@ def _active(ws: Workspace, model: str | None) -> RolloutState:
             model=name,
         )
     return state
+
+
+def _not_promoting(state: RolloutState, command: str) -> None:
+    """A rollout whose alias is being moved is not aborted or switched under it."""
+    if state.status == "promoting":
+        raise RegistryError(
+            f"Rollout {state.id} is promoting v{state.challenger} now: it cannot {command}. "
+            "Wait for it (`flywheel rollout status`), then `flywheel rollback` if need be.",
+            rollout=state.id,
+        )
 
 
 def _cas(ws: Workspace, state: RolloutState, **changes: Any) -> RolloutState:
@@ -206,6 +217,7 @@ def switch(ws: Workspace, *, reason: str | None, model: str | None = None) -> Ro
     """Blue-green: send all traffic to the other version (and back when run again)."""
     why = _reason(reason, "switch")
     state = _active(ws, model)
+    _not_promoting(state, "switch")
     if state.strategy != "bluegreen":
         raise RegistryError(
             f"switch is for blue-green rollouts; rollout {state.id} is {state.strategy}.",
@@ -230,34 +242,62 @@ def abort(ws: Workspace, *, reason: str | None, model: str | None = None) -> Rol
     """Stop now: the champion takes all traffic again; the challenger is not promoted."""
     why = _reason(reason, "abort")
     state = _active(ws, model)
+    _not_promoting(state, "abort")
     new = _cas(ws, state, status="aborted", weight=0.0, reason=why)
     audit(ws, "rollout_abort", new, why)
     return new
 
 
 def promote(ws: Workspace, *, reason: str | None, model: str | None = None) -> RolloutState:
-    """Promote the challenger now (through the registry: approval when configured). The
-    serving replicas' agents may finish a promotion they see ``promoting``: whoever claims
-    it moves the alias, and this call waits for the outcome either way."""
+    """Promote the challenger now (through the registry: approval when configured) and
+    return the outcome. The serving replicas' agents finish a promotion they see
+    ``promoting`` too: whoever claims it moves the alias, and this call waits for it."""
     why = _reason(reason, "promote")
     state = _active(ws, model)
-    if state.status != "promoting":
-        state = _cas(
-            ws,
-            state,
-            status="promoting",
-            reason=why,
-            evidence={**state.evidence, PROMOTE_BY: ws.settings.user},
+    for _ in range(3):
+        if state.status == "promoting" or _awaits_approval(state):
+            break
+        try:
+            state = _cas(
+                ws,
+                state,
+                status="promoting",
+                reason=why,
+                evidence={**state.evidence, PROMOTE_BY: ws.settings.user},
+            )
+            break
+        except RegistryError:
+            # changed meanwhile: the controller may have started the automatic promotion
+            # (its outcome is the one asked for), or moved a step (promote that)
+            fresh = store_of(ws).get(state.id)
+            if fresh is None or not (fresh.active or fresh.status == "promoted"):
+                raise
+            state = fresh
+            if state.status == "promoted":
+                return state
+    else:
+        raise RegistryError(
+            f"Rollout {state.id} kept changing while this command ran; run `flywheel rollout "
+            "status` and try again.",
+            rollout=state.id,
         )
     return finish_promotion(ws, state, wait=True)
 
 
-# who asked for the promotion (the registry's entries are theirs: a person, or the
-# controller for an automatic one), and the claim of whoever is moving the alias now
+def _awaits_approval(state: RolloutState) -> bool:
+    return state.status == "waiting" and state.evidence.get("approval") == "pending"
+
+
+# who asked for the promotion (the registry's entries are in their name: a person, or the
+# controller for an automatic one), and the claim of the process moving the alias now
 PROMOTE_BY = "promote_by"
 _CLAIM_AT, _CLAIM_BY = "promotion_claimed_at", "promotion_claimed_by"
 _PROMOTION_KEYS = ("approval", _CLAIM_AT, _CLAIM_BY)
-CLAIM_S = 30.0  # a claim older than this is a crashed claimer's: it may be taken over
+# A claim is released when its holder fails; one older than CLAIM_S is a crashed holder's
+# and may be taken over. It is long beside what a promotion takes (registry calls, their
+# retries, a 30 s busy database) and beside the clock skew of the hosts.
+CLAIM_S = 600.0
+WAIT_S = 60.0  # how long `rollout promote` waits for another process's promotion
 _WAITS_FOR_APPROVAL = "; the promotion waits for approval"
 
 
@@ -265,27 +305,59 @@ def finish_promotion(ws: Workspace, state: RolloutState, *, wait: bool = False) 
     """Move ``champion`` to the challenger of a ``promoting`` rollout; with approval
     required it waits (``waiting``) for `flywheel approve`. Several processes may call this
     at once (the CLI, every replica's agent): each first claims the promotion by a
-    compare-and-set, so the alias moves once; one that finds it claimed returns the state
-    as it is, or (``wait``) the outcome once the claimer has recorded it."""
+    compare-and-set, so one moves the alias; one that finds it claimed returns the state as
+    it is, or (``wait``) waits for the outcome: RegistryError after WAIT_S."""
+    from flywheel.registry._client import alias_version
+    from flywheel.registry.aliases import CHAMPION
+
+    store = store_of(ws)
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        if alias_version(ws.client, state.model, CHAMPION) == state.challenger:
+            return _promoted(ws, state)  # done before (by another, or approved)
+        if state.status != "promoting":
+            return state  # waiting for approval, or ended (aborted, rolled back)
+        claimed = _claim(ws, state)
+        if claimed is not None:
+            return _move_alias(ws, claimed)
+        if not wait:
+            return state  # another process is moving the alias
+        if time.monotonic() > deadline:
+            raise RegistryError(
+                f"The promotion of v{state.challenger} is still in progress in "
+                f"{state.evidence.get(_CLAIM_BY, 'another process')}: see `flywheel rollout "
+                "status` in a minute.",
+                rollout=state.id,
+            )
+        time.sleep(0.1)
+        fresh = store.get(state.id)
+        if fresh is None:
+            return state
+        state = fresh
+
+
+def _move_alias(ws: Workspace, state: RolloutState) -> RolloutState:
+    """Holding the claim: move ``champion`` (or request approval), then record it. On a
+    failure the claim is released, so a retry need not wait for it to go stale."""
     from flywheel.registry import aliases
     from flywheel.registry._client import alias_version
     from flywheel.registry.aliases import CHAMPION
 
-    current = alias_version(ws.client, state.model, CHAMPION)
-    if current == state.challenger:  # done before (a retried promotion, or approved)
-        return _promoted(ws, state)
-    if state.evidence.get("approval") == "pending":
-        return state  # waits for `flywheel approve`
-    claimed = _claim(ws, state)
-    if claimed is None:  # another process is moving the alias
-        return _outcome(ws, state) if wait else state
-    state = claimed
-    outcome = aliases.promote(
-        ws,
-        state.challenger,
-        reason=f"rollout {state.id}: {state.reason}",
-        who=state.evidence.get(PROMOTE_BY),
-    )
+    try:
+        if alias_version(ws.client, state.model, CHAMPION) == state.challenger:
+            return _promoted(ws, state)  # moved by a holder whose claim went stale
+        outcome = aliases.promote(
+            ws,
+            state.challenger,
+            reason=f"rollout {state.id}: {state.reason}",
+            who=state.evidence.get(PROMOTE_BY),
+            reuse_request=True,
+        )
+    except BaseException:
+        released = {k: v for k, v in state.evidence.items() if k not in (_CLAIM_AT, _CLAIM_BY)}
+        with contextlib.suppress(Exception):  # best effort: a stale claim is taken over
+            store_of(ws).transition(state, evidence=released)
+        raise
     if outcome.pending:
         evidence = {k: v for k, v in state.evidence.items() if k not in (_CLAIM_AT, _CLAIM_BY)}
         return _cas(
@@ -299,7 +371,8 @@ def finish_promotion(ws: Workspace, state: RolloutState, *, wait: bool = False) 
 
 
 def _claim(ws: Workspace, state: RolloutState) -> RolloutState | None:
-    """This process's claim on moving the alias, or None when another holds a live one."""
+    """This process's claim on moving the alias (a compare-and-set on the state's revision),
+    or None when another holds a live one or changed the state first."""
     import os
     import socket
 
@@ -312,21 +385,9 @@ def _claim(ws: Workspace, state: RolloutState) -> RolloutState | None:
     )
 
 
-def _outcome(ws: Workspace, state: RolloutState) -> RolloutState:
-    """The rollout once the process that claimed its promotion has recorded the outcome
-    (promoted, or waiting for approval); as it stands after CLAIM_S otherwise."""
-    store = store_of(ws)
-    deadline = time.monotonic() + CLAIM_S
-    fresh: RolloutState | None = state
-    while time.monotonic() < deadline:
-        fresh = store.get(state.id)
-        if fresh is None or fresh.status != "promoting":
-            break
-        time.sleep(0.1)
-    return fresh or state
-
-
 def _promoted(ws: Workspace, state: RolloutState) -> RolloutState:
+    if state.status == "promoted":
+        return state  # recorded (and audited) already
     evidence = {k: v for k, v in state.evidence.items() if k not in _PROMOTION_KEYS}
     reason = state.reason.split(_WAITS_FOR_APPROVAL)[0]
     if state.evidence.get("approval") == "pending":

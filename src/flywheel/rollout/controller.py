@@ -14,8 +14,8 @@ the prediction log) and runs :func:`flywheel.rollout.guardrails.analyse`:
   champion wins -> roll back; no decision by ``max_requests`` per arm -> pause
   (inconclusive);
 - shadow, bluegreen: a passed observation waits for a person (or promotes when ``auto``);
-- ``step_deadline`` (when set): a step (an A/B test, a shadow's or a switched blue-green's
-  observation) that has neither passed nor failed that long after it began ends
+- ``step_deadline`` (when set): a step (a canary's, an A/B test, a shadow's or a switched
+  blue-green's observation) that has neither passed nor failed that long after it began ends
   inconclusive and pauses, like Argo Rollouts' Inconclusive: a person resumes (the step's
   clock restarts), promotes or aborts. A blue-green waiting for its switch is not late.
 
@@ -341,13 +341,13 @@ def describe(ws: Workspace, model: str | None = None) -> dict[str, Any]:
     out["weights"] = weights
     out["arms"] = {arm: as_dict(c) for arm, c in store.counts(state.id, state.step).items()}
     out["arms_total"] = {arm: as_dict(c) for arm, c in store.counts(state.id).items()}
-    every = store.replicas(state.id)
+    seen = store.replicas_seen(state.id)
     if state.active:  # the servers routing and judging it now: each writes every poll_s
-        alive = store.replicas(state.id, since=time.time() - silent_after(ws))
-        out["replicas"] = alive
-        out["replicas_silent"] = [r for r in every if r not in alive]
+        since = time.time() - silent_after(ws)
+        out["replicas"] = sorted(r for r, at in seen.items() if at >= since)
+        out["replicas_silent"] = sorted(r for r, at in seen.items() if at < since)
     else:
-        out["replicas"] = every
+        out["replicas"] = sorted(seen)
     if state.active:
         analysis, _ = evaluate(ws, state)
         out["analysis"] = analysis.to_dict()

@@ -166,8 +166,8 @@ class RolloutPlan(BaseModel):
     @field_validator("step_deadline", mode="before")
     @classmethod
     def _step_deadline(cls, v: Any, info: ValidationInfo) -> float | None:
-        if v is None or (isinstance(v, str) and v.strip().lower() in ("none", "off")):
-            return None
+        if v is None or v is False or (isinstance(v, str) and v.strip().lower() in ("none", "off")):
+            return None  # (YAML reads a bare `off` as false)
         seconds = parse_duration(v, "step_deadline")
         if seconds <= 0:
             raise ValueError(f"step_deadline must be > 0 (or none), got {v!r}")
@@ -182,11 +182,13 @@ class RolloutPlan(BaseModel):
     @field_validator("steps")
     @classmethod
     def _steps(cls, v: list[float] | None, info: ValidationInfo) -> list[float] | None:
-        if not v:
+        if v is None:
             return v  # none given: the strategy's default (canary: 5, 25, 50, 100)
         strategy = info.data.get("strategy", "canary")
         if strategy != "canary":
             raise ValueError(f"steps apply to canary only (strategy {strategy})")
+        if not v:
+            return v  # canary: the default steps
         if any(not 0 < s <= 100 for s in v) or v != sorted(set(v)):
             raise ValueError(f"steps must increase within (0, 100], got {v}")
         if v[-1] != 100:

@@ -282,20 +282,20 @@ class RolloutStore:
             out[arm] = out.get(arm, ArmCounts()).add(ArmCounts(**json.loads(blob)))
         return out
 
-    def replicas(self, rollout_id: str, since: float | None = None) -> list[str]:
-        """The replicas that wrote counts for the rollout (each does every ``poll_s`` while
-        it serves it); ``since``: only those that wrote at or after this time (alive)."""
-        newest = sa.func.max(_counts.c.updated_at)
+    def replicas(self, rollout_id: str) -> list[str]:
+        """The replicas that wrote counts for the rollout."""
+        return sorted(self.replicas_seen(rollout_id))
+
+    def replicas_seen(self, rollout_id: str) -> dict[str, float]:
+        """Each replica that wrote counts for the rollout, and when it last did (each does
+        every ``poll_s`` while it serves the rollout)."""
         query = (
-            sa.select(_counts.c.replica)
+            sa.select(_counts.c.replica, sa.func.max(_counts.c.updated_at))
             .where(_counts.c.rollout_id == rollout_id)
             .group_by(_counts.c.replica)
         )
-        if since is not None:
-            query = query.having(newest >= since)
         with self._tx("read rollout counters") as conn:
-            rows = conn.execute(query).all()
-        return sorted(r[0] for r in rows)
+            return {replica: float(at) for replica, at in conn.execute(query).all()}
 
     # ------------------------------------------------------------------ self-healing
     def claim_heal(self, model: str, version: str, replica: str) -> bool:

@@ -499,7 +499,8 @@ class Predictor:
         except (BadRequest, TooManyRows):
             raise  # the request's shape, not the model: no arm's fault
         except FlywheelError as exc:
-            if _client_s(exc, slot):
+            challenger = rollout.challenger if rollout is not None else None
+            if _client_s(exc, slot.model, challenger, slot.replaced_schema):
                 raise  # both versions compared refuse it alike: no error rate counts it
             if rollout is not None and role is not None:
                 rollout.counters[role].failed()
@@ -684,16 +685,22 @@ class Predictor:
 _ROW_SINKS: dict[type, bool] = {}
 
 
-def _client_s(exc: FlywheelError, slot: _Slot) -> bool:
-    """Whether a request's input error is the client's: the version it is compared with
-    raises it alike (the same input schema: an unknown field, a missing one), so no error
-    rate counts it. Compared: during a rollout the other arm; otherwise (self-healing) the
-    version this one replaced, when this process served it. With another schema a refusal
-    may be the new version's regression: it counts."""
-    if not isinstance(exc, InvalidInput) or slot.model is None:
+def _client_s(
+    exc: FlywheelError,
+    champion: LoadedModel | None,
+    challenger: LoadedModel | None,
+    replaced: InputSchema | None,
+) -> bool:
+    """Whether a request's input error is the client's: the champion and the version it is
+    compared with take the same inputs (names and kinds, in any order), so both refuse an
+    unknown or missing field alike, and no error rate counts it. Compared: during a rollout
+    the challenger (of the rollout the request was routed by); otherwise (self-healing) the
+    version the champion replaced, when this process served it (``replaced``). With other
+    inputs a refusal may be the new version's regression: it counts. Failed requests only."""
+    if not isinstance(exc, InvalidInput) or champion is None:
         return False
-    other = slot.rollout.challenger.schema if slot.rollout is not None else slot.replaced_schema
-    return other is not None and other == slot.model.schema
+    other = challenger.schema if challenger is not None else replaced
+    return other is not None and set(champion.schema.specs) == set(other.specs)
 
 
 def _nothing(_name: str) -> None:
