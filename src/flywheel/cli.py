@@ -543,11 +543,10 @@ def registry_history(
     else:
         table = _table("#", "when", "who", "action", "from", "to", "reason")
         for e in entries:
-            reason = e.reason
-            if not full and "\n" in reason:
-                reason = escape(reason.split("\n", 1)[0]) + " [dim](+ evidence: --full)[/]"
-            else:
-                reason = escape(reason)
+            first, _, evidence = e.reason.partition("\n")
+            short = evidence and not full
+            reason = escape(first if short else e.reason)
+            reason += " [dim](+ evidence: --full)[/]" if short else ""
             cells = (str(e.id), e.at, e.who, e.action, e.from_version or "", e.to_version or "")
             table.add_row(*map(escape, cells), reason)
         console.print(table)

@@ -84,7 +84,7 @@ def test_a_step_still_waiting_at_its_deadline_pauses_and_says_why(ws: Workspace)
     assert state.status == "running"
     paused = tick(ws, state, now=t0 + 601)
     assert paused.status == "paused" and paused.weight == 5.0  # held at its weights
-    assert "step 1 (5%) inconclusive after 10 min (step_deadline 10 min)" in paused.reason
+    assert "step 1 (5%) inconclusive after 10.0 min (step_deadline 10.0 min)" in paused.reason
     assert "requests (80 of 100 per arm)" in paused.reason and "resume, promote" in paused.reason
     assert "metric" not in paused.reason  # it waits for labels but holds no step by default
     (entry,) = [e for e in ws.audit.entries("churn") if e.action == "rollout_pause"]

@@ -9,3 +9,14 @@ judges each step on guardrails (:mod:`.guardrails`) with always-valid statistics
 (:mod:`.stats`), advances, promotes through the registry, or rolls back, and audits every
 transition. Nothing here imports the serving stack.
 """
+
+from __future__ import annotations
+
+
+def replica_id() -> str:
+    """This process's name among the replicas (host:pid): the one its counts are written
+    under, and the holder named by a promotion's claim."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"

@@ -310,13 +310,13 @@ def finish_promotion(ws: Workspace, state: RolloutState, *, wait: bool = False) 
     from flywheel.registry._client import alias_version
     from flywheel.registry.aliases import CHAMPION
 
+    if alias_version(ws.client, state.model, CHAMPION) == state.challenger:
+        return _promoted(ws, state)  # done before (by another, or approved)
     store = store_of(ws)
     deadline = time.monotonic() + WAIT_S
-    while True:
-        if alias_version(ws.client, state.model, CHAMPION) == state.challenger:
-            return _promoted(ws, state)  # done before (by another, or approved)
+    while True:  # then the state says it: the claimer records its outcome there
         if state.status != "promoting":
-            return state  # waiting for approval, or ended (aborted, rolled back)
+            return state  # promoted, waiting for approval, or ended (aborted, rolled back)
         claimed = _claim(ws, state)
         if claimed is not None:
             return _move_alias(ws, claimed)
@@ -354,17 +354,15 @@ def _move_alias(ws: Workspace, state: RolloutState) -> RolloutState:
             reuse_request=True,
         )
     except BaseException:
-        released = {k: v for k, v in state.evidence.items() if k not in (_CLAIM_AT, _CLAIM_BY)}
         with contextlib.suppress(Exception):  # best effort: a stale claim is taken over
-            store_of(ws).transition(state, evidence=released)
+            store_of(ws).transition(state, evidence=_unclaimed(state.evidence))
         raise
     if outcome.pending:
-        evidence = {k: v for k, v in state.evidence.items() if k not in (_CLAIM_AT, _CLAIM_BY)}
         return _cas(
             ws,
             state,
             status="waiting",
-            evidence={**evidence, "approval": "pending"},
+            evidence={**_unclaimed(state.evidence), "approval": "pending"},
             reason=f"{state.reason}{_WAITS_FOR_APPROVAL} (`flywheel approve {state.challenger}`)",
         )
     return _promoted(ws, state)
@@ -373,16 +371,17 @@ def _move_alias(ws: Workspace, state: RolloutState) -> RolloutState:
 def _claim(ws: Workspace, state: RolloutState) -> RolloutState | None:
     """This process's claim on moving the alias (a compare-and-set on the state's revision),
     or None when another holds a live one or changed the state first."""
-    import os
-    import socket
+    from flywheel.rollout import replica_id
 
     at = state.evidence.get(_CLAIM_AT)
     if at is not None and time.time() - float(at) < CLAIM_S:
         return None
-    by = f"{socket.gethostname()}:{os.getpid()}"
-    return store_of(ws).transition(
-        state, evidence={**state.evidence, _CLAIM_AT: time.time(), _CLAIM_BY: by}
-    )
+    claim = {_CLAIM_AT: time.time(), _CLAIM_BY: replica_id()}
+    return store_of(ws).transition(state, evidence={**state.evidence, **claim})
+
+
+def _unclaimed(evidence: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in evidence.items() if k not in (_CLAIM_AT, _CLAIM_BY)}
 
 
 def _promoted(ws: Workspace, state: RolloutState) -> RolloutState:

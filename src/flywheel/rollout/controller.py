@@ -30,6 +30,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from flywheel.registry.dora import format_duration
 from flywheel.rollout import actions, stats
 from flywheel.rollout.guardrails import Analysis, analyse, metric_evidence
 from flywheel.rollout.plan import RolloutPlan
@@ -227,18 +228,11 @@ def _inconclusive(
     else:
         return None
     return (
-        f"step {state.step + 1} ({state.weight:g}%) inconclusive after {_span(elapsed)} "
-        f"(step_deadline {_span(deadline)}): {undecided}; paused at its weights: "
+        f"step {state.step + 1} ({state.weight:g}%) inconclusive after "
+        f"{format_duration(elapsed)} (step_deadline {format_duration(deadline)}): {undecided}; "
+        "paused at its weights: "
         "resume, promote or abort by hand"
     )
-
-
-def _span(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:.3g} h"
-    if seconds >= 60:
-        return f"{seconds / 60:.3g} min"
-    return f"{seconds:.3g} s"
 
 
 def _decide_ab(
@@ -346,11 +340,8 @@ def describe(ws: Workspace, model: str | None = None) -> dict[str, Any]:
         since = time.time() - silent_after(ws)
         out["replicas"] = sorted(r for r, at in seen.items() if at >= since)
         out["replicas_silent"] = sorted(r for r, at in seen.items() if at < since)
+        out["analysis"] = evaluate(ws, state)[0].to_dict()
     else:
         out["replicas"] = sorted(seen)
-    if state.active:
-        analysis, _ = evaluate(ws, state)
-        out["analysis"] = analysis.to_dict()
-    else:
         out["analysis"] = state.evidence or None
     return out

@@ -334,18 +334,15 @@ def analyse(
     checks.append(srm)
     arms = {"champion": as_dict(a), "challenger": as_dict(b)}
     test = evidence.to_dict() if evidence is not None else None
+    fewest = min(a.requests, b.requests)
+    few = f"{fewest} of {plan.min_requests} per arm" if fewest < plan.min_requests else ""
     if any(c.status == "failed" for c in checks if c.name != "sample_ratio"):
         verdict = "failed"
     elif srm.status == "failed":
         verdict = "mismatch"
-    elif (
-        any(c.status == "waiting" and c.holds for c in checks)
-        or min(a.requests, b.requests) < plan.min_requests
-    ):
+    elif any(c.status == "waiting" and c.holds for c in checks) or few:
         verdict = "waiting"
     else:
         verdict = "passed"  # the metric may still wait for labels: it holds a step only
         # with guardrails.hold_for_labels
-    fewest = min(a.requests, b.requests)
-    few = f"{fewest} of {plan.min_requests} per arm" if fewest < plan.min_requests else ""
     return Analysis(verdict, checks, arms, test, few)

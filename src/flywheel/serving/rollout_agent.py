@@ -23,13 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from flywheel.rollout import replica_id
 from flywheel.rollout.counters import SLOW_SHARE, percentile, slow_beyond_chance
 
 # flywheel.rollout.store.TERMINAL, not imported here: that module imports SQLAlchemy
@@ -93,7 +92,7 @@ class RolloutAgent:
         self.name = name or predictor.default_model  # the served name
         self.model = ws.settings.registry.model_name  # the registered name (the store's key)
         self.settings = ws.settings.rollout
-        self.replica = f"{socket.gethostname()}:{os.getpid()}"
+        self.replica = replica_id()
         self.state: RolloutState | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
