@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 import threading
@@ -13,6 +14,7 @@ import pytest
 
 from flywheel.errors import DataError, RegistryError
 from flywheel.rollout.counters import (
+    DISTINCT_SCORES,
     LATENCY_EDGES,
     SCORE_BINS,
     ArmCounter,
@@ -269,6 +271,54 @@ def test_score_drift_is_not_called_on_a_small_sample_of_the_same_scores() -> Non
         )
         false_alarms += any(c.name == "score_drift" for c in out.failed)
     assert false_alarms <= 2, false_alarms
+
+
+def _served(scores: list[float], times: int, batch: int = 3) -> ArmCounts:
+    """An arm's counter after answering ``scores`` ``times`` over, ``batch`` rows a batch."""
+    counter = ArmCounter()
+    rows = np.array(scores * times)
+    for start in range(0, len(rows), batch):
+        chunk = rows[start : start + batch]
+        counter.answered(0.2)
+        counter.scored(np.column_stack([1 - chunk, chunk]))
+    return counter.snapshot()
+
+
+def test_the_same_few_inputs_again_and_again_count_as_that_many_draws() -> None:
+    """The docs' three example rows, sent 1,000 times: a retrained challenger scores them a
+    little differently, each score lands in the next bin, and on 2,700 against 300 rows PSI
+    rolled it back (~10 > 0.28). They are three draws, not 3,000: it passes, and says why."""
+    champion = _served([0.12, 0.55, 0.81], 900)
+    challenger = _served([0.16, 0.49, 0.86], 100)
+    assert champion.distinct == 3 and challenger.rows == 300
+    (drift,) = [
+        c
+        for c in analyse(_plan(), 10.0, {"champion": champion, "challenger": challenger}).checks
+        if c.name == "score_drift"
+    ]
+    assert drift.status == "ok" and drift.value is not None and drift.value > 5, drift
+    assert "3 distinct values" in drift.detail
+
+
+def test_a_challenger_scoring_every_input_alike_still_fails_score_drift() -> None:
+    """The few-inputs allowance reads the champion's scores: a challenger that collapses
+    varied traffic to one score is the drift the check is for."""
+    rng = np.random.default_rng(7)
+    champion = _served(rng.beta(2, 5, 2_700).tolist(), 1)
+    challenger = _served([0.3], 300)
+    assert champion.distinct == DISTINCT_SCORES and challenger.distinct == 1
+    out = analyse(_plan(), 10.0, {"champion": champion, "challenger": challenger})
+    assert [c.name for c in out.failed] == ["score_drift"]
+
+
+def test_distinct_scores_are_capped_and_merge_as_the_largest() -> None:
+    counter = ArmCounter()
+    counter.scored(np.column_stack([np.zeros(100), np.linspace(0, 1, 100)]))
+    many = counter.snapshot()
+    assert many.distinct == DISTINCT_SCORES
+    few = ArmCounts(**json.loads(json.dumps(_served([0.2, 0.4], 5).to_dict())))
+    assert few.distinct == 2
+    assert few.add(few).distinct == 2 and few.add(many).distinct == DISTINCT_SCORES
 
 
 def _hist(scores: np.ndarray) -> list[int]:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "DISTINCT_SCORES",
     "LATENCY_EDGES",
     "SCORE_BINS",
     "ArmCounter",
@@ -34,6 +35,10 @@ LATENCY_EDGES = [0.05 * 1.1**k for k in range(150)]
 SCORE_BINS = 20
 SMALL = 32  # score arrays up to this long are binned in plain Python
 MAX_KEYS = 200_000  # distinct keys remembered per arm and step (~10 MB at most)
+# distinct score values remembered per arm and step: a champion whose scores took fewer
+# values answered the same few inputs again and again (a demo's three example rows), and
+# score drift counts those as that many draws, not as every row
+DISTINCT_SCORES = 20
 
 
 @dataclass
@@ -50,6 +55,8 @@ class ArmCounts:
     # units of assignment: distinct sticky keys seen (capped per replica) plus the requests
     # that had no key of their own (each its own unit)
     units: int = 0
+    # distinct score values seen, up to DISTINCT_SCORES (replicas and steps: the largest)
+    distinct: int = 0
 
     def add(self, other: ArmCounts) -> ArmCounts:
         def plus(a: list[int], b: list[int]) -> list[int]:
@@ -68,6 +75,7 @@ class ArmCounts:
             plus(self.latency_hist, other.latency_hist),
             plus(self.score_hist, other.score_hist),
             self.units + other.units,
+            max(self.distinct, other.distinct),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,6 +100,7 @@ class ArmCounter:
             self.latency_hist = [0] * (len(LATENCY_EDGES) + 1)
             self.score_hist = [0] * SCORE_BINS
             self.keys: set[int] = set()
+            self.distinct: set[float] = set()
 
     def answered(self, latency_ms: float, key: str | None = None, *, unique: bool = False) -> None:
         """One answered request: its latency and its sticky key (the sample-ratio test counts
@@ -118,6 +127,8 @@ class ArmCounter:
             return
         with self._lock:
             self.rows += n
+            if len(self.distinct) < DISTINCT_SCORES:  # a few set inserts, then never again
+                self.distinct.update(scores[: 2 * DISTINCT_SCORES].tolist())
             hist = self.score_hist
             # both paths bin a score in float64 (a float32 product would put 0.35 in bin 7,
             # not 6: an arm's big batches and the other's lone rows must bin alike) and skip
@@ -152,6 +163,7 @@ class ArmCounter:
                 list(self.latency_hist),
                 list(self.score_hist),
                 len(self.keys) + self.unique,
+                min(len(self.distinct), DISTINCT_SCORES),
             )
 
 

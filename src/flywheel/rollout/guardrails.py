@@ -19,7 +19,8 @@ Checks (challenger against the champion, on the current step's counts unless not
 - ``score_drift``: PSI of the challenger's scores against the champion's above
   ``max_score_psi`` plus the PSI that sampling alone adds at these sizes (the 99.9%
   quantile of its null, ~ chi2(k-1) x (1/n_a + 1/n_b)), once each arm has ``min_rows_psi``
-  scored rows;
+  scored rows; n counts independent draws: at most the distinct sticky keys' rows, and at
+  most the distinct inputs when the champion's scores took fewer than 20 values;
 - ``metric`` (when labels arrive; all steps so far): the always-valid interval of
   challenger − champion (accuracy, recall, precision; abs_error reversed) wholly below
   ``-max_metric_drop``; it holds a step until it counts only with ``hold_for_labels``;
@@ -35,7 +36,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from flywheel.rollout import stats
-from flywheel.rollout.counters import SLOW_SHARE, percentile, psi, slow_beyond_chance
+from flywheel.rollout.counters import (
+    DISTINCT_SCORES,
+    SLOW_SHARE,
+    percentile,
+    psi,
+    slow_beyond_chance,
+)
 from flywheel.rollout.plan import RolloutPlan
 from flywheel.rollout.store import ArmCounts
 
@@ -174,13 +181,24 @@ def chi2_quantile(df: int, z: float = 3.09) -> float:
     return df * (1.0 - h + z * math.sqrt(h)) ** 3
 
 
-def _independent(arm: ArmCounts) -> float:
+def _independent(arm: ArmCounts, inputs: int = 0) -> float:
     """The rows that count as independent draws: a key sending the same rows again adds
-    none, so with sticky keys counted, at most (distinct keys x rows per request)."""
+    none, so with sticky keys counted, at most (distinct keys x rows per request); and at
+    most ``inputs`` (> 0: the few distinct inputs both arms answered over and again)."""
     rows = float(sum(arm.score_hist))
     if arm.units and arm.requests:
-        return max(1.0, min(rows, arm.units * rows / max(arm.requests - arm.errors, 1)))
+        rows = min(rows, arm.units * rows / max(arm.requests - arm.errors, 1))
+    if inputs:
+        rows = min(rows, float(inputs))
     return max(rows, 1.0)
+
+
+def _few_inputs(champion: ArmCounts) -> int:
+    """How many distinct inputs the traffic had, when the champion's scores say they were
+    few (fewer than DISTINCT_SCORES values: the same rows sent again and again); else 0.
+    Read off the champion's, not the challenger's: a challenger scoring every input alike
+    is the drift this check is for."""
+    return champion.distinct if 0 < champion.distinct < DISTINCT_SCORES else 0
 
 
 def _drift(plan: RolloutPlan, a: ArmCounts, b: ArmCounts) -> Check:
@@ -196,8 +214,16 @@ def _drift(plan: RolloutPlan, a: ArmCounts, b: ArmCounts) -> Check:
     # a challenger whose true PSI is half the limit would pass it at some peek. Breach only
     # past the limit plus that null's 99.9% quantile (the allowance shrinks as 1/n).
     bins = sum(1 for x, y in zip(a.score_hist, b.score_hist, strict=True) if x or y)
-    null = chi2_quantile(max(bins - 1, 1)) * (1.0 / _independent(a) + 1.0 / _independent(b))
+    few = _few_inputs(a)
+    n_a, n_b = _independent(a, few), _independent(b, few)
+    null = chi2_quantile(max(bins - 1, 1)) * (1.0 / n_a + 1.0 / n_b)
     limit = g.max_score_psi + null
+    inputs = (
+        f"; the champion's scores took {few} distinct values (the same inputs again and "
+        f"again), so each arm counts as {few} draws"
+        if few
+        else ""
+    )
     if value is not None and value > limit:
         return Check(
             "score_drift",
@@ -206,9 +232,11 @@ def _drift(plan: RolloutPlan, a: ArmCounts, b: ArmCounts) -> Check:
             limit,
             f"score PSI against the champion {value:.3f} > {limit:.3f} (max_score_psi "
             f"{g.max_score_psi:g} + {null:.3f} that chance alone adds at these sizes), "
-            f"by {value - limit:.3f}",
+            f"by {value - limit:.3f}{inputs}",
         )
-    return Check("score_drift", "ok", value, limit, f"PSI {_fmt(value)} (limit {limit:.3f})")
+    return Check(
+        "score_drift", "ok", value, limit, f"PSI {_fmt(value)} (limit {limit:.3f}){inputs}"
+    )
 
 
 def metric_evidence(
