@@ -92,3 +92,43 @@ def test_a_bad_promotion_is_rolled_back_by_the_server(
     assert dora["self_heals"] == 1
     assert 0 < dora["time_to_restore_seconds"]["median"] < 60, dora
     print(f"self-heal: {failed} failed answers of {len(after)} after the bad promotion")
+
+
+def test_after_a_restart_a_client_s_unknown_field_does_not_heal_a_new_champion(
+    tmp_path: Path, cancer_champion: Path
+) -> None:
+    """v2 (the same inputs as v1) promoted while no server ran; a server started then never
+    served v1, yet v1 would refuse the client's unknown field alike: the server reads v1's
+    inputs from the registry at start, so those refusals are the client's and do not roll
+    the new champion back (they did: 100% errors, healed on the first window)."""
+    tmp_path = copy_folder(cancer_champion, tmp_path / "work")
+    write_settings(
+        tmp_path,
+        serving={"poll_interval_s": 0.5},
+        rollout={"poll_s": 0.3, "heal_window_s": 1.0, "heal_min_requests": 20},
+    )
+    flywheel(tmp_path, "train")
+    flywheel(tmp_path, "promote", "2", "--reason", "retrained")
+    frame = load_breast_cancer(as_frame=True).frame
+    records = json.loads(frame.drop(columns=["target"]).head(2).to_json(orient="records"))
+    wrong = [{**r, "customer_id": i} for i, r in enumerate(records)]
+
+    port = free_port()
+    server = start_serve([FLYWHEEL_BIN, "serve", "--port", str(port), "--no-grpc"], tmp_path, port)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            refused = 0
+            deadline = time.monotonic() + 4  # four heal windows
+            while time.monotonic() < deadline:
+                answer = client.post("/v1/predict", json={"records": wrong})
+                refused += answer.status_code in (400, 422)
+                time.sleep(0.01)
+            ok = client.post("/v1/predict", json={"records": records})
+    finally:
+        err = stop_serve(server)
+    assert refused >= 60, refused
+    assert ok.status_code == 200 and ok.json()["version"] == "2", (ok.text, err[-2000:])
+    actions = [
+        e["action"] for e in json.loads(flywheel(tmp_path, "registry", "history", "--json").stdout)
+    ]
+    assert "self_heal" not in actions, (actions, err[-2000:])

@@ -153,6 +153,7 @@ class Predictor:
                 await self.rollout_agent.sync(judge=False)
             except Exception:  # the agent retries every poll; serving starts regardless
                 log.exception("rollout state not applied at start")
+            await self.rollout_agent.learn_replaced()  # self-healing's view of input errors
         if self.config.poll_interval_s > 0 and self._poller is None:
             self._poller = asyncio.create_task(self._poll(), name="flywheel-registry-poll")
 

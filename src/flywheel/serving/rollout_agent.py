@@ -97,6 +97,7 @@ class RolloutAgent:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._window_start = time.monotonic()
+        self._learned: str | None = None  # the version learn_replaced asked the registry for
         # Prometheus counters (this replica): rollouts seen ending, by final status; self-heals
         self.ended: dict[str, int] = dict.fromkeys(TERMINAL, 0)
         self.self_heals = 0
@@ -176,6 +177,7 @@ class RolloutAgent:
         if time.monotonic() - self._window_start < self.settings.heal_window_s:
             return
         slot = self.predictor._slot(self.name)
+        await self.learn_replaced()  # a champion loaded after start (the poll's first load)
         counts = slot.health.snapshot()
         slot.health.reset()
         self._window_start = time.monotonic()
@@ -199,13 +201,10 @@ class RolloutAgent:
             self.self_heals += 1
             await self.predictor.reload(self.name)
 
-    def _roll_back(self, version: str, breach: str, evidence: dict[str, Any]) -> bool:
-        """Roll ``version`` back when it was promoted within ``heal_watch_s`` and nobody else
-        did it first; True when done here."""
-        import json
-
+    def _replaced(self, version: str) -> str | None:
+        """The champion ``version`` replaced, when it was promoted within ``heal_watch_s``
+        (what self-healing would roll back to); else None."""
         from flywheel.registry import aliases
-        from flywheel.rollout.actions import store_of
 
         entries = self.ws.audit.entries(self.model)
         moves = [
@@ -214,16 +213,56 @@ class RolloutAgent:
             if e.action in ("promote", "approve", "rollback") and e.to_version == version
         ]
         if not moves or moves[-1].action == "rollback":
-            return False  # not promoted (the first champion, or itself a rollback target)
+            return None  # not promoted (the first champion, or itself a rollback target)
         promoted_at = datetime.fromisoformat(moves[-1].at).timestamp()
         if time.time() - promoted_at > self.settings.heal_watch_s:
-            return False
+            return None
         stack = aliases.champion_stack(entries)
-        if not stack or stack[-1] is None:
+        return stack[-1] if stack else None
+
+    async def learn_replaced(self) -> None:
+        """After a start, self-healing does not know the schema of the version the served
+        champion replaced (this process never served it), so a client's input errors would
+        count against a new champion. Read it from the registry when the champion is still
+        watched (promoted within ``heal_watch_s``): the previous version's files, not its
+        model."""
+        slot = self.predictor._slot(self.name)
+        model = slot.model
+        if not self.settings.heal or model is None or slot.replaced_schema is not None:
+            return
+        if self._learned == model.version:
+            return  # asked once per served version
+        self._learned = model.version
+        from flywheel.schema import InputSchema
+
+        def read() -> InputSchema | None:
+            previous = self._replaced(model.version)
+            if previous is None:
+                return None
+            return InputSchema(tuple(slot.source.fetch(previous).feature_specs))
+
+        try:
+            schema = await asyncio.to_thread(read)
+        except Exception:  # the champion serves regardless; its input errors then count
+            log.warning("the schema of the champion's predecessor is unknown", exc_info=True)
+            return
+        if schema is not None and slot.model is model and slot.replaced_schema is None:
+            slot.replaced_schema = schema
+
+    def _roll_back(self, version: str, breach: str, evidence: dict[str, Any]) -> bool:
+        """Roll ``version`` back when it was promoted within ``heal_watch_s`` and nobody else
+        did it first; True when done here."""
+        import json
+
+        from flywheel.registry import aliases
+        from flywheel.rollout.actions import store_of
+
+        previous = self._replaced(version)
+        if previous is None:
             return False
         if not store_of(self.ws).claim_heal(self.model, version, self.replica):
             return False
-        why = f"self-heal: champion v{version} {breach}; back to v{stack[-1]}"
+        why = f"self-heal: champion v{version} {breach}; back to v{previous}"
         outcome = aliases.rollback(self.ws, reason=why)
         self.ws.audit.append(
             who="flywheel-self-heal",
