@@ -259,10 +259,15 @@ def _print_status(out: dict[str, Any]) -> None:
         console.print(f"  [{colour}]{check['status']:7}[/] {check['name']}: {check['detail']}")
     test = analysis.get("test")
     if test:
+
+        def num(key: str, spec: str = ".4g") -> str:  # JSON's null: no estimate, no bound yet
+            return "n/a" if test.get(key) is None else format(test[key], spec)
+
         console.print(
-            f"  test on {test['metric']}: challenger {test['challenger']:.4g} vs champion "
-            f"{test['champion']:.4g}, interval [{test['low']:.4g}, {test['high']:.4g}], "
-            f"p = {test['p_value']:.3g}, n = {test['n_champion']}/{test['n_challenger']}"
+            f"  test on {test['metric']}: challenger {num('challenger')} vs champion "
+            f"{num('champion')}, interval of the difference [{num('low')}, {num('high')}], "
+            f"p = {num('p_value', '.3g')}, n = {test['n_challenger']} challenger, "
+            f"{test['n_champion']} champion"
         )
     if "replicas_silent" not in out:
         return  # an ended rollout

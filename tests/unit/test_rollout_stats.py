@@ -284,3 +284,13 @@ def test_bad_arguments_raise_data_error_naming_the_field_and_rule(
         call()
     assert info.value.details["field"] == field
     assert field in str(info.value) and rule in str(info.value)
+
+
+def test_a_difference_of_rates_is_bounded_by_one() -> None:
+    """290 of 290 right against 0 of 310: the difference is 1, and its interval (the
+    helper saw [0.984, 1.016]) never leaves [-1, 1]; nor before data enough to judge."""
+    ev = proportion_test("accuracy", 310, 0, 290, 290)
+    assert ev.decided and ev.winner == "challenger"
+    assert -1.0 <= ev.low <= ev.high <= 1.0 and ev.high == 1.0, ev
+    early = proportion_test("accuracy", 3, 1, 3, 2)
+    assert -1.0 <= early.low <= early.high <= 1.0, early

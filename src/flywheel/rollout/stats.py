@@ -328,7 +328,7 @@ def proportion_test(
         )
     m_a, v_a = proportion_moments(n_a, x_a)
     m_b, v_b = proportion_moments(n_b, x_b)
-    return _two_sample(
+    out = _two_sample(
         metric,
         (n_a, n_b),
         (float(m_a), float(m_b)),
@@ -338,6 +338,8 @@ def proportion_test(
         tau,
         previous_p,
     )
+    # a difference of two rates lies in [-1, 1]: the sequence cut to it is as valid
+    return replace(out, low=max(out.low, -1.0), high=min(out.high, 1.0))
 
 
 def _mean_arm(arm: str, n: Any, total: Any, sumsq: Any) -> tuple[int, float, float]:
