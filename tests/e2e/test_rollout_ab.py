@@ -112,6 +112,8 @@ def test_ab_on_late_labels_promotes_the_better_version(
     history = json.loads(flywheel(tmp_path, "registry", "history", "--json").stdout)
     actions = [e["action"] for e in history]
     assert actions[-3:] == ["rollout_start", "promote", "rollout_promote"], actions
+    # an automatic promotion: the registry's move and the rollout's end in one name
+    assert {e["who"] for e in history[-2:]} == {"flywheel-rollout"}, history[-2:]
     listed = json.loads(flywheel(tmp_path, "registry", "list", "--json").stdout)
     assert "champion" in next(v for v in listed if v["version"] == "2")["aliases"]
     print(

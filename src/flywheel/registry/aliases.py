@@ -223,8 +223,9 @@ def champion_stack(entries: list[AuditEntry]) -> list[str | None]:
     return stack
 
 
-def rollback(ws: Workspace, *, reason: str) -> PromotionOutcome:
-    """Return ``champion`` to the champion before it (repeatable, like popping a stack)."""
+def rollback(ws: Workspace, *, reason: str, who: str | None = None) -> PromotionOutcome:
+    """Return ``champion`` to the champion before it (repeatable, like popping a stack).
+    ``who``: in whose name (default the settings' user; self-healing passes its own)."""
     reason = _require_reason(reason, "rollback")
     name = ws.settings.registry.model_name
     with mlflow_errors(f"roll back {name}", ws):
@@ -240,7 +241,7 @@ def rollback(ws: Workspace, *, reason: str) -> PromotionOutcome:
             )
         target = str(stack[-1])
         get_version(client, name, target)
-        entry = _move_champion(ws, target, "rollback", reason)
+        entry = _move_champion(ws, target, "rollback", reason, who)
     return PromotionOutcome(entry, pending=False)
 
 

@@ -398,7 +398,8 @@ def _promoted(ws: Workspace, state: RolloutState) -> RolloutState:
         if fresh is not None and fresh.status == "promoted":
             return fresh  # another process recorded (and audited) it first
         raise
-    audit(ws, "rollout_promote", new, f"v{state.challenger} is the champion", evidence)
+    who = state.evidence.get(PROMOTE_BY)  # who asked: a person, or flywheel-rollout
+    audit(ws, "rollout_promote", new, f"v{state.challenger} is the champion", evidence, who=who)
     return new
 
 

@@ -11,8 +11,8 @@ judge the same step only one of them advances, promotes or rolls back.
 errors, rows, latency and score histograms), upserted by the replica; the controller sums
 them across replicas, so a decision sees all the traffic, wherever it was served.
 
-``rollout_heals``: one row per champion version the server rolled back by itself (the
-unique key lets exactly one replica do it).
+``rollout_heals``: one row per promotion of a champion version the server rolled back by
+itself (``VERSION#PROMOTION``; the unique key lets exactly one replica do it).
 
 SQLAlchemy Core on SQLite (a 30 s busy timeout, the write lock taken up front) or
 PostgreSQL, on the audit log's engine (:func:`flywheel.registry.audit.make_engine`).
@@ -299,7 +299,9 @@ class RolloutStore:
 
     # ------------------------------------------------------------------ self-healing
     def claim_heal(self, model: str, version: str, replica: str) -> bool:
-        """True for exactly one caller per (model, version): that one rolls it back."""
+        """True for exactly one caller per (model, version): that one rolls it back.
+        Self-healing passes ``VERSION#PROMOTION`` (the promotion's ledger id), so each
+        promotion of a version is healed at most once."""
         try:
             with self._tx("record a self-heal") as conn:
                 conn.execute(

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = ["RolloutAgent", "heal_breach"]
 
+SELF_HEAL = "flywheel-self-heal"  # the ledger's name for what a server rolls back by itself
+
 log = logging.getLogger("flywheel.serving")
 
 
@@ -201,9 +203,9 @@ class RolloutAgent:
             self.self_heals += 1
             await self.predictor.reload(self.name)
 
-    def _replaced(self, version: str) -> str | None:
-        """The champion ``version`` replaced, when it was promoted within ``heal_watch_s``
-        (what self-healing would roll back to); else None."""
+    def _replaced(self, version: str) -> tuple[str, int] | None:
+        """The champion ``version`` replaced and the ledger id of the promotion, when it was
+        promoted within ``heal_watch_s`` (what self-healing would roll back to); else None."""
         from flywheel.registry import aliases
 
         entries = self.ws.audit.entries(self.model)
@@ -218,7 +220,9 @@ class RolloutAgent:
         if time.time() - promoted_at > self.settings.heal_watch_s:
             return None
         stack = aliases.champion_stack(entries)
-        return stack[-1] if stack else None
+        if not stack or stack[-1] is None:
+            return None
+        return stack[-1], moves[-1].id
 
     async def learn_replaced(self) -> None:
         """After a start, self-healing does not know the schema of the version the served
@@ -236,10 +240,10 @@ class RolloutAgent:
         from flywheel.schema import InputSchema
 
         def read() -> InputSchema | None:
-            previous = self._replaced(model.version)
-            if previous is None:
+            replaced = self._replaced(model.version)
+            if replaced is None:
                 return None
-            return InputSchema(tuple(slot.source.fetch(previous).feature_specs))
+            return InputSchema(tuple(slot.source.fetch(replaced[0]).feature_specs))
 
         try:
             schema = await asyncio.to_thread(read)
@@ -257,15 +261,18 @@ class RolloutAgent:
         from flywheel.registry import aliases
         from flywheel.rollout.actions import store_of
 
-        previous = self._replaced(version)
-        if previous is None:
+        replaced = self._replaced(version)
+        if replaced is None:
             return False
-        if not store_of(self.ws).claim_heal(self.model, version, self.replica):
+        previous, promotion = replaced
+        # once per promotion (one replica claims it): the same version promoted again later
+        # is watched afresh
+        if not store_of(self.ws).claim_heal(self.model, f"{version}#{promotion}", self.replica):
             return False
         why = f"self-heal: champion v{version} {breach}; back to v{previous}"
-        outcome = aliases.rollback(self.ws, reason=why)
+        outcome = aliases.rollback(self.ws, reason=why, who=SELF_HEAL)
         self.ws.audit.append(
-            who="flywheel-self-heal",
+            who=SELF_HEAL,
             action="self_heal",
             model=self.model,
             from_version=version,
