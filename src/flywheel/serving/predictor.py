@@ -479,8 +479,9 @@ class Predictor:
         if rollout is None:
             model = self.model(request.model, request.version)
         elif request.version:
+            # a request naming its version was not assigned by the router: it answers, and
+            # counts toward neither arm (nor the sample-ratio test, nor the A/B test's labels)
             model = self.model(request.model, request.version)
-            role = "challenger" if model is rollout.challenger else "champion"
         else:
             model = self.model(request.model)
             router = rollout.router
