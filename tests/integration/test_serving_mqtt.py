@@ -165,8 +165,20 @@ def test_mqtt5_response_topic_and_correlation_data(broker: Broker, files: ModelF
                 properties=_v5_props("app/replies/me", b"corr-2"),
             )
             many = await _next(client)
+            await client.publish(
+                "flywheel/predict/app",
+                orjson.dumps(record),
+                qos=1,
+                properties=_v5_props("app/replies/me", b"c1"),
+            )
+            printable = await _next(client)
         assert one.properties.CorrelationData == b"\x00corr-1"
         body = orjson.loads(one.payload)
+        # the client's id: printable correlation data as sent (it was hex: "6331", so
+        # /v1/feedback with "c1" and a sticky rollout key disagreed with the other doors);
+        # binary data as its hex
+        assert body["client_id"] == b"\x00corr-1".hex()
+        assert orjson.loads(printable.payload)["client_id"] == "c1"
         assert (body["model"], body["version"]) == ("churn", "1")
         assert len(body["predictions"]) == 1 and body["classes"] == [0, 1]
         assert many.properties.CorrelationData == b"corr-2"

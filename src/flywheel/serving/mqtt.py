@@ -384,6 +384,15 @@ class _Route:
 # --------------------------------------------------------------------------- adapter
 
 
+def _correlation_id(correlation: bytes | None) -> str | None:
+    """The client's id from MQTT 5 Correlation Data: printable ASCII as sent (``c1`` is
+    ``c1``, so ``/v1/feedback`` and a rollout's sticky key read it as every other door
+    does); other bytes (a binary UUID) as their hex, at most 64 characters."""
+    if not correlation:
+        return None
+    return clean_client_id(correlation) or correlation.hex()[:64]
+
+
 class MqttAdapter:
     """Answers prediction requests from an MQTT broker; see the module docstring.
 
@@ -694,9 +703,7 @@ class MqttAdapter:
     async def _answer(self, client: _Client, message: aiomqtt.Message, route: _Route) -> None:
         msg_id: Any = None
         calls = self.predictor.calls
-        call = calls.begin(
-            "mqtt", "mqtt", route.correlation.hex()[:64] if route.correlation else None
-        )
+        call = calls.begin("mqtt", "mqtt", _correlation_id(route.correlation))
         try:
             if route.problem is not None:
                 raise BadRequest(route.problem, rule="response_topic")
