@@ -27,11 +27,32 @@ rollout_app = typer.Typer(
     no_args_is_help=True,
 )
 
+
+def _http_url(value: str | None) -> str | None:
+    """--url must be http(s)://host[:port]: a malformed one is a usage error (exit 2), not a
+    crash (``notaurl`` exited 70) nor an unreachable server (``127.0.0.1:8080`` exited 12)."""
+    from urllib.parse import urlsplit
+
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        raise typer.BadParameter(f"{value!r} is not a URL ({exc}).") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise typer.BadParameter(
+            f"{value!r} is not an http(s) URL of a server, such as http://127.0.0.1:8080."
+        )
+    return value
+
+
 Url = Annotated[
     str | None,
     typer.Option(
         help="A remote server (http://host:8080): its admin routes, with the token "
-        "from FLYWHEEL_ADMIN_TOKEN."
+        "from FLYWHEEL_ADMIN_TOKEN.",
+        callback=_http_url,
     ),
 ]
 Reason = Annotated[str, typer.Option(help="Why (recorded in the audit log).")]

@@ -68,6 +68,11 @@ def test_2_usage_and_config(tmp_path: Path) -> None:
     assert "No such option" in flywheel(tmp_path, "train", "--bogus", code=2).stderr
     assert "--start" in flywheel(tmp_path, "simulate", "--start", "2025-13-01", code=2).stderr
     assert "exactly one of" in flywheel(tmp_path, "predict", code=2).stderr
+    token = {"FLYWHEEL_ADMIN_TOKEN": "t"}
+    for url in ("notaurl", "127.0.0.1:8080", "ftp://127.0.0.1:8080", "http://127.0.0.1:x"):
+        err = flywheel(tmp_path, "rollout", "status", "--url", url, code=2, env=token).stderr
+        assert "--url" in err and url in err, err  # was exit 70 (a crash log), 12 or a wait
+    assert not (tmp_path / ".flywheel").exists()
     _write_yaml(tmp_path / "flywheel.yaml", {"serving": {"port": 99999}})
     err = flywheel(tmp_path, "config", "show", code=2).stderr
     assert "serving.port" in err
