@@ -549,3 +549,24 @@ def test_outcomes_read_the_rows_again_only_when_a_label_arrived(
     assert len(reads) == 2
     assert again is not None
     assert (again["challenger"]["labelled"], again["challenger"]["correct"]) == (1, 1)
+
+
+def test_a_regressor_s_canary_is_not_held_by_score_drift() -> None:
+    """A regressor has no class scores: score drift waited for rows that never came, so a
+    regression canary never passed a step. It is not checked; the other guardrails judge."""
+    arms = {}
+    for arm, n in (("champion", 900), ("challenger", 300)):
+        counter = ArmCounter()
+        for _ in range(n):
+            counter.answered(1.0)
+            counter.scored(None)  # a regressor's batch: labels, no probabilities
+        arms[arm] = counter.snapshot()
+    out = analyse(_plan(), 25.0, arms)
+    (drift,) = [c for c in out.checks if c.name == "score_drift"]
+    assert (drift.status, drift.detail) == ("ok", "not checked: a regressor has no class scores")
+    assert out.verdict == "passed", out.summary()
+    failing = ArmCounter()
+    for _ in range(300):
+        failing.failed()
+    out = analyse(_plan(), 25.0, {"champion": arms["champion"], "challenger": failing.snapshot()})
+    assert [c.name for c in out.failed] == ["error_rate"]

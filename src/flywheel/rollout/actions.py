@@ -207,8 +207,17 @@ def resume(ws: Workspace, *, reason: str | None, model: str | None = None) -> Ro
     state = _active(ws, model)
     if state.status != "paused":
         raise RegistryError(f"Rollout {state.id} is {state.status}, not paused.", rollout=state.id)
-    # the step is judged afresh: its clock restarts (its counts stay)
-    new = _cas(ws, state, status="running", reason=why, step_started_at=time.time())
+    # the step is judged afresh: its clock restarts (its counts stay); an A/B test paused
+    # undecided at max_requests gets max_requests more per arm (an always-valid test may
+    # go on looking: that is what it is for)
+    evidence = state.evidence
+    test = evidence.get("test") or {}
+    if state.strategy == "ab" and test.get("n_champion") is not None:
+        n = min(int(test["n_champion"]), int(test["n_challenger"]))
+        evidence = {**evidence, AB_RESUMED_AT: n}
+    new = _cas(
+        ws, state, status="running", reason=why, step_started_at=time.time(), evidence=evidence
+    )
     audit(ws, "rollout_resume", new, why)
     return new
 
@@ -291,6 +300,7 @@ def _awaits_approval(state: RolloutState) -> bool:
 # who asked for the promotion (the registry's entries are in their name: a person, or the
 # controller for an automatic one), and the claim of the process moving the alias now
 PROMOTE_BY = "promote_by"
+AB_RESUMED_AT = "ab_resumed_at"  # labelled rows per arm when an A/B test was last resumed
 _CLAIM_AT, _CLAIM_BY = "promotion_claimed_at", "promotion_claimed_by"
 _PROMOTION_KEYS = ("approval", _CLAIM_AT, _CLAIM_BY)
 # A claim is released when its holder fails; one older than CLAIM_S is a crashed holder's

@@ -171,6 +171,8 @@ def tick(ws: Workspace, state: RolloutState, now: float | None = None) -> Rollou
     evidence = {"step": state.step, "weight": state.weight, **analysis.to_dict()}
     if test is not None:
         evidence["p_min"] = test.p_value
+    if actions.AB_RESUMED_AT in state.evidence:  # max_requests counts again from a resume
+        evidence[actions.AB_RESUMED_AT] = state.evidence[actions.AB_RESUMED_AT]
     if analysis.verdict == "failed":
         failed = analysis.failed[0]
         why = f"guardrail {failed.name} failed at step {state.step + 1} ({state.weight:g}%): {failed.detail}"
@@ -182,7 +184,7 @@ def tick(ws: Workspace, state: RolloutState, now: float | None = None) -> Rollou
     if late is not None:
         return _move(ws, state, "rollout_pause", late, evidence, status="paused")
     if plan.strategy == "ab":
-        return _decide_ab(ws, state, plan, test, evidence)
+        return _decide_ab(ws, state, plan, analysis, test, evidence)
     if analysis.verdict != "passed" or elapsed < plan.interval:
         return _note(ws, state, evidence, now)
     if plan.strategy == "canary" and state.step < plan.last_step:
@@ -239,6 +241,7 @@ def _decide_ab(
     ws: Workspace,
     state: RolloutState,
     plan: RolloutPlan,
+    analysis: Analysis,
     test: stats.Evidence | None,
     evidence: dict[str, Any],
 ) -> RolloutState:
@@ -249,17 +252,25 @@ def _decide_ab(
             f"{1 - plan.alpha:.0%} interval [{test.low:.4g}, {test.high:.4g}], p = "
             f"{test.p_value:.3g}, n = {test.n_champion}/{test.n_challenger})"
         )
-        if test.winner == "challenger":
+        if test.winner != "challenger":
+            return actions.roll_back(ws, state, f"{text}: the champion wins", evidence) or state
+        if analysis.verdict == "passed":
             return _finish(ws, state, plan, f"{text}: the challenger wins", evidence)
-        return actions.roll_back(ws, state, f"{text}: the champion wins", evidence) or state
+        # the test has decided, a guardrail has not yet (e.g. score drift short of
+        # min_rows_psi): the plan promotes with the guardrails, so it waits for them; the
+        # test's p-value never rises again (p_min), so the win stands meanwhile
+        evidence["summary"] = f"the challenger wins the A/B test; {analysis.summary()}"
+        return _note(ws, state, evidence, time.time())
     n = min(test.n_champion, test.n_challenger) if test is not None else 0
-    if n >= plan.max_requests:
+    base = int(state.evidence.get(actions.AB_RESUMED_AT, 0))
+    if n - base >= plan.max_requests:
+        since = f", {plan.max_requests} more since it was resumed at {base}" if base else ""
         return _move(
             ws,
             state,
             "rollout_pause",
-            f"A/B inconclusive after {n} per arm (max_requests {plan.max_requests}): paused; "
-            "promote or abort by hand",
+            f"A/B inconclusive after {n} per arm (max_requests {plan.max_requests}{since}): "
+            "paused; resume for max_requests more, promote or abort by hand",
             evidence,
             status="paused",
         )

@@ -19,7 +19,7 @@ Checks (challenger against the champion, on the current step's counts unless not
 - ``score_drift``: PSI of the challenger's scores against the champion's above
   ``max_score_psi`` plus the PSI that sampling alone adds at these sizes (the 99.9%
   quantile of its null, ~ chi2(k-1) x (1/n_a + 1/n_b)), once each arm has ``min_rows_psi``
-  scored rows; n counts independent draws: at most the distinct sticky keys' rows, and at
+  scored rows (not checked for a regressor: no class scores); n counts independent draws: at most the distinct sticky keys' rows, and at
   most the distinct inputs when the champion's scores took fewer than 20 values;
 - ``metric`` (when labels arrive; all steps so far): the always-valid interval of
   challenger − champion (accuracy, recall, precision; abs_error reversed) wholly below
@@ -204,6 +204,11 @@ def _few_inputs(champion: ArmCounts) -> int:
 def _drift(plan: RolloutPlan, a: ArmCounts, b: ArmCounts) -> Check:
     g = plan.guardrails
     rows_a, rows_b = sum(a.score_hist), sum(b.score_hist)
+    if not (a.rows or b.rows) and a.requests > a.errors and b.requests > b.errors:
+        # both arms answered and neither scored a row: a regressor, whose predictions have
+        # no [0, 1] score to bin (this check waited for them for ever, so a regression
+        # canary never passed a step); the metric (abs_error, with labels) judges it
+        return Check("score_drift", "ok", detail="not checked: a regressor has no class scores")
     if rows_a < g.min_rows_psi or rows_b < g.min_rows_psi:
         return Check(
             "score_drift", "waiting", detail=f"{min(rows_a, rows_b)} of {g.min_rows_psi} rows"
