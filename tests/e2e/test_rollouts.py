@@ -451,11 +451,14 @@ class Load:
                         "/v1/predict", json=body, headers={"X-Request-ID": key}
                     )
                 except httpx.TransportError as exc:
-                    # counted when it happened: a request sent just before a restart fails in it
-                    self.transport_errors[(self.phase, type(exc).__name__)] += 1
+                    # counted when it happened: a request sent just before a restart fails in
+                    # it; one sent while the server was down whose failure this thread saw only
+                    # after the restart ended (a loaded machine) failed in it too
+                    when = "restart" if phase == "restart" else self.phase
+                    self.transport_errors[(when, type(exc).__name__)] += 1
                     tries += 1
                     if tries == 1:
-                        self.retried[self.phase] += 1
+                        self.retried[when] += 1
                     await asyncio.sleep(0.05)
                     continue
                 data = answer.json() if answer.status_code == 200 else {}
