@@ -1,6 +1,5 @@
 """Aliases: ``champion`` moves by promote / approve / rollback, each change audited; the
-listing of versions and of the audit history. ``challenger`` marks the newest registered
-version until it becomes the champion.
+listing of versions and of the audit history.
 
 With ``registry.require_approval``, promote records a request and a second person approves
 it (four eyes); the pending state is derived from the audit log, never from an MLflow tag.
@@ -89,11 +88,6 @@ def _move_champion(
     client, name = ws.client, ws.settings.registry.model_name
     current = alias_version(client, name, CHAMPION)
     client.set_registered_model_alias(name, CHAMPION, version)
-    # A champion is no longer under evaluation: ``@challenger`` (MLflow's champion/challenger
-    # reading) leaves the version it promotes, and comes back if the change cannot be audited.
-    was_challenger = alias_version(client, name, CHALLENGER) == version
-    if was_challenger:
-        client.delete_registered_model_alias(name, CHALLENGER)
     _settle_approval_tag(client, name, version, action)
     try:
         return ws.audit.append(
@@ -104,9 +98,7 @@ def _move_champion(
             to_version=version,
             reason=reason,
         )
-    except BaseException:  # no unaudited change: put the aliases back
-        if was_challenger:
-            client.set_registered_model_alias(name, CHALLENGER, version)
+    except BaseException:  # no unaudited change: put the alias back
         if current is None:
             client.delete_registered_model_alias(name, CHAMPION)
         else:
