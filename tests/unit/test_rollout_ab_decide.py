@@ -36,14 +36,11 @@ def _arm(requests: int, errors: int, rng: np.random.Generator) -> ArmCounts:
 
 
 def _start(ws: Workspace, **plan: object) -> RolloutState:
-    body = RolloutPlan(
-        challenger="2",
-        strategy="ab",
-        metric="error_rate",
-        min_requests=100,
-        guardrails={"metric": "none", "max_error_rate": 1.0, "max_error_rate_increase": 1.0},
-        **plan,  # type: ignore[arg-type]
-    )
+    calm = {"metric": "none", "max_error_rate": 1.0, "max_error_rate_increase": 1.0}
+    body = RolloutPlan.model_validate(
+        {"challenger": "2", "strategy": "ab", "metric": "error_rate", "min_requests": 100,
+         "guardrails": calm, **plan}
+    )  # fmt: skip
     now = time.time()
     return actions.store_of(ws).create(
         RolloutState(
@@ -87,3 +84,36 @@ def test_resume_gives_an_undecided_test_max_requests_more(ws: Workspace) -> None
     again = tick(ws, actions.store_of(ws).get(still.id) or still)
     assert again.status == "paused", again.reason
     assert "200 more since it was resumed at 300" in again.reason
+
+
+def test_a_winner_waiting_for_a_guardrail_pauses_at_max_requests_or_its_deadline(
+    ws: Workspace,
+) -> None:
+    """A guardrail that may never count (labels held for, none coming) must not keep an A/B
+    running for ever: max_requests, then step_deadline, bound the wait as for an undecided
+    test."""
+    held = {"metric": "accuracy", "hold_for_labels": True, "max_error_rate": 1.0,
+            "max_error_rate_increase": 1.0}  # fmt: skip
+    state = _start(ws, max_requests=200, guardrails=held)
+    _counts(ws, state, (300, 90, 300, 0))
+    paused = tick(ws, state)
+    assert paused.status == "paused", paused.reason
+    assert paused.reason.startswith("A/B the challenger wins the A/B test; waiting for metric")
+    actions.abort(ws, reason="next")
+    state = _start(ws, step_deadline="10m", guardrails=held)
+    _counts(ws, state, (150, 45, 150, 0))
+    assert tick(ws, state, now=state.step_started_at + 60).status == "running"
+    late = tick(ws, actions.store_of(ws).get(state.id) or state, now=state.step_started_at + 601)
+    assert late.status == "paused" and "inconclusive after 10.0 min" in late.reason
+    assert "the challenger wins the A/B test; waiting for score_drift, metric" in late.reason
+
+
+def test_a_resume_after_a_pause_by_hand_does_not_extend_max_requests(ws: Workspace) -> None:
+    state = _start(ws, max_requests=200)
+    _counts(ws, state, (150, 0, 150, 0))
+    state = tick(ws, state)
+    actions.pause(ws, reason="look")
+    resumed = actions.resume(ws, reason="go on")
+    assert actions.AB_RESUMED_AT not in resumed.evidence
+    _counts(ws, resumed, (300, 0, 300, 0))
+    assert tick(ws, resumed).status == "paused"  # at 200, as planned

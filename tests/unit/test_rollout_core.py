@@ -14,7 +14,7 @@ import pytest
 
 from flywheel.errors import DataError, RegistryError
 from flywheel.rollout.counters import (
-    DISTINCT_SCORES,
+    DISTINCT_INPUTS,
     LATENCY_EDGES,
     SCORE_BINS,
     ArmCounter,
@@ -22,7 +22,7 @@ from flywheel.rollout.counters import (
     percentile,
     psi,
 )
-from flywheel.rollout.guardrails import analyse
+from flywheel.rollout.guardrails import Check, analyse
 from flywheel.rollout.plan import RolloutPlan, load_plan
 from flywheel.rollout.routing import Router
 from flywheel.rollout.store import RolloutState, RolloutStore
@@ -273,15 +273,26 @@ def test_score_drift_is_not_called_on_a_small_sample_of_the_same_scores() -> Non
     assert false_alarms <= 2, false_alarms
 
 
-def _served(scores: list[float], times: int, batch: int = 3) -> ArmCounts:
-    """An arm's counter after answering ``scores`` ``times`` over, ``batch`` rows a batch."""
+def _served(scores: list[float], times: int, batch: int = 3, varied: bool = False) -> ArmCounts:
+    """An arm's counter after answering ``scores`` ``times`` over, ``batch`` rows a batch:
+    the same ``len(scores)`` input rows again and again, or (``varied``) a new row each."""
+    from flywheel.serving.decode import Decoded
+
     counter = ArmCounter()
     rows = np.array(scores * times)
     for start in range(0, len(rows), batch):
         chunk = rows[start : start + batch]
+        ids = range(start, start + len(chunk)) if varied else [i % len(scores) for i in range(start, start + len(chunk))]  # fmt: skip
         counter.answered(0.2)
         counter.scored(np.column_stack([1 - chunk, chunk]))
+        counter.saw([Decoded([[f"customer-{i}" for i in ids], [1.5] * len(chunk)], len(chunk))])
     return counter.snapshot()
+
+
+def _drift(champion: ArmCounts, challenger: ArmCounts) -> Check:
+    out = analyse(_plan(), 10.0, {"champion": champion, "challenger": challenger})
+    (drift,) = [c for c in out.checks if c.name == "score_drift"]
+    return drift
 
 
 def test_the_same_few_inputs_again_and_again_count_as_that_many_draws() -> None:
@@ -290,35 +301,44 @@ def test_the_same_few_inputs_again_and_again_count_as_that_many_draws() -> None:
     rolled it back (~10 > 0.28). They are three draws, not 3,000: it passes, and says why."""
     champion = _served([0.12, 0.55, 0.81], 900)
     challenger = _served([0.16, 0.49, 0.86], 100)
-    assert champion.distinct == 3 and challenger.rows == 300
-    (drift,) = [
-        c
-        for c in analyse(_plan(), 10.0, {"champion": champion, "challenger": challenger}).checks
-        if c.name == "score_drift"
-    ]
+    assert len(champion.inputs) == 3 and challenger.rows == 300
+    drift = _drift(champion, challenger)
     assert drift.status == "ok" and drift.value is not None and drift.value > 5, drift
-    assert "3 distinct values" in drift.detail
+    assert "3 distinct inputs" in drift.detail
+
+
+def test_coarse_scores_on_varied_traffic_are_judged_on_every_row() -> None:
+    """A 5-nearest-neighbours champion scores in six values; on varied traffic each row is
+    a draw, so a challenger whose scores moved is caught (a first rule read few distinct
+    scores as few inputs and let a PSI of 4.4 pass)."""
+    rng = np.random.default_rng(8)
+    values = np.linspace(0, 1, 6)
+    champion = _served(rng.choice(values, 2_700, p=[.3, .25, .2, .1, .1, .05]).tolist(), 1, varied=True)  # fmt: skip
+    challenger = _served(rng.choice(values, 300, p=[.05, .1, .1, .2, .25, .3]).tolist(), 1, varied=True)  # fmt: skip
+    assert len(champion.inputs) == DISTINCT_INPUTS
+    assert _drift(champion, challenger).status == "failed"
 
 
 def test_a_challenger_scoring_every_input_alike_still_fails_score_drift() -> None:
-    """The few-inputs allowance reads the champion's scores: a challenger that collapses
-    varied traffic to one score is the drift the check is for."""
     rng = np.random.default_rng(7)
-    champion = _served(rng.beta(2, 5, 2_700).tolist(), 1)
-    challenger = _served([0.3], 300)
-    assert champion.distinct == DISTINCT_SCORES and challenger.distinct == 1
+    champion = _served(rng.beta(2, 5, 2_700).tolist(), 1, varied=True)
+    challenger = _served([0.3] * 300, 1, varied=True)
     out = analyse(_plan(), 10.0, {"champion": champion, "challenger": challenger})
     assert [c.name for c in out.failed] == ["score_drift"]
 
 
-def test_distinct_scores_are_capped_and_merge_as_the_largest() -> None:
-    counter = ArmCounter()
-    counter.scored(np.column_stack([np.zeros(100), np.linspace(0, 1, 100)]))
-    many = counter.snapshot()
-    assert many.distinct == DISTINCT_SCORES
-    few = ArmCounts(**json.loads(json.dumps(_served([0.2, 0.4], 5).to_dict())))
-    assert few.distinct == 2
-    assert few.add(few).distinct == 2 and few.add(many).distinct == DISTINCT_SCORES
+def test_distinct_inputs_are_capped_stable_and_merge_as_a_union() -> None:
+    from flywheel.rollout.counters import input_key
+
+    assert input_key(("a", 1.5)) == input_key(("a", 1.5)) != input_key(("a", 2.5))
+    many = _served([0.5] * 100, 1, varied=True)
+    assert len(many.inputs) == DISTINCT_INPUTS
+    stored = json.loads(json.dumps({**_served([0.2, 0.4], 5).to_dict(), "newer_field": 1}))
+    few = ArmCounts.from_dict(stored)  # a newer replica's field is left out, not refused
+    assert len(few.inputs) == 2 and len(few.add(few).inputs) == 2
+    other = _served([0.2, 0.4, 0.6], 5)  # rows 0, 1 as in `few`, and a third
+    assert len(few.add(other).inputs) == 3
+    assert len(few.add(many).inputs) == DISTINCT_INPUTS
 
 
 def _hist(scores: np.ndarray) -> list[int]:

@@ -84,6 +84,9 @@ def test_canary_splits_by_key_and_keeps_each_key_on_its_version(
             assert named.version == version
         counts = {arm: c.snapshot() for arm, c in predictor.rollout().counters.items()}  # type: ignore[union-attr]
         assert counts["champion"].requests + counts["challenger"].requests == 1200
+        # nor its rows: score drift and the distinct inputs see only the arms' own
+        assert counts["champion"].rows + counts["challenger"].rows == 2400
+        assert sum(counts["champion"].score_hist) + sum(counts["challenger"].score_hist) == 2400
         assert counts["challenger"].units == sum("2" in v for v in seen.values())
         # the next step: a new router, fresh counts, the same warm challenger object
         challenger = predictor.rollout().challenger  # type: ignore[union-attr]

@@ -88,8 +88,8 @@ def _move_champion(
     client, name = ws.client, ws.settings.registry.model_name
     current = alias_version(client, name, CHAMPION)
     client.set_registered_model_alias(name, CHAMPION, version)
-    _settle_approval_tag(client, name, version, action)
-    try:
+    try:  # every call after the move is undone with it: no unaudited change
+        _settle_approval_tag(client, name, version, action)
         return ws.audit.append(
             who=who or ws.settings.user,
             action=action,

@@ -214,7 +214,8 @@ def resume(ws: Workspace, *, reason: str | None, model: str | None = None) -> Ro
     test = evidence.get("test") or {}
     if state.strategy == "ab" and test.get("n_champion") is not None:
         n = min(int(test["n_champion"]), int(test["n_challenger"]))
-        evidence = {**evidence, AB_RESUMED_AT: n}
+        if n - int(evidence.get(AB_RESUMED_AT, 0)) >= int(state.plan.get("max_requests", 0)):
+            evidence = {**evidence, AB_RESUMED_AT: n}  # paused at max_requests, not by hand
     new = _cas(
         ws, state, status="running", reason=why, step_started_at=time.time(), evidence=evidence
     )

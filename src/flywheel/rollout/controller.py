@@ -221,10 +221,14 @@ def _inconclusive(
         return None  # waiting for `rollout switch`, a person's call: not late
     if plan.strategy == "ab":
         if test is not None and test.decided:
-            return None
-        undecided = "the A/B test on " + plan.metric + " has not decided"
-        if analysis.verdict == "waiting":
-            undecided += "; " + analysis.summary()
+            if analysis.verdict != "waiting":
+                return None
+            # the challenger won, a guardrail still waits (a champion's win rolls back)
+            undecided = "the challenger wins the A/B test; " + analysis.summary()
+        else:
+            undecided = "the A/B test on " + plan.metric + " has not decided"
+            if analysis.verdict == "waiting":
+                undecided += "; " + analysis.summary()
     elif analysis.verdict == "waiting":
         undecided = analysis.summary()
     else:
@@ -257,19 +261,20 @@ def _decide_ab(
         if analysis.verdict == "passed":
             return _finish(ws, state, plan, f"{text}: the challenger wins", evidence)
         # the test has decided, a guardrail has not yet (e.g. score drift short of
-        # min_rows_psi): the plan promotes with the guardrails, so it waits for them; the
-        # test's p-value never rises again (p_min), so the win stands meanwhile
+        # min_rows_psi): the plan promotes with the guardrails, so it waits for them, within
+        # max_requests and step_deadline; the test's p-value never rises again (p_min), so
+        # the win stands meanwhile
         evidence["summary"] = f"the challenger wins the A/B test; {analysis.summary()}"
-        return _note(ws, state, evidence, time.time())
     n = min(test.n_champion, test.n_challenger) if test is not None else 0
     base = int(state.evidence.get(actions.AB_RESUMED_AT, 0))
     if n - base >= plan.max_requests:
         since = f", {plan.max_requests} more since it was resumed at {base}" if base else ""
+        what = "inconclusive" if test is None or not test.decided else evidence["summary"]
         return _move(
             ws,
             state,
             "rollout_pause",
-            f"A/B inconclusive after {n} per arm (max_requests {plan.max_requests}{since}): "
+            f"A/B {what} after {n} per arm (max_requests {plan.max_requests}{since}): "
             "paused; resume for max_requests more, promote or abort by hand",
             evidence,
             status="paused",

@@ -9,16 +9,19 @@ once a second; the controller sums every replica's and reads p99 and PSI off the
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 from bisect import bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import numpy as np
 
 __all__ = [
-    "DISTINCT_SCORES",
+    "DISTINCT_INPUTS",
     "LATENCY_EDGES",
     "SCORE_BINS",
     "ArmCounter",
@@ -35,10 +38,10 @@ LATENCY_EDGES = [0.05 * 1.1**k for k in range(150)]
 SCORE_BINS = 20
 SMALL = 32  # score arrays up to this long are binned in plain Python
 MAX_KEYS = 200_000  # distinct keys remembered per arm and step (~10 MB at most)
-# distinct score values remembered per arm and step: a champion whose scores took fewer
-# values answered the same few inputs again and again (a demo's three example rows), and
-# score drift counts those as that many draws, not as every row
-DISTINCT_SCORES = 20
+# distinct input rows remembered per arm and step: traffic with fewer is the same few rows
+# sent again and again (a demo's three example rows), and score drift counts them as that
+# many draws, not as every row. Hashed only until this many are seen: then never again.
+DISTINCT_INPUTS = 20
 
 
 @dataclass
@@ -55,8 +58,9 @@ class ArmCounts:
     # units of assignment: distinct sticky keys seen (capped per replica) plus the requests
     # that had no key of their own (each its own unit)
     units: int = 0
-    # distinct score values seen, up to DISTINCT_SCORES (replicas and steps: the largest)
-    distinct: int = 0
+    # stable hashes of the distinct input rows seen, up to DISTINCT_INPUTS (replicas and
+    # steps: their union)
+    inputs: list[int] = field(default_factory=list)
 
     def add(self, other: ArmCounts) -> ArmCounts:
         def plus(a: list[int], b: list[int]) -> list[int]:
@@ -75,8 +79,15 @@ class ArmCounts:
             plus(self.latency_hist, other.latency_hist),
             plus(self.score_hist, other.score_hist),
             self.units + other.units,
-            max(self.distinct, other.distinct),
+            sorted(set(self.inputs) | set(other.inputs))[:DISTINCT_INPUTS],
         )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArmCounts:
+        """Counts as stored; a field this version does not know (a newer replica's, during a
+        rolling upgrade) is left out rather than refused."""
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict, its histograms the counts' own lists (not copied:
@@ -100,7 +111,7 @@ class ArmCounter:
             self.latency_hist = [0] * (len(LATENCY_EDGES) + 1)
             self.score_hist = [0] * SCORE_BINS
             self.keys: set[int] = set()
-            self.distinct: set[float] = set()
+            self.inputs: set[int] = set()
 
     def answered(self, latency_ms: float, key: str | None = None, *, unique: bool = False) -> None:
         """One answered request: its latency and its sticky key (the sample-ratio test counts
@@ -127,8 +138,6 @@ class ArmCounter:
             return
         with self._lock:
             self.rows += n
-            if len(self.distinct) < DISTINCT_SCORES:  # a few set inserts, then never again
-                self.distinct.update(scores[: 2 * DISTINCT_SCORES].tolist())
             hist = self.score_hist
             # both paths bin a score in float64 (a float32 product would put 0.35 in bin 7,
             # not 6: an arm's big batches and the other's lone rows must bin alike) and skip
@@ -147,6 +156,20 @@ class ArmCounter:
             for i, count in enumerate(np.bincount(idx, minlength=SCORE_BINS).tolist()):
                 hist[i] += count
 
+    def saw(self, requests: Iterable[Any]) -> None:
+        """The input rows of answered requests (each a :class:`~flywheel.serving.decode.
+        Decoded`: ``columns``, ``rows``), hashed until ``DISTINCT_INPUTS`` distinct ones are
+        seen; after that a call costs one comparison."""
+        if len(self.inputs) >= DISTINCT_INPUTS:
+            return
+        with self._lock:
+            inputs = self.inputs
+            for request in requests:
+                for row in islice(zip(*request.columns, strict=True), 2 * DISTINCT_INPUTS):
+                    inputs.add(input_key(row))
+                    if len(inputs) >= DISTINCT_INPUTS:
+                        return
+
     def failed(self) -> None:
         with self._lock:
             self.requests += 1
@@ -163,8 +186,13 @@ class ArmCounter:
                 list(self.latency_hist),
                 list(self.score_hist),
                 len(self.keys) + self.unique,
-                min(len(self.distinct), DISTINCT_SCORES),
+                sorted(self.inputs)[:DISTINCT_INPUTS],
             )
+
+
+def input_key(row: tuple[Any, ...]) -> int:
+    """A row's stable hash (the same in every replica, unlike ``hash()`` of a string)."""
+    return int.from_bytes(hashlib.blake2b(repr(row).encode(), digest_size=8).digest(), "big")
 
 
 def scores_of(proba: np.ndarray | None) -> np.ndarray | None:

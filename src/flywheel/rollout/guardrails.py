@@ -20,7 +20,7 @@ Checks (challenger against the champion, on the current step's counts unless not
   ``max_score_psi`` plus the PSI that sampling alone adds at these sizes (the 99.9%
   quantile of its null, ~ chi2(k-1) x (1/n_a + 1/n_b)), once each arm has ``min_rows_psi``
   scored rows (not checked for a regressor: no class scores); n counts independent draws: at most the distinct sticky keys' rows, and at
-  most the distinct inputs when the champion's scores took fewer than 20 values;
+  most the distinct input rows when the champion's traffic had fewer than 20;
 - ``metric`` (when labels arrive; all steps so far): the always-valid interval of
   challenger − champion (accuracy, recall, precision; abs_error reversed) wholly below
   ``-max_metric_drop``; it holds a step until it counts only with ``hold_for_labels``;
@@ -37,7 +37,7 @@ from typing import Any
 
 from flywheel.rollout import stats
 from flywheel.rollout.counters import (
-    DISTINCT_SCORES,
+    DISTINCT_INPUTS,
     SLOW_SHARE,
     percentile,
     psi,
@@ -194,11 +194,12 @@ def _independent(arm: ArmCounts, inputs: int = 0) -> float:
 
 
 def _few_inputs(champion: ArmCounts) -> int:
-    """How many distinct inputs the traffic had, when the champion's scores say they were
-    few (fewer than DISTINCT_SCORES values: the same rows sent again and again); else 0.
-    Read off the champion's, not the challenger's: a challenger scoring every input alike
-    is the drift this check is for."""
-    return champion.distinct if 0 < champion.distinct < DISTINCT_SCORES else 0
+    """How many distinct input rows the traffic had, when they were few (fewer than
+    DISTINCT_INPUTS: the same rows sent again and again); else 0. The rows, not the scores:
+    a model with coarse scores (a 5-nearest-neighbours' six values) on varied traffic is
+    judged on every row. The champion's arm: its traffic is the reference."""
+    n = len(champion.inputs)
+    return n if 0 < n < DISTINCT_INPUTS else 0
 
 
 def _drift(plan: RolloutPlan, a: ArmCounts, b: ArmCounts) -> Check:
@@ -224,8 +225,8 @@ def _drift(plan: RolloutPlan, a: ArmCounts, b: ArmCounts) -> Check:
     null = chi2_quantile(max(bins - 1, 1)) * (1.0 / n_a + 1.0 / n_b)
     limit = g.max_score_psi + null
     inputs = (
-        f"; the champion's scores took {few} distinct values (the same inputs again and "
-        f"again), so each arm counts as {few} draws"
+        f"; the champion answered {few} distinct inputs again and again, so each arm "
+        f"counts as {few} draws"
         if few
         else ""
     )

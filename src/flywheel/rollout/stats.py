@@ -338,7 +338,10 @@ def proportion_test(
         tau,
         previous_p,
     )
-    # a difference of two rates lies in [-1, 1]: the sequence cut to it is as valid
+    # a difference of two rates lies in [-1, 1]: the sequence cut to it is as valid (an
+    # unbounded one, no data enough to judge, stays unbounded: shown as n/a, not computed)
+    if math.isinf(out.low) and math.isinf(out.high):
+        return out
     return replace(out, low=max(out.low, -1.0), high=min(out.high, 1.0))
 
 

@@ -279,7 +279,7 @@ class RolloutStore:
             rows = conn.execute(query).all()
         out: dict[str, ArmCounts] = {}
         for arm, blob in rows:
-            out[arm] = out.get(arm, ArmCounts()).add(ArmCounts(**json.loads(blob)))
+            out[arm] = out.get(arm, ArmCounts()).add(ArmCounts.from_dict(json.loads(blob)))
         return out
 
     def replicas(self, rollout_id: str) -> list[str]:

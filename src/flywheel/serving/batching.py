@@ -145,11 +145,12 @@ def _assemble_rows(items: list[Decoded], numeric: tuple[bool, ...]) -> list[np.n
 
 
 class _Pending:
-    __slots__ = ("decoded", "future")
+    __slots__ = ("counted", "decoded", "future")
 
-    def __init__(self, decoded: Decoded, future: asyncio.Future[Any]) -> None:
+    def __init__(self, decoded: Decoded, future: asyncio.Future[Any], counted: bool) -> None:
         self.decoded = decoded
         self.future = future
+        self.counted = counted
 
 
 class MicroBatcher:
@@ -180,18 +181,23 @@ class MicroBatcher:
         self._scheduled = False
         self._running = False
         self._last_items = 1
+        self._counted = True  # the batch being finished holds only the arm's requests
         # another model's batcher (a rollout's other arm): its queue is flushed in the same
         # loop turn as this one's, so both arms' answers leave in one wave
         self.partner: MicroBatcher | None = None
         self.arm: Any = None  # the rollout arm's ArmCounter: sees each batch's probabilities
 
-    def submit(self, decoded: Decoded) -> asyncio.Future[tuple[np.ndarray, np.ndarray | None]]:
-        """Queue ``decoded`` rows; the future resolves to this request's (labels, probabilities)."""
+    def submit(
+        self, decoded: Decoded, counted: bool = True
+    ) -> asyncio.Future[tuple[np.ndarray, np.ndarray | None]]:
+        """Queue ``decoded`` rows; the future resolves to this request's (labels, probabilities).
+        ``counted=False``: the rollout arm (``arm``) does not see its rows (a request that
+        named its version was not assigned to the arm)."""
         loop = self._loop
         if loop is None or (loop.is_closed() and not self._queue):
             loop = self._loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.append(_Pending(decoded, future))
+        self._queue.append(_Pending(decoded, future, counted))
         if not self._scheduled and not self._running:
             partner = self.partner
             if partner is None or not partner._scheduled:
@@ -223,7 +229,7 @@ class MicroBatcher:
             self._flush()
 
     def _take(self) -> list[_Pending]:
-        queue, rows = self._queue, 0
+        queue, rows, counted = self._queue, 0, True
         batch: list[_Pending] = []
         while queue:
             item = queue[0]
@@ -234,6 +240,8 @@ class MicroBatcher:
                 break
             batch.append(queue.popleft())
             rows += item.decoded.rows
+            counted = counted and item.counted
+        self._counted = counted  # every request of the batch is the arm's (read by _score)
         return batch
 
     def _flush(self, chained: bool = False) -> None:
@@ -287,7 +295,7 @@ class MicroBatcher:
     def _finish(self, batch: list[_Pending], outcome: tuple[list[Any], Any]) -> None:
         results, scored = outcome
         if self.on_scored is not None or self.arm is not None:
-            self._score(results, scored)
+            self._score(batch, results, scored)
         for item, result in zip(batch, results, strict=True):
             if item.future.done():
                 continue
@@ -300,16 +308,23 @@ class MicroBatcher:
             if self._queue and not self._scheduled and self._loop is not None:
                 self._schedule(self._loop)
 
-    def _score(self, results: list[Any], scored: Any) -> None:
+    def _score(self, batch: list[_Pending], results: list[Any], scored: Any) -> None:
         parts = [scored] if scored is not None else results  # failed: those that succeeded
         on_scored, arm = self.on_scored, self.arm
         try:
-            for part in parts:
-                if isinstance(part, BaseException):
-                    continue
-                if on_scored is not None:
-                    on_scored(*part)
-                if arm is not None:
+            if on_scored is not None:
+                for part in parts:
+                    if not isinstance(part, BaseException):
+                        on_scored(*part)
+            if arm is None:
+                return
+            if scored is not None and self._counted:
+                arm.scored(scored[1])
+                arm.saw(item.decoded for item in batch)
+                return
+            for item, part in zip(batch, results, strict=True):  # some not the arm's
+                if item.counted and not isinstance(part, BaseException):
                     arm.scored(part[1])
+                    arm.saw((item.decoded,))
         except Exception:  # a metric must never fail the requests
             log.exception("on_scored failed")

@@ -497,7 +497,7 @@ class Predictor:
             decoded = self.decode(request, model)
             if decoded.rows == 0:
                 raise InvalidInput("The request holds no rows; send at least one.", rule="rows")
-            labels, proba = await model.batcher.submit(decoded)
+            labels, proba = await model.batcher.submit(decoded, role is not None or rollout is None)
         except (BadRequest, TooManyRows):
             raise  # the request's shape, not the model: no arm's fault
         except FlywheelError as exc:
@@ -589,6 +589,7 @@ class Predictor:
                 took = (time.perf_counter() - start) * 1000.0
                 # [:rows]: a lone one-row batch was scored as two copies (see assemble)
                 counter.scored(None if proba is None else proba[:rows])
+                counter.saw(item[2] for item in batch)
                 offset = 0
                 for request, request_id, decoded in batch:
                     n = decoded.rows

@@ -179,10 +179,12 @@ class RolloutAgent:
         if time.monotonic() - self._window_start < self.settings.heal_window_s:
             return
         slot = self.predictor._slot(self.name)
-        await self.learn_replaced()  # a champion loaded after start (the poll's first load)
+        learned = await self.learn_replaced()  # a champion loaded after start, or a retry
         counts = slot.health.snapshot()
         slot.health.reset()
         self._window_start = time.monotonic()
+        if learned:
+            return  # the window counted client errors as the champion's: judge the next
         model = slot.model
         if model is None or counts.requests < self.settings.heal_min_requests:
             return
@@ -224,19 +226,19 @@ class RolloutAgent:
             return None
         return stack[-1], moves[-1].id
 
-    async def learn_replaced(self) -> None:
+    async def learn_replaced(self) -> bool:
         """After a start, self-healing does not know the schema of the version the served
         champion replaced (this process never served it), so a client's input errors would
         count against a new champion. Read it from the registry when the champion is still
         watched (promoted within ``heal_watch_s``): the previous version's files, not its
-        model."""
+        model. True when it learned the schema now; a failed read is tried again at the next
+        window."""
         slot = self.predictor._slot(self.name)
         model = slot.model
         if not self.settings.heal or model is None or slot.replaced_schema is not None:
-            return
+            return False
         if self._learned == model.version:
-            return  # asked once per served version
-        self._learned = model.version
+            return False  # asked once per served version
         from flywheel.schema import InputSchema
 
         def read() -> InputSchema | None:
@@ -247,11 +249,14 @@ class RolloutAgent:
 
         try:
             schema = await asyncio.to_thread(read)
-        except Exception:  # the champion serves regardless; its input errors then count
+        except Exception:  # the champion serves regardless; its input errors count meanwhile
             log.warning("the schema of the champion's predecessor is unknown", exc_info=True)
-            return
-        if schema is not None and slot.model is model and slot.replaced_schema is None:
-            slot.replaced_schema = schema
+            return False
+        self._learned = model.version
+        if schema is None or slot.model is not model or slot.replaced_schema is not None:
+            return False
+        slot.replaced_schema = schema
+        return True
 
     def _roll_back(self, version: str, breach: str, evidence: dict[str, Any]) -> bool:
         """Roll ``version`` back when it was promoted within ``heal_watch_s`` and nobody else
