@@ -634,7 +634,7 @@ def registry_dora(
         ("per day / per week", f"{per_day:.2f} / {per_day * 7:.2f}"),
         ("lead time median / p90", f"{format_duration(median)} / {format_duration(p90)}"),
         ("change failure rate", "-" if cfr is None else f"{cfr:.0%}"),
-        ("rollbacks", str(len(report.restores))),
+        ("rollbacks (by self-healing)", f"{len(report.restores)} ({report.self_heals})"),
         ("time to restore median", format_duration(report.time_to_restore_median_s)),
         ("rollouts stopped", str(report.rollouts_stopped)),
     ):

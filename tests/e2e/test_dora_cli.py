@@ -101,6 +101,7 @@ def test_dora_table_and_the_since_option(folder: Path) -> None:
     table = flywheel(folder, "registry", "dora", "--since", "1h").stdout
     assert "deployments" in table and "2 in 1.0 h" in table
     assert "change failure rate" in table and "50%" in table
+    assert "rollbacks (by self-healing)" in table and "1 (0)" in table
     err = flywheel(folder, "registry", "dora", "--since", "3 weeks", code=2).stderr
     assert "--since" in err and "3 weeks" in err
     future = flywheel(folder, "registry", "dora", "--since", "2999-01-01", "--json", code=2)

@@ -590,3 +590,28 @@ def test_a_regressor_s_canary_is_not_held_by_score_drift() -> None:
         failing.failed()
     out = analyse(_plan(), 25.0, {"champion": arms["champion"], "challenger": failing.snapshot()})
     assert [c.name for c in out.failed] == ["error_rate"]
+
+
+def _multiclass(rng: np.random.Generator, n: int, shares: list[float], sure: float) -> ArmCounts:
+    """An arm of a 3-class model: predicted classes drawn at ``shares``, the top class
+    given probability ``sure`` (the rest split evenly)."""
+    counter = ArmCounter()
+    predicted = rng.choice(3, n, p=shares)
+    proba = np.full((n, 3), (1 - sure) / 2)
+    proba[np.arange(n), predicted] = sure
+    for start in range(0, n, 10):
+        counter.answered(0.2, key=f"k{start}")
+        counter.scored(proba[start : start + 10])
+    return counter.snapshot()
+
+
+def test_multiclass_drift_is_the_predicted_classes_shares_not_the_confidence() -> None:
+    """Wine: a logistic regression as sure of its classes as 0.6 against a boosted model's
+    0.97, predicting the same classes, was rolled back on its top probability's PSI (0.78);
+    a challenger predicting other classes' shares is caught."""
+    rng = np.random.default_rng(9)
+    champion = _multiclass(rng, 3_000, [0.4, 0.35, 0.25], sure=0.97)
+    unsure = _multiclass(rng, 1_000, [0.4, 0.35, 0.25], sure=0.6)
+    assert _drift(champion, unsure).status == "ok"
+    shifted = _multiclass(rng, 1_000, [0.1, 0.3, 0.6], sure=0.97)
+    assert _drift(champion, shifted).status == "failed"

@@ -377,3 +377,28 @@ def test_self_healing_counts_a_refusal_only_when_the_replaced_version_would_not_
     unknown = {**rows(1)[0], "customer_id": 7}
     assert run(errors_after_promoting("2", unknown)) == 0  # v1 refuses it too: the client's
     assert run(errors_after_promoting("3", rows(1)[0])) == 20  # v1 took charges: v3's fault
+
+
+def test_self_healing_judges_a_new_champion_on_its_own_answers(
+    files: dict[str, ModelFiles],
+) -> None:
+    """The window's counts are reset when the served version changes: the old version's
+    successes diluted a failing promotion (1,193 of 11,125 requests, 10.7%, for a version
+    failing every one)."""
+
+    async def main() -> None:
+        source = StaticSource(dict(files), {"champion": "1"})
+        config = ServingConfig(models=(ServedModel("churn"),), poll_interval_s=0.0)
+        predictor = Predictor(config, {"churn": source}, sink=None)
+        await predictor.start()
+        for _ in range(30):
+            await predictor.predict(PredictRequest(records=rows(1)))
+        assert predictor._slot(None).health.snapshot().requests == 30
+        source.set_alias("champion", "2")
+        assert await predictor.reload(None) == "2"
+        assert predictor._slot(None).health.snapshot().requests == 0
+        await predictor.predict(PredictRequest(records=rows(1)))
+        assert predictor._slot(None).health.snapshot().requests == 1
+        await predictor.close()
+
+    run(main())

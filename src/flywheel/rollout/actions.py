@@ -15,9 +15,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from flywheel.errors import NotFound, RegistryError
+from flywheel.errors import DataError, NotFound, RegistryError
 from flywheel.rollout.plan import RolloutPlan
 from flywheel.rollout.store import RolloutState, RolloutStore
+from flywheel.tracking import TAG
 
 if TYPE_CHECKING:
     from flywheel.workspace import Workspace
@@ -130,6 +131,43 @@ def _cas(ws: Workspace, state: RolloutState, **changes: Any) -> RolloutState:
 
 
 # ------------------------------------------------------------------ start
+_CLASS_METRICS = ("accuracy", "recall", "precision")
+
+
+def fit_task(plan: RolloutPlan, task: str | None) -> RolloutPlan:
+    """The plan's label metrics for the challenger's task (its ``flywheel.task`` tag). A
+    regressor's default is ``abs_error``: ``accuracy``, the default, compares a number with
+    its label for equality, so it read 0 against 0 and a worse regressor was promoted. A
+    metric that cannot apply, set in the plan, is refused (DataError, exit 4)."""
+    if task not in ("regression", "classification"):
+        return plan  # not recorded (an older registration): as the plan says
+    regression = task == "regression"
+    g, update = plan.guardrails, {}
+    named = (
+        ("guardrails.metric", g.metric, "metric" in g.model_fields_set),
+        ("metric", plan.metric, "metric" in plan.model_fields_set and plan.strategy == "ab"),
+    )
+    for field, metric, chosen in named:
+        fits = metric not in _CLASS_METRICS if regression else metric != "abs_error"
+        if fits:
+            continue
+        if chosen or not regression:
+            kind, use = ("a regressor", "abs_error") if regression else ("a classifier", "accuracy")
+            raise DataError(
+                f"{field}: {metric} does not apply to v{plan.challenger}, {kind} "
+                f"(flywheel.task {task}); use {use}"
+                + (" or none." if field.startswith("guardrails") else "."),
+                field=field,
+                rule="task",
+            )
+        update[field] = "abs_error"
+    if "guardrails.metric" in update:
+        plan = plan.model_copy(update={"guardrails": g.model_copy(update={"metric": "abs_error"})})
+    if "metric" in update:
+        plan = plan.model_copy(update={"metric": "abs_error"})
+    return plan
+
+
 def start(ws: Workspace, plan: RolloutPlan, *, reason: str | None = None) -> RolloutState:
     """Validate ``plan`` against the registry and store it as the model's active rollout."""
     from flywheel.registry._client import alias_version, get_version, mlflow_errors
@@ -144,8 +182,9 @@ def start(ws: Workspace, plan: RolloutPlan, *, reason: str | None = None) -> Rol
         )
     with mlflow_errors(f"start a rollout of {name}", ws):
         client = ws.client
-        get_version(client, name, plan.challenger)
+        version = get_version(client, name, plan.challenger)
         champion = alias_version(client, name, CHAMPION)
+    plan = fit_task(plan, (version.tags or {}).get(TAG["task"]))
     if plan.champion is not None and plan.champion != champion:
         # the champion arm is the version the servers serve as champion: a plan naming
         # another would be judged against a version nobody answers with

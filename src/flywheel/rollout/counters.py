@@ -1,7 +1,8 @@
 """Per-arm counters the serving core keeps while a rollout runs (one replica's view).
 
 Cheap enough for the hot path: a request adds to a few integers and the latency histogram
-(log-spaced buckets); the scores (the positive class's, on 20 bins) are binned once per
+(log-spaced buckets); the scores (a binary classifier's positive class on 20 bins, a
+multiclass model's predicted class, a bin each) are binned once per
 micro-batch, by the arm's batcher (:meth:`ArmCounter.scored`), not once per request. The
 server's rollout agent snapshots them into the store (:meth:`RolloutStore.put_counts`) about
 once a second; the controller sums every replica's and reads p99 and PSI off the histograms.
@@ -129,7 +130,14 @@ class ArmCounter:
 
     def scored(self, proba: np.ndarray | None) -> None:
         """The scores of rows the arm answered (a micro-batch's probabilities, or a
-        request's): counted and binned; nothing for a regressor (no probabilities)."""
+        request's): counted and binned; nothing for a regressor (no probabilities). A
+        multiclass model's rows are binned by their predicted class (bin = class index,
+        modulo the bins): its drift is the shift of the predicted classes' shares, as
+        Evidently's prediction drift reads a classifier, not of its confidence (an equally
+        accurate challenger of another family, less sure of itself, was rolled back)."""
+        if proba is not None and proba.ndim == 2 and proba.shape[1] > 2:
+            self._classes(proba.argmax(axis=1) % SCORE_BINS)
+            return
         scores = scores_of(proba)
         if scores is None:
             return
@@ -154,6 +162,14 @@ class ArmCounter:
             finite = scores[np.isfinite(scores)].astype(np.float64)
             idx = np.clip((finite * SCORE_BINS).astype(np.int64), 0, SCORE_BINS - 1)
             for i, count in enumerate(np.bincount(idx, minlength=SCORE_BINS).tolist()):
+                hist[i] += count
+
+    def _classes(self, predicted: np.ndarray) -> None:
+        counts = np.bincount(predicted, minlength=SCORE_BINS).tolist()
+        with self._lock:
+            self.rows += len(predicted)
+            hist = self.score_hist
+            for i, count in enumerate(counts):
                 hist[i] += count
 
     def saw(self, requests: Iterable[Any]) -> None:

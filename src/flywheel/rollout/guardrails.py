@@ -301,7 +301,13 @@ def _metric(
         return Check("metric", "waiting", detail=f"{labelled} of {g.min_labels} labels"), None
     ev = metric_evidence(g.metric, a, b, plan.alpha)
     if ev is None or ev.n_champion < 2 or ev.n_challenger < 2:
-        return Check("metric", "waiting", detail=f"too few rows for {g.metric}"), ev
+        detail = f"too few rows for {g.metric}"
+        if g.metric in ("recall", "precision"):
+            detail += (
+                f" among {labelled} labelled per arm: it counts rows of the positive class "
+                "(or predicted positive), which only a binary classifier has"
+            )
+        return Check("metric", "waiting", detail=detail), ev
     worse_by = -ev.high if g.metric != "abs_error" else ev.low
     if worse_by > g.max_metric_drop:
         return (

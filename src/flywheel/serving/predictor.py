@@ -264,6 +264,9 @@ class Predictor:
             old, slot.model, slot.last_error = slot.model, model, None
             if old is not None:
                 slot.replaced_schema = old.schema
+                # self-healing judges the new version on its own answers: the window's
+                # counts so far were the old one's (they diluted a failing promotion)
+                slot.health.reset()
             live = slot.rollout
             if old is not None and (live is None or old is not live.challenger):
                 _unwire(old)
