@@ -319,7 +319,11 @@ def _action(name: str, doc: str) -> None:
 
 
 _action("pause", "Hold the rollout at its current weights (no step advances).")
-_action("resume", "Resume a paused rollout (the step's clock restarts).")
+_action(
+    "resume",
+    "Resume a paused rollout (the step's clock restarts; an A/B test paused at max_requests "
+    "gets max_requests more per arm).",
+)
 _action("promote", "Promote the challenger now (through the registry; approval if required).")
 _action("abort", "Stop the rollout: the champion takes all traffic again.")
 _action("switch", "Blue-green: send all traffic to the other version (run again to switch back).")

@@ -142,16 +142,13 @@ def fit_task(plan: RolloutPlan, task: str | None) -> RolloutPlan:
     if task not in ("regression", "classification"):
         return plan  # not recorded (an older registration): as the plan says
     regression = task == "regression"
-    g, update = plan.guardrails, {}
-    named = (
+    g = plan.guardrails
+    for field, metric, chosen in (
         ("guardrails.metric", g.metric, "metric" in g.model_fields_set),
         ("metric", plan.metric, "metric" in plan.model_fields_set and plan.strategy == "ab"),
-    )
-    for field, metric, chosen in named:
+    ):
         fits = metric not in _CLASS_METRICS if regression else metric != "abs_error"
-        if fits:
-            continue
-        if chosen or not regression:
+        if not fits and (chosen or not regression):  # a classifier's abs_error is chosen
             kind, use = ("a regressor", "abs_error") if regression else ("a classifier", "accuracy")
             raise DataError(
                 f"{field}: {metric} does not apply to v{plan.challenger}, {kind} "
@@ -160,10 +157,11 @@ def fit_task(plan: RolloutPlan, task: str | None) -> RolloutPlan:
                 field=field,
                 rule="task",
             )
-        update[field] = "abs_error"
-    if "guardrails.metric" in update:
+    if not regression:
+        return plan
+    if g.metric in _CLASS_METRICS:  # the defaults, for a regressor
         plan = plan.model_copy(update={"guardrails": g.model_copy(update={"metric": "abs_error"})})
-    if "metric" in update:
+    if plan.metric in _CLASS_METRICS:
         plan = plan.model_copy(update={"metric": "abs_error"})
     return plan
 

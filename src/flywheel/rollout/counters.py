@@ -136,7 +136,10 @@ class ArmCounter:
         Evidently's prediction drift reads a classifier, not of its confidence (an equally
         accurate challenger of another family, less sure of itself, was rolled back)."""
         if proba is not None and proba.ndim == 2 and proba.shape[1] > 2:
-            self._classes(proba.argmax(axis=1) % SCORE_BINS)
+            predicted = proba.argmax(axis=1) % SCORE_BINS
+            with self._lock:
+                self.rows += len(predicted)
+                self._bin(predicted)
             return
         scores = scores_of(proba)
         if scores is None:
@@ -160,17 +163,13 @@ class ArmCounter:
                         hist[0] += 1
                 return
             finite = scores[np.isfinite(scores)].astype(np.float64)
-            idx = np.clip((finite * SCORE_BINS).astype(np.int64), 0, SCORE_BINS - 1)
-            for i, count in enumerate(np.bincount(idx, minlength=SCORE_BINS).tolist()):
-                hist[i] += count
+            self._bin(np.clip((finite * SCORE_BINS).astype(np.int64), 0, SCORE_BINS - 1))
 
-    def _classes(self, predicted: np.ndarray) -> None:
-        counts = np.bincount(predicted, minlength=SCORE_BINS).tolist()
-        with self._lock:
-            self.rows += len(predicted)
-            hist = self.score_hist
-            for i, count in enumerate(counts):
-                hist[i] += count
+    def _bin(self, idx: np.ndarray) -> None:
+        """Add rows whose bins are ``idx`` to the score histogram (the lock held)."""
+        hist = self.score_hist
+        for i, count in enumerate(np.bincount(idx, minlength=SCORE_BINS).tolist()):
+            hist[i] += count
 
     def saw(self, requests: Iterable[Any]) -> None:
         """The input rows of answered requests (each a :class:`~flywheel.serving.decode.
@@ -212,8 +211,10 @@ def input_key(row: tuple[Any, ...]) -> int:
 
 
 def scores_of(proba: np.ndarray | None) -> np.ndarray | None:
-    """The rows' score for drift: a binary classifier's positive class (the second class),
-    a multiclass model's top probability; None for regression."""
+    """The rows' score: a binary classifier's positive class (the second class), a
+    multiclass model's top probability (the score metric's; a rollout's drift bins a
+    multiclass model's predicted class instead, see :meth:`ArmCounter.scored`); None for
+    regression."""
     if proba is None or proba.ndim != 2 or proba.shape[1] == 0:
         return None
     if proba.shape[1] == 2:

@@ -19,8 +19,9 @@ Checks (challenger against the champion, on the current step's counts unless not
 - ``score_drift``: PSI of the challenger's scores against the champion's above
   ``max_score_psi`` plus the PSI that sampling alone adds at these sizes (the 99.9%
   quantile of its null, ~ chi2(k-1) x (1/n_a + 1/n_b)), once each arm has ``min_rows_psi``
-  scored rows (not checked for a regressor: no class scores); n counts independent draws: at most the distinct sticky keys' rows, and at
-  most the distinct input rows when the champion's traffic had fewer than 20;
+  scored rows (not checked for a regressor: no class scores; a multiclass model's score is
+  its predicted class); n counts independent draws: at most the distinct sticky keys'
+  rows, and at most the distinct input rows when the champion's traffic had fewer than 20;
 - ``metric`` (when labels arrive; all steps so far): the always-valid interval of
   challenger − champion (accuracy, recall, precision; abs_error reversed) wholly below
   ``-max_metric_drop``; it holds a step until it counts only with ``hold_for_labels``;

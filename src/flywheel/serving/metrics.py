@@ -141,7 +141,7 @@ class ServingMetrics(Collector):
         hist = self.scores.get((model, version))
         if hist is None:
             hist = self.scores[(model, version)] = Hist(SCORE_BUCKETS)
-        values = scores_of(proba)  # the rollout's counters bin the same score
+        values = scores_of(proba)  # a binary classifier's: the rollout's counters bin it too
         if values is None:
             if labels.dtype.kind != "f":
                 return

@@ -500,7 +500,8 @@ class Predictor:
             decoded = self.decode(request, model)
             if decoded.rows == 0:
                 raise InvalidInput("The request holds no rows; send at least one.", rule="rows")
-            labels, proba = await model.batcher.submit(decoded, role is not None or rollout is None)
+            counted = role is not None or rollout is None  # a pinned request: no arm's
+            labels, proba = await model.batcher.submit(decoded, counted=counted)
         except (BadRequest, TooManyRows):
             raise  # the request's shape, not the model: no arm's fault
         except FlywheelError as exc:
