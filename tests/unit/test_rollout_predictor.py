@@ -137,6 +137,54 @@ def test_requests_without_a_key_are_split_at_the_weight_and_each_is_a_unit(
     run(main())
 
 
+def test_repeated_rows_cost_a_hash_a_batch_and_varied_rows_saturate_at_once(
+    files: dict[str, ModelFiles], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The distinct-inputs count (score drift's few-rows rule) under load, 64 in flight: the
+    same three rows again and again are found, at about one hash per micro-batch (it hashed
+    every row, ~4 µs a row, for as long as the traffic stayed on a few rows: for ever); new
+    rows reach the cap in the first batch."""
+    from flywheel.rollout import counters
+
+    hashed = 0
+    real = counters.input_key
+
+    def counted(row: tuple[Any, ...]) -> int:
+        nonlocal hashed
+        hashed += 1
+        return real(row)
+
+    monkeypatch.setattr(counters, "input_key", counted)
+    three = [rows(1, seed=s) for s in (1, 2, 3)]
+
+    async def main(varied: bool) -> tuple[int, int]:
+        predictor = _predictor(files)
+        await predictor.start()
+        await predictor.apply_rollout(None, _state(weight=30.0))
+        live = predictor.rollout()
+        assert live is not None
+        for wave in range(10):
+            await asyncio.gather(
+                *(
+                    predictor.predict(
+                        PredictRequest(
+                            records=rows(1, seed=100 + wave * 64 + i) if varied else three[i % 3]
+                        )
+                    )
+                    for i in range(64)
+                )
+            )
+        seen = len(live.counters["champion"].inputs)
+        batches = predictor.batch_stats().batches
+        await predictor.close()
+        return seen, batches
+
+    seen, batches = run(main(varied=False))
+    assert seen == 3
+    assert hashed <= batches + 2 * 3 < 640, (hashed, batches)  # not every row
+    assert run(main(varied=True))[0] == counters.DISTINCT_INPUTS
+
+
 def test_a_shadow_counts_each_lone_row_once(files: dict[str, ModelFiles]) -> None:
     """One request at a time: each shadow batch is one one-row request, scored as two copies
     (see assemble); the challenger's rows and score histogram count it once."""
