@@ -166,6 +166,29 @@ def fit_task(plan: RolloutPlan, task: str | None) -> RolloutPlan:
     return plan
 
 
+def _check_sticky_feature(
+    ws: Workspace, name: str, feature: str, versions: tuple[str, str]
+) -> None:
+    """A ``feature:NAME`` key must be an input of the challenger or the champion: a name no
+    request carries would route every request by its request id instead, and nothing would
+    say that the split is not sticky (DataError, exit 4). Reads each version's inputs from
+    its files (the cache the servers load from), the champion's only when needed."""
+    from flywheel.registry.artifacts import fetch_model_artifacts
+
+    inputs: list[str] = []
+    for version in versions:
+        inputs += [s.name for s in fetch_model_artifacts(ws, version, name=name).feature_specs]
+        if feature in inputs:
+            return
+    names = ", ".join(sorted(set(inputs)))
+    raise DataError(
+        f"sticky: feature {feature!r} is not an input of v{versions[0]} or v{versions[1]} "
+        f"(inputs: {names}). Name an input (feature:NAME), or use header:NAME or request_id.",
+        field="sticky",
+        rule="feature",
+    )
+
+
 def start(ws: Workspace, plan: RolloutPlan, *, reason: str | None = None) -> RolloutState:
     """Validate ``plan`` against the registry and store it as the model's active rollout."""
     from flywheel.registry._client import alias_version, get_version, mlflow_errors
@@ -203,6 +226,8 @@ def start(ws: Workspace, plan: RolloutPlan, *, reason: str | None = None) -> Rol
             f"v{plan.challenger} is already the champion of {name}: nothing to roll out.",
             field="challenger",
         )
+    if plan.sticky.startswith("feature:"):
+        _check_sticky_feature(ws, name, plan.sticky[8:], (plan.challenger, champion))
     now = time.time()
     plan = plan.model_copy(update={"model": name, "champion": champion})
     state = RolloutState(
