@@ -148,8 +148,10 @@ def _error_kinds() -> dict[str, type[FlywheelError]]:
 
 
 def _show(state: dict[str, Any], verb: str) -> None:
-    from flywheel.cli import console
+    from flywheel.cli import console, err_console
 
+    for warning in (state.get("evidence") or {}).get("warnings") or []:
+        err_console.print(f"[yellow]warning[/]: {warning}", highlight=False)
     console.print(
         f"[green]{verb}[/]: rollout {state['id']} ({state['strategy']} of v{state['challenger']} "
         f"against v{state['champion']}): {state['status']}, challenger {state['weight']:g}%"

@@ -771,11 +771,11 @@ def test_same_key_same_version_across_requests_fronts_and_replicas(
 def test_a_feature_as_the_key(built: Path, tmp_path: Path, servers: list[Server]) -> None:
     cwd = _copy(built, tmp_path)
     hold = {"steps": [50, 100], "interval": "1h", "promote": "manual"}
-    # a name no version takes would route by request id, silently: refused, naming the field
+    # a name no version takes reaches the router only through /invocations: the start warns
     typo = {"challenger": "3", "sticky": "feature:mean radiu", **hold}
-    plan_file = _write_plan(cwd, "typo.yaml", typo)
-    refused = flywheel(cwd, "rollout", "start", plan_file, "--reason", "f", code=4)
-    assert "sticky: feature 'mean radiu' is not an input" in refused.stderr, refused.stderr
+    warned = flywheel(cwd, "rollout", "start", _write_plan(cwd, "typo.yaml", typo), "--reason", "f")
+    assert "warning: sticky: feature 'mean radiu' is not an input" in warned.stderr, warned.stderr
+    flywheel(cwd, "rollout", "abort", "--reason", "typo")
     plan = {"challenger": "3", "sticky": "feature:mean radius", **hold}
     started = subprocess.run(
         [FLYWHEEL_BIN, "rollout", "start", _write_plan(cwd, "plan.yaml", plan), "--reason", "f"],

@@ -583,22 +583,25 @@ def test_a_plan_naming_another_champion_is_refused(world: World) -> None:
     assert (state.champion, state.challenger) == ("2", "1")
 
 
-def test_a_sticky_feature_that_no_version_takes_is_refused(world: World) -> None:
-    """`sticky: feature:NAME` with a NAME neither version takes would route every request
-    by its request id: refused naming the field, and nothing is stored."""
-    from flywheel.errors import DataError
+def test_a_sticky_feature_that_no_version_takes_is_warned_of(world: World) -> None:
+    """`sticky: feature:NAME` with a NAME neither version takes reaches the router only
+    through /invocations (a typo looks the same): the start says so, in the state the CLI
+    prints and in the audit ledger; a name the versions take gets no warning."""
     from flywheel.rollout import actions
     from flywheel.rollout.plan import RolloutPlan
 
     _register(world), _register(world)
     promote(world.ws, "1", reason="first")
     typo = RolloutPlan(challenger="2", sticky="feature:tenure_month")
-    with pytest.raises(DataError, match=r"sticky: feature 'tenure_month' is not an input") as err:
-        actions.start(world.ws, typo, reason="x")
-    assert err.value.exit_code == 4 and "tenure_months" in str(err.value)
-    assert actions.store_of(world.ws).active("churn") is None
+    state = actions.start(world.ws, typo, reason="x")
+    (warning,) = state.evidence["warnings"]
+    assert "sticky: feature 'tenure_month' is not an input of v2 or v1" in warning
+    assert "tenure_months" in warning and "/invocations" in warning
+    (entry,) = [e for e in world.ws.audit.entries("churn") if e.action == "rollout_start"]
+    assert json.loads(entry.reason.split("\n", 1)[1])["evidence"]["warnings"] == [warning]
+    actions.abort(world.ws, reason="typo")
     state = actions.start(world.ws, typo.model_copy(update={"sticky": "feature:tenure_months"}))
-    assert state.plan["sticky"] == "feature:tenure_months"
+    assert state.evidence == {}
 
 
 def test_the_cli_waits_for_the_process_holding_the_claim_and_the_alias_moves_once(

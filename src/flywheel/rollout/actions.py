@@ -166,26 +166,29 @@ def fit_task(plan: RolloutPlan, task: str | None) -> RolloutPlan:
     return plan
 
 
-def _check_sticky_feature(
+def _sticky_warning(
     ws: Workspace, name: str, feature: str, versions: tuple[str, str]
-) -> None:
-    """A ``feature:NAME`` key must be an input of the challenger or the champion: a name no
-    request carries would route every request by its request id instead, and nothing would
-    say that the split is not sticky (DataError, exit 4). Reads each version's inputs from
-    its files (the cache the servers load from), the champion's only when needed."""
+) -> str | None:
+    """What to tell the user when a ``feature:NAME`` key is an input of neither the
+    challenger nor the champion (None when it is one): only ``/invocations`` requests,
+    which drop fields the model does not take, can carry such a field (docs/rollouts.md),
+    so on every other route requests are routed by their request id, not stickily; a typo
+    looks the same. A warning, not a refusal, for that documented use. Reads each
+    version's inputs from its files (the cache the servers load from), the champion's only
+    when needed."""
     from flywheel.registry.artifacts import fetch_model_artifacts
 
     inputs: list[str] = []
     for version in versions:
         inputs += [s.name for s in fetch_model_artifacts(ws, version, name=name).feature_specs]
         if feature in inputs:
-            return
-    names = ", ".join(sorted(set(inputs)))
-    raise DataError(
+            return None
+    return (
         f"sticky: feature {feature!r} is not an input of v{versions[0]} or v{versions[1]} "
-        f"(inputs: {names}). Name an input (feature:NAME), or use header:NAME or request_id.",
-        field="sticky",
-        rule="feature",
+        f"(inputs: {', '.join(sorted(set(inputs)))}). Only /invocations requests, which drop "
+        "fields the model does not take, can carry it: on every other route a request is "
+        "routed by its request id, not stickily. A typo? `flywheel rollout abort`, then "
+        "start again."
     )
 
 
@@ -226,8 +229,12 @@ def start(ws: Workspace, plan: RolloutPlan, *, reason: str | None = None) -> Rol
             f"v{plan.challenger} is already the champion of {name}: nothing to roll out.",
             field="challenger",
         )
+    warnings = []
     if plan.sticky.startswith("feature:"):
-        _check_sticky_feature(ws, name, plan.sticky[8:], (plan.challenger, champion))
+        warning = _sticky_warning(ws, name, plan.sticky[8:], (plan.challenger, champion))
+        if warning is not None:
+            log.info("%s", warning)
+            warnings.append(warning)
     now = time.time()
     plan = plan.model_copy(update={"model": name, "champion": champion})
     state = RolloutState(
@@ -245,11 +252,12 @@ def start(ws: Workspace, plan: RolloutPlan, *, reason: str | None = None) -> Rol
         updated_at=now,
         revision=1,
         reason=(reason or "").strip() or f"{plan.strategy} of v{plan.challenger} started",
-        evidence={},
+        evidence={"warnings": warnings} if warnings else {},  # the first step's replace it
         who=ws.settings.user,
     )
     state = store_of(ws).create(state)
-    audit(ws, "rollout_start", state, state.reason, {"plan": state.plan})
+    details: dict[str, Any] = {"plan": state.plan, **({"warnings": warnings} if warnings else {})}
+    audit(ws, "rollout_start", state, state.reason, details)
     return state
 
 

@@ -135,8 +135,8 @@ class RolloutPlan(BaseModel):
     sticky: str = Field(
         "request_id",
         description="Routing key: request_id (the client's X-Request-ID, else the server's), "
-        "feature:NAME (the first row's value; NAME must be an input of the challenger or "
-        "the champion) or header:NAME.",
+        "feature:NAME (the first row's value; a NAME the versions do not take reaches "
+        "them only through /invocations, and start warns) or header:NAME.",
     )
     interval: float = Field(60.0, description="Seconds (or 30s, 5m, 1h) each step is observed.")
     min_requests: int = Field(200, ge=1, description="Requests per arm before a step is judged.")
