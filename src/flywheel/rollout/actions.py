@@ -166,6 +166,32 @@ def fit_task(plan: RolloutPlan, task: str | None) -> RolloutPlan:
     return plan
 
 
+def _refuse_positive_class_metric(ws: Workspace, name: str, plan: RolloutPlan) -> None:
+    """``recall`` and ``precision`` count rows of the positive class, which only a binary
+    classifier has: on a multiclass challenger the metric would wait for ever ("too few
+    rows"), so the step could never pass. Refused at the start (DataError, exit 4, naming
+    the field); the classes come from the challenger's files (the servers' cache), read
+    only when such a metric is set."""
+    fields = [("guardrails.metric", plan.guardrails.metric)]
+    if plan.strategy == "ab":
+        fields.append(("metric", plan.metric))
+    chosen = [(f, m) for f, m in fields if m in ("recall", "precision")]
+    if not chosen:
+        return
+    from flywheel.registry.artifacts import fetch_model_artifacts
+
+    classes = fetch_model_artifacts(ws, plan.challenger, name=name).classes or []
+    if len(classes) > 2:
+        field, metric = chosen[0]
+        raise DataError(
+            f"{field}: {metric} counts rows of the positive class, which only a binary "
+            f"classifier has; v{plan.challenger} has {len(classes)} classes. Use accuracy "
+            "(or none).",
+            field=field,
+            rule="task",
+        )
+
+
 def _sticky_warning(
     ws: Workspace, name: str, feature: str, versions: tuple[str, str]
 ) -> str | None:
@@ -209,6 +235,7 @@ def start(ws: Workspace, plan: RolloutPlan, *, reason: str | None = None) -> Rol
         version = get_version(client, name, plan.challenger)
         champion = alias_version(client, name, CHAMPION)
     plan = fit_task(plan, (version.tags or {}).get(TAG["task"]))
+    _refuse_positive_class_metric(ws, name, plan)
     if plan.champion is not None and plan.champion != champion:
         # the champion arm is the version the servers serve as champion: a plan naming
         # another would be judged against a version nobody answers with
