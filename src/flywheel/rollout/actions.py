@@ -172,7 +172,7 @@ def _refuse_positive_class_metric(ws: Workspace, name: str, plan: RolloutPlan) -
     rows"), so the step could never pass. Refused at the start (DataError, exit 4, naming
     the field); the classes come from the challenger's files (the servers' cache), read
     only when such a metric is set."""
-    fields = [("guardrails.metric", plan.guardrails.metric)]
+    fields: list[tuple[str, str]] = [("guardrails.metric", plan.guardrails.metric)]
     if plan.strategy == "ab":
         fields.append(("metric", plan.metric))
     chosen = [(f, m) for f, m in fields if m in ("recall", "precision")]
