@@ -641,3 +641,26 @@ def test_a_repeated_row_is_known_without_its_stable_hash(monkeypatch: pytest.Mon
     assert calls == 1 and len(counter.inputs) == 1
     counter.saw([Decoded([["month_to_month"], [float("nan")], [1.5]], 1)])
     assert calls == 2 and len(counter.inputs) == 1
+
+
+def test_hot_rows_do_not_hide_the_varied_ones() -> None:
+    """80% of the requests are one hot row (a prober, an empty form): the varied rest still
+    brings the count to the cap, or score drift would judge each arm as a few draws and
+    let a drifting challenger pass (a first version stopped at each batch's first repeat:
+    7 of ~40). Likewise requests whose first row is always the same, and rows that only
+    Python's hash confuses (hash(-1) == hash(-2))."""
+    from flywheel.serving.decode import Decoded
+
+    rng = np.random.default_rng(3)
+    hot = ArmCounter()
+    for b in range(25):
+        rows = [0.0 if rng.random() < 0.8 else float(b * 8 + i + 1) for i in range(8)]
+        hot.saw([Decoded([["a"], [v]], 1) for v in rows])
+    assert len(hot.inputs) == DISTINCT_INPUTS
+    anchored = ArmCounter()
+    for k in range(30):  # every request: the same first row, then a new one
+        anchored.saw([Decoded([["anchor", f"new-{k}"], [1.0, 2.0]], 2)])
+    assert len(anchored.inputs) == DISTINCT_INPUTS
+    sentinels = ArmCounter()
+    sentinels.saw([Decoded([[-1, -2]], 2)])
+    assert len(sentinels.inputs) == 2

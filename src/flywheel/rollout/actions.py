@@ -166,6 +166,15 @@ def fit_task(plan: RolloutPlan, task: str | None) -> RolloutPlan:
     return plan
 
 
+def _version_files(ws: Workspace, name: str, version: str) -> Any:
+    """A version's files (inputs, classes) from ``<home>/models``, the cache the servers
+    load from: a copy already there is read without MLflow, a local artifact store is
+    copied in, anything else downloaded once (the servers then find it there)."""
+    from flywheel.serving.sources import RegistrySource
+
+    return RegistrySource(ws, name).fetch(version)
+
+
 def _refuse_positive_class_metric(ws: Workspace, name: str, plan: RolloutPlan) -> None:
     """``recall`` and ``precision`` count rows of the positive class, which only a binary
     classifier has: on a multiclass challenger the metric would wait for ever ("too few
@@ -178,9 +187,7 @@ def _refuse_positive_class_metric(ws: Workspace, name: str, plan: RolloutPlan) -
     chosen = [(f, m) for f, m in fields if m in ("recall", "precision")]
     if not chosen:
         return
-    from flywheel.registry.artifacts import fetch_model_artifacts
-
-    classes = fetch_model_artifacts(ws, plan.challenger, name=name).classes or []
+    classes = _version_files(ws, name, plan.challenger).classes or []
     if len(classes) > 2:
         field, metric = chosen[0]
         raise DataError(
@@ -202,11 +209,9 @@ def _sticky_warning(
     looks the same. A warning, not a refusal, for that documented use. Reads each
     version's inputs from its files (the cache the servers load from), the champion's only
     when needed."""
-    from flywheel.registry.artifacts import fetch_model_artifacts
-
     inputs: list[str] = []
     for version in versions:
-        inputs += [s.name for s in fetch_model_artifacts(ws, version, name=name).feature_specs]
+        inputs += [s.name for s in _version_files(ws, name, version).feature_specs]
         if feature in inputs:
             return None
     return (

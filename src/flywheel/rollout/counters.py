@@ -14,7 +14,7 @@ import hashlib
 import math
 import threading
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from typing import Any
@@ -41,9 +41,10 @@ SMALL = 32  # score arrays up to this long are binned in plain Python
 MAX_KEYS = 200_000  # distinct keys remembered per arm and step (~10 MB at most)
 # distinct input rows remembered per arm and step: traffic with fewer is the same few rows
 # sent again and again (a demo's three example rows), and score drift counts them as that
-# many draws, not as every row. Hashed until this many are seen, then never again; within
-# a micro-batch, only until a row repeats (ArmCounter.saw).
+# many draws, not as every row. Hashed until this many are seen, then never again; at most
+# SAW_ROWS rows of a micro-batch are looked at (ArmCounter.saw).
 DISTINCT_INPUTS = 20
+SAW_ROWS = 8  # rows of a micro-batch looked at for new inputs (ArmCounter.saw)
 
 
 @dataclass
@@ -115,7 +116,7 @@ class ArmCounter:
             self.keys: set[int] = set()
             self.inputs: set[int] = set()
             self._turn = 0  # where saw() starts in a batch
-            self._known: set[int] = set()  # Python's hashes of the rows counted in inputs
+            self._known: dict[int, Any] = {}  # Python's hash -> row, of rows counted in inputs
 
     def answered(self, latency_ms: float, key: str | None = None, *, unique: bool = False) -> None:
         """One answered request: its latency and its sticky key (the sample-ratio test counts
@@ -177,13 +178,13 @@ class ArmCounter:
     def saw(self, requests: Iterable[Any]) -> None:
         """The input rows of one micro-batch's answered requests (each a :class:`~flywheel.
         serving.decode.Decoded`: ``columns``, ``rows``), hashed until ``DISTINCT_INPUTS``
-        distinct ones are seen; after that a call costs one comparison. Within a batch the
-        hashing starts at a request taken in turn and stops at the first row already seen:
-        traffic of a few rows sent again and again (for which the count stays below the
-        cap for ever) costs one row a batch, not ~4 µs for every row of 14 inputs, and
-        varied traffic still reaches the cap in its first batches. A row already counted is
-        known by Python's own hash of it (a tenth of the stable hash's cost, whose ``repr``
-        of every float was most of it); only a new row gets the stable hash."""
+        distinct ones are seen; after that a call costs one comparison. Within a batch at
+        most ``SAW_ROWS`` rows are looked at, the next window each call: traffic that
+        repeats a few rows (which never reaches the cap) costs a few lookups a batch, not
+        ~4 µs of stable hash for every row of 14 inputs, and traffic where a few hot rows
+        are most requests still reaches the cap (each batch looks past its repeats). A
+        row already counted is known by Python's hash of it and equality (a tenth of the
+        stable hash's cost); only a new row gets the stable hash."""
         if len(self.inputs) >= DISTINCT_INPUTS:
             return
         batch = list(requests)
@@ -192,25 +193,21 @@ class ArmCounter:
         with self._lock:
             inputs, known = self.inputs, self._known
             self._turn += 1
-            start = self._turn % len(batch)
-            for request in chain(batch[start:], batch[:start]):
-                for row in islice(zip(*request.columns, strict=True), 2 * DISTINCT_INPUTS):
-                    try:
-                        quick: int | None = hash(row)
-                    except TypeError:  # an unhashable value: the stable hash alone
-                        quick = None
-                    if quick is not None and quick in known:
-                        return  # a repeat: the batch's other rows are likely repeats too
-                    key = input_key(row)
-                    if quick is not None:
-                        if len(known) >= 4 * DISTINCT_INPUTS:  # (NaN hashes by identity)
-                            known.clear()
-                        known.add(quick)
-                    if key in inputs:
-                        return
-                    inputs.add(key)
-                    if len(inputs) >= DISTINCT_INPUTS:
-                        return
+            for row in islice(_rows_from(batch, self._turn * SAW_ROWS), SAW_ROWS):
+                try:
+                    quick: int | None = hash(row)
+                except TypeError:  # an unhashable value: the stable hash alone
+                    quick = None
+                if quick is not None and known.get(quick) == row:
+                    continue  # counted already (a NaN object equals itself)
+                key = input_key(row)
+                if quick is not None:
+                    if len(known) >= 4 * DISTINCT_INPUTS:  # (a NaN hashes by identity)
+                        known.clear()
+                    known[quick] = row
+                inputs.add(key)
+                if len(inputs) >= DISTINCT_INPUTS:
+                    return
 
     def failed(self) -> None:
         with self._lock:
@@ -230,6 +227,27 @@ class ArmCounter:
                 len(self.keys) + self.unique,
                 sorted(self.inputs)[:DISTINCT_INPUTS],
             )
+
+
+def _rows_from(batch: list[Any], start: int) -> Iterator[tuple[Any, ...]]:
+    """The batch's rows (requests' ``columns`` zipped), every one once, beginning at row
+    ``start`` (modulo their number) and wrapping round: successive calls with a growing
+    ``start`` look at successive windows, so every row position is looked at in turn (a
+    request's first row, say, that repeats in every request, hides no other)."""
+    total = sum(request.rows for request in batch)
+    if total <= 0:
+        return iter(())
+    start %= total
+    i = 0
+    while start >= batch[i].rows:
+        start -= batch[i].rows
+        i += 1
+    first = batch[i].columns
+    return chain(
+        islice(zip(*first, strict=True), start, None),
+        chain.from_iterable(zip(*r.columns, strict=True) for r in batch[i + 1 :] + batch[:i]),
+        islice(zip(*first, strict=True), start),
+    )
 
 
 def input_key(row: tuple[Any, ...]) -> int:
