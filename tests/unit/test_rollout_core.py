@@ -664,3 +664,17 @@ def test_hot_rows_do_not_hide_the_varied_ones() -> None:
     sentinels = ArmCounter()
     sentinels.saw([Decoded([[-1, -2]], 2)])
     assert len(sentinels.inputs) == 2
+
+
+def test_after_a_quiet_spell_new_rows_are_still_found() -> None:
+    """Three rows for a long while (one row a batch is looked at then), then varied rows:
+    the first new row widens the look again and the count reaches the cap."""
+    from flywheel.serving.decode import Decoded
+
+    counter = ArmCounter()
+    for b in range(200):
+        counter.saw([Decoded([["a"], [float((b + i) % 3)]], 1) for i in range(16)])
+    assert len(counter.inputs) == 3
+    for b in range(6):
+        counter.saw([Decoded([["b"], [float(100 + b * 16 + i)]], 1) for i in range(16)])
+    assert len(counter.inputs) == DISTINCT_INPUTS

@@ -45,6 +45,7 @@ MAX_KEYS = 200_000  # distinct keys remembered per arm and step (~10 MB at most)
 # SAW_ROWS rows of a micro-batch are looked at (ArmCounter.saw).
 DISTINCT_INPUTS = 20
 SAW_ROWS = 8  # rows of a micro-batch looked at for new inputs (ArmCounter.saw)
+QUIET_BATCHES = 16  # batches with no new row, after which saw() looks at one row a batch
 
 
 @dataclass
@@ -116,6 +117,7 @@ class ArmCounter:
             self.keys: set[int] = set()
             self.inputs: set[int] = set()
             self._turn = 0  # where saw() starts in a batch
+            self._quiet = 0  # saw()'s batches in a row that brought no new row
             self._known: dict[int, Any] = {}  # Python's hash -> row, of rows counted in inputs
 
     def answered(self, latency_ms: float, key: str | None = None, *, unique: bool = False) -> None:
@@ -181,8 +183,9 @@ class ArmCounter:
         distinct ones are seen; after that a call costs one comparison. Within a batch at
         most ``SAW_ROWS`` rows are looked at, the next window each call: traffic that
         repeats a few rows (which never reaches the cap) costs a few lookups a batch, not
-        ~4 µs of stable hash for every row of 14 inputs, and traffic where a few hot rows
-        are most requests still reaches the cap (each batch looks past its repeats). A
+        ~4 µs of stable hash for every row of 14 inputs (after ``QUIET_BATCHES`` batches
+        with no new row, one row a batch, until one is new), and traffic where a few hot
+        rows are most requests still reaches the cap (each batch looks past its repeats). A
         row already counted is known by Python's hash of it and equality (a tenth of the
         stable hash's cost); only a new row gets the stable hash."""
         if len(self.inputs) >= DISTINCT_INPUTS:
@@ -193,7 +196,11 @@ class ArmCounter:
         with self._lock:
             inputs, known = self.inputs, self._known
             self._turn += 1
-            for row in islice(_rows_from(batch, self._turn * SAW_ROWS), SAW_ROWS):
+            # after QUIET_BATCHES batches that brought no new row, one row a batch: traffic
+            # of a few rows for ever costs one lookup a batch; a new row looks wide again
+            look = 1 if self._quiet >= QUIET_BATCHES else SAW_ROWS
+            self._quiet += 1
+            for row in islice(_rows_from(batch, self._turn * look), look):
                 try:
                     quick: int | None = hash(row)
                 except TypeError:  # an unhashable value: the stable hash alone
@@ -205,7 +212,9 @@ class ArmCounter:
                     if len(known) >= 4 * DISTINCT_INPUTS:  # (a NaN hashes by identity)
                         known.clear()
                     known[quick] = row
-                inputs.add(key)
+                if key not in inputs:
+                    self._quiet = 0
+                    inputs.add(key)
                 if len(inputs) >= DISTINCT_INPUTS:
                     return
 
