@@ -284,7 +284,7 @@ def start(ws: Workspace, plan: RolloutPlan, *, reason: str | None = None) -> Rol
         updated_at=now,
         revision=1,
         reason=(reason or "").strip() or f"{plan.strategy} of v{plan.challenger} started",
-        evidence={"warnings": warnings} if warnings else {},  # the first step's replace it
+        evidence={"warnings": warnings} if warnings else {},  # until the first tick replaces it
         who=ws.settings.user,
     )
     state = store_of(ws).create(state)
