@@ -908,7 +908,10 @@ def predict(
     protocol: Annotated[str, typer.Option(help="rest | mlflow | v2 | grpc | ws | mqtt.")] = "rest",
     url: Annotated[
         str | None,
-        typer.Option(help="Server URL (default from serving settings for the protocol)."),
+        typer.Option(
+            help="Server URL (default from serving settings for the protocol); HOST:PORT "
+            "gets the protocol's scheme (http, ws, mqtt)."
+        ),
     ] = None,
     model: Annotated[
         str | None, typer.Option(help="Served model name (default registry.model_name).")

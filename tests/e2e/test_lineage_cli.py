@@ -79,7 +79,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     try:
         url = f"http://127.0.0.1:{port}"
         record = json.dumps(_features(cwd))
-        answer = _json(cwd, "predict", "--url", url, "--json", record)
+        # host:port without a scheme, as curl takes it (it exited 12)
+        answer = _json(cwd, "predict", "--url", f"127.0.0.1:{port}", "--json", record)
         with httpx.Client(base_url=url, timeout=30) as client:
             body = {"records": [json.loads(record)]}
             sent = client.post("/v1/predict", json=body, headers={"X-Request-ID": CLIENT_ID})

@@ -42,6 +42,8 @@ def predict_remote(
     if not records:
         raise UsageError("No records to send. Fix: pass --json '{...}' or --file rows.json.")
     headers = {"x-api-key": api_key} if api_key else {}
+    if "://" not in url and protocol in _SCHEMES:  # host:port, as curl takes it
+        url = f"{_SCHEMES[protocol]}://{url}"
     with _translated(url, protocol):
         if protocol in ("rest", "mlflow", "v2"):
             return _http(records, protocol, url.rstrip("/"), model, headers, timeout)
@@ -51,6 +53,9 @@ def predict_remote(
             return asyncio.run(_ws(records, url, headers, timeout))
         return asyncio.run(_mqtt(records, url, timeout, mqtt_request_topic, mqtt_reply_prefix))
 
+
+# the scheme a URL given as host:port gets, per protocol (gRPC's target is host:port itself)
+_SCHEMES = {"rest": "http", "mlflow": "http", "v2": "http", "ws": "ws", "mqtt": "mqtt"}
 
 _TRANSPORT_MODULES = ("httpx", "httpcore", "websockets", "aiomqtt", "paho")
 
