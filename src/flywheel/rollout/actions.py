@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flywheel.errors import DataError, NotFound, RegistryError
@@ -134,11 +135,16 @@ def _cas(ws: Workspace, state: RolloutState, **changes: Any) -> RolloutState:
 _CLASS_METRICS = ("accuracy", "recall", "precision")
 
 
-def fit_task(plan: RolloutPlan, task: str | None) -> RolloutPlan:
+def fit_task(
+    plan: RolloutPlan, task: str | None, classes: Callable[[], int] = lambda: 0
+) -> RolloutPlan:
     """The plan's label metrics for the challenger's task (its ``flywheel.task`` tag). A
     regressor's default is ``abs_error``: ``accuracy``, the default, compares a number with
     its label for equality, so it read 0 against 0 and a worse regressor was promoted. A
-    metric that cannot apply, set in the plan, is refused (DataError, exit 4)."""
+    metric that cannot apply, set in the plan, is refused (DataError, exit 4): a class
+    metric for a regressor, ``abs_error`` for a classifier, and ``recall`` or ``precision``
+    for a classifier of more than two classes (``classes()``, asked only then: they count
+    rows of the positive class, so the metric would wait for ever and no step could pass)."""
     if task not in ("regression", "classification"):
         return plan  # not recorded (an older registration): as the plan says
     regression = task == "regression"
@@ -154,6 +160,13 @@ def fit_task(plan: RolloutPlan, task: str | None) -> RolloutPlan:
                 f"{field}: {metric} does not apply to v{plan.challenger}, {kind} "
                 f"(flywheel.task {task}); use {use}"
                 + (" or none." if field.startswith("guardrails") else "."),
+                field=field,
+                rule="task",
+            )
+        if chosen and metric in ("recall", "precision") and (n := classes()) > 2:
+            raise DataError(
+                f"{field}: {metric} counts rows of the positive class, which only a binary "
+                f"classifier has; v{plan.challenger} has {n} classes. Use accuracy (or none).",
                 field=field,
                 rule="task",
             )
@@ -173,30 +186,6 @@ def _version_files(ws: Workspace, name: str, version: str) -> Any:
     from flywheel.serving.sources import RegistrySource
 
     return RegistrySource(ws, name).fetch(version)
-
-
-def _refuse_positive_class_metric(ws: Workspace, name: str, plan: RolloutPlan) -> None:
-    """``recall`` and ``precision`` count rows of the positive class, which only a binary
-    classifier has: on a multiclass challenger the metric would wait for ever ("too few
-    rows"), so the step could never pass. Refused at the start (DataError, exit 4, naming
-    the field); the classes come from the challenger's files (the servers' cache), read
-    only when such a metric is set."""
-    fields: list[tuple[str, str]] = [("guardrails.metric", plan.guardrails.metric)]
-    if plan.strategy == "ab":
-        fields.append(("metric", plan.metric))
-    chosen = [(f, m) for f, m in fields if m in ("recall", "precision")]
-    if not chosen:
-        return
-    classes = _version_files(ws, name, plan.challenger).classes or []
-    if len(classes) > 2:
-        field, metric = chosen[0]
-        raise DataError(
-            f"{field}: {metric} counts rows of the positive class, which only a binary "
-            f"classifier has; v{plan.challenger} has {len(classes)} classes. Use accuracy "
-            "(or none).",
-            field=field,
-            rule="task",
-        )
 
 
 def _sticky_warning(
@@ -239,8 +228,11 @@ def start(ws: Workspace, plan: RolloutPlan, *, reason: str | None = None) -> Rol
         client = ws.client
         version = get_version(client, name, plan.challenger)
         champion = alias_version(client, name, CHAMPION)
-    plan = fit_task(plan, (version.tags or {}).get(TAG["task"]))
-    _refuse_positive_class_metric(ws, name, plan)
+    plan = fit_task(
+        plan,
+        (version.tags or {}).get(TAG["task"]),
+        lambda: len(_version_files(ws, name, plan.challenger).classes or []),
+    )
     if plan.champion is not None and plan.champion != champion:
         # the champion arm is the version the servers serve as champion: a plan naming
         # another would be judged against a version nobody answers with

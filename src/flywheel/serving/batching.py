@@ -322,9 +322,11 @@ class MicroBatcher:
                 arm.scored(scored[1])
                 arm.saw(item.decoded for item in batch)
                 return
+            mine = []
             for item, part in zip(batch, results, strict=True):  # some not the arm's
                 if item.counted and not isinstance(part, BaseException):
                     arm.scored(part[1])
-                    arm.saw((item.decoded,))
+                    mine.append(item.decoded)
+            arm.saw(mine)  # one batch's rows, as above
         except Exception:  # a metric must never fail the requests
             log.exception("on_scored failed")
