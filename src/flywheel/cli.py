@@ -290,6 +290,12 @@ def ingest(
         )
     else:
         console.print(f"[yellow]unchanged[/]: the data matches snapshot {m.id}; no new snapshot")
+        if target is not None and m.target != target:  # a snapshot is immutable, its target too
+            err_console.print(
+                f"warning: snapshot {m.id} was ingested with target {m.target!r}, not {target!r}; "
+                f"to train on {target!r}, set 'target: {target}' in params.yaml",
+                highlight=False,
+            )
     if result.contract_created:
         console.print(
             f"contract inferred: {_settings().contracts_dir / (m.dataset + '.yaml')} (review and edit it)"
@@ -707,24 +713,33 @@ def monitor_check(
         loaded = load_model(ws, model, reference=chosen)
         paths = [*current, *(more or [])]
         results = check_model(ws, loaded, paths, progress=progress)
+    _window_lines(results, full)
+    if report is not None:
+        from flywheel.monitoring.report import render_report
+
+        windows = [r.to_dict(profile=True) for r in results]
+        render_report(loaded.reference.to_dict(), windows, report)
+        # stderr: stdout is the JSON lines a script reads
+        err_console.print(f"[green]report[/] {report.resolve()}", highlight=False)
+
+
+def _window_lines(results: list[Any], full: bool) -> None:
+    """One JSON line per window; only the drifted features' statistics unless ``full``."""
     for r in results:
         line = r.to_dict()
         if not full:
             line["features"] = [f for f in line["features"] if f["drifted"]]
         sys.stdout.write(json.dumps(line) + "\n")
     sys.stdout.flush()
-    if report is not None:
-        from flywheel.monitoring.report import render_report
-
-        windows = [r.to_dict(profile=True) for r in results]
-        render_report(loaded.reference.to_dict(), windows, report)
-        console.print(f"[green]report[/] {report.resolve()}", highlight=False)
 
 
 @monitor_app.command("run")
 def monitor_run(
     model: Annotated[str, _MODEL_REF] = "@champion",
     as_json: Annotated[bool, _JSON_OPTION] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="With --json: every feature's statistics.")
+    ] = False,
 ) -> None:
     """Evaluate the windows of the prediction log that ended since the last run (and refresh
     recent ones as their labels arrive); store them, audit each decision, post alarms to
@@ -739,10 +754,8 @@ def monitor_run(
             bar.update(task, description=phase, completed=done, total=total or None)
 
         results = run_monitor(ws, model, progress=progress)
-    if as_json:
-        for r in results:
-            sys.stdout.write(json.dumps(r.to_dict()) + "\n")
-        sys.stdout.flush()
+    if as_json:  # the lines `monitor check` prints
+        _window_lines(results, full)
         return
     if not results:
         console.print("no window ended since the last run")
@@ -790,6 +803,14 @@ def monitor_report(
     from flywheel.monitoring.monitor import rollup, settings_of, stored_windows
     from flywheel.monitoring.report import render_report
 
+    if every is not None:  # a malformed option is a usage error (exit 2), before any work
+        from flywheel.errors import DataError, UsageError
+        from flywheel.monitoring.sources import parse_every
+
+        try:
+            parse_every(every)
+        except DataError as exc:
+            raise UsageError(f"--rollup: {exc.message}", option="rollup") from None
     ws = _workspace()
     reference, windows = stored_windows(ws, model)
     if every is not None:

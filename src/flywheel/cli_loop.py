@@ -58,6 +58,11 @@ def triggers_check(
     console.print(f"{triggers.iso(decision.at)}: {verdict}")
     for t in decision.triggers:
         console.print(f"  {t.kind}: {t.reason}")
+    if decision.fire and not dry_run:
+        console.print(
+            "  the retrain is owed: `flywheel worker` runs it at its next tick "
+            "(or `flywheel retrain` now)"
+        )
 
 
 def worker(
@@ -127,6 +132,8 @@ def worker(
         elif t.decision is not None:
             d = t.decision
             parts.append("retrain" if d["fire"] else f"no retrain{_held(d)}")
+            if t.owed:
+                parts.append(f"retrain owed since {t.owed}")
         if t.retrain:
             parts.append(f"pipeline {t.retrain.get('run', '')} {t.retrain['status']}")
         console.print(f"{triggers.iso(t.at)}: " + "; ".join(parts), highlight=False)

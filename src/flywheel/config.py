@@ -15,8 +15,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -53,7 +55,14 @@ def _check_sql_url(value: str, key: str) -> str:
     return value
 
 
-class SourceSettings(BaseModel):
+class _Section(BaseModel):
+    """A section of the settings: an unknown key is refused with its name (a misspelt
+    ``retrain.cooldwn`` would otherwise leave the default in force, silently)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceSettings(_Section):
     url: str | None = Field(
         None, description="SQL source database URL (sqlite:/// or postgresql://)."
     )
@@ -92,7 +101,7 @@ class SourceSettings(BaseModel):
         return v
 
 
-class StoreSettings(BaseModel):
+class StoreSettings(_Section):
     url: str | None = Field(None, description="Object store: a local folder or s3://bucket/prefix.")
     endpoint_url: str | None = Field(
         None, description="S3 API endpoint for MinIO, Ceph, R2 or a test server."
@@ -103,11 +112,13 @@ class StoreSettings(BaseModel):
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         if v is not None and "://" in v and not v.startswith(("s3://", "file://", "memory://")):
-            raise ValueError(f"store.url must be a local path or s3://bucket/prefix, got {v!r}")
+            raise ValueError(
+                f"store.url must be a local path or s3://bucket/prefix, got {mask_url(v)!r}"
+            )
         return v
 
 
-class TrackingSettings(BaseModel):
+class TrackingSettings(_Section):
     uri: str | None = Field(
         None, description="MLflow tracking URI (sqlite:///..., http://host:port)."
     )
@@ -117,7 +128,7 @@ class TrackingSettings(BaseModel):
     experiment: str = Field("flywheel", description="MLflow experiment name.")
 
 
-class TrainingSettings(BaseModel):
+class TrainingSettings(_Section):
     params_file: Path | None = Field(None, description="Default params.yaml for `flywheel train`.")
     slice_columns: list[str] = Field(
         default_factory=lambda: ["contract_type", "region"],
@@ -128,7 +139,7 @@ class TrainingSettings(BaseModel):
     )
 
 
-class GateSettings(BaseModel):
+class GateSettings(_Section):
     min_metrics: dict[str, float] = Field(
         default_factory=lambda: {"roc_auc": 0.70, "r2": 0.10},
         description="Holdout metric floors (e.g. roc_auc, f1, precision, recall); a metric not "
@@ -160,7 +171,7 @@ class GateSettings(BaseModel):
         return v
 
 
-class RegistrySettings(BaseModel):
+class RegistrySettings(_Section):
     model_name: str = Field("churn", description="Registered model name.")
     require_approval: bool = Field(False, description="Promotions wait for `flywheel approve`.")
     audit_url: str | None = Field(
@@ -174,7 +185,7 @@ class RegistrySettings(BaseModel):
         return None if v is None else _check_sql_url(v, "registry.audit_url")
 
 
-class ServingSettings(BaseModel):
+class ServingSettings(_Section):
     host: str = Field("127.0.0.1", description="Bind address (loopback unless told otherwise).")
     port: int = Field(8080, ge=0, le=65535, description="REST + WebSocket port.")
     grpc_port: int | None = Field(8081, ge=0, le=65535, description="gRPC port (unset: no gRPC).")
@@ -253,7 +264,7 @@ class ServingSettings(BaseModel):
         return v
 
 
-class MonitoringSettings(BaseModel):
+class MonitoringSettings(_Section):
     url: str | None = Field(
         None, description="Monitor state database (windows, decisions); default under home."
     )
@@ -308,7 +319,7 @@ class MonitoringSettings(BaseModel):
         return None if v is None else _check_sql_url(v, "monitoring.url")
 
 
-class RolloutSettings(BaseModel):
+class RolloutSettings(_Section):
     poll_s: float = Field(
         1.0,
         gt=0,
@@ -341,7 +352,7 @@ class RolloutSettings(BaseModel):
     )
 
 
-class RetrainSettings(BaseModel):
+class RetrainSettings(_Section):
     """When to retrain and what a retrain does (docs/continuous-training.md). Every time
     here is on the data's clock: the simulation's in a replay, the wall clock in production."""
 
@@ -444,7 +455,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         yaml_file = Path(os.environ.get("FLYWHEEL_CONFIG", "flywheel.yaml"))
-        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file))
+        return (init_settings, env_settings, _YamlFile(settings_cls, yaml_file))
 
     @field_validator("home")
     @classmethod
@@ -500,6 +511,19 @@ class Settings(BaseSettings):
 _SECRET_KEYS = re.compile(r"(token|secret|password|passwd|api_key|access_key|labels_key)", re.I)
 
 
+class _YamlFile(YamlConfigSettingsSource):
+    """``flywheel.yaml``, which must hold a mapping of settings (a list, say, is refused
+    as a bad setting, as malformed YAML is in :func:`load_settings`)."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        data = super()._read_file(file_path)
+        if not isinstance(data, dict):
+            raise yaml.YAMLError(
+                f"it holds a {type(data).__name__}, not a mapping of settings (key: value)"
+            )
+        return data
+
+
 def mask_url(url: str) -> str:
     """Hide the password in ``scheme://user:password@host``."""
     return re.sub(r"(://[^:/@]+):[^@/]+@", r"\1:***@", url)
@@ -547,10 +571,27 @@ def load_settings(**overrides: Any) -> Settings:
     """Build the settings, turning validation errors into a :class:`ConfigError` naming the key."""
     try:
         return Settings(**overrides)
+    except yaml.YAMLError as exc:  # the file is not YAML: a bad setting, not a bug
+        where = os.environ.get("FLYWHEEL_CONFIG", "flywheel.yaml")
+        raise ConfigError(
+            f"Bad configuration: {where} is not a YAML mapping of settings: "
+            f"{' '.join(str(exc).split())}. Fix the file.",
+            key="settings",
+        ) from exc
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or "settings"
         msg = first["msg"].removeprefix("Value error, ")
+        value = first.get("input")
+        secret = any(word in key for word in ("token", "key", "password", "secret"))
+        if (
+            isinstance(value, str | int | float)
+            and not secret
+            and first["type"] != "extra_forbidden"
+        ):
+            shown = mask_url(value) if isinstance(value, str) and "://" in value else value
+            if "got " not in msg:
+                msg += f" (got {str(shown)[:80]!r})"
         raise ConfigError(
             f"Bad configuration for '{key}': {msg}. "
             "Fix it in flywheel.yaml or the FLYWHEEL_* environment variable.",

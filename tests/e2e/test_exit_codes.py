@@ -68,6 +68,7 @@ def test_2_usage_and_config(tmp_path: Path) -> None:
     assert "No such option" in flywheel(tmp_path, "train", "--bogus", code=2).stderr
     assert "--start" in flywheel(tmp_path, "simulate", "--start", "2025-13-01", code=2).stderr
     assert "exactly one of" in flywheel(tmp_path, "predict", code=2).stderr
+    assert "--rollup" in flywheel(tmp_path, "monitor", "report", "--rollup", "7x", code=2).stderr
     token = {"FLYWHEEL_ADMIN_TOKEN": "t"}
     for url in ("notaurl", "127.0.0.1:8080", "ftp://127.0.0.1:8080", "http://127.0.0.1:x"):
         err = flywheel(tmp_path, "rollout", "status", "--url", url, code=2, env=token).stderr
@@ -76,6 +77,13 @@ def test_2_usage_and_config(tmp_path: Path) -> None:
     _write_yaml(tmp_path / "flywheel.yaml", {"serving": {"port": 99999}})
     err = flywheel(tmp_path, "config", "show", code=2).stderr
     assert "serving.port" in err
+    # a misspelt key inside a section was ignored (exit 0, the default in force)
+    _write_yaml(tmp_path / "flywheel.yaml", {"retrain": {"cooldwn": "1d"}})
+    assert "retrain.cooldwn" in flywheel(tmp_path, "config", "show", code=2).stderr
+    for text in ("monitoring: [1, 2\n", "- a list\n"):  # were exit 70, a crash log
+        (tmp_path / "flywheel.yaml").write_text(text)
+        err = flywheel(tmp_path, "config", "show", code=2).stderr
+        assert "flywheel.yaml is not a YAML mapping" in err, err
     (tmp_path / "flywheel.yaml").unlink()
     (tmp_path / ".flywheel").write_text("not a folder")
     assert "home must be a folder" in flywheel(tmp_path, "data", "list", code=2).stderr

@@ -306,7 +306,7 @@ def worlds(base: Path, webhook: Webhook) -> Iterator[dict[str, World]]:
             for done in [pool.submit(serve_and_replay, world) for world in out.values()]:
                 done.result()
         for name, world in out.items():
-            run = flywheel(base, "-c", str(world.config), "monitor", "run", "--json")
+            run = flywheel(base, "-c", str(world.config), "monitor", "run", "--json", "--full")
             world.results = _json_lines(run.stdout)
             world.hook_posts_after_run = len(webhook.received(name))
         print(f"[setup] 4 worlds served, replayed and monitored in {time.monotonic() - t0:.1f} s")
@@ -430,8 +430,13 @@ def test_files_give_the_same_result_as_the_log(base: Path, worlds: dict[str, Wor
         path = base / f"new_contract-{month}.parquet"
         g.to_parquet(path, index=False)
         files.append(str(path))
-    out = flywheel(base, "-c", str(world.config), "monitor", "check", "--full", "--current", *files)
-    checked = _json_lines(out.stdout)
+    html = base / "check.html"
+    out = flywheel(
+        base, "-c", str(world.config), "monitor", "check", "--full", "--current", *files,
+        "--report", str(html),
+    )  # fmt: skip
+    checked = _json_lines(out.stdout)  # every stdout line JSON: the report's path on stderr
+    assert html.stat().st_size > 0 and "report" in out.stderr
     assert [r["window"] for r in checked] == files
     score_gaps = []
     for (month, logged), filed in zip(world.by_month().items(), checked, strict=True):

@@ -48,3 +48,32 @@ def test_csv_with_missing_target_column_is_refused(cli: Cli, tmp_path: Path) -> 
     assert not (tmp_path / "fw" / "store").exists() or not any(
         (tmp_path / "fw" / "store").rglob("*.json")
     )
+
+
+def test_retrain_on_your_own_files_trains_on_the_newest_one(
+    cancer_champion: Path, tmp_path: Path
+) -> None:
+    """No SQL source: `flywheel retrain` used to fail (exit 6: "no SQLite database ... run
+    `flywheel simulate`"). It trains on the newest file ingested: by hand on the champion's
+    own snapshot, then on the file ingested after it."""
+    import json
+
+    import yaml
+
+    from tests.e2e.conftest import copy_folder, flywheel
+
+    cwd = copy_folder(cancer_champion, tmp_path / "f")
+    settings = yaml.safe_load((cwd / "flywheel.yaml").read_text())
+    settings["retrain"] = {"rollout": "none", "cooldown": "0d"}
+    (cwd / "flywheel.yaml").write_text(yaml.safe_dump(settings))
+    first = json.loads(flywheel(cwd, "retrain", "--reason", "by hand", "--json").stdout)
+    assert first["status"] == "finished" and first["version"] == "2", first
+    ingested = first["steps"]["ingest"]["output"]
+    assert ingested["source"] == "file" and ingested["created"] is False  # the champion's
+    frame = load_breast_cancer(as_frame=True).frame
+    frame.iloc[:300].to_csv(cwd / "cancer-2.csv", index=False)
+    flywheel(cwd, "ingest", "--file", "cancer-2.csv", "--target", "target")
+    newest = json.loads(flywheel(cwd, "data", "list", "--json").stdout)[-1]["id"]
+    second = json.loads(flywheel(cwd, "retrain", "--reason", "new file", "--json").stdout)
+    assert second["status"] == "finished", second
+    assert second["snapshot_id"] == newest and second["steps"]["ingest"]["output"]["created"]

@@ -4,7 +4,8 @@ Version 1 is trained and promoted on 120 simulated days. A check recorded two mi
 makes the schedule (every minute) tick before the worker's first tick, so that tick
 retrains; the next tick sees the rollout deciding and holds; a retrain killed with SIGKILL
 mid-run resumes as the same pipeline run on the next tick (one version more, not two);
-SIGTERM stops a looping worker after its tick; the health check follows the heartbeat.
+a retrain a `triggers check` by hand fired runs on the next tick, once; SIGTERM stops a
+looping worker after its tick; the health check follows the heartbeat.
 """
 
 from __future__ import annotations
@@ -120,6 +121,26 @@ def test_a_retrain_killed_mid_run_resumes_on_the_next_tick(world: Path) -> None:
     after = json.loads(flywheel(world, "registry", "list", "--json").stdout)
     assert len(after) == versions + 1
     flywheel(world, "rollout", "abort", "--reason", "the next test loops")
+
+
+def test_a_check_by_hand_that_fires_is_retrained_by_the_next_tick(world: Path) -> None:
+    # `triggers check` records the decision; the retrain it owes was lost before (the
+    # worker saw the key decided and the cooldown spent, and ran nothing)
+    settings = {**SETTINGS, "retrain": {"cooldown": "30d", "rollout": "none"}}  # no schedule
+    (world / "flywheel.yaml").write_text(yaml.safe_dump(settings))
+    asked = flywheel(world, "triggers", "check", "--manual", "new columns upstream")
+    assert "retrain" in asked.stdout and "owed" in asked.stdout
+    key = json.loads(flywheel(world, "triggers", "check", "--dry-run", "--json").stdout)
+    assert key["fire"] is False  # the owed retrain holds the cooldown: no second one
+    before = {r["id"] for r in _runs(world)}
+    (tick,) = _ticks(flywheel(world, "worker", "--once", "--json").stdout)
+    assert tick["errors"] == [] and tick["decision"]["fire"] is False, tick
+    assert tick["retrain"]["status"] == "finished", tick
+    (new,) = [r for r in _runs(world) if r["id"] not in before]
+    assert new["trigger"]["kind"] == "manual" and new["trigger"]["key"] == tick["owed"]
+    assert new["trigger"]["reason"].endswith("new columns upstream")
+    (again,) = _ticks(flywheel(world, "worker", "--once", "--json").stdout)
+    assert again["owed"] is None and again["retrain"] is None  # settled: run once
 
 
 def test_sigterm_stops_a_looping_worker_after_its_tick(world: Path) -> None:

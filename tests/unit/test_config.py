@@ -51,6 +51,17 @@ def test_bad_value_fails_naming_the_key(
     assert key in str(info.value)
 
 
+def test_a_bad_value_is_shown_and_a_password_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_MONITORING__EVERY", "3x")
+    with pytest.raises(ConfigError, match="got '3x'"):
+        load_settings()
+    monkeypatch.delenv("FLYWHEEL_MONITORING__EVERY")
+    monkeypatch.setenv("FLYWHEEL_STORE__URL", "ftp://me:hunter2@host/x")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "hunter2" not in str(info.value) and "me:***@host" in str(info.value)
+
+
 def test_unknown_yaml_key_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "flywheel.yaml"
     cfg.write_text("sourse:\n  url: sqlite:///x.db\n")

@@ -321,6 +321,37 @@ def test_check_records_once_then_suppresses_then_obeys_a_person(champion_ws: Wor
     assert ws.audit.verify() == []
 
 
+def test_a_fired_trigger_without_a_run_is_owed_until_a_run_starts(champion_ws: Workspace) -> None:
+    """A decision recorded with no retrain after it (`triggers check` by hand, a worker
+    killed between the two) is owed: counted by the cooldown, handed to the next tick; a
+    run of its own settles it, a later run overtakes it; a run by hand counts too."""
+    from flywheel.pipelines.runner import PipelineRun
+
+    ws = champion_ws
+    day1, day2 = T0 + DAY, T0 + 2 * DAY
+    _save(ws, window(day1, share=0.6))
+    fired = triggers.check(ws, now=day1)
+    assert fired.fire and triggers.owed(ws) == fired.triggers[0]
+    assert triggers.history(ws) == [day1]  # owed: the cooldown holds the next one
+    asked = triggers.check(ws, now=day2, manual="a person asked")
+    assert triggers.owed(ws) == asked.triggers[0]  # the newest
+
+    def run(rid: str, trigger: dict[str, Any], at: float) -> None:
+        PipelineRun(rid, "churn", trigger, created_at=at, at=at, status="finished").save(
+            ws.settings.home
+        )
+
+    run("pr-1", asked.triggers[0].to_dict(), day2)
+    assert triggers.owed(ws) is None
+    assert triggers.history(ws) == [day2]  # day1's decision was overtaken, never run
+    by_hand = {"kind": "manual", "key": "manual:by-hand", "reason": "by hand"}
+    run("pr-2", by_hand, day2 + DAY)  # `flywheel retrain`: no check fired it
+    assert triggers.history(ws) == [day2, day2 + DAY]
+    _save(ws, window(day2 + 2 * DAY, share=0.7))
+    held = triggers.check(ws, now=day2 + 2 * DAY)  # the run by hand holds it (14d cooldown)
+    assert not held.fire and held.suppressed and iso(day2 + DAY) in held.suppressed
+
+
 def test_an_orchestrators_tick_is_admitted_by_the_same_rules(champion_ws: Workspace) -> None:
     ws = champion_ws
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
 from flywheel.config import MonitoringSettings
@@ -158,6 +159,23 @@ def _micros(batch: pa.Table) -> Any:
     return batch.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False)
 
 
+_MARGIN_S = 1e-3  # far beyond a float's resolution of today's epoch seconds (~0.2 µs)
+
+
+def _from_micros(batches: Iterator[pa.Table], start: float | None) -> Iterator[pa.Table]:
+    """The rows at or after ``start``, compared in the whole µs the windows are cut in."""
+    if start is None:
+        yield from batches
+        return
+    lo = round(start * 1e6)
+    for batch in batches:
+        ts = _micros(batch)
+        if len(ts) and ts[0] < lo:
+            batch = batch.slice(int(np.searchsorted(ts, lo, side="left")))
+        if batch.num_rows:
+            yield batch
+
+
 def _row_windows(
     batches: Iterator[pa.Table], size: int
 ) -> Iterator[tuple[float, float, list[pa.Table]]]:
@@ -222,10 +240,15 @@ def run(
             first = stored.index(waiting[0])
             keep = [w for w in stored[:first] if w["status"] == "ok"]
         drift_ref = _drift_reference(ws, model, m.reference, start, url)
-        batches = log_batches(url, model, start, now)
         if m.window_rows:
-            windows = _row_windows(batches, m.window_rows)
+            # a row window starts at its first row's time in whole µs, rounded from the
+            # log's float seconds, so it may lie just after that row: read a little before
+            # and cut at the µs (a refreshed window keeps its rows and its name)
+            early = None if start is None else start - _MARGIN_S
+            batches = log_batches(url, model, early, now)
+            windows = _row_windows(_from_micros(batches, start), m.window_rows)
         else:
+            batches = log_batches(url, model, start, now)
             windows = _time_windows(batches, parse_every(m.every), now)
         results: list[WindowResult] = []
         for i, (lo, hi, parts) in enumerate(windows):

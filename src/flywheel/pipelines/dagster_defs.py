@@ -135,6 +135,9 @@ def _job(settings: Settings) -> dg.JobDefinition:
 def _sensor_request(ws: Workspace) -> dg.RunRequest | dg.SkipReason:
     decision = triggers.check(ws)
     if not decision.fire or decision.run_key is None:
+        owed = triggers.owed(ws)  # fired earlier (by hand, say), its run never started
+        if owed is not None:
+            return _request(owed)
         return dg.SkipReason(decision.suppressed or "no trigger fired")
     return _request(decision.triggers[0])
 

@@ -351,18 +351,50 @@ def _manifest(ws: Workspace, run: PipelineRun) -> Manifest:
 def _ingest(ws: Workspace, run: PipelineRun) -> dict[str, Any]:
     from flywheel.data.snapshots import ingest
 
-    done = ingest(ws.settings)
-    m = done.manifest
-    if not done.created and run.trigger.get("kind", "manual") != "manual":
+    filed = _file_snapshot(ws)
+    if filed is not None:  # your files: the newest one ingested, new unless the champion's
+        m, created, new_rows = filed, filed.id != _champion_snapshot(ws), 0
+    else:
+        done = ingest(ws.settings)
+        m, created, new_rows = done.manifest, done.created, done.new_rows
+    if not created and run.trigger.get("kind", "manual") != "manual":
+        more = " (ingest a new file with `flywheel ingest --file`)" if filed is not None else ""
         raise NoNewData(
             f"no new data since snapshot {m.id} ({m.rows:,} rows, to "
-            f"{m.time_range[1] if m.time_range else '?'}): nothing to retrain on"
+            f"{m.time_range[1] if m.time_range else '?'}): nothing to retrain on{more}"
         )
     run.snapshot_id = m.id
     _held(run)["manifest"] = m
-    return {"snapshot_id": m.id, "created": done.created, "new_rows": done.new_rows,
+    return {"snapshot_id": m.id, "created": created, "new_rows": new_rows,
             "rows": m.rows, "parent": m.parent, "sha256": m.sha256,
-            "time_range": list(m.time_range) if m.time_range else None}  # fmt: skip
+            "time_range": list(m.time_range) if m.time_range else None,
+            "source": "file" if filed is not None else "sql"}  # fmt: skip
+
+
+def _file_snapshot(ws: Workspace) -> Manifest | None:
+    """The dataset's newest snapshot when it was ingested from a file and no SQL source is
+    configured (``source.url`` left at the embedded default): a retrain has no source to
+    pull from, so it trains on what `flywheel ingest --file` added last."""
+    from flywheel.data.snapshots import latest_snapshot
+
+    embedded = f"sqlite:///{(ws.settings.home / 'source.db').as_posix()}"
+    if ws.settings.source.url != embedded:
+        return None
+    latest = latest_snapshot(ws.settings, ws.settings.source.dataset)
+    return latest if latest is not None and latest.source.get("file") else None
+
+
+def _champion_snapshot(ws: Workspace) -> str | None:
+    """The snapshot the champion was trained on (its registry tag), or None."""
+    from flywheel.registry._client import alias_version
+    from flywheel.tracking import TAG
+
+    name = ws.settings.registry.model_name
+    version = alias_version(ws.client, name, "champion")
+    if version is None:
+        return None
+    tags = ws.client.get_model_version(name, version).tags or {}
+    return tags.get(TAG["snapshot_id"])
 
 
 def _validate(ws: Workspace, run: PipelineRun) -> dict[str, Any]:

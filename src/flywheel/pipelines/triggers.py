@@ -67,6 +67,7 @@ __all__ = [
     "history",
     "iso",
     "labelled_since",
+    "owed",
     "state_path",
 ]
 
@@ -316,23 +317,52 @@ def _perf_brief(perf: dict[str, Any]) -> dict[str, Any]:
 
 def _ledger(ws: Workspace) -> tuple[list[float], set[str]]:
     """Past retrains' data-clock times, and every trigger key already decided on."""
+    times, keys, _ = _read_ledger(ws)
+    return times, keys
+
+
+def _read_ledger(ws: Workspace) -> tuple[list[float], set[str], Trigger | None]:
+    """Past retrains' data-clock times, every trigger key already decided on, and the
+    retrain owed (see :func:`owed`). A retrain is a fired trigger whose pipeline run exists
+    (not one skipped for want of new data: it spends no cooldown or budget) or is still
+    owed, and a run started by hand (``flywheel retrain``, whose trigger no check fired); a
+    fired trigger overtaken by a later run without one of its own is not."""
     from flywheel.pipelines.runner import all_runs
 
+    name = ws.settings.registry.model_name
+    runs = {r.key: r for r in all_runs(ws.settings.home) if r.model == name and r.key}
+    newest_run = max((r.at for r in runs.values()), default=None)
     times: list[float] = []
     keys: set[str] = set()
-    # a run skipped for want of new data is not a retrain: it spends no cooldown or budget
-    skipped = {r.key for r in all_runs(ws.settings.home) if r.status == "skipped"}
-    for entry in ws.audit.entries(model=ws.settings.registry.model_name):
+    owed: Trigger | None = None
+    for entry in ws.audit.entries(model=name):
         if entry.action not in ("retrain_triggered", "retrain_suppressed"):
             continue
         detail = _detail(entry.reason)
-        keys.update(t["key"] for t in detail.get("triggers", []) if isinstance(t, dict))
+        fired = [t for t in detail.get("triggers", []) if isinstance(t, dict)]
+        keys.update(t["key"] for t in fired)
         at = detail.get("at")
-        fired = [t.get("key") for t in detail.get("triggers", []) if isinstance(t, dict)]
-        retrained = entry.action == "retrain_triggered" and not (fired and fired[0] in skipped)
-        if retrained and isinstance(at, int | float):
+        if entry.action != "retrain_triggered" or not fired or not isinstance(at, int | float):
+            continue
+        run = runs.get(str(fired[0].get("key")))
+        if run is not None:
+            if run.status != "skipped":
+                times.append(float(at))
+        elif newest_run is None or newest_run < float(at):  # no run yet: owed
             times.append(float(at))
-    return sorted(times), keys
+            first = fired[0]
+            owed = Trigger(first.get("kind", "manual"), float(at), str(first.get("reason", "")),
+                           dict(first.get("evidence") or {}), str(first["key"]))  # fmt: skip
+    times += [r.at for key, r in runs.items() if key not in keys and r.status != "skipped"]
+    return sorted(times), keys, owed
+
+
+def owed(ws: Workspace) -> Trigger | None:
+    """The newest trigger that fired (``retrain_triggered``) but has no pipeline run, and
+    no run was started after it: a `flywheel triggers check` by hand, or a worker killed
+    between its decision and its run. The worker and the orchestrator's sensor run it, so
+    a recorded decision is never lost; it counts toward the cooldown and budget meanwhile."""
+    return _read_ledger(ws)[2]
 
 
 def _detail(reason: str) -> dict[str, Any]:

@@ -9,7 +9,9 @@ Each tick, on the data clock (the wall clock here; a replay passes the simulated
 4. the triggers decide (schedule, drift, performance, new labels; cooldown and budget), the
    decision going to the audit ledger;
 5. when one fires, the retraining pipeline runs and starts the configured rollout, which the
-   server's rollout agent promotes or rolls back.
+   server's rollout agent promotes or rolls back; when none fires, a trigger that fired
+   earlier but whose run never started (a `flywheel triggers check` by hand, a worker killed
+   between deciding and running) runs instead (:func:`~flywheel.pipelines.triggers.owed`).
 
 Each tick writes a heartbeat (``<home>/worker/heartbeat.json``): ``flywheel worker
 --healthcheck`` reads it for a container's health check. A failing step is logged and
@@ -46,6 +48,7 @@ class Tick:
     rollout: str | None = None  # the active rollout that held triggers back
     decision: dict[str, Any] | None = None  # TriggerDecision.to_dict()
     retrain: dict[str, Any] | None = None  # {"run", "status", "version"} or {"status": "failed"}
+    owed: str | None = None  # the key of an earlier fired trigger this tick ran (triggers.owed)
     errors: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -91,6 +94,7 @@ def tick(
             out.windows = len(results)
             out.alarms = sum(1 for r in results if r.alarm)
 
+    trigger = None
     with _step(out, "triggers"):
         active = store_of(ws).active(name)
         if active is not None:
@@ -98,8 +102,13 @@ def tick(
             return out
         decision = triggers.check(ws, now=now)
         out.decision = decision.to_dict()
-    if out.decision is None or not decision.fire:
+        # a decision recorded earlier whose retrain never started (`triggers check` by
+        # hand, or a worker killed between the two): run it now
+        trigger = decision.triggers[0] if decision.fire else triggers.owed(ws)
+    if out.decision is None or trigger is None:
         return out
+    if not decision.fire:
+        out.owed = trigger.key
 
     errors = len(out.errors)
     if before_retrain is not None:
@@ -109,7 +118,7 @@ def tick(
             return out
     with _step(out, "retrain"):
         try:
-            run = retrain.run_retrain(ws, trigger=decision.triggers[0].to_dict())
+            run = retrain.run_retrain(ws, trigger=trigger.to_dict())
         except PipelineBusy as exc:  # a retrain started elsewhere (a CronJob, by hand)
             out.retrain = {"status": "busy", "holder": exc.details.get("holder")}
             return out

@@ -150,7 +150,8 @@ def _resolve_target(params: TrainParams, manifest: Manifest, df: pd.DataFrame) -
     if target is None:
         raise TrainingError(
             f"No target for snapshot {manifest.id}: neither params.target nor the snapshot "
-            "names one. Set 'target: <column>' in params.yaml or ingest with --target.",
+            "names one (a snapshot's target is set when it is first ingested, with --target). "
+            "Set 'target: <column>' in params.yaml.",
             snapshot_id=manifest.id,
         )
     if target not in df.columns:
