@@ -55,7 +55,20 @@ Url = Annotated[
         callback=_http_url,
     ),
 ]
-Reason = Annotated[str, typer.Option(help="Why (recorded in the audit log).")]
+
+
+def _nonblank_reason(value: str) -> str:
+    """An empty or blank --reason is a usage error (exit 2), as a missing one is: checked
+    here, before a remote server could answer it as a bad body (exit 4)."""
+    if not value.strip():
+        raise typer.BadParameter("a reason is required (every rollout change is audited).")
+    return value
+
+
+Reason = Annotated[
+    str,
+    typer.Option(help="Why (recorded in the audit log; not empty).", callback=_nonblank_reason),
+]
 
 
 def _remote(url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -286,12 +299,21 @@ def _print_status(out: dict[str, Any]) -> None:
         def num(key: str, spec: str = ".4g") -> str:  # JSON's null: no estimate, no bound yet
             return "n/a" if test.get(key) is None else format(test[key], spec)
 
-        console.print(
-            f"  test on {test['metric']}: challenger {num('challenger')} vs champion "
-            f"{num('champion')}, interval of the difference [{num('low')}, {num('high')}], "
-            f"p = {num('p_value', '.3g')}, n = {test['n_challenger']} challenger, "
-            f"{test['n_champion']} champion"
-        )
+        n = f"n = {test['n_challenger']} challenger, {test['n_champion']} champion"
+        units = "answers" if test["metric"] in ("error_rate", "latency_ms") else "labelled outcomes"
+        if not test.get("n_challenger") and not test.get("n_champion"):
+            console.print(f"  test on {test['metric']}: no {units} yet ({n})")
+        elif test.get("low") is None or test.get("high") is None:
+            console.print(
+                f"  test on {test['metric']}: challenger {num('challenger')} vs champion "
+                f"{num('champion')}, too few {units} for an interval yet, {n}"
+            )
+        else:  # (the interval's bracket escaped: "[n/a, n/a]" was read as markup, and lost)
+            console.print(
+                f"  test on {test['metric']}: challenger {num('challenger')} vs champion "
+                f"{num('champion')}, interval of the difference \\[{num('low')}, "
+                f"{num('high')}], p = {num('p_value', '.3g')}, {n}"
+            )
     if "replicas_silent" not in out:
         return  # an ended rollout
     alive, silent = out.get("replicas") or [], out.get("replicas_silent") or []

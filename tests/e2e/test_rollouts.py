@@ -878,12 +878,20 @@ def test_cli_from_the_serving_folder_and_remote(
     assert seen["3"] > 0
     assert {c["name"] for c in out["analysis"]["checks"]} >= {"error_rate", "score_drift"}
 
-    # every change needs a reason: a missing option is a usage error, an empty one refused
+    # every change needs a reason: a missing option is a usage error, and so is a blank one
     for verb in ("pause", "resume", "abort", "switch"):
         missing = flywheel(cwd, "rollout", verb, code=2)
         assert "--reason" in missing.stderr, missing.stderr
-    empty = flywheel(cwd, "rollout", "pause", "--reason", " ", code=10)
+    empty = flywheel(cwd, "rollout", "pause", "--reason", " ", code=2)
     assert "reason is required" in empty.stdout + empty.stderr
+    blank = httpx.post(
+        f"{server.base}/admin/rollout/pause",
+        json={"reason": ""},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
+    assert blank.status_code == 422 and "reason" in blank.text, blank.text
+    assert server.rollout()["status"] == "running"
     flywheel(cwd, "rollout", "pause", "--reason", "cli pause")
     assert server.rollout()["status"] == "paused"
     flywheel(cwd, "rollout", "resume", "--reason", "cli resume")

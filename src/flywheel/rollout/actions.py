@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from flywheel.errors import DataError, NotFound, RegistryError
+from flywheel.errors import DataError, NotFound, RegistryError, UsageError
 from flywheel.rollout.plan import RolloutPlan
 from flywheel.rollout.store import RolloutState, RolloutStore
 from flywheel.tracking import TAG
@@ -77,10 +77,13 @@ def audit(
 
 
 def _reason(reason: str | None, command: str) -> str:
+    """The reason, stripped; a missing or blank one is the caller's mistake (UsageError:
+    exit 2, as a missing ``--reason``), not a refusal of the registry."""
     if not reason or not reason.strip():
-        raise RegistryError(
-            f"A reason is required to {command} a rollout: every rollout change is audited. "
-            'Pass --reason "why".',
+        raise UsageError(
+            f"reason: a reason is required to {command} a rollout (every rollout change is "
+            "audited); got an empty one.",
+            field="reason",
             command=command,
         )
     return reason.strip()
@@ -219,10 +222,12 @@ def start(ws: Workspace, plan: RolloutPlan, *, reason: str | None = None) -> Rol
 
     name = plan.model or ws.settings.registry.model_name
     if name != ws.settings.registry.model_name:
-        raise RegistryError(
-            f"The plan's model {name!r} is not this workspace's registered model "
-            f"{ws.settings.registry.model_name!r} (registry.model_name).",
+        raise DataError(  # a bad plan (exit 4), naming the field
+            f"model: the plan's model {name!r} is not this workspace's registered model "
+            f"{ws.settings.registry.model_name!r} (registry.model_name); drop `model` from "
+            "the plan or name that one.",
             field="model",
+            rule="registered",
         )
     with mlflow_errors(f"start a rollout of {name}", ws):
         client = ws.client

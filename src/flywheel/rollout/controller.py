@@ -254,7 +254,7 @@ def _decide_ab(
             f"A/B on {test.metric}: challenger {test.challenger:.4g} vs champion "
             f"{test.champion:.4g} (difference {test.difference:+.4g}, always-valid "
             f"{1 - plan.alpha:.0%} interval [{test.low:.4g}, {test.high:.4g}], p = "
-            f"{test.p_value:.3g}, n = {test.n_champion}/{test.n_challenger})"
+            f"{test.p_value:.3g}, n = {test.n_challenger}/{test.n_champion})"  # the words' order
         )
         if test.winner != "challenger":
             return actions.roll_back(ws, state, f"{text}: the champion wins", evidence) or state

@@ -45,7 +45,14 @@ from pydantic import (
 
 from flywheel.errors import DataError
 
-__all__ = ["STRATEGIES", "Guardrails", "RolloutPlan", "load_plan", "parse_duration"]
+__all__ = [
+    "STRATEGIES",
+    "STRATEGY_FIELDS",
+    "Guardrails",
+    "RolloutPlan",
+    "load_plan",
+    "parse_duration",
+]
 
 STRATEGIES = ("canary", "shadow", "ab", "bluegreen")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
@@ -188,8 +195,11 @@ class RolloutPlan(BaseModel):
         strategy = info.data.get("strategy", "canary")
         if strategy != "canary":
             raise ValueError(f"steps apply to canary only (strategy {strategy})")
-        if not v:
-            return v  # canary: the default steps
+        if not v:  # ([] once became the default steps, silently)
+            raise ValueError(
+                "steps must list the challenger's share per step, ending at 100; got an "
+                "empty list (leave steps out for the default 5, 25, 50, 100)"
+            )
         if any(not 0 < s <= 100 for s in v) or v != sorted(set(v)):
             raise ValueError(f"steps must increase within (0, 100], got {v}")
         if v[-1] != 100:
@@ -253,11 +263,48 @@ def load_plan(source: str | Path | dict[str, Any], where: str = "the plan") -> R
             raise DataError(f"{where} is not valid YAML: {exc}", field="plan") from exc
     if not isinstance(data, dict):
         raise DataError(f"{where} must be a mapping of plan fields.", field="plan")
+    if "steps" in data and data["steps"] is None:  # YAML's `steps:` or `steps: null`
+        raise DataError(
+            f"{where}: steps: steps must be a list of percents ending at 100, got null "
+            "(leave steps out for the default 5, 25, 50, 100)",
+            field="steps",
+            rule="type",
+        )
     try:
-        return RolloutPlan.model_validate(data)
+        plan = RolloutPlan.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "plan"
         raise DataError(
             f"{where}: {field}: {first['msg']}", field=field, errors=len(exc.errors())
         ) from exc
+    _only_its_strategy(plan, data, where)
+    return plan
+
+
+# The fields that apply to one strategy only (docs/rollouts.md, "A plan"); the others apply
+# to every strategy. ``steps`` on another strategy is refused by its validator too.
+STRATEGY_FIELDS: dict[str, str] = {
+    "steps": "canary",
+    "split": "ab",
+    "metric": "ab",
+    "max_requests": "ab",
+    "mirror": "shadow",
+}
+_HINTS = {"metric": " (the guardrails' label metric, every strategy's, is guardrails.metric)"}
+
+
+def _only_its_strategy(plan: RolloutPlan, data: dict[str, Any], where: str) -> None:
+    """DataError (exit 4) for a field the plan's writer gave that belongs to another
+    strategy (a canary's ``split: 30`` started at 5%, silently). Judged on the fields as
+    written (``data``), not the validated plan: a stored plan holds every field, defaults
+    included, and is read back without this check."""
+    for field in data:
+        owner = STRATEGY_FIELDS.get(str(field))
+        if owner is not None and owner != plan.strategy:
+            raise DataError(
+                f"{where}: {field}: {field} applies to {owner} only (strategy "
+                f"{plan.strategy}): drop it from the plan{_HINTS.get(str(field), '')}.",
+                field=str(field),
+                rule="strategy",
+            )

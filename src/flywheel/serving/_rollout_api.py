@@ -14,7 +14,7 @@ import asyncio
 from typing import Any, Literal
 
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flywheel.errors import NotFound
 from flywheel.serving.predictor import Predictor
@@ -36,7 +36,18 @@ class StartBody(BaseModel):
 class ActionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(..., description="Why (audited).")
+    reason: str = Field(..., description="Why (audited; not empty).")
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, v: str) -> str:
+        # a blank reason is the body's mistake (422 naming it, as a missing one), not a
+        # refusal of the registry (it was a 409 with the CLI's hint)
+        if not v.strip():
+            raise ValueError(
+                "a reason is required (every rollout change is audited), got an empty one"
+            )
+        return v
 
 
 def rollout_routes(api: FastAPI, predictor: Predictor, guard: Any, errors: dict[Any, Any]) -> None:
