@@ -521,7 +521,23 @@ class _YamlFile(YamlConfigSettingsSource):
             raise yaml.YAMLError(
                 f"it holds a {type(data).__name__}, not a mapping of settings (key: value)"
             )
+        for key in SECRET_KEYS:  # the file goes into the repo; a secret must not
+            section, _, name = key.rpartition(".")
+            owner = data.get(section) if section else data
+            if isinstance(owner, dict) and owner.get(name) is not None:
+                raise _SecretInFile(key)
         return data
+
+
+# the settings that are secrets: read from the environment only (FLYWHEEL_<KEY>, `__` for
+# the dot), never from flywheel.yaml, which is committed with the project
+SECRET_KEYS = ("admin_token", "serving.api_key", "serving.labels_key", "monitoring.webhook_token")
+
+
+class _SecretInFile(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
 
 
 def mask_url(url: str) -> str:
@@ -571,6 +587,14 @@ def load_settings(**overrides: Any) -> Settings:
     """Build the settings, turning validation errors into a :class:`ConfigError` naming the key."""
     try:
         return Settings(**overrides)
+    except _SecretInFile as exc:
+        env = "FLYWHEEL_" + exc.key.upper().replace(".", "__")
+        raise ConfigError(
+            f"Bad configuration for '{exc.key}': it is a secret, and secrets are read from the "
+            f"environment only, never from {os.environ.get('FLYWHEEL_CONFIG', 'flywheel.yaml')} "
+            f"(a file that goes into the repository). Remove it there and set {env}.",
+            key=exc.key,
+        ) from None
     except yaml.YAMLError as exc:  # the file is not YAML: a bad setting, not a bug
         where = os.environ.get("FLYWHEEL_CONFIG", "flywheel.yaml")
         raise ConfigError(

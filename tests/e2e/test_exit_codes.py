@@ -80,6 +80,9 @@ def test_2_usage_and_config(tmp_path: Path) -> None:
     # a misspelt key inside a section was ignored (exit 0, the default in force)
     _write_yaml(tmp_path / "flywheel.yaml", {"retrain": {"cooldwn": "1d"}})
     assert "retrain.cooldwn" in flywheel(tmp_path, "config", "show", code=2).stderr
+    _write_yaml(tmp_path / "flywheel.yaml", {"serving": {"labels_key": "s3cret"}})
+    err = flywheel(tmp_path, "config", "show", code=2).stderr  # a secret in the repo's file
+    assert "FLYWHEEL_SERVING__LABELS_KEY" in err and "s3cret" not in err
     for text in ("monitoring: [1, 2\n", "- a list\n"):  # were exit 70, a crash log
         (tmp_path / "flywheel.yaml").write_text(text)
         err = flywheel(tmp_path, "config", "show", code=2).stderr
