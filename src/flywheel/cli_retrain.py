@@ -78,14 +78,18 @@ def _where(ws: Any, run_id: str) -> str:
 
 
 def _decide(ws: Any, run: PipelineRun, wait: bool, *, quiet: bool) -> str | None:
-    from flywheel.cli import console
+    from flywheel.cli import console, err_console
     from flywheel.pipelines.retrain import await_decision
 
     if not wait or not run.rollout_id:
         return None
     if not quiet:
         console.print(f"waiting for rollout {run.rollout_id}'s decision (the server decides)…")
-    return await_decision(ws, run.rollout_id)
+
+    def warn(text: str) -> None:
+        err_console.print(f"[yellow]warning[/]: {text}", highlight=False)
+
+    return await_decision(ws, run.rollout_id, warn=warn)
 
 
 def _show(run: PipelineRun, decision: str | None) -> None:

@@ -120,6 +120,33 @@ def test_a_retrain_registers_a_version_and_starts_its_rollout(world: dict[str, A
     flywheel(cwd, "rollout", "abort", "--reason", "the next tests retrain again")
 
 
+def test_waiting_with_no_server_says_nothing_decides(world: dict[str, Any]) -> None:
+    """`retrain --wait` with no `flywheel serve` waited silently for ever; it now says, once,
+    that no server writes the rollout's counts (and keeps waiting)."""
+    cwd = world["cwd"]  # no new days (they would cross the contract's ranges later on)
+    proc = subprocess.Popen(
+        [FLYWHEEL_BIN, "retrain", "--reason", "waits", "--wait"],
+        cwd=cwd,
+        env=newcomer_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        seen = ""
+        deadline = time.monotonic() + 180
+        while "no server has written counts" not in seen:
+            line = proc.stderr.readline()
+            assert line and time.monotonic() < deadline, seen
+            seen += line
+        assert proc.poll() is None  # still waiting
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    flywheel(cwd, "rollout", "abort", "--reason", "the next tests retrain again")
+
+
 def test_a_contract_violation_stops_the_run_and_alerts(world: dict[str, Any]) -> None:
     cwd = world["cwd"]
     flywheel(cwd, "simulate", "--days", "31")
@@ -176,7 +203,7 @@ def test_a_killed_retrain_resumes_without_duplicates(world: dict[str, Any]) -> N
     assert steps["ingest"]["attempts"] == 2 and steps["train"]["attempts"] == 1
     assert _counts(cwd) == (snapshots + 1, versions + 1)
     assert _tagged_runs(cwd, run_id) == [(run["run_id"], "FINISHED")]
-    assert run["version"] == "3"
+    assert run["version"] == str(versions + 1)
     flywheel(cwd, "rollout", "abort", "--reason", "the next test retrains again")
 
 

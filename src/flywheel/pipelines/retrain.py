@@ -649,20 +649,41 @@ _BODIES: dict[str, Callable[[Workspace, PipelineRun], dict[str, Any]]] = {
 # --------------------------------------------------------------------------- the decision
 
 
+SILENT_S = 15.0  # no server has written a rollout's counts for this long: say so, once
+
+
 def await_decision(
-    ws: Workspace, rollout_id: str, timeout_s: float | None = None, *, poll_s: float = 1.0
+    ws: Workspace,
+    rollout_id: str,
+    timeout_s: float | None = None,
+    *,
+    poll_s: float = 1.0,
+    warn: Callable[[str], None] | None = None,
 ) -> str:
     """Poll the rollout store until the rollout ends (``promoted``, ``rolled_back``,
-    ``aborted``) or ``timeout_s`` passes (None: no limit); returns its status then."""
+    ``aborted``) or ``timeout_s`` passes (None: no limit); returns its status then.
+    ``warn`` is told, once, when no server has written the rollout's counts for SILENT_S
+    (nothing decides it then: `flywheel serve` is not running on this registry)."""
     from flywheel.errors import NotFound
     from flywheel.rollout.actions import store_of
     from flywheel.rollout.store import TERMINAL
 
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = None if timeout_s is None else started + timeout_s
     while True:
-        state = store_of(ws).get(rollout_id)
+        store = store_of(ws)
+        state = store.get(rollout_id)
         if state is None:
             raise NotFound(f"No rollout {rollout_id!r} in the rollout store.", rollout=rollout_id)
         if state.status in TERMINAL or (deadline is not None and time.monotonic() >= deadline):
             return state.status
+        if warn is not None and time.monotonic() - started >= SILENT_S:
+            seen = store.replicas_seen(rollout_id).values()
+            if not any(at >= time.time() - SILENT_S for at in seen):
+                warn(
+                    f"no server has written counts for rollout {rollout_id} in {SILENT_S:.0f} s: "
+                    "nothing decides it until `flywheel serve` runs on this registry (still "
+                    "waiting; Ctrl-C stops waiting, the rollout goes on)"
+                )
+            warn = None
         time.sleep(poll_s)
