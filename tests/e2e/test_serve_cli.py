@@ -117,11 +117,21 @@ def test_every_protocol_answers_the_same_and_the_log_matches(
             )
             for p, u in urls.items()
         }
+        # an answer that is an error exits 12 on every door (ws and mqtt exited 0)
+        bad = json.dumps({"tenure_months": "abc"})
+        for p, u in urls.items():
+            failed = cli(
+                "predict", "--json", bad, "--protocol", p, "--url", u, env=topics, ok=False
+            )
+            assert failed.returncode == 12 and "tenure_months" in failed.stderr, (p, failed.stderr)
         labels = answers["rest"]["predictions"]
         assert len(labels) == 3
         assert answers["mlflow"]["predictions"] == labels
         assert answers["v2"]["outputs"][0]["data"] == labels
         assert answers["grpc"]["predictions"] == labels
+        # the server's id, as every door prints (it printed the client's own id)
+        grpc_ids = answers["grpc"]["request_id"], answers["grpc"]["client_id"]
+        assert grpc_ids[0] != grpc_ids[1] and len(grpc_ids[0]) == len(answers["rest"]["request_id"])
         assert [a["prediction"] for a in answers["ws"]["answers"]] == labels
         assert answers["mqtt"]["predictions"] == labels
         for p in ("grpc", "mqtt"):
@@ -159,5 +169,6 @@ def test_every_protocol_answers_the_same_and_the_log_matches(
     with sqlite3.connect(home / "predictions.db") as db:
         logged = dict(db.execute("SELECT protocol, count(*) FROM prediction_log GROUP BY protocol"))
         labels_in = db.execute("SELECT count(*) FROM prediction_feedback").fetchone()[0]
-    assert logged == {p: 1 for p in ("rest", "mlflow", "v2", "grpc", "ws", "mqtt")}
+    # one row per request; each WebSocket record is a request of its own (3 rows)
+    assert logged == {"rest": 1, "mlflow": 1, "v2": 1, "grpc": 1, "ws": 3, "mqtt": 1}
     assert labels_in == 1

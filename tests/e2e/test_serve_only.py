@@ -101,12 +101,25 @@ def _ask_every_door(server: Server) -> dict[str, list[int]]:
     answers["rest"] = v1["predictions"]
     mlflow = httpx.post(f"{server.url}/invocations", json={"dataframe_records": RECORDS}).json()
     answers["mlflow"] = mlflow["predictions"]
+    answers["mlflow (ScoringServerClient)"] = _ask_mlflow_client(server.port)
     answers["v2 (tritonclient.http)"] = triton_labels(f"127.0.0.1:{server.port}", RECORDS)
     grpc_address = f"127.0.0.1:{server.grpc_port}"
     answers["grpc (tritonclient.grpc)"] = triton_labels(grpc_address, RECORDS, grpc=True)
     answers["ws"] = _ask_ws(f"ws://127.0.0.1:{server.port}/v1/stream")
     answers["mqtt (mosquitto_rr)"] = _ask_mqtt(server.topic)
     return answers
+
+
+def _ask_mlflow_client(port: int) -> list[int]:
+    """MLflow's own scoring client, at its defaults: a DataFrame of the records, whose
+    missing number it writes as the JSON token NaN (the server answered 400 to it)."""
+    import pandas as pd
+    from mlflow.pyfunc.scoring_server.client import ScoringServerClient
+
+    frame = pd.DataFrame(RECORDS)
+    assert frame.isna().any().any()  # the examples hold a missing value
+    answer = ScoringServerClient("127.0.0.1", port).invoke(frame)
+    return [int(p) for p in answer.get_predictions(predictions_format="ndarray").ravel()]
 
 
 def _ask_ws(url: str) -> list[int]:
@@ -157,6 +170,15 @@ def test_serve_only_install_serves_an_exported_folder(
     try:
         answers = _ask_every_door(server)
         meta = httpx.get(f"{server.url}/v2/models/churn").json()
+        # the folder's own MLflow input example (its missing values are NaN tokens)
+        example = (moved / "serving_input_example.json").read_bytes()
+        assert b"NaN" in example
+        asked = httpx.post(
+            f"{server.url}/invocations",
+            content=example,
+            headers={"content-type": "application/json"},
+        )
+        assert asked.status_code == 200, asked.text
     finally:
         server.stop()
     assert meta["versions"] == ["1"] and meta["parameters"]["sha256"] == bundle["onnx_sha256"]

@@ -98,7 +98,9 @@ def test_json_content_types_every_route_takes(
     serve(files, check)
 
 
-@pytest.mark.parametrize("path", [*JSON_BODIES, "/v1/feedback", "/admin/reload"])
+@pytest.mark.parametrize(
+    "path", [*JSON_BODIES, "/v1/feedback", "/admin/reload", "/admin/clock", "/admin/rollout/pause"]
+)
 @pytest.mark.parametrize(
     ("ctype", "words"),
     [
@@ -121,6 +123,7 @@ def test_one_content_type_rule_refuses_alike(
         )
         assert answer.status_code == 415, answer.text
         assert answer.headers["content-type"] == "application/json"
+        assert answer.headers["flywheel-error-kind"] == "unsupported_media_type"
         assert words in error_shape(path, answer)
         if path == "/invocations":
             assert answer.json()["error_code"] == "BAD_REQUEST"
@@ -130,6 +133,54 @@ def test_one_content_type_rule_refuses_alike(
         serve(files, check, sink=plog, admin_token="t0ken", labels_key="t0ken")
     finally:
         plog.close()
+
+
+def test_admin_bodies_follow_the_rule_and_every_error_names_its_kind(files: ModelFiles) -> None:
+    """An admin body with no Content-Type is JSON (FastAPI answered 422 to it), an encoded
+    one is refused; the routes FastAPI answers put the error's kind in a header too."""
+    bearer = {"authorization": "Bearer t0ken"}
+
+    async def check(c: httpx.AsyncClient) -> None:
+        plain = await c.post("/admin/clock", content=b'{"at": 1700000000}', headers=bearer)
+        assert plain.status_code == 200 and plain.json()["simulated"] is True, plain.text
+        packed = gzip.compress(b'{"at": null}')
+        refused = await c.post(
+            "/admin/clock", content=packed, headers={**bearer, "content-encoding": "gzip"}
+        )
+        assert refused.status_code == 415 and "Content-Encoding 'gzip'" in refused.text
+        for answer, kind in (
+            (await c.get("/no/such/route"), "not_found"),
+            (await c.get("/v1/predict"), "method_not_allowed"),
+            (await c.post("/admin/reload", json={}), "unauthorized"),
+        ):
+            assert answer.headers.get("flywheel-error-kind") == kind, (answer, answer.text)
+
+    serve(files, check, admin_token="t0ken")
+
+
+def test_a_nan_token_is_a_missing_number_on_every_json_route(files: ModelFiles) -> None:
+    """MLflow's client, pandas and json.dumps write a missing number as the token NaN (orjson
+    refuses it: a 400 before); an Infinity token is refused by the input rules."""
+    import json
+
+    row = {**ROW, "tenure": None}
+
+    async def check(c: httpx.AsyncClient) -> None:
+        for path, body in (
+            ("/v1/predict", {"records": [row]}),
+            ("/invocations", {"dataframe_records": [row]}),
+        ):
+            as_null = await c.post(path, content=json.dumps(body))
+            as_nan = await c.post(path, content=json.dumps(body).replace("null", "NaN"))
+            assert as_nan.status_code == 200, as_nan.text
+            assert as_nan.json()["predictions"] == as_null.json()["predictions"]
+        inf = json.dumps({"records": [row]}).replace("null", "Infinity")
+        refused = await c.post("/v1/predict", content=inf)
+        assert refused.status_code == 422 and "tenure" in refused.text, refused.text
+        broken = await c.post("/v1/predict", content=b'{"records": [NaN')
+        assert broken.status_code == 400, broken.text
+
+    serve(files, check)
 
 
 def test_content_encoding(files: ModelFiles) -> None:
@@ -203,16 +254,23 @@ def test_feedback_follows_the_body_rules(files: ModelFiles, tmp_path: Path) -> N
         huge = 12345678901234567890123  # beyond 64 bits: read as orjson reads it (a float)
         ok = await c.post("/v1/feedback", json={"items": [{"request_id": rid, "label": huge}]})
         assert ok.status_code == 200 and ok.json() == {"accepted": 1, "unknown": []}
+        listed = {"items": [{"request_id": "nope", "label": [1, None, "a", True]}]}  # per row
+        assert (await c.post("/v1/feedback", json=listed)).json()["unknown"] == ["nope"]
         for content, status, kind in [
             (b"\xa1y\x92{", 400, "bad_request"),
             (b"{not json", 400, "bad_request"),
             (b'{"items": []}', 422, "invalid_input"),
             (b'{"items": [{"label": 1}]}', 422, "invalid_input"),
+            # null would erase a real label (the latest wins); a list is no label
+            (b'{"items": [{"request_id": "r", "label": null}]}', 422, "invalid_input"),
+            (b'{"items": [{"request_id": "r", "label": {"a": [1]}}]}', 422, "invalid_input"),
+            (b'{"items": [{"request_id": "r", "label": NaN}]}', 422, "invalid_input"),
             (b'{"items": [' + b" " * 5000 + b"]}", 413, "payload_too_large"),
         ]:
             answer = await c.post("/v1/feedback", content=content)
             assert answer.status_code == status, answer.text
             assert answer.json()["error"]["kind"] == kind
+            assert answer.headers["flywheel-error-kind"] == kind
         assert "items" in (await c.post("/v1/feedback", content=b"{}")).json()["error"]["message"]
 
     try:

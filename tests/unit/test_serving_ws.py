@@ -82,8 +82,14 @@ def test_one_record_gets_its_answer(model_dir: ModelFiles) -> None:
     assert (answer["model"], answer["version"]) == ("churn", "1")
 
 
-def test_many_records_per_message_every_id_answered_in_one_call(model_dir: ModelFiles) -> None:
-    predictor = Tracking(make_predictor(model_dir), delay_s=0)
+def test_many_records_per_message_each_its_own_request_scored_together(
+    model_dir: ModelFiles,
+) -> None:
+    """Each record is a request of its own (its own request id for /v1/feedback: one id
+    for a whole message labelled every record of it), and the micro-batcher still scores a
+    message's records together."""
+    inner = make_predictor(model_dir)
+    predictor = Tracking(inner, delay_s=0)
     records = rows(60)
     with client_for(predictor) as client, client.websocket_connect("/v1/stream") as ws:
         for m in range(3):
@@ -96,7 +102,10 @@ def test_many_records_per_message_every_id_answered_in_one_call(model_dir: Model
     assert sorted(a["id"] for a in answers) == sorted(
         f"m{m}-{n}" for m in range(3) for n in range(20)
     )
-    assert predictor.predictions == 4  # one predictor call per message
+    assert predictor.predictions == 61  # one request per record
+    assert len({a["request_id"] for a in answers}) == 60
+    stats = inner.batch_stats()
+    assert stats.rows == 61 and stats.max_rows_seen >= 10, stats  # batched, not 1 by 1
     first = next(a for a in answers if a["id"] == "m0-0")
     assert single["id"] == 7
     assert single["probabilities"] == pytest.approx(first["probabilities"], abs=1e-6)

@@ -26,6 +26,7 @@ from flywheel.serving.errors import (
     InvalidInput,
     ModelNotReady,
     Unauthorized,
+    UnsupportedMediaType,
 )
 from flywheel.serving.predictor import Predictor
 
@@ -220,7 +221,46 @@ def _error_response(
     request: Request, exc: FlywheelError, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     body = {"error": exc.message} if request.url.path.startswith("/v2") else exc.to_dict()
+    # the kind on every error answer, as the raw front's (gRPC: trailing metadata)
+    headers = {**(headers or {}), "flywheel-error-kind": exc.kind}
     return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
+class _AdminBodies:
+    """The body rule (``wire.media_type``) on the ``/admin/*`` routes FastAPI answers: a
+    body without Content-Type is read as JSON (FastAPI would read it as no JSON and answer
+    422), another type is a 415 naming the header, and a Content-Encoding other than
+    identity is a 415 (admin bodies are a few bytes: sent plain)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        admin = scope["type"] == "http" and scope["method"] == "POST"
+        if not (admin and scope["path"].startswith("/admin/")):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        try:
+            wire.media_type(headers.get(b"content-type", b"").decode("latin-1"), (wire.JSON,))
+            coding = headers.get(b"content-encoding", b"").decode("latin-1").strip()
+            if coding and coding.lower() != "identity":
+                raise UnsupportedMediaType(
+                    f"Content-Encoding {coding[:32]!r} is not taken on /admin routes: send "
+                    "the JSON body plain.",
+                    content_encoding=coding[:32],
+                    rule="encoding",
+                )
+        except FlywheelError as exc:
+            kind = {"flywheel-error-kind": exc.kind}
+            await JSONResponse(exc.to_dict(), status_code=exc.status, headers=kind)(
+                scope, receive, send
+            )
+            return
+        if b"content-type" not in headers:
+            json_type = (b"content-type", b"application/json")
+            scope = {**scope, "headers": [*scope["headers"], json_type]}
+        await self.app(scope, receive, send)
 
 
 def _install_errors(api: FastAPI) -> None:
@@ -287,6 +327,7 @@ def build_api(predictor: Predictor, config: ServingConfig) -> FastAPI:
         "See docs/serving.md.",
     )
     _install_errors(api)
+    api.add_middleware(_AdminBodies)
     _declare_hot_routes(api)
     _typed_openapi(api, predictor)
     _metadata_routes(api, predictor)

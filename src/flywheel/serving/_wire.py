@@ -8,6 +8,7 @@ and the one content-type rule (:func:`media_type`) and content-coding rule
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = [
     "decode_content",
     "encode_native",
     "encode_v2",
+    "loads",
     "media_type",
     "mlflow_request",
     "native_request",
@@ -129,9 +131,28 @@ def decode_content(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
-def parse_json(body: bytes) -> Any:
+def loads(body: bytes | str) -> Any:
+    """JSON as Python's ``json`` reads it: orjson, or, for a body holding the tokens
+    ``NaN``/``Infinity`` that orjson refuses, the standard library. MLflow's client, pandas
+    and ``json.dumps`` write a missing number as ``NaN``, and MLflow's scoring server takes
+    it; a NaN is a missing value here too (an infinity is refused by the input rules).
+    Raises ``orjson.JSONDecodeError`` (the first parser's) when neither reads it."""
     try:
         return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raw = body.encode() if isinstance(body, str) else body
+        if b"NaN" not in raw and b"Infinity" not in raw:
+            raise
+        try:
+            return json.loads(raw)
+        except ValueError:
+            pass
+        raise
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(
             f"The body is not valid JSON ({str(exc).split(':')[0]}, at byte {exc.pos}). "

@@ -158,7 +158,9 @@ def _grpc(records: list[dict[str, Any]], target: str, model: str, timeout: float
     out: dict[str, Any] = {
         "model": reply.model_name,
         "version": reply.model_version,
-        "request_id": reply.id,
+        # the server's id (the one /v1/feedback and lineage take); reply.id echoes ours
+        "request_id": reply.parameters["request_id"].string_param or reply.id,
+        "client_id": reply.id,
     }
     for tensor in reply.outputs:
         c = tensor.contents
@@ -190,6 +192,13 @@ async def _ws(
         while len(answers) < len(ids):
             frame = orjson.loads(await asyncio.wait_for(socket.recv(), timeout))
             answers[str(frame.get("id"))] = frame
+    failed = [answers[i] for i in ids if "error" in answers[i]]
+    if failed:  # as an HTTP door's 4xx: exit 12 with the server's words
+        raise RemoteError(
+            f"ws /v1/stream answered {len(failed)} of {len(ids)} record(s) with an error: "
+            f"{orjson.dumps(failed[0]).decode()}",
+            errors=len(failed),
+        )
     return {"answers": [answers[i] for i in ids]}
 
 
@@ -225,5 +234,9 @@ async def _mqtt(
         async with asyncio.timeout(timeout):
             async for message in client.messages:
                 answer: dict[str, Any] = orjson.loads(message.payload)  # type: ignore[arg-type]
+                if "error" in answer:  # as an HTTP door's 4xx: exit 12 with the server's words
+                    raise RemoteError(
+                        f"mqtt {base} answered an error: {orjson.dumps(answer).decode()}"
+                    )
                 return answer
     raise RemoteError("No MQTT answer.")  # pragma: no cover - the loop returns or times out

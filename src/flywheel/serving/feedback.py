@@ -15,10 +15,20 @@ With no auth configured at all it stays open, as the prediction routes are.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 from starlette.concurrency import run_in_threadpool
 
 from flywheel.serving import _wire as wire
@@ -31,6 +41,9 @@ from flywheel.serving.errors import Forbidden, InvalidInput, PayloadTooLarge, Un
 __all__ = ["FeedbackItem", "FeedbackRequest", "FeedbackResponse", "add_feedback_routes"]
 
 
+_Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
+
+
 class FeedbackItem(BaseModel):
     request_id: str = Field(
         ...,
@@ -39,7 +52,22 @@ class FeedbackItem(BaseModel):
         description="The request_id of the prediction's answer (the server's id), or the id "
         "the client sent with it when exactly one prediction carries that id.",
     )
-    label: Any = Field(..., description="The ground truth (class label or value).")
+    # a scalar, or a list of them (one per row of a multi-row request, null for a row
+    # without one); a null label (which, the latest winning, would erase a real one), an
+    # object or a non-finite number is refused
+    label: _Scalar | list[_Scalar | None] = Field(
+        ...,
+        description="The ground truth (class label or value): a string, number or boolean, "
+        "or a list of them, one per row of a multi-row request.",
+    )
+
+    @field_validator("label")
+    @classmethod
+    def _finite(cls, v: Any) -> Any:
+        for value in v if isinstance(v, list) else [v]:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError("a label must be a finite number, a string or a boolean")
+        return v
 
 
 class FeedbackRequest(BaseModel):

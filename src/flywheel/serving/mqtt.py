@@ -50,6 +50,7 @@ from paho.mqtt.properties import Properties, VariableByteIntegers, writeBytes
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from flywheel.errors import ConfigError
+from flywheel.serving._wire import loads as loads_json
 from flywheel.serving._wire import native_request
 from flywheel.serving.cycle import clean_client_id
 from flywheel.serving.errors import BadRequest
@@ -708,7 +709,7 @@ class MqttAdapter:
             if route.problem is not None:
                 raise BadRequest(route.problem, rule="response_topic")
             try:
-                data = orjson.loads(message.payload)
+                data = loads_json(message.payload)
             except orjson.JSONDecodeError as exc:
                 raise BadRequest(
                     f"The payload is not valid JSON (at byte {exc.pos}). Send "

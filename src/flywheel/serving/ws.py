@@ -13,16 +13,16 @@ Messages (text or binary frames holding JSON; see docs/websocket.md)::
     <- {"id": "a1" | null, "error": {"kind", "message", "details"}}
 
 Every id gets exactly one frame (answer or error), possibly out of order. A bad message
-never closes the socket. The items of one message are scored in one predictor call (split
-per model and at ``max_rows_per_request``); when such a call rejects its input, the items
-are rescored one by one so each id gets its own verdict.
+never closes the socket. Each record of a message is its own request (its own request id,
+prediction log row, rollout routing by its id, and verdict): the items are submitted
+together, so the micro-batcher scores them in one call (split at ``max_batch_rows``).
 
 Flow control: at most ``max_in_flight`` records per connection are being scored or
 waiting for their answer to be written. When the bound is reached the handler stops
 calling ``receive()``; the ASGI server then stops reading the socket (uvicorn's websocket
 protocols hold a small bounded queue), so TCP pushes back on a fast sender instead of the
-server buffering without bound. A client that does not read its answers is pushed back the
-same way: answers wait on ``send``, records stay in flight, reading stops.
+server buffering without bound. A client that does not read its answers is not pushed back:
+uvicorn's ``send`` does not wait for the peer, so its unread answers wait in memory.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from typing import Any
 
 import orjson
 
+from flywheel.serving._wire import loads as loads_json
 from flywheel.serving.auth import credential, key_ok
-from flywheel.serving.errors import InvalidInput
 from flywheel.serving.predictor import Predictor
 from flywheel.serving.types import PredictRequest, PredictResponse
 
@@ -179,7 +179,7 @@ class _Stream:
                 limit=self.max_message_bytes,
             )
         try:
-            data = orjson.loads(raw)
+            data = loads_json(raw)
         except orjson.JSONDecodeError as exc:
             raise _BadMessage(
                 f"The message is not valid JSON (at byte {exc.pos}). Send a JSON object.",
@@ -222,20 +222,19 @@ class _Stream:
 
     async def _score(self, items: list[_Item], model: str | None, version: str | None) -> None:
         try:
-            frames = await self._predict(items, model, version)
+            # each record its own request, submitted together: the micro-batcher joins them
+            frames = await asyncio.gather(*(self._predict(i, model, version) for i in items))
             await self._write(frames)
         finally:
             async with self._room:
                 self.in_flight -= len(items)
                 self._room.notify_all()
 
-    async def _predict(
-        self, items: list[_Item], model: str | None, version: str | None
-    ) -> list[dict[str, Any]]:
+    async def _predict(self, item: _Item, model: str | None, version: str | None) -> dict[str, Any]:
         calls = self.predictor.calls
-        call = calls.begin("ws", "/v1/stream", str(items[0].id) if len(items) == 1 else None)
+        call = calls.begin("ws", "/v1/stream", str(item.id))
         request = PredictRequest(
-            records=[i.record for i in items],
+            records=[item.record],
             model=model,
             version=version,
             request_id=call.request_id,
@@ -244,19 +243,12 @@ class _Stream:
         )
         try:
             response = await self.predictor.predict(request)
-        except InvalidInput as exc:
-            calls.end(call, calls.failed(call, exc).status)
-            if len(items) == 1:
-                return [_error(items[0].id, exc.kind, exc.message, exc.details)]
-            # One bad record fails the whole call: rescore singly so each id gets its verdict.
-            singles = await asyncio.gather(*(self._predict([i], model, version) for i in items))
-            return [frame for frames in singles for frame in frames]
         except Exception as exc:  # never let one request kill the connection; no stack trace out
             error = calls.failed(call, exc)
             calls.end(call, error.status)
-            return [_error(i.id, error.kind, error.message, error.details) for i in items]
+            return _error(item.id, error.kind, error.message, error.details)
         calls.end(call, 200)
-        return _answers(items, response)
+        return _answer(item, response)
 
     # ------------------------------------------------------------------ writing
     async def _write(self, frames: list[dict[str, Any]]) -> None:
@@ -278,22 +270,18 @@ class _Stream:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _answers(items: list[_Item], response: PredictResponse) -> list[dict[str, Any]]:
-    labels = response.labels_list()
+def _answer(item: _Item, response: PredictResponse) -> dict[str, Any]:
     proba = response.probabilities_list()
-    out = []
-    for n, item in enumerate(items):
-        answer: dict[str, Any] = {
-            "id": item.id,
-            "prediction": labels[n],
-            "probabilities": None if proba is None else proba[n],
-        }
-        if proba is not None:
-            answer["classes"] = response.classes
-        answer["model"], answer["version"] = response.model, response.version
-        answer["request_id"] = response.request_id  # the server's id (for /v1/feedback)
-        out.append(answer)
-    return out
+    answer: dict[str, Any] = {
+        "id": item.id,
+        "prediction": response.labels_list()[0],
+        "probabilities": None if proba is None else proba[0],
+    }
+    if proba is not None:
+        answer["classes"] = response.classes
+    answer["model"], answer["version"] = response.model, response.version
+    answer["request_id"] = response.request_id  # the server's id (for /v1/feedback)
+    return answer
 
 
 async def stream_endpoint(
