@@ -58,7 +58,8 @@ def triggers_check(
     console.print(f"{triggers.iso(decision.at)}: {verdict}")
     for t in decision.triggers:
         console.print(f"  {t.kind}: {t.reason}")
-    if decision.fire and not dry_run:
+    owed = triggers.owed(_workspace()) if decision.fire and not dry_run else None
+    if owed is not None and owed.key == decision.run_key:  # (an older --at: a run overtook it)
         console.print(
             "  the retrain is owed: `flywheel worker` runs it at its next tick "
             "(or `flywheel retrain` now)"

@@ -107,6 +107,9 @@ def test_try_it_answers_with_the_version(world: World, page) -> None:
 def test_an_action_changes_the_registry_and_lands_in_the_ledger(world: World, page) -> None:
     login(page, world.url, "actions")
     shoot(page, world, "actions")
+    # no stray text: a `null` the page passed to replaceChildren showed as the word "null"
+    lines = [line.strip() for line in page.locator("#view").inner_text().splitlines()]
+    assert "null" not in lines[:4], lines[:4]
     page.on("dialog", lambda d: d.accept())
     # a reason is required: an empty one is refused by the page and nothing is audited
     before = json.loads(world.cli("registry", "history", "--json").stdout)

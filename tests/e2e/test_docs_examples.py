@@ -27,6 +27,7 @@ import inspect
 import json
 import re
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -410,14 +411,16 @@ def _mqtt_round_trips(prefix: str, payloads: list[dict[str, Any]]) -> list[dict[
 
     answers: dict[str, dict[str, Any]] = {}
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{prefix}-asker")
+    subscribed = threading.Event()
     client.on_message = lambda _c, _u, msg: answers.__setitem__(
         msg.topic.rsplit("/", 1)[-1], json.loads(msg.payload)
     )
+    client.on_subscribe = lambda *_args: subscribed.set()
     client.connect(*MQTT_BROKER)
     client.loop_start()
     try:
         client.subscribe(f"{prefix}/reply/docs/#", qos=1)
-        time.sleep(0.3)
+        assert subscribed.wait(30), "no SUBACK from the broker"  # before any request goes
         for n, payload in enumerate(payloads):
             client.publish(f"{prefix}/predict/docs/{n}", json.dumps(payload), qos=1)
         deadline = time.monotonic() + 30

@@ -103,6 +103,12 @@ def test_4_data(tmp_path: Path) -> None:
     assert "no rows" in err
 
 
+def test_4_a_version_that_is_no_number(world: Path) -> None:
+    # MLflow's INVALID_PARAMETER_VALUE was a registry error (exit 10, a tracking.uri hint)
+    err = flywheel(world, "promote", "abc", "--reason", "x", code=4).stderr
+    assert "'abc'" in err and "tracking.uri" not in err
+
+
 def test_5_contract(world: Path, tmp_path: Path) -> None:
     folder = _copy(world, tmp_path / "w")
     snapshot = json.loads(flywheel(folder, "data", "list", "--json").stdout)[0]["id"]

@@ -179,6 +179,8 @@ def test_a_nan_token_is_a_missing_number_on_every_json_route(files: ModelFiles) 
         assert refused.status_code == 422 and "tenure" in refused.text, refused.text
         broken = await c.post("/v1/predict", content=b'{"records": [NaN')
         assert broken.status_code == 400, broken.text
+        deep = b"[" * 5000 + b"NaN" + b"]" * 5000  # the fallback reader's recursion: a 400
+        assert (await c.post("/v1/predict", content=deep)).status_code == 400
 
     serve(files, check)
 
@@ -271,6 +273,8 @@ def test_feedback_follows_the_body_rules(files: ModelFiles, tmp_path: Path) -> N
             assert answer.status_code == status, answer.text
             assert answer.json()["error"]["kind"] == kind
             assert answer.headers["flywheel-error-kind"] == kind
+            if b"label" in content and status == 422 and b"request_id" in content:
+                assert "items.0.label:" in answer.text, answer.text  # named, one rule
         assert "items" in (await c.post("/v1/feedback", content=b"{}")).json()["error"]["message"]
 
     try:

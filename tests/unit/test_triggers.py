@@ -333,6 +333,15 @@ def test_a_fired_trigger_without_a_run_is_owed_until_a_run_starts(champion_ws: W
     fired = triggers.check(ws, now=day1)
     assert fired.fire and triggers.owed(ws) == fired.triggers[0]
     assert triggers.history(ws) == [day1]  # owed: the cooldown holds the next one
+    quiet = triggers.check(ws, now=day1 + 60)  # what the worker's tick reads it from
+    assert not quiet.fire and quiet.owed == fired.triggers[0]
+    # decided on v1's windows: once another version is the champion, it is stale
+    mv = ws.client.create_model_version(
+        "churn", source=ws.client.get_model_version("churn", "1").source
+    )
+    ws.client.set_registered_model_alias("churn", "champion", mv.version)
+    assert triggers.owed(ws) is None
+    ws.client.set_registered_model_alias("churn", "champion", "1")
     asked = triggers.check(ws, now=day2, manual="a person asked")
     assert triggers.owed(ws) == asked.triggers[0]  # the newest
 

@@ -132,14 +132,26 @@ def _job(settings: Settings) -> dg.JobDefinition:
     return retrain_job
 
 
-def _sensor_request(ws: Workspace) -> dg.RunRequest | dg.SkipReason:
+def _sensor_request(
+    ws: Workspace, instance: dg.DagsterInstance | None = None
+) -> dg.RunRequest | dg.SkipReason:
     decision = triggers.check(ws)
     if not decision.fire or decision.run_key is None:
-        owed = triggers.owed(ws)  # fired earlier (by hand, say), its run never started
-        if owed is not None:
+        owed = decision.owed  # fired earlier (by hand, say), its pipeline run never started
+        if owed is not None and not _requested(instance, owed.key):
             return _request(owed)
         return dg.SkipReason(decision.suppressed or "no trigger fired")
     return _request(decision.triggers[0])
+
+
+def _requested(instance: dg.DagsterInstance | None, key: str) -> bool:
+    """A Dagster run for this trigger exists (queued, say: the schedule's, before its
+    first op writes the pipeline run): Dagster dedups run keys per sensor or schedule,
+    not across them, so the sensor must not request it again."""
+    if instance is None:
+        return False
+    found = instance.get_runs(filters=dg.RunsFilter(tags={"flywheel/trigger_key": key}), limit=1)
+    return bool(found)
 
 
 def _request(trigger: triggers.Trigger) -> dg.RunRequest:
@@ -195,7 +207,7 @@ def build_definitions(settings: Settings, *, sensor_interval_s: int = 30) -> dg.
     )
     def sensor(context: dg.SensorEvaluationContext) -> Iterator[dg.RunRequest | dg.SkipReason]:
         with Workspace(signals) as ws:
-            yield _sensor_request(ws)
+            yield _sensor_request(ws, context.instance)
 
     @dg.resource
     def workspace(_: dg.InitResourceContext) -> Iterator[Workspace]:

@@ -352,8 +352,12 @@ def _ingest(ws: Workspace, run: PipelineRun) -> dict[str, Any]:
     from flywheel.data.snapshots import ingest
 
     filed = _file_snapshot(ws)
-    if filed is not None:  # your files: the newest one ingested, new unless the champion's
-        m, created, new_rows = filed, filed.id != _champion_snapshot(ws), 0
+    if filed is not None:  # your files: the newest one ingested, new unless trained on
+        # (the champion's, or an earlier run's: a gated or rolled-back retrain on it)
+        tried = {r.snapshot_id for r in all_runs(ws.settings.home) if r.id != run.id
+                 and r.model == run.model and r.status != "skipped"}  # fmt: skip
+        created = filed.id != _champion_snapshot(ws) and filed.id not in tried
+        m, new_rows = filed, 0
     else:
         done = ingest(ws.settings)
         m, created, new_rows = done.manifest, done.created, done.new_rows

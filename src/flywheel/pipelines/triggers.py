@@ -113,6 +113,9 @@ class TriggerDecision:
     triggers: list[Trigger]  # what fired (held back too, when suppressed)
     suppressed: str | None  # why triggers did not lead to a retrain
     evidence: dict[str, Any]
+    # a trigger that fired before but whose run never started (see :func:`owed`), read by
+    # :func:`check` with the rest of the ledger; None when there is none (or from decide)
+    owed: Trigger | None = None
 
     @property
     def run_key(self) -> str | None:
@@ -128,6 +131,7 @@ class TriggerDecision:
             "run_key": self.run_key,
             "triggers": [t.to_dict() for t in self.triggers],
             "evidence": self.evidence,
+            "owed": None if self.owed is None else self.owed.key,
         }
 
 
@@ -321,7 +325,10 @@ def _ledger(ws: Workspace) -> tuple[list[float], set[str]]:
     return times, keys
 
 
-def _read_ledger(ws: Workspace) -> tuple[list[float], set[str], Trigger | None]:
+_Owed = tuple[Trigger, str | None] | None  # a trigger owed, and the champion it was decided on
+
+
+def _read_ledger(ws: Workspace) -> tuple[list[float], set[str], _Owed]:
     """Past retrains' data-clock times, every trigger key already decided on, and the
     retrain owed (see :func:`owed`). A retrain is a fired trigger whose pipeline run exists
     (not one skipped for want of new data: it spends no cooldown or budget) or is still
@@ -334,7 +341,7 @@ def _read_ledger(ws: Workspace) -> tuple[list[float], set[str], Trigger | None]:
     newest_run = max((r.at for r in runs.values()), default=None)
     times: list[float] = []
     keys: set[str] = set()
-    owed: Trigger | None = None
+    owed: _Owed = None
     for entry in ws.audit.entries(model=name):
         if entry.action not in ("retrain_triggered", "retrain_suppressed"):
             continue
@@ -351,8 +358,9 @@ def _read_ledger(ws: Workspace) -> tuple[list[float], set[str], Trigger | None]:
         elif newest_run is None or newest_run < float(at):  # no run yet: owed
             times.append(float(at))
             first = fired[0]
-            owed = Trigger(first.get("kind", "manual"), float(at), str(first.get("reason", "")),
-                           dict(first.get("evidence") or {}), str(first["key"]))  # fmt: skip
+            trigger = Trigger(first.get("kind", "manual"), float(at), str(first.get("reason", "")),
+                              dict(first.get("evidence") or {}), str(first["key"]))  # fmt: skip
+            owed = (trigger, entry.from_version)  # and the champion it was decided on
     times += [r.at for key, r in runs.items() if key not in keys and r.status != "skipped"]
     return sorted(times), keys, owed
 
@@ -361,8 +369,17 @@ def owed(ws: Workspace) -> Trigger | None:
     """The newest trigger that fired (``retrain_triggered``) but has no pipeline run, and
     no run was started after it: a `flywheel triggers check` by hand, or a worker killed
     between its decision and its run. The worker and the orchestrator's sensor run it, so
-    a recorded decision is never lost; it counts toward the cooldown and budget meanwhile."""
-    return _read_ledger(ws)[2]
+    a recorded decision is never lost; it counts toward the cooldown and budget meanwhile.
+    One decided on another champion than today's is stale: not owed (its evidence was of
+    a version no longer served)."""
+    return _still_owed(ws, _read_ledger(ws)[2])
+
+
+def _still_owed(ws: Workspace, found: _Owed) -> Trigger | None:
+    if found is None:
+        return None
+    trigger, decided_on = found
+    return trigger if decided_on is None or decided_on == _champion(ws) else None
 
 
 def _detail(reason: str) -> dict[str, Any]:
@@ -528,9 +545,11 @@ def check(
     path = state_path(ws)
     state = _read_state(path)
     last_check = (state.get("models", {}).get(name) or {}).get("last_check")
-    past, seen = _ledger(ws)
+    past, seen, owed_before = _read_ledger(ws)
     signals = replace(_gather(ws, now, last_check, past, seen), manual=manual)
     decision = decide(ws.settings.retrain, signals, past, ws.settings.monitoring)
+    if not decision.fire:  # (a decision that does not fire adds no owed trigger)
+        decision.owed = _still_owed(ws, owed_before)
     if record:
         if decision.triggers:
             _audit(ws, decision)

@@ -104,7 +104,7 @@ def tick(
         out.decision = decision.to_dict()
         # a decision recorded earlier whose retrain never started (`triggers check` by
         # hand, or a worker killed between the two): run it now
-        trigger = decision.triggers[0] if decision.fire else triggers.owed(ws)
+        trigger = decision.triggers[0] if decision.fire else decision.owed
     if out.decision is None or trigger is None:
         return out
     if not decision.fire:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flywheel.errors import NotFound, RegistryError
+from flywheel.errors import DataError, NotFound, RegistryError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -38,9 +38,13 @@ def mlflow_errors(what: str, ws: Workspace, name: str | None = None) -> Iterator
     try:
         yield
     except MlflowException as exc:
+        text = exc.message.rstrip(".")
+        if getattr(exc, "error_code", None) == "INVALID_PARAMETER_VALUE":
+            # the value asked for (a version "abc"), not the registry: no tracking hint
+            raise DataError(f"Cannot {what}: {text}.", model=model, rule="value") from exc
         cls = NotFound if is_missing(exc) else RegistryError
         raise cls(
-            f"Cannot {what}: {exc.message}. Check tracking.uri ({ws.tracking_uri!r}) "
+            f"Cannot {what}: {text}. Check tracking.uri ({ws.tracking_uri!r}) "
             "and the model name (registry.model_name).",
             model=model,
         ) from exc

@@ -143,9 +143,9 @@ def loads(body: bytes | str) -> Any:
         raw = body.encode() if isinstance(body, str) else body
         if b"NaN" not in raw and b"Infinity" not in raw:
             raise
-        try:
-            return json.loads(raw)
-        except ValueError:
+        try:  # UTF-8 only, as orjson; a nesting too deep for it is refused as orjson's is
+            return json.loads(bytes(raw).decode("utf-8"))
+        except (ValueError, RecursionError):
             pass
         raise
 

@@ -61,6 +61,18 @@ class FeedbackItem(BaseModel):
         "or a list of them, one per row of a multi-row request.",
     )
 
+    @field_validator("label", mode="before")
+    @classmethod
+    def _shape(cls, v: Any) -> Any:  # one message naming the rule, not the union's first
+        values = v if isinstance(v, list) else [v]
+        nested = [x for x in values if isinstance(x, list | dict)]
+        if v is None or nested or isinstance(v, dict):
+            raise ValueError(
+                "a label is a string, number or boolean, or a list of them (one per row of "
+                f"the request; null only inside the list), got {type(v).__name__}"
+            )
+        return v
+
     @field_validator("label")
     @classmethod
     def _finite(cls, v: Any) -> Any:

@@ -15,7 +15,7 @@ Messages (text or binary frames holding JSON; see docs/websocket.md)::
 Every id gets exactly one frame (answer or error), possibly out of order. A bad message
 never closes the socket. Each record of a message is its own request (its own request id,
 prediction log row, rollout routing by its id, and verdict): the items are submitted
-together, so the micro-batcher scores them in one call (split at ``max_batch_rows``).
+together, so the micro-batcher scores them in few model calls (``max_batch_rows`` rows each).
 
 Flow control: at most ``max_in_flight`` records per connection are being scored or
 waiting for their answer to be written. When the bound is reached the handler stops

@@ -408,7 +408,7 @@ function viewActions(el) {
   const version = (name) => h("input", { name: name || "version", placeholder: "version", size: 6, required: true });
   el.replaceChildren(
     h("h2", {}, "Actions"),
-    state.info && !state.info.actions ? message("err", "Actions are disabled on this server: start it with FLYWHEEL_ADMIN_TOKEN set.") : null,
+    state.info && !state.info.actions ? message("err", "Actions are disabled on this server: start it with FLYWHEEL_ADMIN_TOKEN set.") : "",
     h("p", { class: "muted" }, "Each action runs the same code as the CLI (flywheel promote, approve, rollback, rollout …), needs the admin token and a reason, and is written to the audit ledger."),
     h("h3", {}, "Registry"),
     act("promote", [version()], "Promote"),
