@@ -117,3 +117,14 @@ def test_a_resume_after_a_pause_by_hand_does_not_extend_max_requests(ws: Workspa
     assert actions.AB_RESUMED_AT not in resumed.evidence
     _counts(ws, resumed, (300, 0, 300, 0))
     assert tick(ws, resumed).status == "paused"  # at 200, as planned
+
+
+def test_the_ab_decision_gives_n_in_the_order_of_its_words(ws: Workspace) -> None:
+    state = _start(ws)
+    rng = np.random.default_rng(3)
+    arms = {"champion": _arm(170, 0, rng), "challenger": _arm(200, 50, rng)}
+    actions.store_of(ws).put_counts(state.id, "replica-a", state.step, arms)
+    after = tick(ws, state)
+    assert after.status == "rolled_back", after.reason
+    assert after.reason.startswith("A/B on error_rate: challenger 0.25 vs champion 0 ")
+    assert "n = 200/170)" in after.reason, after.reason  # challenger first, as the words
