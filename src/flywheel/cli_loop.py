@@ -48,7 +48,8 @@ def triggers_check(
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=dt.UTC)
         now = parsed.timestamp()
-    decision = triggers.check(_workspace(), now=now, manual=manual, record=not dry_run)
+    ws = _workspace()
+    decision = triggers.check(ws, now=now, manual=manual, record=not dry_run)
     if as_json:
         _emit_json(decision.to_dict())
         return
@@ -58,7 +59,7 @@ def triggers_check(
     console.print(f"{triggers.iso(decision.at)}: {verdict}")
     for t in decision.triggers:
         console.print(f"  {t.kind}: {t.reason}")
-    owed = triggers.owed(_workspace()) if decision.fire and not dry_run else None
+    owed = triggers.owed(ws) if decision.fire and not dry_run else None
     if owed is not None and owed.key == decision.run_key:  # (an older --at: a run overtook it)
         console.print(
             "  the retrain is owed: `flywheel worker` runs it at its next tick "
@@ -133,8 +134,8 @@ def worker(
         elif t.decision is not None:
             d = t.decision
             parts.append("retrain" if d["fire"] else f"no retrain{_held(d)}")
-            if t.owed:
-                parts.append(f"retrain owed since {t.owed}")
+            if not d["fire"] and d.get("owed"):
+                parts.append(f"retrain owed since {d['owed']}")
         if t.retrain:
             parts.append(f"pipeline {t.retrain.get('run', '')} {t.retrain['status']}")
         console.print(f"{triggers.iso(t.at)}: " + "; ".join(parts), highlight=False)

@@ -483,7 +483,7 @@ class Settings(BaseSettings):
         if self.training.params_file is not None:
             self.training.params_file = self.training.params_file.expanduser().resolve()
         if self.source.url is None:
-            self.source.url = f"sqlite:///{(home / 'source.db').as_posix()}"
+            self.source.url = self.embedded_source_url
         if self.store.url is None:
             self.store.url = str(home / "store")
         if self.tracking.uri is None:
@@ -497,6 +497,11 @@ class Settings(BaseSettings):
         if self.monitoring.url is None:
             self.monitoring.url = f"sqlite:///{(home / 'monitoring.db').as_posix()}"
         return self
+
+    @property
+    def embedded_source_url(self) -> str:
+        """``source.url``'s default: the SQLite database `flywheel simulate` writes."""
+        return f"sqlite:///{(self.home / 'source.db').as_posix()}"
 
     @property
     def contracts_dir(self) -> Path:
@@ -607,7 +612,7 @@ def load_settings(**overrides: Any) -> Settings:
         key = ".".join(str(p) for p in first["loc"]) or "settings"
         msg = first["msg"].removeprefix("Value error, ")
         value = first.get("input")
-        secret = any(word in key for word in ("token", "key", "password", "secret"))
+        secret = _SECRET_KEYS.search(key) is not None
         if (
             isinstance(value, str | int | float)
             and not secret

@@ -137,10 +137,10 @@ def test_a_check_by_hand_that_fires_is_retrained_by_the_next_tick(world: Path) -
     assert tick["errors"] == [] and tick["decision"]["fire"] is False, tick
     assert tick["retrain"]["status"] == "finished", tick
     (new,) = [r for r in _runs(world) if r["id"] not in before]
-    assert new["trigger"]["kind"] == "manual" and new["trigger"]["key"] == tick["owed"]
+    assert new["trigger"]["kind"] == "manual" and new["trigger"]["key"] == tick["decision"]["owed"]
     assert new["trigger"]["reason"].endswith("new columns upstream")
     (again,) = _ticks(flywheel(world, "worker", "--once", "--json").stdout)
-    assert again["owed"] is None and again["retrain"] is None  # settled: run once
+    assert again["decision"]["owed"] is None and again["retrain"] is None  # settled: once
 
 
 def test_sigterm_stops_a_looping_worker_after_its_tick(world: Path) -> None:

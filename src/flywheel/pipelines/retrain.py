@@ -381,8 +381,7 @@ def _file_snapshot(ws: Workspace) -> Manifest | None:
     pull from, so it trains on what `flywheel ingest --file` added last."""
     from flywheel.data.snapshots import latest_snapshot
 
-    embedded = f"sqlite:///{(ws.settings.home / 'source.db').as_posix()}"
-    if ws.settings.source.url != embedded:
+    if ws.settings.source.url != ws.settings.embedded_source_url:
         return None
     latest = latest_snapshot(ws.settings, ws.settings.source.dataset)
     return latest if latest is not None and latest.source.get("file") else None

@@ -48,7 +48,6 @@ class Tick:
     rollout: str | None = None  # the active rollout that held triggers back
     decision: dict[str, Any] | None = None  # TriggerDecision.to_dict()
     retrain: dict[str, Any] | None = None  # {"run", "status", "version"} or {"status": "failed"}
-    owed: str | None = None  # the key of an earlier fired trigger this tick ran (triggers.owed)
     errors: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -94,7 +93,7 @@ def tick(
             out.windows = len(results)
             out.alarms = sum(1 for r in results if r.alarm)
 
-    trigger = None
+    trigger = None  # the one to retrain on: fired now, or owed (decision["owed"] names it)
     with _step(out, "triggers"):
         active = store_of(ws).active(name)
         if active is not None:
@@ -107,8 +106,6 @@ def tick(
         trigger = decision.triggers[0] if decision.fire else decision.owed
     if out.decision is None or trigger is None:
         return out
-    if not decision.fire:
-        out.owed = trigger.key
 
     errors = len(out.errors)
     if before_retrain is not None:

@@ -30,7 +30,7 @@ from flywheel.serving.errors import (
 )
 from flywheel.serving.predictor import Predictor
 
-__all__ = ["build_api", "json_body"]
+__all__ = ["build_api"]
 
 log = logging.getLogger("flywheel.serving")
 
@@ -297,12 +297,6 @@ def _install_errors(api: FastAPI) -> None:
         rid = uuid.uuid4().hex
         log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
         return _error_response(request, InternalError(rid))
-
-
-def json_body(request: Request) -> None:
-    """FastAPI dependency: the content-type rule of every route with a body (wire.media_type),
-    for the routes FastAPI answers."""
-    wire.media_type(request.headers.get("content-type", ""), (wire.JSON,))
 
 
 def _admin_guard(config: ServingConfig) -> Any:
@@ -688,7 +682,7 @@ def _admin_routes(api: FastAPI, predictor: Predictor, config: ServingConfig) -> 
 
     @api.post(
         "/admin/reload",
-        dependencies=[guard, Depends(json_body)],
+        dependencies=[guard],
         responses=errors,
         tags=["admin"],
         summary="Follow the alias now (hot swap)",
@@ -711,7 +705,6 @@ def _admin_routes(api: FastAPI, predictor: Predictor, config: ServingConfig) -> 
         # one route for both methods: separate GET and POST routes on one path make
         # Starlette's 405 name only one of them in its Allow header
         if request.method == "POST":
-            json_body(request)
             if body is None:
                 raise BadRequest('POST /admin/clock needs a JSON body {"at": EPOCH or null}.')
             predictor.clock.set(body.at)
@@ -719,7 +712,7 @@ def _admin_routes(api: FastAPI, predictor: Predictor, config: ServingConfig) -> 
 
     @api.post(
         "/admin/pin",
-        dependencies=[guard, Depends(json_body)],
+        dependencies=[guard],
         responses=errors,
         tags=["admin"],
         summary="Serve a given version (null: follow the alias again)",

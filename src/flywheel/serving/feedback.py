@@ -65,20 +65,13 @@ class FeedbackItem(BaseModel):
     @classmethod
     def _shape(cls, v: Any) -> Any:  # one message naming the rule, not the union's first
         values = v if isinstance(v, list) else [v]
-        nested = [x for x in values if isinstance(x, list | dict)]
-        if v is None or nested or isinstance(v, dict):
+        if v is None or any(isinstance(x, list | dict) for x in values):
             raise ValueError(
                 "a label is a string, number or boolean, or a list of them (one per row of "
                 f"the request; null only inside the list), got {type(v).__name__}"
             )
-        return v
-
-    @field_validator("label")
-    @classmethod
-    def _finite(cls, v: Any) -> Any:
-        for value in v if isinstance(v, list) else [v]:
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError("a label must be a finite number, a string or a boolean")
+        if any(isinstance(x, float) and not math.isfinite(x) for x in values):
+            raise ValueError("a label must be a finite number, a string or a boolean")
         return v
 
 
