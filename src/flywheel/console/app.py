@@ -6,13 +6,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 import flywheel
 from flywheel.console.context import Console
 from flywheel.console.routes import add_console
-from flywheel.errors import FlywheelError
 
 if TYPE_CHECKING:
     from flywheel.config import Settings
@@ -21,15 +19,13 @@ __all__ = ["console_app"]
 
 
 def console_app(settings: Settings, server_url: str | None = None) -> FastAPI:
+    from flywheel.serving._api import install_errors
     from flywheel.serving.config import ServingConfig, secret_bytes
 
     config = ServingConfig.from_settings(settings)
     api = FastAPI(title="flywheel console", version=flywheel.__version__, docs_url=None)
 
-    @api.exception_handler(FlywheelError)
-    async def flywheel_error(request: Request, exc: FlywheelError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status)
-
+    install_errors(api)  # the server's error answers: same shape, kind header, 422s
     console = Console(
         settings,
         server_url=server_url,

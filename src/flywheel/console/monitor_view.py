@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flywheel.errors import NotFound
+
 if TYPE_CHECKING:
     from flywheel.config import Settings
     from flywheel.workspace import Workspace
@@ -89,10 +91,13 @@ def _short(w: dict[str, Any]) -> str:
     )
 
 
-def windows_view(settings: Settings, model: str, version: str | None = None) -> dict[str, Any]:
+def windows_view(ws: Workspace, model: str, version: str | None = None) -> dict[str, Any]:
     """Windows (newest last) without their profiles, and the features ordered by their
-    largest drift (value over threshold) in any window."""
-    found = load_windows(settings, model)
+    largest drift (value over threshold) in any window. A model with no window must be
+    registered (NotFound otherwise); a registered one not monitored yet has no windows."""
+    found = load_windows(ws.settings, model)
+    if not found:
+        _must_be_registered(ws, model)
     versions = sorted({str(w.get("version")) for w in found}, key=_num)
     if version:
         found = [w for w in found if str(w.get("version")) == str(version)]
@@ -103,6 +108,16 @@ def windows_view(settings: Settings, model: str, version: str | None = None) -> 
             worst[name] = max(worst.get(name, 0.0), cell["ratio"] or 0.0)
     features = sorted(worst, key=lambda n: (n.startswith("__"), -worst[n], n))
     return {"model": model, "versions": versions, "features": features, "windows": windows}
+
+
+def _must_be_registered(ws: Workspace, model: str) -> None:
+    from flywheel.console.registry_view import unknown_model
+    from flywheel.registry._client import mlflow_errors, registered_aliases
+
+    with mlflow_errors(f"read the registered model {model!r}", ws, model):
+        known = registered_aliases(ws.client, model) is not None
+    if not known:
+        raise unknown_model(ws, model)
 
 
 def _num(v: str) -> tuple[int, str]:
@@ -149,18 +164,28 @@ def distribution(ws: Workspace, model: str, window: str | None, feature: str) ->
     found = load_windows(ws.settings, model)
     chosen = [w for w in found if window is None or w.get("window") == window]
     if not chosen:
-        return {"feature": feature, "error": f"No monitored window {window or ''} of {model}."}
+        if not found:
+            _must_be_registered(ws, model)
+        raise NotFound(
+            f"No monitored window {window or ''} of {model}"
+            + (f"; the newest is {found[-1].get('window')}." if found else ": run `flywheel "
+               "monitor run`."),
+            model=model,
+            field="window",
+        )  # fmt: skip
     w = chosen[-1]
     version = str(w.get("version"))
     ref = reference_of(ws, model, version)
     if ref is None:
-        return {"feature": feature, "error": f"No reference profile for {model} v{version}."}
+        raise NotFound(f"No reference profile for {model} v{version}.", model=model)
     bins = next((b for b in ref.get("bins") or [] if b.get("name") == feature), None)
     ref_col = ((ref.get("profile") or {}).get("columns") or {}).get(feature) or {}
     cur_col = ((w.get("profile") or {}).get("columns") or {}).get(feature) or {}
     ref_counts, cur_counts = ref_col.get("counts"), cur_col.get("counts")
     if bins is None or not ref_counts or not cur_counts or len(ref_counts) != len(cur_counts):
-        return {"feature": feature, "error": f"No counts of {feature!r} in window {w['window']}."}
+        raise NotFound(
+            f"No counts of {feature!r} in window {w['window']}.", model=model, field="feature"
+        )
     stats: dict[str, Any] = next(
         (f for f in w.get("features") or [] if f.get("feature") == feature), {}
     )

@@ -13,10 +13,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flywheel.errors import NotFound
+
 if TYPE_CHECKING:
     from flywheel.workspace import Workspace
 
-__all__ = ["audit_entries", "registered_models", "version_detail", "versions"]
+__all__ = ["audit_entries", "registered_models", "unknown_model", "version_detail", "versions"]
 
 _TAGS = ("family", "task", "target", "dataset", "snapshot_id", "threshold", "approval", "gates")
 
@@ -41,12 +43,14 @@ def registered_models(ws: Workspace) -> list[dict[str, Any]]:
 
 def versions(ws: Workspace, name: str) -> list[dict[str, Any]]:
     """The versions of ``name``, newest first: aliases, the flywheel tags, the run's metrics."""
-    from flywheel.registry._client import aliases_of, mlflow_errors, versions_of
+    from flywheel.registry._client import mlflow_errors, registered_aliases, versions_of
 
     with mlflow_errors(f"list versions of {name!r}", ws, name):
         client = ws.client
+        aliases = registered_aliases(client, name)
+        if aliases is None:
+            raise unknown_model(ws, name)
         found = versions_of(client, name)
-        aliases = aliases_of(client, name)
         metrics = {v.run_id: _run_metrics(client, v.run_id) for v in found if v.run_id}
     out = []
     for v in reversed(found):
@@ -62,6 +66,19 @@ def versions(ws: Workspace, name: str) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def unknown_model(ws: Workspace, name: str) -> NotFound:
+    """NotFound naming ``name`` and the models the registry holds."""
+    from flywheel.registry._client import mlflow_errors
+
+    with mlflow_errors("list registered models", ws):
+        names = sorted(m.name for m in ws.client.search_registered_models())
+    return NotFound(
+        f"No registered model {name!r}; the registry holds: {', '.join(names) or 'none'}.",
+        model=name,
+        field="model",
+    )
 
 
 def version_detail(ws: Workspace, name: str, version: str) -> dict[str, Any]:

@@ -151,16 +151,26 @@ def _live_routes(api: FastAPI, console: Console, guard: Any) -> None:
         _, served, _ = await _server_state(console, request, metrics=False)
         ready = [m for m in served if m.get("ready") and (model is None or m["name"] == model)]
         if not ready:
-            raise UsageError("No served model is ready to answer.", field="model")
+            raise UsageError(_no_served(console, model), field="model")
         m = ready[0]
         return await asyncio.to_thread(_form, console, m)
 
     @api.post("/ui/api/predict", dependencies=[guard], tags=["console"])
     async def predict(request: Request, body: dict[str, Any] = Body(...)) -> Any:
         if console.server_url is None:
-            raise UsageError("POST /v1/predict on this server instead.", field="url")
+            raise UsageError(_no_served(console, None), field="server")
         status, answer = await asyncio.to_thread(_post, console, "/v1/predict", body, request)
         return JSONResponse(answer, status_code=status)
+
+
+def _no_served(console: Console, model: str | None) -> str:
+    if console.predictor is None and console.server_url is None:
+        return (
+            "No server to try a model on: start the console with --server URL (a running "
+            "`flywheel serve`), or open /ui on `flywheel serve` itself."
+        )
+    which = f"{model!r}" if model else "model"
+    return f"No served {which} is ready to answer."
 
 
 async def _server_state(
@@ -241,7 +251,7 @@ def _monitor_routes(api: FastAPI, console: Console, guard: Any) -> None:
     @api.get("/ui/api/monitoring", dependencies=[guard], tags=["console"])
     async def monitoring(model: str | None = None, version: str | None = None) -> dict[str, Any]:
         name = model or console.model_name
-        return await asyncio.to_thread(monitor_view.windows_view, console.settings, name, version)
+        return await asyncio.to_thread(monitor_view.windows_view, console.ws, name, version)
 
     @api.get("/ui/api/monitoring/distribution", dependencies=[guard], tags=["console"])
     async def distribution(

@@ -30,7 +30,7 @@ from flywheel.serving.errors import (
 )
 from flywheel.serving.predictor import Predictor
 
-__all__ = ["build_api"]
+__all__ = ["build_api", "install_errors"]
 
 log = logging.getLogger("flywheel.serving")
 
@@ -263,7 +263,10 @@ class _AdminBodies:
         await self.app(scope, receive, send)
 
 
-def _install_errors(api: FastAPI) -> None:
+def install_errors(api: FastAPI) -> None:
+    """flywheel's error answers on ``api``: the error shape, the ``flywheel-error-kind``
+    header, validation errors as 422 naming the field (also the console alone's)."""
+
     @api.exception_handler(FlywheelError)
     async def flywheel_error(request: Request, exc: FlywheelError) -> JSONResponse:
         return _error_response(request, exc)
@@ -320,7 +323,7 @@ def build_api(predictor: Predictor, config: ServingConfig) -> FastAPI:
         description="Native /v1, MLflow /invocations and Open Inference Protocol /v2 routes. "
         "See docs/serving.md.",
     )
-    _install_errors(api)
+    install_errors(api)
     api.add_middleware(_AdminBodies)
     _declare_hot_routes(api)
     _typed_openapi(api, predictor)
