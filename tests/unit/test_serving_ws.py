@@ -113,10 +113,8 @@ def test_many_records_per_message_each_its_own_request_scored_together(
 
 def test_bad_messages_get_error_frames_and_the_socket_stays_open(model_dir: ModelFiles) -> None:
     good = rows(2)
-    with (
-        client_for(make_predictor(model_dir)) as client,
-        client.websocket_connect("/v1/stream") as ws,
-    ):
+    predictor = make_predictor(model_dir)
+    with client_for(predictor) as client, client.websocket_connect("/v1/stream") as ws:
         ws.send_text("{not json")
         bad_json = recv(ws)
         ws.send_text(orjson.dumps({"record": good[0]}).decode())
@@ -147,6 +145,12 @@ def test_bad_messages_get_error_frames_and_the_socket_stays_open(model_dir: Mode
     assert frames["bad"]["error"]["kind"] == "invalid_input"
     assert frames[None]["error"]["details"]["field"] == "id"
     assert after["id"] == "after" and "prediction" in after
+    # each error frame is counted as the other doors count theirs: the message's own (bad
+    # JSON, no id, a record not an object, an item without id) and the records' (422)
+    metrics = predictor.metrics.render().decode()
+    assert 'flywheel_errors_total{kind="bad_request",protocol="ws"} 4.0' in metrics
+    assert 'flywheel_errors_total{kind="invalid_input",protocol="ws"} 2.0' in metrics
+    assert 'flywheel_requests_total{protocol="ws",route="/v1/stream",status="400"} 4.0' in metrics
 
 
 def test_fast_sender_is_held_to_the_in_flight_bound(model_dir: ModelFiles) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 DEFAULT_MAX_IN_FLIGHT = 1024  # records per connection
 _MAX_ID_CHARS = 128
 _POLICY_VIOLATION = 1008
+_STATUS = {"bad_request": 400, "payload_too_large": 413}  # a refused message's, in /metrics
 
 
 @dataclass(slots=True)
@@ -138,17 +140,18 @@ class _Stream:
         """One received frame: parse, wait for room, dispatch (errors answered inline)."""
         data = message.get("text")
         raw: str | bytes | None = data if data is not None else message.get("bytes")
+        started = time.perf_counter()
         try:
             model, version, items, errors = self._parse(raw)
         except _BadMessage as exc:
-            await self._write([_error(exc.msg_id, exc.kind, exc.message, exc.details)])
+            await self._refuse([_error(exc.msg_id, exc.kind, exc.message, exc.details)], started)
             return
         if errors:
-            await self._write(errors)
+            await self._refuse(errors, started)
         if not items:
             return
         if len(items) > self.max_in_flight:
-            await self._write(
+            await self._refuse(
                 [
                     _error(
                         i.id,
@@ -157,7 +160,8 @@ class _Stream:
                         f"message is {self.max_in_flight}. Split it.",
                     )
                     for i in items
-                ]
+                ],
+                started,
             )
             return
         async with self._room:
@@ -213,6 +217,16 @@ class _Stream:
                         msg_id = _check_id(raw_item.get("id"), "")
                 errors.append(_error(msg_id, exc.kind, exc.message, exc.details))
         return model, version, items, errors
+
+    async def _refuse(self, frames: list[dict[str, Any]], started: float) -> None:
+        """Answer error frames the message itself earned (not a record's scoring), each
+        counted in /metrics as the other doors count a refused request."""
+        metrics, seconds = self.predictor.calls.metrics, time.perf_counter() - started
+        for frame in frames:
+            kind = frame["error"]["kind"]
+            metrics.error("ws", kind)
+            metrics.request("ws", "/v1/stream", _STATUS.get(kind, 400), seconds)
+        await self._write(frames)
 
     # ------------------------------------------------------------------ scoring
     def _spawn(self, coro: Awaitable[None]) -> None:
