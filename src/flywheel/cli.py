@@ -8,6 +8,7 @@ error is a bug: one line, the traceback in a crash log, exit 70 (:func:`main`, d
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -1047,11 +1048,25 @@ def _print_where_to_look(s: Settings, result: Any) -> None:
     console.print("audit log:   flywheel registry history")
 
 
+def _one_line_summaries(group: typer.Typer) -> None:
+    """Each command's summary in a group's command list is its help's first paragraph as
+    one line, wrapped to the terminal (Typer's rich panel keeps the docstring's own line
+    breaks, which made ragged lines at any width other than the source's)."""
+    for info in group.registered_commands:
+        if info.short_help is None and info.callback is not None:
+            text = info.help or inspect.getdoc(info.callback) or ""
+            info.short_help = " ".join(text.split("\n\n")[0].split()) or None
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _one_line_summaries(sub.typer_instance)
+
+
 def main() -> None:
     """Entry point: run the app; the process exits with the documented code (docs/cli.md).
 
     Domain errors print one clean line and their own code; an unexpected error prints one
     line naming what failed and the crash log holding its traceback, and exits 70."""
+    _one_line_summaries(app)
     try:
         code = app(standalone_mode=False)  # returns typer.Exit's code instead of exiting
     except FlywheelError as exc:
