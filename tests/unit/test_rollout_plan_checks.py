@@ -137,11 +137,11 @@ def test_the_cli_exits_2_on_a_blank_reason(
 
 
 def _routes() -> TestClient:
-    from flywheel.serving._api import _install_errors
+    from flywheel.serving._api import install_errors
     from flywheel.serving._rollout_api import rollout_routes
 
     api = FastAPI()
-    _install_errors(api)
+    install_errors(api)
     rollout_routes(api, object(), Depends(lambda: None), {})  # type: ignore[arg-type]
     return TestClient(api)
 
