@@ -343,3 +343,28 @@ print(",".join(loaded))
     assert hgb == "-"
     assert "onnxmltools.convert.lightgbm.operator_converters.LightGbm" in lgbm
     assert "XGBoost" not in lgbm
+
+
+@pytest.mark.parametrize(
+    ("classes", "expected"),
+    [
+        (None, None),
+        ([0, 1], None),  # already the indices: the graph is left as it was
+        ([False, True], None),  # bool classes come back as 0/1, as documented
+        ([3, 5], [3, 5]),
+        ([1.0, 2.0], [1, 2]),
+        (["no", "yes"], ["no", "yes"]),
+        ([0.5, 1.5], ["0.5", "1.5"]),
+        (["a", "b", "c"], None),  # a count that is not the pipeline's: not its classes
+    ],
+)
+def test_original_labels_of_a_pipeline_fitted_on_indices(
+    classes: list[object] | None, expected: list[object] | None
+) -> None:
+    from types import SimpleNamespace
+
+    from flywheel.registry.onnx_export import original_labels
+
+    fitted = SimpleNamespace(classes_=np.array([0, 1]))
+    got = original_labels(fitted, classes)  # type: ignore[arg-type]
+    assert (got if got is None else got.tolist()) == expected

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -50,6 +51,7 @@ META_PREFIX = "flywheel."
 # skl2onnx names a graph with a random uuid unless told; ours is this, or the name given.
 DEFAULT_GRAPH_NAME = "flywheel"
 _T = "flywheel_threshold"  # prefix of the names the threshold nodes add
+_L = "flywheel_labels"  # prefix of the names the original-labels node adds
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ def _add_metadata(
     task: Task,
     pipeline: Pipeline,
     threshold: float | None,
+    relabel: np.ndarray | None = None,
 ) -> None:
     meta = {
         "task": task,
@@ -147,7 +150,8 @@ def _add_metadata(
         "family": type(pipeline.steps[-1][1]).__name__,
     }
     if task == "classification":
-        meta["classes"] = json.dumps([_plain(c) for c in pipeline.classes_])
+        labels = pipeline.classes_ if relabel is None else relabel
+        meta["classes"] = json.dumps([_plain(c) for c in labels])
     if threshold is not None:
         meta["threshold"] = repr(threshold)
     onnx.helper.set_model_props(model, {META_PREFIX + k: v for k, v in meta.items()})
@@ -164,6 +168,7 @@ def export_onnx(
     task: Task,
     threshold: float | None = None,
     graph_name: str = DEFAULT_GRAPH_NAME,
+    classes: Sequence[Any] | None = None,
 ) -> bytes:
     """Serialized ONNX of the fitted ``pipeline``: one input per spec, ``label`` (+
     ``probabilities`` for classifiers). Raises :class:`RegistryError` if conversion fails.
@@ -171,7 +176,9 @@ def export_onnx(
     ``threshold`` (binary classifiers only): ``label`` is the second class where its
     probability is ``>= threshold``, else the first (see :func:`_threshold_label`); None
     keeps the converter's argmax. ``graph_name`` names the graph; the same pipeline,
-    threshold and name give the same bytes."""
+    threshold and name give the same bytes. ``classes``: the original class labels of a
+    pipeline fitted on their indices ``0..k-1`` (as flywheel's training fits it): ``label``
+    gives them back (see :func:`original_labels`), and ``flywheel.classes`` lists them."""
     from skl2onnx import convert_sklearn
 
     model = pipeline.steps[-1][1]
@@ -196,8 +203,43 @@ def export_onnx(
     _restore_input_names(onx, specs)
     if threshold is not None:
         _threshold_label(onx, np.asarray(pipeline.classes_), threshold, task)
-    _add_metadata(onx, specs, task, pipeline, threshold)
+    relabel = original_labels(pipeline, classes) if task == "classification" else None
+    if relabel is not None:
+        _relabel(onx, relabel)
+    _add_metadata(onx, specs, task, pipeline, threshold, relabel)
     return onx.SerializeToString()
+
+
+def original_labels(pipeline: Pipeline, classes: Sequence[Any] | None) -> np.ndarray | None:
+    """What ``label`` should give for each of the pipeline's classes, when they are the
+    indices ``0..k-1`` of other ``classes``: int64 for integral classes, else their text.
+    None: the converter's labels are already right (no classes given, the same values, or
+    bool classes, which come back as 0/1)."""
+    fitted = [_plain(c) for c in getattr(pipeline, "classes_", [])]
+    if classes is None or len(classes) != len(fitted) or fitted != list(range(len(fitted))):
+        return None
+    values = [_plain(c) for c in classes]
+    if all(isinstance(v, bool) for v in values):
+        return None
+    if all(isinstance(v, int) or (isinstance(v, float) and v.is_integer()) for v in values):
+        ints = [int(v) for v in values]
+        return None if ints == fitted else np.asarray(ints, dtype=np.int64)
+    return np.asarray([str(v) for v in values], dtype=object)
+
+
+def _relabel(onx: onnx.ModelProto, values: np.ndarray) -> None:
+    """``label`` = ``values[label]``: the class indices the pipeline was fitted on become
+    the original labels (one Gather on a constant), typed int64 or string."""
+    graph = onx.graph
+    label = next(o for o in graph.output if o.name == "label")
+    _rename_outputs_of_nodes(graph, {"label": f"{_L}_index"})
+    graph.initializer.append(onnx.numpy_helper.from_array(values, f"{_L}_values"))
+    graph.node.append(
+        onnx.helper.make_node("Gather", [f"{_L}_values", f"{_L}_index"], ["label"], axis=0)
+    )
+    string = values.dtype == object
+    label.type.tensor_type.elem_type = onnx.TensorProto.STRING if string else onnx.TensorProto.INT64
+    onnx.checker.check_model(onx)
 
 
 def _threshold_label(
@@ -399,6 +441,7 @@ def check_parity(
     native: tuple[np.ndarray, np.ndarray | None] | None = None,
     prepared: bool = False,
     threshold: float | None = None,
+    classes: Sequence[Any] | None = None,
 ) -> ParityReport:
     """Native vs ONNX Runtime predictions on ``df``.
 
@@ -412,12 +455,16 @@ def check_parity(
 
     ``native`` is the pipeline's own ``(labels, probabilities)`` on ``df`` when the caller
     has them already (evaluation computed them on the same holdout); else they are computed.
-    ``prepared=True`` says ``df`` is already :func:`prepare_frame`'s output.
+    ``prepared=True`` says ``df`` is already :func:`prepare_frame`'s output. ``classes``:
+    as :func:`export_onnx` took them; the native labels are compared as the original ones.
     """
     frame = df if prepared else prepare_frame(df, specs)
     labels, proba = _run(make_session(onnx_model), _feeds(frame, specs), task)
     mismatches = ties = 0
     if task == "classification":
+        fitted = np.asarray(pipeline.classes_)
+        relabel = original_labels(pipeline, classes)
+        labelled = fitted if relabel is None else relabel  # what the graph's label gives
         if native is None:
             native_proba = pipeline.predict_proba(frame)
             picked = (
@@ -425,15 +472,17 @@ def check_parity(
                 if threshold is None
                 else (native_proba[:, 1] >= threshold).astype(np.int64)
             )
-            native_labels = np.asarray(pipeline.classes_)[picked]
+            native_labels = labelled[picked]
         else:
             native_labels, given = native
             assert given is not None  # classification has probabilities
             native_proba = given
+            if relabel is not None:  # the pipeline's labels are the indices of the classes
+                native_labels = relabel[np.asarray(native_labels, dtype=np.int64)]
         assert proba is not None  # onnx_predict returns probabilities for classification
         diff = _diffs(native_proba, proba, relative=False)
         mismatches, ties = _label_mismatches(
-            np.asarray(pipeline.classes_),
+            labelled,
             native_labels,
             labels,
             native_proba,

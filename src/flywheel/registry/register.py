@@ -127,6 +127,7 @@ def _parity(
         native=native,
         prepared=held is not None,
         threshold=_threshold_value(result),
+        classes=result.classes,
     )
     if not report.passed:  # when it passes, they are logged with the ONNX model (_log_onnx)
         now = int(time.time() * 1000)
@@ -280,6 +281,7 @@ def register(
                 task=result.task,
                 threshold=_threshold_value(result),
                 graph_name=graph_name(ws.settings.registry.model_name, result),
+                classes=result.classes,
             )
         with timed(timings, "parity"):
             parity, holdout = _parity(ws, result, evaluation, pipeline, onnx_model)
