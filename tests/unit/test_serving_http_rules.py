@@ -276,6 +276,13 @@ def test_feedback_follows_the_body_rules(files: ModelFiles, tmp_path: Path) -> N
             if b"label" in content and status == 422 and b"request_id" in content:
                 assert "items.0.label:" in answer.text, answer.text  # named, one rule
         assert "items" in (await c.post("/v1/feedback", content=b"{}")).json()["error"]["message"]
+        # every answer counted in /metrics, as the doors count theirs
+        metrics = (await c.get("/metrics")).text
+        route = 'protocol="rest",route="/v1/feedback"'
+        for status, n in [(200, 2), (400, 2), (413, 1), (422, 6)]:
+            assert f'flywheel_requests_total{{{route},status="{status}"}} {n}.0' in metrics
+        for kind, n in [("bad_request", 2), ("invalid_input", 6), ("payload_too_large", 1)]:
+            assert f'flywheel_errors_total{{kind="{kind}",protocol="rest"}} {n}.0' in metrics
 
     try:
         serve(files, check, sink=plog, max_body_bytes=4096)

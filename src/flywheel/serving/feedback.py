@@ -36,6 +36,7 @@ from flywheel.serving._api import ErrorBody
 from flywheel.serving.auth import credential, key_ok
 from flywheel.serving.clock import DataClock
 from flywheel.serving.config import ServingConfig, secret_bytes
+from flywheel.serving.cycle import Calls
 from flywheel.serving.errors import Forbidden, InvalidInput, PayloadTooLarge, Unauthorized
 
 __all__ = ["FeedbackItem", "FeedbackRequest", "FeedbackResponse", "add_feedback_routes"]
@@ -151,10 +152,18 @@ async def _payload(request: Request, config: ServingConfig) -> FeedbackRequest:
 
 
 def add_feedback_routes(
-    api: FastAPI, log: Any, config: ServingConfig, *, clock: DataClock | None = None
+    api: FastAPI,
+    log: Any,
+    config: ServingConfig,
+    *,
+    clock: DataClock | None = None,
+    calls: Calls | None = None,
 ) -> None:
     """Mount ``POST /v1/feedback`` on the FastAPI app, backed by the prediction log; labels
-    are stamped with ``clock`` (the server's data clock; default the wall clock)."""
+    are stamped with ``clock`` (the server's data clock; default the wall clock). ``calls``
+    (the predictor's request cycle) counts each answer in /metrics as the doors count
+    theirs: ``requests_total{protocol="rest",route="/v1/feedback",status}`` and, for an
+    error, ``errors_total{protocol="rest",kind}``."""
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorBody} for code in (400, 401, 403, 413, 415, 422, 500, 503)
     }
@@ -171,10 +180,20 @@ def add_feedback_routes(
         },
     )
     async def feedback(request: Request) -> FeedbackResponse:
-        _check_key(request, config)
-        payload = await _payload(request, config)
-        # The log's label call does blocking database I/O: off the event loop.
-        items = [(i.request_id, i.label) for i in payload.items]
-        ts = clock.now() if clock is not None else None
-        result = await run_in_threadpool(lambda: log.label(items, ts=ts))
+        call = calls.begin("rest", "/v1/feedback") if calls is not None else None
+        try:
+            _check_key(request, config)
+            payload = await _payload(request, config)
+            # The log's label call does blocking database I/O: off the event loop.
+            items = [(i.request_id, i.label) for i in payload.items]
+            ts = clock.now() if clock is not None else None
+            result = await run_in_threadpool(lambda: log.label(items, ts=ts))
+        except Exception as exc:
+            if calls is None or call is None:
+                raise
+            error = calls.failed(call, exc)  # an unexpected one: logged, answered as internal
+            calls.end(call, error.status)
+            raise error from None if error is exc else exc
+        if calls is not None and call is not None:
+            calls.end(call, 200)
         return FeedbackResponse(accepted=result.accepted, unknown=result.unknown)

@@ -437,7 +437,7 @@ def create_app(
         if sink is not None and hasattr(sink, "feedback"):
             from flywheel.serving.feedback import add_feedback_routes
 
-            add_feedback_routes(api, sink, config, clock=served.clock)
+            add_feedback_routes(api, sink, config, clock=served.clock, calls=served.calls)
         return api
 
     return RestFront(predictor, config, build)
