@@ -94,8 +94,13 @@ def test_canary_splits_by_key_and_keeps_each_key_on_its_version(
         live = predictor.rollout()
         assert live is not None and live.challenger is challenger and live.router.weight == 60
         assert live.counters["champion"].snapshot().requests == 0
+        # /metrics' model_info: both loaded versions during the rollout, one after it
+        info = predictor.metrics.render().decode()
+        assert 'model="churn",sha256="' in info and 'version="2"' in info, info
+        assert info.count("flywheel_model_info{") == 2, info
         predictor.end_rollout(None, promoted="2")
         assert (await predictor.predict(PredictRequest(records=rows(1)))).version == "2"
+        assert predictor.metrics.render().decode().count("flywheel_model_info{") == 1
         await predictor.close()
 
     run(main())

@@ -230,11 +230,15 @@ class Predictor:
         return out
 
     def _model_info(self) -> list[dict[str, Any]]:
-        return [
-            {"name": n, "version": s.model.version, "sha256": s.model.sha256}
+        """Every loaded version: each model's served one and, during a rollout, its
+        challenger (loaded and scoring beside it)."""
+        loaded = [
+            (n, m)
             for n, s in self._slots.items()
-            if s.model is not None
+            for m in (s.model, s.rollout.challenger if s.rollout is not None else None)
+            if m is not None
         ]
+        return [{"name": n, "version": m.version, "sha256": m.sha256} for n, m in loaded]
 
     def _slot(self, name: str | None) -> _Slot:
         slot = self._slots.get(name or self.default_model)
