@@ -538,6 +538,7 @@ def test_api_key_size_limit_log_and_metrics(files: dict[str, ModelFiles]) -> Non
             stub.ModelInfer(typed_request(frame(300)), metadata=(("x-api-key", "k3y"),))
         )
         assert err.code() is Code.RESOURCE_EXHAUSTED  # over max_body_bytes: gRPC refuses it
+        assert ("flywheel-error-kind", "payload_too_large") in tuple(err.trailing_metadata())
         assert (await stub.ServerReady(pb.ServerReadyRequest())).ready  # health needs no key
 
     run(predictor, check)

@@ -101,6 +101,9 @@ class Reply(NamedTuple):
     trailers: tuple[tuple[str, str], ...] = ()
 
 
+# the error kind every flywheel error answer carries (grpc.py adds it to the methods' own)
+_TOO_LARGE = (("flywheel-error-kind", "payload_too_large"),)
+
 # a unary method: (request message bytes, request headers) -> its reply
 Unary = Callable[[bytes, list[tuple[str, str]]], Awaitable[Reply]]
 
@@ -474,6 +477,7 @@ class _Connection(asyncio.Protocol):
                     StatusCode.RESOURCE_EXHAUSTED,
                     f"Received message larger than max ({len(stream.body) - 5} vs. "
                     f"{self.server.max_message}); serving.max_body_bytes sets the limit",
+                    _TOO_LARGE,
                 ),
             )
             self._write(_frame(RST_STREAM, 0, sid, _U32.pack(NO_ERROR)))
@@ -548,6 +552,7 @@ class _Connection(asyncio.Protocol):
                         StatusCode.RESOURCE_EXHAUSTED,
                         f"Received message larger than max once decompressed (over {limit} "
                         "bytes); serving.max_body_bytes sets the limit",
+                        _TOO_LARGE,
                     ),
                 )
                 return
