@@ -77,7 +77,7 @@ def _clean_env(home: Path) -> None:
     """No FLYWHEEL_* or MLFLOW_* variable from the caller; no flywheel.yaml from the cwd."""
     for key in [k for k in os.environ if k.startswith(("FLYWHEEL_", "MLFLOW_"))]:
         del os.environ[key]
-    os.environ["FLYWHEEL_CONFIG"] = str(home / "absent.yaml")
+    os.environ["FLYWHEEL_CONFIG"] = os.devnull
 
 
 def _settings(home: Path) -> Settings:
@@ -207,7 +207,7 @@ def _server_env(home: Path, dagster_home: Path) -> dict[str, str]:
     return env | {
         "DAGSTER_HOME": str(dagster_home),
         "FLYWHEEL_HOME": str(home),
-        "FLYWHEEL_CONFIG": str(home / "absent.yaml"),
+        "FLYWHEEL_CONFIG": os.devnull,
         "FLYWHEEL_GATES__MIN_METRICS": json.dumps(GATES["min_metrics"]),
         "FLYWHEEL_GATES__MAX_SLICE_GAP": json.dumps(GATES["max_slice_gap"]),
         "FLYWHEEL_GATES__CHAMPION_MARGIN": str(GATES["champion_margin"]),

@@ -18,7 +18,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None
     for key in list(os.environ):
         if key.startswith("FLYWHEEL_") or key.startswith("MLFLOW_"):
             monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("FLYWHEEL_CONFIG", str(tmp_path / "absent-flywheel.yaml"))
+    monkeypatch.setenv("FLYWHEEL_CONFIG", os.devnull)  # read no settings file
     monkeypatch.setenv("GIT_PYTHON_REFRESH", "quiet")
     yield
 

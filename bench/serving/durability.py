@@ -39,7 +39,7 @@ def say(text: str) -> None:
 
 def _env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLYWHEEL_", "MLFLOW_"))}
-    return {**env, "FLYWHEEL_HOME": str(home), "FLYWHEEL_CONFIG": str(home / "none.yaml")}
+    return {**env, "FLYWHEEL_HOME": str(home), "FLYWHEEL_CONFIG": os.devnull}
 
 
 def _home(args: argparse.Namespace, work: Path) -> Path:

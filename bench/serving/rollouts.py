@@ -532,7 +532,7 @@ def _env(home: Path, work: Path, mode: str = "one") -> dict[str, str]:
     return {
         **env,
         "FLYWHEEL_HOME": str(home),
-        "FLYWHEEL_CONFIG": str(work / "none.yaml"),
+        "FLYWHEEL_CONFIG": os.devnull,
         "FLYWHEEL_ADMIN_TOKEN": os.urandom(18).hex(),
         "FLYWHEEL_SERVING__PREDICTION_LOG_URL": f"sqlite:///{work / f'predictions-{mode}.db'}",
         "PYTHONPATH": str(ROOT),

@@ -10,6 +10,7 @@ Production swaps URLs only (PostgreSQL, ``s3://``, an MLflow server).
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import re
 from pathlib import Path
@@ -28,6 +29,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -39,12 +41,47 @@ __all__ = [
     "ServingSettings",
     "Settings",
     "absolute_sqlite_url",
+    "json_env_keys",
     "load_settings",
     "mask_url",
+    "settings_file",
     "sqlalchemy_url",
 ]
 
 _SQL_SCHEMES = ("sqlite://", "postgresql://", "postgresql+psycopg://", "postgres://")
+
+
+class _KeyedValueError(ValueError):
+    """A bad value found by a check that spans keys or sits on a section: ``key`` is the
+    setting the message is about (the error's location would name only the section)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def _check_duration(value: Any, key: str, *, positive: bool = False, units: str = "smhdw") -> Any:
+    """``value`` if it is a duration (a whole number, then one of ``units``); else a
+    ValueError that says what a duration looks like. Run before the type check, so that a
+    bare number (``every: 1`` in YAML) gets this message too; other types pass through."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return value
+    match = re.fullmatch(rf"(\d+)[{units}]", value)
+    if match is None or (positive and int(match.group(1)) == 0):
+        examples = ["30s", "15m", "1h", "1d", "2w"]
+        shown = [e for e in examples if e[-1] in units]
+        named = ", ".join(f"{u} ({_DURATION_UNITS[u]})" for u in units)
+        longer = " longer than 0" if positive else ""
+        raise ValueError(
+            f"{key} must be a duration{longer} such as {', '.join(shown[:-1])} or {shown[-1]}: "
+            f"a whole number, then one of {named}"
+        )
+    return value
 
 
 def _check_sql_url(value: str, key: str) -> str:
@@ -268,11 +305,7 @@ class MonitoringSettings(_Section):
     url: str | None = Field(
         None, description="Monitor state database (windows, decisions); default under home."
     )
-    every: str = Field(
-        "1d",
-        description="Window length over the prediction log (e.g. 1d, 6h, 7d).",
-        pattern=r"^\d+[smhdw]$",
-    )
+    every: str = Field("1d", description="Window length over the prediction log (e.g. 1d, 6h, 7d).")
     window_rows: int | None = Field(
         None, ge=1, description="Windows of this many rows instead of by time (unset: by time)."
     )
@@ -317,6 +350,22 @@ class MonitoringSettings(_Section):
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         return None if v is None else _check_sql_url(v, "monitoring.url")
+
+    @field_validator("every", mode="before")
+    @classmethod
+    def _every(cls, v: Any) -> Any:
+        return _check_duration(v, "monitoring.every", positive=True)
+
+    @model_validator(mode="after")
+    def _persistence(self) -> MonitoringSettings:
+        if self.persist_k > self.persist_m:
+            raise _KeyedValueError(
+                "monitoring.persist_k",
+                f"monitoring.persist_k ({self.persist_k}) is larger than monitoring.persist_m "
+                f"({self.persist_m}): an alarm needs k of the last m windows, so it could never "
+                "ring; set persist_k to at most persist_m",
+            )
+        return self
 
 
 class RolloutSettings(_Section):
@@ -383,11 +432,9 @@ class RetrainSettings(_Section):
         description="Retrain when this many labelled rows arrived since the last "
         "retrain (unset: off).",
     )
-    cooldown: str = Field(
-        "30d", pattern=r"^\d+[smhdw]$", description="No retrain within this after the last one."
-    )
+    cooldown: str = Field("30d", description="No retrain within this after the last one.")
     budget: int = Field(4, ge=1, description="At most this many retrains per budget_period.")
-    budget_period: str = Field("90d", pattern=r"^\d+[smhdw]$", description="The budget's period.")
+    budget_period: str = Field("90d", description="The budget's period.")
     trials: int = Field(
         0,
         ge=0,
@@ -402,19 +449,45 @@ class RetrainSettings(_Section):
     )
     window: str | None = Field(
         None,
-        pattern=r"^[1-9]\d*[smhdw]$",
         description="Train a retrain (and hold out) only on the rows of this long before the "
         "snapshot's newest row, by source.timestamp_column, e.g. '120d' (unset: every row).",
     )
     check_every: str = Field(
         "1h",
-        pattern=r"^\d+[smhdw]$",
         description="How often `flywheel worker` runs the monitor and checks the triggers.",
     )
     retries: int = Field(3, ge=0, description="Retries of a step on a transient failure.")
     retry_backoff_s: float = Field(
         1.0, ge=0, description="First retry's wait; doubles each retry (seconds)."
     )
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str | None) -> str | None:
+        if not v:  # unset (or empty): no schedule
+            return v
+        from flywheel.pipelines.cron import parse  # imports nothing heavy
+
+        # a ConfigError naming the key and the broken rule, raised here rather than on each
+        # of the worker's ticks; pydantic passes it through (load_settings adds the fix)
+        parse(v)
+        return v
+
+    @field_validator("cooldown", "budget_period", mode="before")
+    @classmethod
+    def _duration(cls, v: Any, info: ValidationInfo) -> Any:
+        return _check_duration(v, f"retrain.{info.field_name}")
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window(cls, v: Any) -> Any:
+        return _check_duration(v, "retrain.window", positive=True)
+
+    @field_validator("check_every", mode="before")
+    @classmethod
+    def _check_every(cls, v: Any) -> Any:
+        # read by `flywheel worker` as its --every default, which takes no weeks
+        return _check_duration(v, "retrain.check_every", positive=True, units="smhd")
 
 
 class Settings(BaseSettings):
@@ -454,7 +527,25 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        yaml_file = Path(os.environ.get("FLYWHEEL_CONFIG", "flywheel.yaml"))
+        if isinstance(env_settings, EnvSettingsSource):
+            _check_json_env(env_settings)
+        yaml_file = Path(settings_file())
+        named = os.environ.get("FLYWHEEL_CONFIG")
+        if named and not yaml_file.expanduser().exists():  # as `--config` refuses it
+            raise ConfigError(
+                f"Bad configuration: FLYWHEEL_CONFIG names {named!r}, which does not exist. "
+                "Fix: point FLYWHEEL_CONFIG (or --config) at an existing settings file, set it "
+                "to /dev/null to read none, or unset it to read ./flywheel.yaml.",
+                key="FLYWHEEL_CONFIG",
+                value=named,
+            )
+        if named and yaml_file.expanduser().is_dir():
+            raise ConfigError(
+                f"Bad configuration: FLYWHEEL_CONFIG names {named!r}, which is a folder. "
+                "Fix: point FLYWHEEL_CONFIG (or --config) at a settings file in it.",
+                key="FLYWHEEL_CONFIG",
+                value=named,
+            )
         return (init_settings, env_settings, _YamlFile(settings_cls, yaml_file))
 
     @field_validator("home")
@@ -516,15 +607,121 @@ class Settings(BaseSettings):
 _SECRET_KEYS = re.compile(r"(token|secret|password|passwd|api_key|access_key|labels_key)", re.I)
 
 
+def settings_file() -> str:
+    """The settings file's name as the user gave it: ``$FLYWHEEL_CONFIG`` (which
+    ``flywheel --config FILE`` sets), else ``flywheel.yaml`` in the current folder."""
+    return os.environ.get("FLYWHEEL_CONFIG") or "flywheel.yaml"
+
+
+def _fix_in(key: str) -> str:
+    """Where to fix ``key``: the settings file as named, and its variable."""
+    where = settings_file()
+    return _env_name(key) if where == os.devnull else f"it in {where} or {_env_name(key)}"
+
+
+def _file_or_one() -> str:
+    """The settings file as named; "a settings file" where FLYWHEEL_CONFIG is /dev/null."""
+    where = settings_file()
+    return "a settings file" if where == os.devnull else where
+
+
+def _env_name(key: str) -> str:
+    """``retrain.cooldown`` → ``FLYWHEEL_RETRAIN__COOLDOWN``."""
+    return "FLYWHEEL_" + key.upper().replace(".", "__")
+
+
+def _json_keys(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:
+    """The keys whose environment variable pydantic-settings reads as JSON, each with an
+    example of its value: every section (``FLYWHEEL_SERVING='{"port": 8080}'``) and every
+    list or mapping setting."""
+    keys: list[tuple[str, str]] = []
+    for name, field in model.model_fields.items():
+        key, ann = f"{prefix}{name}", field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            first, sub = next(iter(ann.model_fields.items()))
+            keys.append((key, json.dumps({first: sub.get_default(call_default_factory=True)})))
+            keys += _json_keys(ann, f"{key}.")
+        elif getattr(ann, "__origin__", None) in (list, dict):
+            default = field.get_default(call_default_factory=True)
+            keys.append((key, json.dumps(default) if default else _JSON_EXAMPLES[key]))
+    return keys
+
+
+# examples for the JSON settings whose default is empty
+_JSON_EXAMPLES = {
+    "gates.max_metrics": '{"log_loss": 0.5}',
+    "serving.fronts": '{"line": {"factory": "pkg.mod:front", "port": 9000}}',
+}
+
+
+def json_env_keys() -> list[str]:
+    """The settings whose environment variable holds JSON (a section, a list, a mapping)."""
+    return [key for key, _ in _json_keys(Settings)]
+
+
+def _check_json_env(env: EnvSettingsSource) -> None:
+    """A list, mapping or section given in an environment variable must be JSON: say so,
+    naming the variable (pydantic-settings raises a bare SettingsError naming the section)."""
+    for key, example in _json_keys(Settings):
+        name = _env_name(key)
+        value = env.env_vars.get(name if env.case_sensitive else name.lower())
+        if value is None:
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            section = "." not in key  # a whole section may hold a secret: not shown
+            got = "" if section else f" (got {mask_url(value)[:80]!r})"
+            raise ConfigError(
+                f"Bad configuration for '{key}': {name} must be JSON, e.g. {name}='{example}'"
+                f"{got}: lists, mappings and whole sections are JSON in environment variables. "
+                f"Fix the variable, or set '{key}' in {_file_or_one()} instead.",
+                key=key,
+                variable=name,
+            ) from None
+
+
+class _BadSettingsFile(Exception):
+    """The settings file cannot be read as a mapping of settings (``message`` says why)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """``line 2, column 1: expected ',' or ']' ... (while parsing ... at line 1)``."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(exc).split())
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, where = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and where is not None:
+        text += f" ({context} at line {where.line + 1})"
+    return text
+
+
 class _YamlFile(YamlConfigSettingsSource):
-    """``flywheel.yaml``, which must hold a mapping of settings (a list, say, is refused
-    as a bad setting, as malformed YAML is in :func:`load_settings`)."""
+    """``flywheel.yaml``, which must hold a mapping of settings: malformed YAML, a list, say,
+    or an unreadable file is refused as a bad setting (in :func:`load_settings`)."""
 
     def _read_file(self, file_path: Any) -> dict[str, Any]:
-        data = super()._read_file(file_path)
+        try:
+            data = super()._read_file(file_path)
+        except yaml.YAMLError as exc:
+            raise _BadSettingsFile(
+                f"{file_path} is not a YAML mapping of settings: it is not valid YAML, at "
+                f"{_yaml_problem(exc)}"
+            ) from exc
+        except UnicodeDecodeError as exc:
+            raise _BadSettingsFile(f"{file_path} is not YAML: it is not UTF-8 text") from exc
+        except OSError as exc:
+            raise _BadSettingsFile(f"{file_path} cannot be read: {exc.strerror or exc}") from exc
         if not isinstance(data, dict):
-            raise yaml.YAMLError(
-                f"it holds a {type(data).__name__}, not a mapping of settings (key: value)"
+            raise _BadSettingsFile(
+                f"{file_path} is not a YAML mapping of settings: it holds a "
+                f"{type(data).__name__}, not a mapping of settings (key: value)"
             )
         for key in SECRET_KEYS:  # the file goes into the repo; a secret must not
             section, _, name = key.rpartition(".")
@@ -592,25 +789,36 @@ def load_settings(**overrides: Any) -> Settings:
     """Build the settings, turning validation errors into a :class:`ConfigError` naming the key."""
     try:
         return Settings(**overrides)
+    except ConfigError as exc:  # raised by a check of its own (retrain.schedule's parser)
+        key = exc.details.get("key")
+        if not isinstance(key, str) or exc.message.startswith("Bad configuration"):
+            raise
+        raise ConfigError(
+            f"Bad configuration for '{key}': {exc.message.rstrip('.')}. Fix {_fix_in(key)}.",
+            **exc.details,
+        ) from exc
     except _SecretInFile as exc:
-        env = "FLYWHEEL_" + exc.key.upper().replace(".", "__")
         raise ConfigError(
             f"Bad configuration for '{exc.key}': it is a secret, and secrets are read from the "
-            f"environment only, never from {os.environ.get('FLYWHEEL_CONFIG', 'flywheel.yaml')} "
-            f"(a file that goes into the repository). Remove it there and set {env}.",
+            f"environment only, never from {settings_file()} (a file that goes into the "
+            f"repository). Remove it there and set {_env_name(exc.key)}.",
             key=exc.key,
         ) from None
-    except yaml.YAMLError as exc:  # the file is not YAML: a bad setting, not a bug
-        where = os.environ.get("FLYWHEEL_CONFIG", "flywheel.yaml")
+    except _BadSettingsFile as exc:  # not a mapping of settings: a bad setting, not a bug
         raise ConfigError(
-            f"Bad configuration: {where} is not a YAML mapping of settings: "
-            f"{' '.join(str(exc).split())}. Fix the file.",
+            f"Bad configuration: {exc.message}. Fix the file.",
             key="settings",
+            file=settings_file(),
         ) from exc
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or "settings"
-        msg = first["msg"].removeprefix("Value error, ")
+        cause = (first.get("ctx") or {}).get("error")
+        if isinstance(cause, _KeyedValueError):
+            key = cause.key
+        msg = first["msg"].removeprefix("Value error, ").rstrip(".")
+        if first["type"] == "extra_forbidden":
+            msg = "there is no such setting (a misspelt key?); docs/configuration.md lists them"
         value = first.get("input")
         secret = _SECRET_KEYS.search(key) is not None
         if (
@@ -618,12 +826,14 @@ def load_settings(**overrides: Any) -> Settings:
             and not secret
             and first["type"] != "extra_forbidden"
         ):
-            shown = mask_url(value) if isinstance(value, str) and "://" in value else value
-            if "got " not in msg:
-                msg += f" (got {str(shown)[:80]!r})"
+            shown = repr(
+                str(mask_url(value) if isinstance(value, str) and "://" in value else value)[:80]
+            )
+            if "got " not in msg and shown not in msg:
+                msg += f" (got {shown})"
+        fix = _fix_in(key) if key != "settings" else f"it in {settings_file()}"
         raise ConfigError(
-            f"Bad configuration for '{key}': {msg}. "
-            "Fix it in flywheel.yaml or the FLYWHEEL_* environment variable.",
+            f"Bad configuration for '{key}': {msg}. Fix {fix}.",
             key=key,
             errors=[{"key": ".".join(map(str, e["loc"])), "msg": e["msg"]} for e in exc.errors()],
         ) from exc

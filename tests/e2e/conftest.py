@@ -64,7 +64,7 @@ def cli(tmp_path: Path) -> Cli:
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("FLYWHEEL_", "MLFLOW_"))}
     base_env.update(
         FLYWHEEL_HOME=str(tmp_path / "fw"),
-        FLYWHEEL_CONFIG=str(tmp_path / "none.yaml"),
+        FLYWHEEL_CONFIG=os.devnull,
         COLUMNS="200",
         GIT_PYTHON_REFRESH="quiet",
     )

@@ -121,7 +121,7 @@ def _server_env(home: Path, dagster_home: Path) -> dict[str, str]:
     return env | {
         "DAGSTER_HOME": str(dagster_home),
         "FLYWHEEL_HOME": str(home),
-        "FLYWHEEL_CONFIG": str(home / "absent.yaml"),
+        "FLYWHEEL_CONFIG": os.devnull,
         "FLYWHEEL_GATES__MIN_METRICS": json.dumps(GATES["min_metrics"]),
         "FLYWHEEL_GATES__MAX_SLICE_GAP": json.dumps(GATES["max_slice_gap"]),
         "FLYWHEEL_GATES__CHAMPION_MARGIN": str(GATES["champion_margin"]),

@@ -41,7 +41,7 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLYWHEEL_", "MLFLOW_"))}
     env.update(
         FLYWHEEL_HOME=str(home),
-        FLYWHEEL_CONFIG=str(home.parent / "none.yaml"),
+        FLYWHEEL_CONFIG=os.devnull,
         GIT_PYTHON_REFRESH="quiet",
         **extra,
     )

@@ -233,7 +233,7 @@ PARAMS = TrainParams(
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace, str, TrainResult]]:
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FLYWHEEL_CONFIG", "/nonexistent/flywheel.yaml")
+        mp.setenv("FLYWHEEL_CONFIG", "/dev/null")
         settings = load_settings(home=tmp_path_factory.mktemp("eval") / "fw")
         snapshot_id = _snapshot(settings, _churn(1500), "y")
         with Workspace(settings) as ws:

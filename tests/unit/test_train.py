@@ -69,7 +69,7 @@ PARAMS = TrainParams(
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace, TrainResult]]:
     """One classification run shared by the tests that only read it."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FLYWHEEL_CONFIG", "/nonexistent/flywheel.yaml")
+        mp.setenv("FLYWHEEL_CONFIG", "/dev/null")
         settings = load_settings(home=tmp_path_factory.mktemp("train") / "fw")
         snapshot_id = make_snapshot(settings, churn_frame())
         with Workspace(settings) as ws:
@@ -368,7 +368,7 @@ def test_a_training_window_trains_and_holds_out_on_the_newest_rows_only(tmp_path
     from flywheel.training.prepare import window_start
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FLYWHEEL_CONFIG", "/nonexistent/flywheel.yaml")
+        mp.setenv("FLYWHEEL_CONFIG", "/dev/null")
         settings = load_settings(home=tmp_path / "fw")
     df = churn_frame(2000)
     df["observed_at"] = pd.Timestamp("2025-01-01") + pd.to_timedelta(
