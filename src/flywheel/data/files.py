@@ -2,6 +2,10 @@
 
 A file is a whole table, so a file ingest makes a root snapshot (no parent). Its columns are
 normalised exactly like SQL extractions (see :mod:`flywheel.data.sources`).
+
+A CSV's empty cell is a null (missing value) whatever the column's type, as a Parquet null
+is; every other text, "NA", "n/a" and "null" included, is a value. So the same rows as CSV
+and as Parquet give the same snapshot values and the same inferred contract.
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ log = logging.getLogger("flywheel.data.files")
 
 _CSV = (".csv", ".txt", ".tsv")
 _PARQUET = (".parquet", ".pq")
+
+# Only an empty cell (quoted or not) is missing: pyarrow's default list ("NA", "n/a",
+# "null", "NaN", ...) would silently turn text into nulls in number columns, and would keep
+# empty cells as "" in text columns (a CSV and a Parquet file of the same rows then differ).
+_CSV_CONVERT = pacsv.ConvertOptions(null_values=[""], strings_can_be_null=True)
 
 
 @dataclass
@@ -63,13 +72,48 @@ def read_file_table(path: Path) -> pa.Table:
         )
     try:
         if suffix in _PARQUET:
+            _check_names(path, pq.read_schema(path).names)
             return pq.read_table(path)
         delimiter = "\t" if suffix == ".tsv" else ","
-        table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter))
+        table = pacsv.read_csv(
+            path,
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+            convert_options=_CSV_CONVERT,
+        )
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         raise _unreadable(path, exc) from exc
+    _check_names(path, table.column_names)
     _check_text(path, table)
     return table
+
+
+def _check_names(path: Path, names: list[str]) -> None:
+    """Every column needs a name of its own: an unnamed or repeated column becomes an
+    unusable contract key and, much later, a model input that cannot be exported."""
+    seen: dict[str, int] = {}
+    for position, name in enumerate(names, start=1):
+        if not name.strip():
+            hint = (
+                " (a CSV saved by pandas with its index has an unnamed first column: save it "
+                "with index=False)"
+                if position == 1
+                else ""
+            )
+            raise DataError(
+                f"In {str(path)!r}, column {position} has no name{hint}. Fix: give every "
+                "column a header.",
+                file=str(path),
+                position=position,
+            )
+        if name in seen:
+            raise DataError(
+                f"In {str(path)!r}, column {position} is named {name!r} like column "
+                f"{seen[name]}. Fix: give every column a different header.",
+                file=str(path),
+                column=name,
+                position=position,
+            )
+        seen[name] = position
 
 
 def _check_text(path: Path, table: pa.Table) -> None:

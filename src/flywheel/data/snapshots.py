@@ -74,7 +74,7 @@ class Manifest:
     created_at: str  # ISO 8601 UTC
     rows: int
     columns: list[ColumnInfo]
-    sha256: str  # content hash over the ordered part hashes
+    sha256: str  # hash over the dataset name and the ordered part hashes
     parts: list[Part]
     parent: str | None = None
     target: str | None = None
@@ -143,7 +143,15 @@ def _open(settings: Settings) -> ObjectStore:
     return store
 
 
-def _snapshot_hash(parts: list[Part]) -> str:
+def _snapshot_hash(dataset: str, parts: list[Part]) -> str:
+    """What a snapshot's id is made of: its dataset and its ordered parts. The dataset is in
+    it so that the same rows ingested as two datasets are two snapshots with two ids."""
+    lines = [f"dataset:{dataset}", *(p.sha256 for p in parts)]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _legacy_hash(parts: list[Part]) -> str:
+    """The hash of snapshots written before the dataset was part of it (parts only)."""
     return hashlib.sha256("\n".join(p.sha256 for p in parts).encode()).hexdigest()
 
 
@@ -159,11 +167,18 @@ def _datasets(store: ObjectStore) -> list[str]:
 
 
 def _snapshot_keys(store: ObjectStore, dataset: str | None) -> list[str]:
+    return [key for _, _, key in _catalog(store, dataset)]
+
+
+def _catalog(store: ObjectStore, dataset: str | None) -> list[tuple[str, str, str]]:
+    """(dataset, snapshot id, manifest key) of every snapshot (of one dataset, or all)."""
     names = [dataset] if dataset else _datasets(store)
-    keys: list[str] = []
+    found: list[tuple[str, str, str]] = []
     for name in names:
-        keys += [k for k in store.list(f"{_prefix(name)}/snapshots") if k.endswith(".json")]
-    return keys
+        for key in store.list(f"{_prefix(name)}/snapshots"):
+            if key.endswith(".json"):
+                found.append((name, key.rsplit("/", 1)[-1].removesuffix(".json"), key))
+    return found
 
 
 def list_snapshots(settings: Settings, dataset: str | None = None) -> list[Manifest]:
@@ -174,18 +189,36 @@ def list_snapshots(settings: Settings, dataset: str | None = None) -> list[Manif
 
 
 def get_snapshot(settings: Settings, snapshot_id: str) -> Manifest:
-    """The snapshot with this id or unique id prefix; :class:`NotFound` lists near ids."""
+    """The snapshot with this id or unique id prefix, optionally as ``<dataset>/<id>``;
+    :class:`NotFound` lists near ids.
+
+    Snapshots stored before ids included the dataset name can share an id across datasets
+    (same rows ingested as two datasets): such an id means the configured dataset's
+    (``source.dataset``) snapshot; ``<dataset>/<id>`` names any of them.
+    """
     store = _open(settings)
-    keys = {k.rsplit("/", 1)[-1].removesuffix(".json"): k for k in _snapshot_keys(store, None)}
     wanted = snapshot_id.strip()
-    matches = [i for i in keys if i == wanted] or [i for i in keys if i.startswith(wanted)]
+    dataset, _, ref = wanted.rpartition("/")
+    if dataset and dataset not in _datasets(store):  # also keeps "../" out of the store
+        catalog = []
+    else:
+        catalog = _catalog(store, dataset or None)
+    matches = [e for e in catalog if e[1] == ref] or [e for e in catalog if e[1].startswith(ref)]
+    if len(matches) > 1 and len({i for _, i, _ in matches}) == 1:  # one id, several datasets
+        matches = [e for e in matches if e[0] == settings.source.dataset] or matches
     if len(matches) == 1:
-        return Manifest.from_json(store.get_bytes(keys[matches[0]]))
-    near = matches or difflib.get_close_matches(wanted, list(keys), n=5, cutoff=0.5)
+        return Manifest.from_json(store.get_bytes(matches[0][2]))
+    shared = len({i for _, i, _ in matches}) < len(matches)
+    if shared:
+        near = sorted(f"{d}/{i}" for d, i, _ in matches)
+    else:
+        ids = sorted({i for _, i, _ in catalog})
+        near = sorted(i for _, i, _ in matches) or difflib.get_close_matches(ref, ids, 5, 0.5)
     reason = "matches several snapshots" if matches else "matches no snapshot"
+    fix = "pass <dataset>/<id>" if shared else "pass a full id from `flywheel data list`"
     raise NotFound(
         f"Snapshot id {snapshot_id!r} {reason} in {store.url!r}; near ids: {sorted(near)}. "
-        "Fix: pass a full id from `flywheel data list`.",
+        f"Fix: {fix}.",
         snapshot=snapshot_id,
         near=sorted(near),
     )
@@ -301,19 +334,30 @@ def require_valid(settings: Settings, manifest: Manifest) -> ValidationReport:
     """The snapshot's validation report; raises unless it passed against the CURRENT contract."""
     contract = _current_contract(settings, manifest.dataset)
     path = _contract_file(settings, manifest.dataset)
-    report = _load_record(_open(settings), manifest)
+    store = _open(settings)
+    report = _load_record(store, manifest)
     if report is None or report.contract_version != contract.version:
         seen = None if report is None else report.contract_version
         raise ContractViolation(
             f"Snapshot {manifest.id!r} has no validation against the current contract version "
             f"{contract.version} (last validated against: {seen}). "
-            f"Fix: run `flywheel data validate {manifest.id}`.",
+            f"Fix: run `flywheel data validate {_reference(settings, store, manifest)}`.",
             violations=[],
             report=report,
         )
     if not report.passed:
         raise _violation_error(report, f"Snapshot {manifest.id}", path)
     return report
+
+
+def _reference(settings: Settings, store: ObjectStore, manifest: Manifest) -> str:
+    """What to pass on the command line for ``manifest``: its id, or ``<dataset>/<id>`` when
+    the id alone would name another dataset's snapshot (an id stored before ids included
+    the dataset name)."""
+    others = [d for d, i, _ in _catalog(store, None) if i == manifest.id]
+    if len(others) > 1 and manifest.dataset != settings.source.dataset:
+        return f"{manifest.dataset}/{manifest.id}"
+    return manifest.id
 
 
 # ---------------------------------------------------------------- ingest: staging
@@ -417,7 +461,7 @@ def _build_manifest(
     stage: _Stage, dataset: str, part: Part, target: str | None, key_columns: list[str]
 ) -> Manifest:
     parts = [*(stage.parent.parts if stage.parent else []), part]
-    digest = _snapshot_hash(parts)
+    digest = _snapshot_hash(dataset, parts)
     return Manifest(
         id=f"snap-{digest[:16]}",
         dataset=dataset,
@@ -466,8 +510,16 @@ def _upload(store: ObjectStore, local: Path, key: str) -> None:
 
 
 def _existing(store: ObjectStore, manifest: Manifest) -> Manifest | None:
-    key = _manifest_key(manifest.dataset, manifest.id)
-    return Manifest.from_json(store.get_bytes(key)) if store.exists(key) else None
+    """The stored snapshot of the same dataset with the same parts, if any: under its id, or
+    under the id it had before ids included the dataset name."""
+    legacy = f"snap-{_legacy_hash(manifest.parts)[:16]}"
+    for snapshot_id in (manifest.id, legacy):
+        key = _manifest_key(manifest.dataset, snapshot_id)
+        if store.exists(key):
+            found = Manifest.from_json(store.get_bytes(key))
+            if [p.sha256 for p in found.parts] == [p.sha256 for p in manifest.parts]:
+                return found
+    return None
 
 
 def _unchanged(store: ObjectStore, manifest: Manifest) -> IngestResult:

@@ -4,6 +4,10 @@ Keys are ``/``-separated paths below the store's root. Writes are atomic: a loca
 goes to a temporary file that is renamed into place; an S3 PUT is atomic per object.
 Readers therefore never see half a file, and a snapshot is only visible once its manifest
 (written last) exists.
+
+Any failure to reach the store (a refused connection, a missing bucket, denied credentials)
+is a :class:`~flywheel.errors.StoreError` naming the store URL and endpoint; a missing S3
+bucket says so and that it must be created first.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import IO, Any
 import fsspec
 
 from flywheel.config import Settings
-from flywheel.errors import NotFound, StoreError
+from flywheel.errors import FlywheelError, NotFound, StoreError
 
 __all__ = ["ObjectStore", "open_store"]
 
@@ -34,6 +38,10 @@ class ObjectStore:
         self.url = url.rstrip("/")
         self.storage_options = storage_options or {}
         self.is_local = "://" not in url or url.startswith("file://")
+        self.protocol = "file" if self.is_local else url.split("://", 1)[0]
+        client_kwargs = self.storage_options.get("client_kwargs") or {}
+        self.endpoint: str | None = client_kwargs.get("endpoint_url")
+        self._bucket_seen = False
         try:
             if self.is_local:
                 self.root = str(Path(url.removeprefix("file://")).expanduser().resolve())
@@ -57,11 +65,65 @@ class ObjectStore:
         """A full URI for a key (what a user can paste into other tools)."""
         return self.path(key) if self.is_local else f"{self.url.split('://')[0]}://{self.path(key)}"
 
+    # ------------------------------------------------------------ errors
+
+    def _where(self) -> str:
+        return f"{self.url!r}" + (f" (endpoint {self.endpoint})" if self.endpoint else "")
+
+    def _bucket(self) -> str:
+        return self.root.split("/", 1)[0]
+
+    def _bucket_missing(self) -> bool:
+        """True only when an S3 API says the store's bucket does not exist (not when it
+        cannot be asked)."""
+        if self.protocol not in ("s3", "s3a") or self._bucket_seen:
+            return False
+        try:
+            self.fs.call_s3("head_bucket", Bucket=self._bucket())
+        except FileNotFoundError:
+            return True
+        except Exception:  # unreachable, denied: reported by the caller's error
+            return False
+        self._bucket_seen = True
+        return False
+
+    def _missing_bucket_error(self) -> StoreError:
+        bucket = self._bucket()
+        endpoint = f" --endpoint-url {self.endpoint}" if self.endpoint else ""
+        return StoreError(
+            f"The bucket {bucket!r} of the object store {self._where()} does not exist. "
+            f"Fix: create the bucket first (e.g. `aws s3 mb s3://{bucket}{endpoint}`), or "
+            "correct store.url / FLYWHEEL_STORE__URL.",
+            url=self.url,
+            endpoint=self.endpoint,
+            bucket=bucket,
+        )
+
+    def _error(self, action: str, exc: BaseException) -> StoreError:
+        """``exc`` (from fsspec, s3fs, botocore, the OS) as a StoreError that says where."""
+        if isinstance(exc, FileNotFoundError) and self._bucket_missing():
+            return self._missing_bucket_error()
+        if self.is_local:
+            fix = "check the store folder (store.url) exists and is writable"
+        else:
+            fix = (
+                "check store.url"
+                + (" and store.endpoint_url" if self.endpoint else "")
+                + ", that the server is running and reachable, and the credentials"
+            )
+        return StoreError(
+            f"Cannot {action} the object store {self._where()}: {exc}. Fix: {fix}.",
+            url=self.url,
+            endpoint=self.endpoint,
+        )
+
+    # ------------------------------------------------------------ objects
+
     def exists(self, key: str) -> bool:
         try:
             return bool(self.fs.exists(self.path(key)))
         except Exception as exc:
-            raise StoreError(f"Cannot reach the object store at {self.url!r}: {exc}") from exc
+            raise self._error(f"check {key!r} in", exc) from exc
 
     def put_bytes(self, key: str, data: bytes) -> None:
         """Write ``data`` at ``key`` atomically (replacing any previous object)."""
@@ -90,10 +152,10 @@ class ObjectStore:
                 # an exception inside the block aborts it, leaving nothing behind.
                 with self.fs.open(target, "wb") as fh:
                     yield fh
-        except (OSError, ValueError) as exc:
-            raise StoreError(
-                f"Cannot write {key!r} to the object store {self.url!r}: {exc}"
-            ) from exc
+        except Exception as exc:
+            if isinstance(exc, FlywheelError) or not _from_store(exc):
+                raise  # the caller's own error, raised inside the block
+            raise self._error(f"write {key!r} to", exc) from exc
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -101,18 +163,23 @@ class ObjectStore:
                 data: bytes = fh.read()
                 return data
         except FileNotFoundError as exc:
-            raise NotFound(f"No object {key!r} in the store {self.url!r}.", key=key) from exc
-        except OSError as exc:
-            raise StoreError(
-                f"Cannot read {key!r} from the object store {self.url!r}: {exc}"
-            ) from exc
+            raise self._not_found(key, exc) from exc
+        except Exception as exc:
+            raise self._error(f"read {key!r} from", exc) from exc
+
+    def _not_found(self, key: str, exc: FileNotFoundError) -> FlywheelError:
+        if self._bucket_missing():
+            return self._missing_bucket_error()
+        return NotFound(f"No object {key!r} in the store {self.url!r}.", key=key)
 
     @contextmanager
     def open_read(self, key: str) -> Iterator[IO[bytes]]:
         try:
             fh = self.fs.open(self.path(key), "rb")
         except FileNotFoundError as exc:
-            raise NotFound(f"No object {key!r} in the store {self.url!r}.", key=key) from exc
+            raise self._not_found(key, exc) from exc
+        except Exception as exc:
+            raise self._error(f"read {key!r} from", exc) from exc
         with fh:
             yield fh
 
@@ -123,15 +190,25 @@ class ObjectStore:
             # Listings are cached per process (s3fs); another process may have written since.
             self.fs.invalidate_cache(base)
             entries = self.fs.ls(base, detail=False)
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
+            if self._bucket_missing():
+                raise self._missing_bucket_error() from exc
             return []
-        except OSError as exc:
-            raise StoreError(
-                f"Cannot list {prefix!r} in the object store {self.url!r}: {exc}"
-            ) from exc
+        except Exception as exc:
+            raise self._error(f"list {prefix!r} in", exc) from exc
         root = self.root.rstrip("/") + "/"
         keys = [str(e).removeprefix(root) for e in entries]
         return sorted(k for k in keys if ".tmp-" not in k)
+
+
+def _from_store(exc: BaseException) -> bool:
+    """Whether ``exc`` came from the storage layer (the OS, fsspec, s3fs, botocore, aiohttp),
+    not from code that was writing into an open object."""
+    module = type(exc).__module__.split(".", 1)[0]
+    return isinstance(exc, OSError | ValueError) or module in _STORE_MODULES
+
+
+_STORE_MODULES = {"botocore", "aiobotocore", "s3fs", "fsspec", "aiohttp"}
 
 
 def open_store(settings: Settings) -> ObjectStore:

@@ -127,7 +127,10 @@ def _infer_dtype(series: pd.Series) -> str:
         return "float"
     if inferred == "string" and _all_iso_datetimes(series):
         return "datetime"
-    return {"boolean": "bool", "integer": "int", "datetime": "datetime"}.get(inferred, "string")
+    # "date": Arrow date32 columns (a CSV's 2024-01-01, a PostgreSQL date) arrive in pandas
+    # as datetime.date objects; they are dates, not text.
+    kinds = {"boolean": "bool", "integer": "int", "datetime": "datetime", "date": "datetime"}
+    return kinds.get(inferred, "string")
 
 
 def _all_iso_datetimes(series: pd.Series) -> bool:
