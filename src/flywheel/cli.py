@@ -925,7 +925,8 @@ def predict(
         str | None, typer.Option("--json", help="One record or a list of records as JSON.")
     ] = None,
     file: Annotated[
-        Path | None, typer.Option(help="A JSON file of records, or a CSV file.")
+        Path | None,
+        typer.Option(help="A file of records: JSON, CSV (.csv) or Parquet (.parquet)."),
     ] = None,
     protocol: Annotated[str, typer.Option(help="rest | mlflow | v2 | grpc | ws | mqtt.")] = "rest",
     url: Annotated[
@@ -961,19 +962,122 @@ def predict(
 def _read_records(json_rows: str | None, file: Path | None) -> list[dict[str, Any]]:
     if (json_rows is None) == (file is None):
         raise UsageError("Give exactly one of --json or --file.")
-    if file is not None and file.suffix.lower() == ".csv":
-        import pandas as pd
+    if file is not None:
+        return _file_records(file)
+    return _json_records(str(json_rows), None)
 
-        frame = pd.read_csv(file)
-        return [
-            {k: (None if v != v else v) for k, v in row.items()}
-            for row in frame.to_dict(orient="records")
-        ]
-    text = json_rows if json_rows is not None else Path(file).read_text(encoding="utf-8")  # type: ignore[arg-type]
+
+_PARQUET_MAGIC = b"PAR1"
+
+
+def _file_records(file: Path) -> list[dict[str, Any]]:
+    """The records of ``--file``: a JSON file (one object, a list of them, or
+    ``{"records": [...]}``), a CSV file (``.csv``) or a Parquet file (``.parquet``, ``.pq``,
+    or any name whose bytes start as Parquet's do). Anything unreadable, empty or malformed
+    is a :class:`DataError` (exit 4) naming the file."""
+    name = str(file)
+    if not file.exists():
+        raise DataError(
+            f"No file at {name!r}. Fix: check the path (relative paths are from the current "
+            "folder).",
+            file=name,
+        )
+    if file.is_dir():
+        raise DataError(
+            f"{name!r} is a folder: --file takes one JSON, CSV or Parquet file of records.",
+            file=name,
+        )
+    try:
+        with open(file, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise DataError(f"Cannot read {name!r}: {exc.strerror or exc}.", file=name) from exc
+    if not head:
+        raise DataError(f"The file {name!r} is empty. Fix: pass a file with records.", file=name)
+    suffix = file.suffix.lower()
+    if suffix in (".parquet", ".pq") or head == _PARQUET_MAGIC:
+        rows = _table_records(file, "parquet")
+    elif suffix in (".csv", ".tsv"):
+        rows = _table_records(file, "csv")
+    else:
+        try:
+            text = file.read_text(encoding="utf-8-sig")  # a byte-order mark is fine
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{name!r} is not UTF-8 text (byte {exc.start}): --file takes JSON, CSV "
+                "(.csv) or Parquet (.parquet).",
+                file=name,
+            ) from exc
+        except OSError as exc:
+            raise DataError(f"Cannot read {name!r}: {exc.strerror or exc}.", file=name) from exc
+        rows = _json_records(text, name)
+    if not rows:
+        raise DataError(f"The file {name!r} holds no records. Fix: add at least one.", file=name)
+    return rows
+
+
+def _table_records(file: Path, kind: str) -> list[dict[str, Any]]:
+    """A CSV or Parquet file's rows as JSON-ready records (missing values None, times ISO)."""
+    import pandas as pd
+
+    name = str(file)
+    try:
+        if kind == "parquet":
+            frame = pd.read_parquet(file)
+        else:
+            frame = pd.read_csv(file, sep="\t" if file.suffix.lower() == ".tsv" else ",")
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(
+            f"The file {name!r} has no columns or rows. Fix: pass a CSV file with a header "
+            "row and records.",
+            file=name,
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{name!r} is not UTF-8 text (byte {exc.start}), so not a CSV file. Fix: save it "
+            "as UTF-8 CSV, or pass JSON or Parquet (.parquet).",
+            file=name,
+        ) from exc
+    except (ValueError, OSError, ImportError) as exc:  # pandas' ParserError is a ValueError
+        what = "Parquet" if kind == "parquet" else "CSV"
+        raise DataError(
+            f"Cannot read {name!r} as {what}: {str(exc).rstrip('. ')}. Fix: pass a valid "
+            f"{what} file.",
+            file=name,
+        ) from exc
+
+    def plain(value: Any) -> Any:
+        """One cell as JSON sends it: missing values None, times ISO, arrays lists."""
+        if isinstance(value, (str, bool, int, float)):
+            return None if isinstance(value, float) and value != value else value
+        if isinstance(value, (list, tuple)) or getattr(value, "ndim", None):  # a list cell
+            return [plain(v) for v in (value.tolist() if hasattr(value, "tolist") else value)]
+        if isinstance(value, dict):  # a Parquet struct cell
+            return {str(k): plain(v) for k, v in value.items()}
+        if value is None or bool(pd.isna(value)):  # NaN, NaT, pd.NA
+            return None
+        if isinstance(value, date):  # datetime and pd.Timestamp too
+            return value.isoformat()
+        if hasattr(value, "item"):  # a NumPy scalar
+            return plain(value.item())
+        return str(value)
+
+    return [{str(k): plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
+
+
+def _json_records(text: str, file: str | None) -> list[dict[str, Any]]:
+    """The records in JSON ``text``: ``--json``'s, or (``file``) a file's."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"The records are not valid JSON: {exc.msg} at line {exc.lineno}.") from exc
+        where = f"{exc.msg} at line {exc.lineno}"
+        if file is None:
+            raise DataError(f"The records are not valid JSON: {where}.") from exc
+        raise DataError(
+            f"The file {file!r} is not valid JSON ({where}): --file takes JSON, CSV (.csv) "
+            "or Parquet (.parquet).",
+            file=file,
+        ) from exc
     rows = (
         data
         if isinstance(data, list)
@@ -982,7 +1086,8 @@ def _read_records(json_rows: str | None, file: Path | None) -> list[dict[str, An
         else None
     )
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise DataError("Records must be a JSON object or a list of objects.")
+        where = "" if file is None else f" (in {file!r})"
+        raise DataError(f"Records must be a JSON object or a list of objects{where}.")
     return rows
 
 
@@ -1167,9 +1272,12 @@ def _write_crash_log(exc: BaseException, command: str) -> Path | None:
 
 
 def _print_error(exc: FlywheelError) -> None:
-    err_console.print(f"[red]error[/] ({exc.kind}): {exc.message}", highlight=False)
+    from rich.markup import escape
+
+    # the message is text, not markup: "[region]" or "[smhdw]" must show as written
+    err_console.print(f"[red]error[/] ({exc.kind}): {escape(exc.message)}", highlight=False)
     for v in exc.details.get("violations", []) or []:
         line = v if isinstance(v, str) else getattr(v, "message", str(v))
-        err_console.print(f"  - {line}", highlight=False)
+        err_console.print(f"  - {escape(line)}", highlight=False)
     if logging.getLogger().isEnabledFor(logging.DEBUG):
         err_console.print_exception()

@@ -19,6 +19,11 @@ neither MLflow nor scikit-learn (nor pandas). :meth:`close` releases what was op
 MLflow's fluent API (``mlflow.start_run``, ``Model.log``, ``mlflow.initialize_logged_model``)
 reads the process-global tracking URI; :meth:`Workspace.tracking` points it at this
 workspace's for the duration of a block and restores the previous value afterwards.
+
+MLflow's S3 artifact client reads its endpoint from ``MLFLOW_S3_ENDPOINT_URL`` only. When
+``tracking.artifact_location`` is an ``s3://`` URI and ``store.endpoint_url`` is set, the
+client (:attr:`Workspace.client`) sets that variable to ``store.endpoint_url`` unless the
+user set it (:func:`mlflow_s3_endpoint`): one S3 endpoint for snapshots and models.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flywheel.config import Settings, load_settings, mask_url
-from flywheel.errors import NotFound, RegistryError
+from flywheel.errors import NotFound, RegistryError, StoreError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,11 +49,62 @@ if TYPE_CHECKING:
     from flywheel.predlog import PredictionLog
     from flywheel.registry.audit import AuditLog
 
-__all__ = ["Workspace"]
+__all__ = ["Workspace", "is_artifact_store_failure", "mlflow_s3_endpoint"]
 
 # MLflow's global tracking URI is process-wide: blocks that repoint it are serialised (a
 # re-entrant lock, so a block may open another, e.g. logging a model inside a run).
 _GLOBAL_URI_LOCK = threading.RLock()
+
+# MLflow's S3 artifact client reads its endpoint from this variable, and from nowhere else.
+S3_ENDPOINT_VAR = "MLFLOW_S3_ENDPOINT_URL"
+_s3_endpoint_set: str | None = None  # the value a workspace put there (not the user's)
+
+
+def mlflow_s3_endpoint(settings: Settings) -> str | None:
+    """The S3 endpoint flywheel gives MLflow's artifact store: ``store.endpoint_url`` when
+    ``tracking.artifact_location`` is an ``s3://`` URI (MinIO, Ceph, R2 or a test server
+    holding both the snapshots and the models), else None (AWS's own endpoint, or artifacts
+    that are not on S3). A user's ``MLFLOW_S3_ENDPOINT_URL`` overrides it
+    (:func:`_use_s3_endpoint`)."""
+    location = settings.tracking.artifact_location or ""
+    if location.startswith("s3://") and settings.store.endpoint_url:
+        return settings.store.endpoint_url
+    return None
+
+
+def _use_s3_endpoint(settings: Settings) -> None:
+    """Point MLflow's S3 artifact client at :func:`mlflow_s3_endpoint`, unless the user set
+    ``MLFLOW_S3_ENDPOINT_URL`` themselves (theirs wins)."""
+    global _s3_endpoint_set
+    wanted = mlflow_s3_endpoint(settings)
+    current = os.environ.get(S3_ENDPOINT_VAR)
+    if wanted is None or (current is not None and current != _s3_endpoint_set):
+        return
+    os.environ[S3_ENDPOINT_VAR] = _s3_endpoint_set = wanted
+
+
+_ARTIFACT_CLIENT_MODULES = ("botocore", "boto3", "s3transfer")
+
+
+def is_artifact_store_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is the artifact store's: an S3
+    client error (an endpoint that does not answer, refused credentials, a missing bucket),
+    a local artifact folder's ``OSError``, or MLflow's summary of failed downloads."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        module = type(error).__module__.split(".")[0]
+        if module in _ARTIFACT_CLIENT_MODULES:
+            return True
+        if isinstance(error, OSError) and module not in ("requests", "urllib3", "http"):
+            return True
+        if str(getattr(error, "message", "")).startswith(
+            "The following failures occurred while downloading"
+        ):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 @contextmanager
@@ -166,6 +222,7 @@ class Workspace:
         # with a tracking server, MLflow prints "View run ..." links to stdout when a run
         # ends: they would break the JSON that `--json` commands print there
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        _use_s3_endpoint(self.settings)  # store.endpoint_url for s3:// artifacts
         uri = self.tracking_uri
         try:
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -198,6 +255,35 @@ class Workspace:
             f"Cannot use the MLflow tracking store {uri!r}: {exc}. "
             "Check tracking.uri (FLYWHEEL_TRACKING__URI) and that the server is up.",
             uri=uri,
+        )
+
+    def artifact_store_error(
+        self, exc: BaseException, what: str, location: str | None = None
+    ) -> StoreError:
+        """A :class:`StoreError` for MLflow's artifact store failing at ``what`` (``"write
+        the training run"``), naming where it looked (``location``, default
+        ``tracking.artifact_location``) and, on S3, the endpoint MLflow used."""
+        where = location or self.settings.tracking.artifact_location or ""
+        details: dict[str, Any] = {"artifact_location": where or None}
+        if where.startswith("s3://"):
+            endpoint = os.environ.get(S3_ENDPOINT_VAR)
+            details["endpoint"] = endpoint or "AWS"
+            if endpoint:
+                source = "store.endpoint_url" if endpoint == _s3_endpoint_set else S3_ENDPOINT_VAR
+                on = f" at the S3 endpoint {endpoint} ({source})"
+            else:
+                on = (
+                    " at AWS S3 (no endpoint set: for MinIO, Ceph, R2 or a test server set "
+                    "store.endpoint_url, or MLFLOW_S3_ENDPOINT_URL)"
+                )
+            fix = "Check that the endpoint is up, the bucket exists and the AWS credentials."
+        else:
+            on = ""
+            fix = "Check tracking.artifact_location and that it can be read and written."
+        shown = repr(where) if where else "(the tracking server's default root)"
+        text = str(exc).strip().rstrip(".")
+        return StoreError(
+            f"Cannot {what} in MLflow's artifact store {shown}{on}: {text}. {fix}", **details
         )
 
     @contextmanager

@@ -128,3 +128,9 @@ def test_flywheel_config_naming_a_missing_file_is_refused_as_config_is(tmp_path:
     shown = flywheel(tmp_path, "config", "show", "--json", env={"FLYWHEEL_CONFIG": os.devnull})
     assert '"seed": 42' in shown.stdout
     assert '"seed": 7' in flywheel(tmp_path, "config", "show", "--json").stdout
+
+
+def test_brackets_in_a_message_show_as_written(tmp_path: Path) -> None:
+    """The CLI printed messages as rich markup: a value such as [region] vanished."""
+    err = config_error(tmp_path, {"FLYWHEEL_TRAINING__SLICE_COLUMNS": "[region]"})
+    assert "(got '[region]')" in err, err

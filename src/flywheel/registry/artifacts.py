@@ -25,7 +25,7 @@ from flywheel.registry._client import alias_version, get_version, mlflow_errors,
 from flywheel.registry.aliases import CHAMPION
 from flywheel.schema import FeatureSpec
 from flywheel.tracking import TAG
-from flywheel.workspace import Workspace
+from flywheel.workspace import Workspace, is_artifact_store_failure
 
 if TYPE_CHECKING:
     import numpy as np
@@ -107,7 +107,12 @@ def fetch_model_artifacts(
 
     ``name`` is the registered model (default ``registry.model_name``); ``dst`` the folder
     (default ``<home>/models/<name>/<version>``). Threads may fetch at once (their
-    downloads take turns on MLflow's global URI, see :meth:`Workspace.tracking`)."""
+    downloads take turns on MLflow's global URI, see :meth:`Workspace.tracking`).
+
+    An artifact store that cannot be read (an S3 endpoint that does not answer, refused
+    credentials, a missing local folder) is a :class:`~flywheel.errors.StoreError` naming
+    the version's location and the endpoint; the registry's own failures are
+    :class:`RegistryError` / :class:`NotFound`."""
     import mlflow
 
     ws = Workspace.of(ws)
@@ -130,13 +135,30 @@ def fetch_model_artifacts(
             # a models:/ URI is resolved with MLflow's global URIs, whatever is passed: scoped
             with ws.tracking():
                 uri = f"models:/{name}/{mv.version}"
-                local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp)))
+                try:
+                    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp)))
+                except Exception as exc:  # boto, OSError, MLflow's summary: translate here
+                    if not is_artifact_store_failure(exc):
+                        raise
+                    where = _download_uri(ws, name, str(mv.version))
+                    raise ws.artifact_store_error(
+                        exc, f"download {name} v{mv.version}", where
+                    ) from exc
             local = local.resolve()  # MLflow answers with an absolute path
             _checked_artifacts(name, mv, local, expected)
             _move_into_place(tmp, target, expected)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return _checked_artifacts(name, mv, target / local.relative_to(tmp), expected)
+
+
+def _download_uri(ws: Workspace, name: str, version: str) -> str | None:
+    """Where the registry keeps a version's files (``s3://…``, a folder), for an error
+    message; None when even that cannot be read."""
+    try:
+        return str(ws.client.get_model_version_download_uri(name, version))
+    except Exception:  # the message falls back to tracking.artifact_location
+        return None
 
 
 def _move_into_place(folder: Path, target: Path, expected: str) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "Progress",
     "Tuned",
     "best_trial",
+    "check_fold_classes",
     "choose_job_threshold",
     "cross_validate",
     "effective_params",
@@ -114,9 +115,42 @@ def predict(
 # ---------------------------------------------------------------- CV
 
 
+def check_fold_classes(job: Job, y: np.ndarray, n_folds: int) -> None:
+    """Stratified CV puts a class's rows in at most that many folds: with fewer rows of a
+    class than folds, some folds validate without it (metrics undefined there) or train
+    without it (the model then knows fewer classes). A :class:`TrainingError` naming the
+    class, its rows and the fix, instead of scikit-learn's warning and a crash later."""
+    classes = job.classes or []
+    counts = np.bincount(y, minlength=len(classes))
+    rarest = int(counts.argmin())
+    rows = int(counts[rarest])
+    if rows >= n_folds:
+        return
+    label = classes[rarest] if rarest < len(classes) else rarest
+    if job.params.cv_folds >= 2:
+        fix = (
+            f"set cv_folds to {rows} or less in params.yaml (0 turns CV off)"
+            if rows >= 2
+            else "set cv_folds: 0 in params.yaml (CV off)"
+        )
+        folds = f"cv_folds={n_folds}"
+    else:
+        fix = "run without a search (0 trials)"
+        folds = f"the search's {n_folds} CV folds"
+    raise TrainingError(
+        f"Class {label!r} of target {job.target!r} has {rows} row{'s' * (rows != 1)} in the "
+        f"training part, fewer than {folds}: stratified CV needs a row of every class in "
+        f"each fold. Fix: {fix}, or ingest more rows of class {label!r}.",
+        target=job.target,
+        cv_folds=n_folds,
+        rows=rows,
+    )
+
+
 def _folds(job: Job, y: np.ndarray, n_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
     splitter: KFold | StratifiedKFold
     if job.task == "classification":
+        check_fold_classes(job, y, n_folds)
         splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=job.seed)
     else:
         splitter = KFold(n_splits=n_folds, shuffle=True, random_state=job.seed)

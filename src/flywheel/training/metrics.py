@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 from sklearn import metrics as skm
+from sklearn.exceptions import UndefinedMetricWarning
 
 from flywheel.training.features import Task
 from flywheel.training.metric_names import (
@@ -72,14 +74,19 @@ def _roc_auc(y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None, k: int) 
     assert proba is not None
     if k == 2:
         return float(skm.roc_auc_score(y, proba[:, 1]))
-    return float(
-        skm.roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=list(range(k)))
-    )
+    # one-vs-rest, macro over the classes these rows hold (as scikit-learn's ovr macro when
+    # every class is present): a class absent from a holdout leaves the others' AUCs defined
+    present = [c for c in range(k) if 0 < int(np.sum(y == c)) < len(y)]
+    if not present:
+        raise ValueError("fewer than two classes in y_true")
+    return float(np.mean([skm.roc_auc_score(y == c, proba[:, c]) for c in present]))
 
 
 def _pr_auc(y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None, k: int) -> float:
     assert proba is not None
     if k == 2:
+        if not np.any(y == 1):  # scikit-learn warns and answers 0: undefined
+            raise ValueError("no positive rows")
         return float(skm.average_precision_score(y, proba[:, 1]))
     onehot = np.eye(k)[y]
     present = onehot.sum(axis=0) > 0  # AP of an absent class is undefined
@@ -134,18 +141,25 @@ def score(
 ) -> dict[str, float]:
     """Every metric of the task that is defined on these rows.
 
-    A metric that is undefined here (one class only, no probabilities) is left out rather
-    than reported as NaN, so callers and gates treat it as "not applicable".
+    A metric that is undefined here (one class only, no probabilities; scikit-learn raises
+    or warns ``UndefinedMetricWarning``) is left out rather than reported as NaN or as
+    scikit-learn's stand-in value, so callers and gates treat it as "not applicable".
+    Probabilities are renormalised first (:func:`as_probabilities`): a float32 model's rows
+    sum to one only within float32 rounding.
     """
     table = _CLASSIFICATION if task == "classification" else _REGRESSION
     y = np.asarray(y_true)
+    if proba is not None:
+        proba = as_probabilities(proba)
     out: dict[str, float] = {}
     for name, fn in table.items():
         if task == "classification" and proba is None and name not in THRESHOLD_METRICS:
             continue
         try:
-            value = fn(y, np.asarray(pred), proba, n_classes)
-        except ValueError as exc:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", UndefinedMetricWarning)
+                value = fn(y, np.asarray(pred), proba, n_classes)
+        except (ValueError, UndefinedMetricWarning) as exc:
             log.debug("metric %s undefined on %d rows: %s", name, len(y), exc)
             continue
         if math.isfinite(value):

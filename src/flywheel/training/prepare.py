@@ -37,6 +37,7 @@ __all__ = [
     "Job",
     "Prepared",
     "TrainingMeta",
+    "check_classes",
     "check_label_options",
     "encode_target",
     "features",
@@ -321,11 +322,55 @@ def features(df: pd.DataFrame, specs: list[FeatureSpec]) -> pd.DataFrame:
     return prepare_frame(df[[s.name for s in specs]], specs)
 
 
+def check_classes(target: str, y: pd.Series, snapshot_id: str) -> None:
+    """A classifier's target, before any split: at least two classes, and at least two rows
+    of each (one for the training part, one for the stratified holdout); a
+    :class:`TrainingError` naming the classes and their row counts otherwise."""
+    counts = y.value_counts()
+    shown = ", ".join(f"{_plain(v)!r}: {n}" for v, n in counts.head(10).items())
+    if len(counts) < 2:
+        raise TrainingError(
+            f"Target {target!r} has only one class in the {len(y)} labelled rows of snapshot "
+            f"{snapshot_id} ({shown} rows): a classifier needs at least two classes. Fix: "
+            "ingest rows of another class, or pick another target ('target' in params.yaml, "
+            "--target at ingest).",
+            target=target,
+            snapshot_id=snapshot_id,
+            classes={str(_plain(v)): int(n) for v, n in counts.items()},
+        )
+    rare = counts[counts < 2]
+    if len(rare):
+        names = ", ".join(repr(_plain(v)) for v in rare.index[:10])
+        plural = len(rare) > 1
+        which = f"Class{'es' * plural} {names} of target {target!r} {'have' if plural else 'has'}"
+        raise TrainingError(
+            f"{which} only 1 row in snapshot {snapshot_id} "
+            f"(rows per class: {shown}): the stratified holdout needs at least 2 rows of every "
+            "class (one to train on, one to hold out). Fix: ingest more rows of that class, "
+            "or leave its rows out of the data.",
+            target=target,
+            snapshot_id=snapshot_id,
+            classes={str(_plain(v)): int(n) for v, n in rare.items()},
+        )
+
+
 def prepare(job: Job, df: pd.DataFrame) -> Prepared:
     """Split the labelled rows once: the training part's features and encoded target, and
-    the holdout rows (kept for evaluation) with their content hash. Sets ``job.classes``."""
+    the holdout rows (kept for evaluation) with their content hash. Sets ``job.classes``.
+
+    A :class:`TrainingError` when there are no labelled rows, or a classifier's target has
+    one class or a class of one row (:func:`check_classes`)."""
     df = labelled(windowed(df, job.since, job.manifest.timestamp_column), job.target)
+    if df.empty:
+        raise TrainingError(
+            f"No rows of snapshot {job.manifest.id} have a {job.target!r} value"
+            f"{' inside the training window' if job.since else ''}: nothing to train on. "
+            "Fix: ingest labelled rows, or pick another target ('target' in params.yaml).",
+            snapshot_id=job.manifest.id,
+            target=job.target,
+        )
     if job.task == "classification":
+        check_classes(job.target, df[job.target], job.manifest.id)
         job.classes = _classes(df[job.target])
     y_all = encode_target(df[job.target], job.task, job.classes)
     train_idx, holdout_idx = split(y_all, job.task, job.params.test_size, job.seed)

@@ -2,7 +2,10 @@
 text artifacts and the fitted pipeline as an MLflow ``sklearn`` model (skops, never pickle;
 the types a dump may hold and its pinned requirements: :mod:`flywheel.training.skops_flavor`).
 
-Called once the model is fitted, so a failed training leaves no half-logged run behind.
+Called once the model is fitted, so a failed training leaves no half-logged run behind; and
+when recording itself fails (the tracking store or the artifact store cannot be written), the
+run is removed again (:func:`discard_run`): deleted for good from a SQL or file tracking
+store, marked deleted on a tracking server (whose REST API cannot delete for good).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from flywheel.training import skops_flavor
 from flywheel.training.fit import THRESHOLD_KEY, Tuned, effective_params
 from flywheel.training.prepare import Job
 from flywheel.training.skops_flavor import trusted_types
+from flywheel.workspace import is_artifact_store_failure
 
 if TYPE_CHECKING:
     from flywheel.workspace import Workspace
@@ -38,6 +42,7 @@ __all__ = [
     "MODEL_URI_TAG",
     "STUDY_TAG",
     "LoggedRun",
+    "discard_run",
     "track_run",
     "with_threshold",
 ]
@@ -153,6 +158,7 @@ def track_run(
     if job.threshold is not None:
         metrics[THRESHOLD_KEY] = job.threshold.value
     params = _run_params(job, tuned, len(X))
+    run_id: str | None = None
     try:
         with (
             ws.tracking() as client,  # start_run and Model.log use the global tracking URI
@@ -175,15 +181,62 @@ def track_run(
                 metrics=[Metric(k, v, now, 0, model_id=info.model_id) for k, v in metrics.items()],
                 tags=[RunTag(MODEL_URI_TAG, model_uri)],
             )
-    except FlywheelError:
-        raise
     except Exception as exc:  # MLflow raises many types; translate at the boundary
+        store_failed = is_artifact_store_failure(exc)
+        if run_id is not None:
+            discard_run(ws, run_id, artifacts=not store_failed)
+        if isinstance(exc, FlywheelError):
+            raise
+        if store_failed:
+            raise ws.artifact_store_error(exc, "write the training run") from exc
         raise RegistryError(
             f"Could not record the training run in MLflow ({ws.tracking_uri}): {exc}. "
             "Check tracking.uri and that the tracking server and artifact store are reachable.",
         ) from exc
     log.info("run %s logged model %s", run_id, model_uri)
     return LoggedRun(run_id, model_uri)
+
+
+def discard_run(ws: Workspace, run_id: str, *, artifacts: bool = True) -> None:
+    """Remove a run whose recording failed, so no half-logged run is left: its logged
+    models and the run itself, deleted for good where the tracking store allows it (a SQL
+    database or a folder, as ``mlflow gc`` does) and otherwise marked deleted (a tracking
+    server: hidden from the UI and searches until its ``mlflow gc``). ``artifacts``: also
+    delete what was uploaded (skipped when the artifact store is what failed). Best effort:
+    a failure here is logged, and the error that led here is what the caller reports."""
+    client = ws.client
+    store: Any = getattr(getattr(client, "_tracking_client", None), "store", None)
+    try:
+        run = client.get_run(run_id)
+        models = client.search_logged_models(
+            experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+        )
+    except Exception as exc:  # the tracking store may be what failed
+        log.warning("could not look up the failed run %s to remove it: %s", run_id, exc)
+        return
+    if artifacts:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        with ws.tracking():  # a proxied (mlflow-artifacts:) URI resolves through it
+            for uri in [run.info.artifact_uri, *(m.artifact_location for m in models)]:
+                try:
+                    get_artifact_repository(uri).delete_artifacts()
+                except Exception as exc:  # e.g. nothing was written there
+                    log.debug("could not delete the artifacts at %s: %s", uri, exc)
+    try:
+        for model in models:
+            if hasattr(store, "_hard_delete_logged_model"):
+                store._hard_delete_logged_model(model.model_id)
+            else:
+                client.delete_logged_model(model.model_id)
+        if hasattr(store, "_hard_delete_run"):
+            store._hard_delete_run(run_id)
+        else:
+            client.delete_run(run_id)
+    except Exception as exc:
+        log.warning("could not remove the failed run %s: %s", run_id, exc)
+        return
+    log.info("removed the failed run %s (%d logged models)", run_id, len(models))
 
 
 def _log_texts(
