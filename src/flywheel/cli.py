@@ -74,12 +74,7 @@ from flywheel.cli_loop import replay as _replay_command  # noqa: E402
 from flywheel.cli_loop import worker as _worker_command  # noqa: E402
 from flywheel.cli_retrain import retrain as _retrain_command  # noqa: E402
 
-app.command(name="retrain")(_retrain_command)
 app.add_typer(triggers_app, name="triggers")
-app.command(name="lineage")(_lineage_command)
-app.command(name="replay")(_replay_command)
-app.command(name="worker")(_worker_command)
-app.command(name="console")(_console_command)
 
 _state: dict[str, Any] = {}
 
@@ -1151,6 +1146,14 @@ def _print_where_to_look(s: Settings, result: Any) -> None:
     if result.outcome.card_path:
         console.print(f"model card:  {result.outcome.card_path}")
     console.print("audit log:   flywheel registry history")
+
+
+# continuous training, lineage and the console: listed after the loop's own commands
+app.command(name="retrain")(_retrain_command)
+app.command(name="worker")(_worker_command)
+app.command(name="replay")(_replay_command)
+app.command(name="lineage")(_lineage_command)
+app.command(name="console")(_console_command)
 
 
 def _one_line_summaries(group: typer.Typer) -> None:

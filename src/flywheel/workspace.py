@@ -179,10 +179,17 @@ class Workspace:
             name = dataset or self.settings.source.dataset
             latest = latest_snapshot(self.settings, name)
             if latest is None:
-                raise NotFound(
-                    f"Dataset {name!r} has no snapshot yet. Fix: run `flywheel ingest` first.",
-                    dataset=name,
+                from flywheel.data.snapshots import list_snapshots
+
+                others = sorted({m.dataset for m in list_snapshots(self.settings)} - {name})
+                fix = (
+                    f"Snapshots exist for {', '.join(map(repr, others))}: name yours with "
+                    "source.dataset (FLYWHEEL_SOURCE__DATASET; `flywheel train --dataset`), or run "
+                    "`flywheel ingest`."
+                    if others
+                    else "Fix: run `flywheel ingest` first."
                 )
+                raise NotFound(f"Dataset {name!r} has no snapshot yet. {fix}", dataset=name)
             return self._manifests.setdefault(latest.id, latest)
         wanted = ref.strip()
         if wanted not in self._manifests:

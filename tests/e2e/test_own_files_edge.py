@@ -196,3 +196,15 @@ def test_missing_bucket_says_to_create_it(tmp_path: Path, s3_server: S3Server) -
     assert not (tmp_path / ".flywheel" / "contracts").exists()
     env["FLYWHEEL_STORE__URL"] = f"s3://{s3_server.bucket}/x"  # the bucket that exists
     assert json.loads(flywheel(tmp_path, "data", "list", "--json", env=env).stdout) == []
+
+
+def test_train_without_the_dataset_named_lists_the_datasets_there(tmp_path: Path) -> None:
+    """Only `wine` ingested, no source.dataset: train said "Dataset 'churn' has no snapshot
+    yet. Fix: run `flywheel ingest`" although the user had just done so."""
+    pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0], "label": [0, 1, 0, 1]}).to_csv(
+        tmp_path / "wine.csv", index=False
+    )
+    flywheel(tmp_path, "ingest", "--file", "wine.csv", "--target", "label", "--dataset", "wine")
+    err = _flat(flywheel(tmp_path, "train", code=3).stderr)
+    assert "Dataset 'churn' has no snapshot yet. Snapshots exist for 'wine'" in err, err
+    assert "FLYWHEEL_SOURCE__DATASET" in err, err
