@@ -19,7 +19,7 @@ import pytest
 
 from flywheel.config import load_settings
 from flywheel.data.snapshots import ingest
-from flywheel.errors import GateFailed, NotFound, ParityError, RegistryError
+from flywheel.errors import GateFailed, NotFound, ParityError, RegistryError, UsageError
 from flywheel.registry import register as registration
 from flywheel.registry.aliases import approve, history, list_versions, promote, rollback
 from flywheel.registry.artifacts import fetch_model_artifacts, load_champion
@@ -351,7 +351,7 @@ def test_bad_requests_name_the_problem(world: World) -> None:
     message = r"Model 'churn' has no version '7'; existing versions: \['1'\]"
     with pytest.raises(NotFound, match=message):
         promote(s, "7", reason="x")
-    with pytest.raises(RegistryError, match="--reason"):
+    with pytest.raises(UsageError, match="--reason"):
         promote(s, "1", reason="  ")
     with pytest.raises(NotFound, match="no version with alias 'champion'"):
         fetch_model_artifacts(s, "champion")

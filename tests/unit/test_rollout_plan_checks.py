@@ -120,6 +120,10 @@ def test_a_blank_reason_is_a_usage_error_locally(ws: Workspace, verb: str) -> No
         ["rollout", "pause", "--reason", ""],
         ["rollout", "resume", "--reason", "  "],
         ["rollout", "abort", "--reason", "", "--url", "http://127.0.0.1:9"],
+        # the registry's own changes too (promote said exit 10, a registry error)
+        ["promote", "1", "--reason", ""],
+        ["approve", "1", "--reason", " "],
+        ["rollback", "--reason", ""],
     ],
 )
 def test_the_cli_exits_2_on_a_blank_reason(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from flywheel.errors import RegistryError
+from flywheel.errors import RegistryError, UsageError
 from flywheel.registry._client import (
     alias_version,
     aliases_of,
@@ -66,10 +66,11 @@ class PromotionOutcome:
 
 def _require_reason(reason: str, command: str) -> str:
     if not reason or not reason.strip():
-        raise RegistryError(
+        raise UsageError(  # the call's fault, not the registry's (exit 2, as rollouts)
             f"A reason is required to {command} (got {reason!r}): every registry change is "
             f'audited. Pass --reason "why".',
             command=command,
+            field="reason",
         )
     return reason.strip()
 
