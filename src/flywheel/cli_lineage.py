@@ -85,7 +85,12 @@ def _request_line(r: dict[str, Any]) -> Any:
 
 def _version_line(found: dict[str, Any]) -> Any:
     aliases = f" [{', '.join(found['aliases'])}]" if found["aliases"] else ""
-    champion = f", champion since {found['promoted_at']}" if found["promoted_at"] else ""
+    champion = ""
+    if found["promoted_at"]:
+        # "since" only while it still is: after a rollback or a newer promotion, say when
+        # it first became champion (the history lists every move)
+        current = "champion" in (found["aliases"] or [])
+        champion = f", {'champion since' if current else 'first champion'} {found['promoted_at']}"
     return _line(
         "version",
         f"{_name(found)}{aliases}, registered {found['registered_at']}"
