@@ -551,3 +551,16 @@ def test_a_loaded_model_scores_as_its_session_does(tmp_path: Path) -> None:
     want = model.session.run(model.output_names, dict(zip(model.schema.names, feeds, strict=True)))
     assert np.array_equal(labels, np.asarray(want[0]).reshape(-1))
     assert proba is not None and np.array_equal(proba, want[1])
+
+
+def test_a_row_missing_many_fields_says_how_many_more_and_names_unknown_ones() -> None:
+    from flywheel.schema import FeatureSpec
+    from flywheel.serving.decode import InputSchema, decode_records
+
+    schema = InputSchema(tuple(FeatureSpec(f"f{i}", "numeric") for i in range(14)))
+    with pytest.raises(InvalidInput) as err:
+        decode_records([{"a": 1}], schema)
+    message = err.value.message
+    assert "['f0', 'f1', 'f2'" in message and "'f9'] and 4 more" in message, message
+    assert "unknown field(s) ['a'] (misspelt?)" in message, message
+    assert err.value.details["rule"] == "required" and err.value.details["field"] == "f0"

@@ -85,6 +85,12 @@ def _categorical(value: Any, name: str, row: int) -> str:
     raise _bad(name, row, "type", f"must be a string or null; got {_type_name(value)}.")
 
 
+def _listed(names: list[str], shown: int = 10) -> str:
+    """``['a', 'b']``, or the first ``shown`` and how many more."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{names[:shown]}{more}"
+
+
 def _field_errors(record: Mapping[str, Any], schema: InputSchema, row: int, extra: str) -> None:
     if not isinstance(record, Mapping):
         raise InvalidInput(
@@ -94,9 +100,12 @@ def _field_errors(record: Mapping[str, Any], schema: InputSchema, row: int, extr
         )
     missing = [n for n in schema.names if n not in record]
     if missing:
+        known = set(schema.names)
+        unknown = [str(k)[:64] for k in record if k not in known]
+        also = f"; it has unknown field(s) {_listed(unknown)} (misspelt?)" if unknown else ""
         raise InvalidInput(
-            f"Row {row} is missing required field(s) {missing[:10]}; the model needs "
-            f"{len(schema.names)} fields: {list(schema.names[:50])}.",
+            f"Row {row} is missing required field(s) {_listed(missing)}{also}; the model "
+            f"needs {len(schema.names)} fields: {list(schema.names[:50])}.",
             field=missing[0],
             fields=missing[:10],
             row=row,
@@ -107,7 +116,7 @@ def _field_errors(record: Mapping[str, Any], schema: InputSchema, row: int, extr
         unknown = [str(k)[:64] for k in record if k not in known]
         if unknown:
             raise InvalidInput(
-                f"Row {row} has unknown field(s) {unknown[:10]}; the model takes "
+                f"Row {row} has unknown field(s) {_listed(unknown)}; the model takes "
                 f"{list(schema.names[:50])}. Remove them.",
                 field=unknown[0],
                 fields=unknown[:10],
