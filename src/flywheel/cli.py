@@ -909,7 +909,7 @@ def serve(
     doors = [f"REST http://{config.host}:{config.port} (+ ws /v1/stream)"]
     fronts = build_fronts(s)  # checks their settings before anything listens
     doors += [front.describe() for front in fronts]
-    where = f"{model_dir} (v{ref})" if model_dir is not None else f"{name}@{ref}"
+    where = f"{name} v{ref} from {model_dir}" if model_dir is not None else f"{name}@{ref}"
     err_console.print(f"serving {where}: " + "; ".join(doors))
     serve_all(s, config, sources=sources, fronts=fronts)
 

@@ -71,6 +71,7 @@ def test_a_front_registered_by_name_serves_through_the_core(tmp_path: Path) -> N
     finally:
         err = stop_serve(proc)
     assert "line 127.0.0.1:" in err  # the server names the door it started
+    assert f"serving churn v1 from {folder}" in err  # the bundle's model, not its folder's name
     assert good["predictions"] == rest["predictions"] and good["client_id"] == "L1"
     assert len(str(good["request_id"])) == 24
     assert bad["error"]["kind"] == "invalid_input"  # type: ignore[index]
