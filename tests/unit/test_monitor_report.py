@@ -183,3 +183,25 @@ def test_a_regression_reference_without_labels(tmp_path: Path) -> None:
         "Reference vs current: window d1" in text and "No window has performance figures." in text
     )
     assert text.count("<img ") == 3  # heat map, distributions, drift over time
+
+
+def test_a_panel_too_small_for_its_labels_renders_without_a_warning() -> None:
+    """matplotlib warned "constrained_layout not applied" on the user's terminal."""
+    import io
+    import warnings
+
+    from flywheel.monitoring.report import _Plots
+
+    plots = _Plots()
+    fig = plots.figure(1.0, 0.6)
+    ax = fig.add_subplot(111)
+    ax.set_xticks(range(3))
+    ax.set_xticklabels(["a very long feature name " * 5] * 3, rotation=45)
+    with warnings.catch_warnings(record=True) as plain:
+        warnings.simplefilter("always")
+        fig.savefig(io.BytesIO(), format="png")
+    assert any("constrained_layout" in str(w.message) for w in plain)  # the case is real
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        png = plots.png(fig)
+    assert png.startswith(b"\x89PNG") and not seen, [str(w.message) for w in seen]

@@ -271,8 +271,14 @@ class _Plots:
 
     @staticmethod
     def png(fig: Any) -> bytes:
+        import warnings
+
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+        with warnings.catch_warnings():
+            # a panel too small for its labels keeps the default layout; matplotlib's warning
+            # about it reached the user's terminal on every `monitor report`
+            warnings.filterwarnings("ignore", message="constrained_layout not applied")
+            fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
         return buf.getvalue()
 
 
