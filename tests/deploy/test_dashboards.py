@@ -252,7 +252,7 @@ def test_dashboards_show_what_the_issue_asks_for() -> None:
     assert {
         "flywheel_monitor_alarm",
         "flywheel_monitor_drift_share",
-        "flywheel_monitor_feature_drift",
+        "flywheel_monitor_feature_drift_ratio",
         "flywheel_monitor_performance",
         "flywheel_monitor_label_completeness",
     } <= names("monitoring")
@@ -363,6 +363,7 @@ def test_every_queried_metric_is_exported_by_a_live_server(live_metrics: set[str
         "flywheel_rollout_ended_total",
         "flywheel_monitor_performance",
         "flywheel_monitor_feature_drift",
+        "flywheel_monitor_feature_drift_ratio",
         "flywheel_monitor_label_completeness",
     } <= live_metrics
     queries = [q for path in DASHBOARDS for q in dashboard_queries(path)] + alert_queries()

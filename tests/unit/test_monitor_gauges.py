@@ -26,6 +26,7 @@ LATEST: dict[str, Any] = {
             "drift_share": 0.12,
             "drifted_features": ["a"],
             "features": {"a": 0.31, "b": 0.02},
+            "feature_ratios": {"a": 3.1, "b": 0.2},
             "label_completeness": 0.4,
             "performance_breach": True,
             "reference": {"roc_auc": 0.91},
@@ -76,6 +77,8 @@ def test_the_gauges(tmp_path: Path) -> None:
             'flywheel_monitor_feature_drift{feature="a",model="churn"} 0.31',
             'flywheel_monitor_feature_drift{feature="b",model="churn"} 0.02',
             'flywheel_monitor_feature_drift{feature="x",model="price"} 0.01',
+            'flywheel_monitor_feature_drift_ratio{feature="a",model="churn"} 3.1',
+            'flywheel_monitor_feature_drift_ratio{feature="b",model="churn"} 0.2',
             'flywheel_monitor_label_completeness{model="churn"} 0.4',
             'flywheel_monitor_performance_breach{model="churn"} 1.0',
             'flywheel_monitor_performance{kind="reference",metric="roc_auc",model="churn"} 0.91',
@@ -163,7 +166,7 @@ def test_the_file_is_parsed_again_only_when_it_changes(
     parse = gauges._parse
     monkeypatch.setattr(gauges, "_parse", lambda data: calls.append(1) or parse(data))
     first = _scrape(gauges)
-    assert len(first) == 13
+    assert len(first) == 15
     assert _scrape(gauges) == first and len(calls) == 1
     _write(
         path, "{broken" + " " * 50
@@ -182,3 +185,21 @@ def test_the_module_imports_nothing_of_monitoring() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_latest_json_ranks_features_by_the_bar_each_must_clear(tmp_path: Path) -> None:
+    """W1/sigma and JS have no common scale: the ratio divides each by its own bar (the
+    effect threshold, or the null's 95th percentile when higher)."""
+    from flywheel.monitoring.store import write_latest
+
+    features = [
+        {"feature": "tenure", "value": 0.9, "threshold": 0.1, "null_q95": 0.6},
+        {"feature": "plan", "value": 0.3, "threshold": 0.1, "null_q95": 0.05},
+        {"feature": "flat", "value": 0.0, "threshold": 0.0, "null_q95": 0.0},  # no bar
+        {"feature": "none", "value": None, "threshold": 0.1, "null_q95": 0.0},
+    ]
+    path = write_latest(tmp_path, {"churn": {"features": features}})
+    latest = json.loads(path.read_text())["models"]["churn"]
+    assert latest["feature_ratios"] == {"tenure": 1.5, "plan": 3.0}
+    lines = _scrape(MonitorGauges(path))
+    assert 'flywheel_monitor_feature_drift_ratio{feature="plan",model="churn"} 3.0' in lines

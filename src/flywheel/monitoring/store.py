@@ -147,6 +147,15 @@ def write_latest(home: Path, latest: dict[str, dict[str, Any]]) -> Path:
                 for f in r.get("features", [])
                 if f.get("value") is not None
             },
+            # each statistic over the bar it must clear (its effect threshold or its null's
+            # 95th percentile, the higher): comparable across features and statistics, unlike
+            # the values (W1/sigma beside JS); >= 1 is big enough and beyond chance
+            "feature_ratios": {
+                f["feature"]: round(f["value"] / bar, 6)
+                for f in r.get("features", [])
+                if f.get("value") is not None
+                and (bar := max(f.get("threshold") or 0.0, f.get("null_q95") or 0.0)) > 0
+            },
             "label_completeness": perf.get("label_completeness"),
             "performance_breach": bool(perf.get("breach")),
             "reference": perf.get("reference") or None,

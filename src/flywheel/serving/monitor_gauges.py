@@ -16,8 +16,13 @@ file's mtime or size changes) and yields:
   ``flywheel_monitor_performance_breach{model}`` (1: the monitor judged the window's
   performance, realised or estimated, worse than the reference by more than
   ``monitoring.max_drop``), ``flywheel_monitor_last_window_end_seconds{model}``;
-- ``flywheel_monitor_feature_drift{model,feature}``: the features in the file, at most
-  ``max_features`` per model (the most drifted first), so the label set stays bounded;
+- ``flywheel_monitor_feature_drift{model,feature}``: the features in the file (and the
+  model's ``__score__`` and ``__prediction__``), at most ``max_features`` per model (the
+  most drifted first), so the label set stays bounded; each its own statistic's value
+  (W1/σ for a numeric feature, JS distance for a categorical one);
+- ``flywheel_monitor_feature_drift_ratio{model,feature}``: the same, each over the bar it
+  must clear (its effect threshold or its null distribution's 95th percentile, the higher;
+  1 or more: big enough and beyond chance), comparable across features and statistics;
 - ``flywheel_monitor_performance{model,metric,kind}``, kind ``realised``, ``estimated`` or
   ``reference`` (the version's holdout metrics the window is judged against).
 
@@ -104,6 +109,7 @@ class MonitorGauges(Collector):
                 "alarm",
                 "drift_share",
                 "feature_drift",
+                "feature_drift_ratio",
                 "label_completeness",
                 "performance_breach",
                 "performance",
@@ -127,13 +133,16 @@ class MonitorGauges(Collector):
                 value = _number(entry.get(field))
                 if value is not None:
                     out[key].append(((model,), value))
-            features = entry.get("features")
-            if isinstance(features, Mapping):
+            for key, field in (
+                ("feature_drift", "features"),
+                ("feature_drift_ratio", "feature_ratios"),
+            ):
+                features = entry.get(field)
+                if not isinstance(features, Mapping):
+                    continue
                 values = [(str(f), v) for f, x in features.items() if (v := _number(x)) is not None]
                 values.sort(key=lambda fv: -fv[1])  # the most drifted survive the cap
-                out["feature_drift"].extend(
-                    ((model, _label(f)), v) for f, v in values[: self.max_features]
-                )
+                out[key].extend(((model, _label(f)), v) for f, v in values[: self.max_features])
             for kind in ("realised", "estimated", "reference"):
                 metrics = entry.get(kind)
                 if not isinstance(metrics, Mapping):
@@ -161,6 +170,12 @@ class MonitorGauges(Collector):
             (
                 "feature_drift",
                 "A feature's drift statistic, latest window (most drifted features, capped).",
+                ("model", "feature"),
+            ),
+            (
+                "feature_drift_ratio",
+                "A feature's drift statistic over the bar it must clear (its effect threshold "
+                "or its null's 95th percentile), latest window (most drifted features, capped).",
                 ("model", "feature"),
             ),
             ("label_completeness", "Share of the latest window's rows with a label.", ("model",)),
