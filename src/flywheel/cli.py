@@ -1020,7 +1020,9 @@ def _table_records(file: Path, kind: str) -> list[dict[str, Any]]:
         if kind == "parquet":
             frame = pd.read_parquet(file)
         else:
-            frame = pd.read_csv(file, sep="\t" if file.suffix.lower() == ".tsv" else ",")
+            # as ingest reads a CSV: only an empty cell is missing ("NA", "None" stay text)
+            sep = "\t" if file.suffix.lower() == ".tsv" else ","
+            frame = pd.read_csv(file, sep=sep, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError as exc:
         raise DataError(
             f"The file {name!r} has no columns or rows. Fix: pass a CSV file with a header "
@@ -1214,16 +1216,21 @@ def _internal_error(exc: BaseException) -> int:
     """Write the traceback to a crash log; tell the user what failed and where it is."""
     import traceback
 
+    from rich.markup import escape
+
     command = " ".join(["flywheel", *sys.argv[1:]])
     where = _innermost_frame(exc)
     log_path = _write_crash_log(exc, command)
     err_console.print(
-        f"[red]error[/] (internal): `{command}` failed unexpectedly: "
-        f"{type(exc).__name__}: {exc}{where}. This is a bug in flywheel; the full traceback "
-        + (
-            f"is in {log_path}."
-            if log_path
-            else "could not be written to a file:\n" + "".join(traceback.format_exception(exc))
+        "[red]error[/] (internal): "
+        + escape(  # text, not markup: a "[x]" in the exception's text must show as written
+            f"`{command}` failed unexpectedly: {type(exc).__name__}: {exc}{where}. This is a "
+            "bug in flywheel; the full traceback "
+            + (
+                f"is in {log_path}."
+                if log_path
+                else "could not be written to a file:\n" + "".join(traceback.format_exception(exc))
+            )
         ),
         highlight=False,
         markup=True,

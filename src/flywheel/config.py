@@ -13,6 +13,7 @@ import getpass
 import json
 import os
 import re
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -630,21 +631,39 @@ def _env_name(key: str) -> str:
     return "FLYWHEEL_" + key.upper().replace(".", "__")
 
 
-def _json_keys(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:
-    """The keys whose environment variable pydantic-settings reads as JSON, each with an
-    example of its value: every section (``FLYWHEEL_SERVING='{"port": 8080}'``) and every
-    list or mapping setting."""
-    keys: list[tuple[str, str]] = []
+def _json_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, Any]]:
+    """``(key, field or section model)`` of every setting whose environment variable
+    pydantic-settings reads as JSON: every section (``FLYWHEEL_SERVING='{"port": 8080}'``)
+    and every list or mapping setting."""
+    found: list[tuple[str, Any]] = []
     for name, field in model.model_fields.items():
         key, ann = f"{prefix}{name}", field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            first, sub = next(iter(ann.model_fields.items()))
-            keys.append((key, json.dumps({first: sub.get_default(call_default_factory=True)})))
-            keys += _json_keys(ann, f"{key}.")
+            found.append((key, ann))
+            found += _json_fields(ann, f"{key}.")
         elif getattr(ann, "__origin__", None) in (list, dict):
-            default = field.get_default(call_default_factory=True)
-            keys.append((key, json.dumps(default) if default else _JSON_EXAMPLES[key]))
-    return keys
+            found.append((key, field))
+    return found
+
+
+@cache
+def json_env_keys() -> tuple[str, ...]:
+    """The settings whose environment variable holds JSON (a section, a list, a mapping)."""
+    return tuple(key for key, _ in _json_fields(Settings))
+
+
+def _json_example(key: str) -> str:
+    """A value of ``key``'s variable, for the error message: its default, or a made-up one
+    where the default is empty (only built when a variable is refused)."""
+    if key in _JSON_EXAMPLES:
+        return _JSON_EXAMPLES[key]
+    target = dict(_json_fields(Settings))[key]
+    if isinstance(target, type) and issubclass(target, BaseModel):  # a section: its first
+        first, sub = next(iter(target.model_fields.items()))
+        value: Any = {first: sub.get_default(call_default_factory=True)}
+    else:
+        value = target.get_default(call_default_factory=True)
+    return json.dumps(value, default=str)
 
 
 # examples for the JSON settings whose default is empty
@@ -654,15 +673,10 @@ _JSON_EXAMPLES = {
 }
 
 
-def json_env_keys() -> list[str]:
-    """The settings whose environment variable holds JSON (a section, a list, a mapping)."""
-    return [key for key, _ in _json_keys(Settings)]
-
-
 def _check_json_env(env: EnvSettingsSource) -> None:
     """A list, mapping or section given in an environment variable must be JSON: say so,
     naming the variable (pydantic-settings raises a bare SettingsError naming the section)."""
-    for key, example in _json_keys(Settings):
+    for key in json_env_keys():
         name = _env_name(key)
         value = env.env_vars.get(name if env.case_sensitive else name.lower())
         if value is None:
@@ -670,12 +684,16 @@ def _check_json_env(env: EnvSettingsSource) -> None:
         try:
             json.loads(value)
         except ValueError:
-            section = "." not in key  # a whole section may hold a secret: not shown
-            got = "" if section else f" (got {mask_url(value)[:80]!r})"
+            # only a list's value is shown: a section or a mapping (serving.fronts' arguments)
+            # may hold a secret
+            listed = getattr(dict(_json_fields(Settings))[key], "annotation", None)
+            shown = getattr(listed, "__origin__", None) is list
+            got = f" (got {mask_url(value)[:80]!r})" if shown else ""
             raise ConfigError(
-                f"Bad configuration for '{key}': {name} must be JSON, e.g. {name}='{example}'"
-                f"{got}: lists, mappings and whole sections are JSON in environment variables. "
-                f"Fix the variable, or set '{key}' in {_file_or_one()} instead.",
+                f"Bad configuration for '{key}': {name} must be JSON, e.g. "
+                f"{name}='{_json_example(key)}'{got}: lists, mappings and whole sections are "
+                f"JSON in environment variables. Fix the variable, or set '{key}' in "
+                f"{_file_or_one()} instead.",
                 key=key,
                 variable=name,
             ) from None

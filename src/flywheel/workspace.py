@@ -97,7 +97,11 @@ def is_artifact_store_failure(exc: BaseException) -> bool:
         module = type(error).__module__.split(".")[0]
         if module in _ARTIFACT_CLIENT_MODULES:
             return True
-        if isinstance(error, OSError) and module not in ("requests", "urllib3", "http"):
+        if module in ("requests", "urllib3", "http"):
+            # MLflow's REST client to the tracking server: the OSError under it (a refused
+            # connection) is the tracking store's, not the artifact store's
+            return False
+        if isinstance(error, OSError):
             return True
         if str(getattr(error, "message", "")).startswith(
             "The following failures occurred while downloading"

@@ -134,3 +134,9 @@ def test_brackets_in_a_message_show_as_written(tmp_path: Path) -> None:
     """The CLI printed messages as rich markup: a value such as [region] vanished."""
     err = config_error(tmp_path, {"FLYWHEEL_TRAINING__SLICE_COLUMNS": "[region]"})
     assert "(got '[region]')" in err, err
+
+
+def test_a_mapping_that_is_not_json_is_not_echoed(tmp_path: Path) -> None:
+    """serving.fronts' arguments may hold a token: the refusal does not print the value."""
+    err = config_error(tmp_path, {"FLYWHEEL_SERVING__FRONTS": "{token: s3cr3t"})
+    assert "FLYWHEEL_SERVING__FRONTS must be JSON" in err and "s3cr3t" not in err, err

@@ -97,6 +97,18 @@ def test_artifact_store_failures_are_told_apart() -> None:
     assert is_artifact_store_failure(MlflowException(summary))
     # the tracking store's (a server that does not answer, a bad value) are not
     assert not is_artifact_store_failure(requests.exceptions.ConnectionError("refused"))
+    # as MLflow's REST client raises it: the refused socket at the bottom of the chain is
+    # the tracking server's, not the artifact store's
+    try:
+        try:
+            try:
+                raise ConnectionRefusedError(111, "Connection refused")
+            except ConnectionRefusedError as refused:
+                raise requests.exceptions.ConnectionError("Max retries exceeded") from refused
+        except requests.exceptions.ConnectionError as lost:
+            raise MlflowException("API request to http://tracking:5000 failed") from lost
+    except MlflowException as chained:
+        assert not is_artifact_store_failure(chained)
     assert not is_artifact_store_failure(MlflowException("RESOURCE_DOES_NOT_EXIST"))
     assert not is_artifact_store_failure(ValueError("x"))
 

@@ -205,7 +205,25 @@ def get_snapshot(settings: Settings, snapshot_id: str) -> Manifest:
         catalog = _catalog(store, dataset or None)
     matches = [e for e in catalog if e[1] == ref] or [e for e in catalog if e[1].startswith(ref)]
     if len(matches) > 1 and len({i for _, i, _ in matches}) == 1:  # one id, several datasets
-        matches = [e for e in matches if e[0] == settings.source.dataset] or matches
+        mine = [e for e in matches if e[0] == settings.source.dataset]
+        if mine:
+            matches = mine
+        else:
+            # an old id names the same rows in each (ids did not include the dataset): the
+            # rows are what callers read, and the ids recorded in runs and tags are bare, so
+            # take one rather than fail a lookup no one can fix; said in the log
+            found = sorted(matches)
+            manifests = [Manifest.from_json(store.get_bytes(key)) for _, _, key in found]
+            if len({tuple(p.sha256 for p in m.parts) for m in manifests}) == 1:
+                log.warning(
+                    "snapshot id %s names the same rows in datasets %s; reading %s/%s (pass "
+                    "<dataset>/<id> to choose)",
+                    ref,
+                    [d for d, _, _ in found],
+                    found[0][0],
+                    found[0][1],
+                )
+                return manifests[0]
     if len(matches) == 1:
         return Manifest.from_json(store.get_bytes(matches[0][2]))
     shared = len({i for _, i, _ in matches}) < len(matches)

@@ -18,6 +18,7 @@ import pandas as pd
 from sklearn.model_selection import FixedThresholdClassifier
 from sklearn.pipeline import Pipeline
 
+from flywheel.config import mask_url
 from flywheel.errors import DataError, NotFound, RegistryError
 from flywheel.schema import FeatureSpec
 from flywheel.training.prepare import TrainingMeta, frame_sha256, resplit
@@ -40,7 +41,7 @@ def get_run(ws: Workspace, run_id: str) -> Run:
         return ws.client.get_run(run_id)
     except MlflowException as exc:
         raise NotFound(
-            f"MLflow run {run_id!r} does not exist in {ws.tracking_uri}. "
+            f"MLflow run {run_id!r} does not exist in {mask_url(ws.tracking_uri)}. "
             "Use a run id printed by `flywheel train`.",
             run_id=run_id,
         ) from exc

@@ -24,6 +24,7 @@ from sklearn.model_selection import FixedThresholdClassifier
 from sklearn.pipeline import Pipeline
 
 import flywheel
+from flywheel.config import mask_url
 from flywheel.errors import FlywheelError, RegistryError
 from flywheel.tracking import TAG, git_commit, log_model
 from flywheel.training import skops_flavor
@@ -190,7 +191,7 @@ def track_run(
         if store_failed:
             raise ws.artifact_store_error(exc, "write the training run") from exc
         raise RegistryError(
-            f"Could not record the training run in MLflow ({ws.tracking_uri}): {exc}. "
+            f"Could not record the training run in MLflow ({mask_url(ws.tracking_uri)}): {exc}. "
             "Check tracking.uri and that the tracking server and artifact store are reachable.",
         ) from exc
     log.info("run %s logged model %s", run_id, model_uri)
