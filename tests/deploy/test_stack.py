@@ -229,7 +229,9 @@ def test_the_compose_stack_as_plain_processes(
         # ---- Prometheus scraped the server: the counts are the requests sent
         def counts() -> dict[tuple[str, str], float] | None:
             result = query(
-                prom, 'sum by (protocol, status) (flywheel_requests_total{job="flywheel"})'
+                prom,
+                'sum by (protocol, status) (flywheel_requests_total{job="flywheel", '
+                'route!="/v1/feedback"})',
             )
             got = {
                 (r["metric"]["protocol"], r["metric"]["status"]): float(r["value"][1])
@@ -239,6 +241,8 @@ def test_the_compose_stack_as_plain_processes(
 
         got = wait_for("the requests in Prometheus", counts)
         assert (got[("rest", "200")], got[("rest", "422")], got[("mlflow", "400")]) == (60, 8, 4)
+        fed_count = query(prom, 'flywheel_requests_total{route="/v1/feedback"}')  # the labels
+        assert [(r["metric"]["status"], r["value"][1]) for r in fed_count] == [("200", "1")]
         assert [r["metric"]["version"] for r in query(prom, "flywheel_model_info")] == ["1"]
         assert query(prom, 'up{job="flywheel"}')[0]["value"][1] == "1"
         errors = query(prom, "sum by (protocol, kind) (flywheel_errors_total)")
