@@ -15,7 +15,8 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, time
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -991,9 +992,9 @@ def _file_records(file: Path) -> list[dict[str, Any]]:
         raise DataError(f"The file {name!r} is empty. Fix: pass a file with records.", file=name)
     suffix = file.suffix.lower()
     if suffix in (".parquet", ".pq") or head == _PARQUET_MAGIC:
-        rows = _table_records(file, "parquet")
+        rows = _table_records(file, parquet=True)
     elif suffix in (".csv", ".tsv"):
-        rows = _table_records(file, "csv")
+        rows = _table_records(file, parquet=False)
     else:
         try:
             text = file.read_text(encoding="utf-8-sig")  # a byte-order mark is fine
@@ -1011,55 +1012,31 @@ def _file_records(file: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _table_records(file: Path, kind: str) -> list[dict[str, Any]]:
-    """A CSV or Parquet file's rows as JSON-ready records (missing values None, times ISO)."""
-    import pandas as pd
+def _table_records(file: Path, *, parquet: bool) -> list[dict[str, Any]]:
+    """A CSV or Parquet file's rows as JSON-ready records, read as ingest reads the file
+    (:func:`flywheel.data.files.read_file_table`: pyarrow, only an empty cell missing, its
+    errors); pyarrow only, so the serve-only install reads them too."""
+    from flywheel.data.files import read_file_table
 
-    name = str(file)
-    try:
-        if kind == "parquet":
-            frame = pd.read_parquet(file)
-        else:
-            # as ingest reads a CSV: only an empty cell is missing ("NA", "None" stay text)
-            sep = "\t" if file.suffix.lower() == ".tsv" else ","
-            frame = pd.read_csv(file, sep=sep, keep_default_na=False, na_values=[""])
-    except pd.errors.EmptyDataError as exc:
-        raise DataError(
-            f"The file {name!r} has no columns or rows. Fix: pass a CSV file with a header "
-            "row and records.",
-            file=name,
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{name!r} is not UTF-8 text (byte {exc.start}), so not a CSV file. Fix: save it "
-            "as UTF-8 CSV, or pass JSON or Parquet (.parquet).",
-            file=name,
-        ) from exc
-    except (ValueError, OSError, ImportError) as exc:  # pandas' ParserError is a ValueError
-        what = "Parquet" if kind == "parquet" else "CSV"
-        raise DataError(
-            f"Cannot read {name!r} as {what}: {str(exc).rstrip('. ')}. Fix: pass a valid "
-            f"{what} file.",
-            file=name,
-        ) from exc
+    table = read_file_table(file, parquet=parquet)
+    return [{str(k): _plain(v) for k, v in row.items()} for row in table.to_pylist()]
 
-    def plain(value: Any) -> Any:
-        """One cell as JSON sends it: missing values None, times ISO, arrays lists."""
-        if isinstance(value, (str, bool, int, float)):
-            return None if isinstance(value, float) and value != value else value
-        if isinstance(value, (list, tuple)) or getattr(value, "ndim", None):  # a list cell
-            return [plain(v) for v in (value.tolist() if hasattr(value, "tolist") else value)]
-        if isinstance(value, dict):  # a Parquet struct cell
-            return {str(k): plain(v) for k, v in value.items()}
-        if value is None or bool(pd.isna(value)):  # NaN, NaT, pd.NA
-            return None
-        if isinstance(value, date):  # datetime and pd.Timestamp too
-            return value.isoformat()
-        if hasattr(value, "item"):  # a NumPy scalar
-            return plain(value.item())
-        return str(value)
 
-    return [{str(k): plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
+def _plain(value: Any) -> Any:
+    """One cell as JSON sends it: NaN None, times ISO, decimals floats."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return None if value != value else value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):  # a Parquet struct cell
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (date, time)):  # datetime too
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return str(value)
 
 
 def _json_records(text: str, file: str | None) -> list[dict[str, Any]]:

@@ -1,8 +1,8 @@
 """`flywheel predict --file` on ordinary bad input, through the installed `flywheel` as a user
 runs it: a missing file, an empty one, a folder, text that is no CSV or JSON, a broken
 Parquet file. Each used to crash with exit 70 (FileNotFoundError, EmptyDataError,
-IsADirectoryError, UnicodeDecodeError); each is now a data error (exit 4, as `ingest --file`
-answers the same input) naming the file and the problem. A Parquet file of records, which
+IsADirectoryError, UnicodeDecodeError); each is now a data error (exit 4: a CSV or Parquet
+file is read by ingest's own reader, with its errors) naming the file and the problem. A Parquet file of records, which
 `ingest` takes, is sent like a JSON or CSV one."""
 
 from __future__ import annotations
@@ -49,15 +49,15 @@ def _parquet_as_json(folder: Path) -> str:
 BAD_FILES = {
     "missing": (_missing, ["No file at 'examples/customers.json'", "check the path"]),
     "empty csv": (_write("rows.csv", b""), ["'rows.csv' is empty"]),
-    "blank csv": (_write("rows.csv", b"\n\n"), ["'rows.csv' has no columns or rows"]),
+    "blank csv": (_write("rows.csv", b"\n\n"), ["Cannot read 'rows.csv'", "Empty CSV"]),
     "header only": (_write("rows.csv", b"a,b\n"), ["'rows.csv' holds no records"]),
     "folder": (_folder, ["'rows' is a folder", "JSON, CSV or Parquet"]),
-    "binary csv": (_write("rows.csv", b"\xff\xfe\x00a,b\n"), ["'rows.csv' is not UTF-8"]),
+    "binary csv": (_write("rows.csv", b"\xff\xfe\x00a,b\n"), ["Cannot read 'rows.csv'", "utf-8"]),
     "binary json": (_write("rows.json", b"\xff\xfe\x00{}"), ["'rows.json' is not UTF-8"]),
     "bad json": (_write("rows.json", b"{bad"), ["'rows.json' is not valid JSON"]),
     "empty list": (_write("rows.json", b"[]"), ["'rows.json' holds no records"]),
     "not records": (_write("rows.json", b"[1, 2]"), ["list of objects (in 'rows.json')"]),
-    "broken parquet": (_write("rows.parquet", b"PAR1 not really"), ["'rows.parquet' as Parquet"]),
+    "broken parquet": (_write("rows.parquet", b"PAR1 not really"), ["Cannot read 'rows.parquet'"]),
 }
 
 

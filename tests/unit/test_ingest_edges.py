@@ -230,3 +230,13 @@ def test_a_legacy_id_shared_by_two_datasets_is_resolved_within_one(
         require_valid(settings, t10)
     assert validate_snapshot(settings, f"t10/{t10.id}").passed
     assert require_valid(settings, t10).passed
+
+
+def test_a_csv_whose_header_is_not_utf8_is_a_data_error(tmp_path: Path) -> None:
+    """Reading the column names decoded them outside the error handling: exit 70."""
+    from flywheel.errors import DataError
+
+    path = tmp_path / "rows.csv"
+    path.write_bytes(b"\xff\xfe\x00a,b\n1,2\n")
+    with pytest.raises(DataError, match="Cannot read"):
+        read_file_table(path)

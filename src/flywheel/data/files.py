@@ -51,8 +51,9 @@ def _unreadable(path: Path, exc: Exception) -> DataError:
     )
 
 
-def read_file_table(path: Path) -> pa.Table:
-    """Read a CSV or Parquet file as an Arrow table; errors become :class:`DataError`."""
+def read_file_table(path: Path, *, parquet: bool | None = None) -> pa.Table:
+    """Read a CSV or Parquet file as an Arrow table; errors become :class:`DataError`.
+    ``parquet``: the kind, when the caller knows it from the bytes (default: the suffix)."""
     if not path.is_file():
         raise DataError(
             f"No file at {str(path)!r}. Fix: check the path (relative paths are from the "
@@ -64,14 +65,14 @@ def read_file_table(path: Path) -> pa.Table:
             f"The file {str(path)!r} is empty. Fix: pass a file with data.", file=str(path)
         )
     suffix = path.suffix.lower()
-    if suffix not in _CSV + _PARQUET:
+    if parquet is None and suffix not in _CSV + _PARQUET:
         raise DataError(
             f"Unsupported file type {suffix!r} for {str(path)!r}. "
             "Fix: pass a .csv or .parquet file.",
             file=str(path),
         )
     try:
-        if suffix in _PARQUET:
+        if parquet or (parquet is None and suffix in _PARQUET):
             _check_names(path, pq.read_schema(path).names)
             return pq.read_table(path)
         delimiter = "\t" if suffix == ".tsv" else ","
@@ -80,9 +81,10 @@ def read_file_table(path: Path) -> pa.Table:
             parse_options=pacsv.ParseOptions(delimiter=delimiter),
             convert_options=_CSV_CONVERT,
         )
+        names = table.column_names  # decodes the header: a non-UTF-8 one raises here
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         raise _unreadable(path, exc) from exc
-    _check_names(path, table.column_names)
+    _check_names(path, names)
     _check_text(path, table)
     return table
 
